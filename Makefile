@@ -1,0 +1,32 @@
+# Each target builds its own virtualenv (.venv) so a fresh machine needs only python3.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test bench venv clean proto
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=24" "setuptools>=69" wheel
+	# torch first and pinned: a bare 'torch' requirement would pull the CUDA build
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedtier sandbox --project test_projects/digits --combiners 2 --clients 5 --rounds 5 --exit-when-done --summary demo-summary.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+proto: $(STAMP)
+	$(PY) -m fedtier.proto.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-summary.json

@@ -1,0 +1,220 @@
+"""A federated client: connects out to a combiner, takes tasks, runs the project's code.
+
+The client opens no port. It finds its combiner (given, or assigned by the reducer's
+``/assign``), connects, heartbeats, and reads tasks from one long-lived stream. When
+the combiner goes away the stream or the heartbeats fail; the client then backs off
+exponentially, asks for a combiner again, and resumes taking tasks when one answers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import requests
+
+from fedtier import __version__
+from fedtier.client.context import TaskContext
+from fedtier.client.project import Project
+from fedtier.ids import check_model_id
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.proto import fedtier_pb2_grpc as rpc
+from fedtier.transport.channel import make_channel
+from fedtier.transport.streams import file_chunks, receive_to_file
+
+log = logging.getLogger(__name__)
+
+
+class DiscoveryError(ConnectionError):
+    """The reducer did not assign a combiner (not reachable, or none registered yet)."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    name: str
+    project: Path
+    combiner: str | None = None      # HOST:PORT; when unset, ask the reducer
+    reducer_url: str | None = None
+    data_path: str | None = None
+    partition_index: int = 0
+    num_partitions: int = 1
+    work_dir: Path = Path("var/client")
+    token: str = ""
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    models_kept: int = 3             # downloaded models cached on disk
+
+
+@dataclass
+class ClientStats:
+    """Counters a supervisor (or a test) can read to see the client make progress."""
+    connects: int = 0
+    tasks_done: dict[str, int] = field(default_factory=lambda: {"train": 0, "validate": 0, "failed": 0})
+
+
+class FedClient:
+    def __init__(self, settings: ClientSettings, project: Project | None = None) -> None:
+        if not settings.combiner and not settings.reducer_url:
+            raise ValueError("a client needs a combiner address or a reducer URL")
+        self.settings = settings
+        self.project = project or Project.load(settings.project)
+        self.work_dir = Path(settings.work_dir)
+        (self.work_dir / "models").mkdir(parents=True, exist_ok=True)
+        (self.work_dir / "out").mkdir(parents=True, exist_ok=True)
+        self.stats = ClientStats()
+        self._cached: list[str] = []
+
+    # ---- connection lifecycle
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve tasks until ``stop`` is set, reconnecting for as long as it takes."""
+        stop = stop or threading.Event()
+        delay = self.settings.backoff_initial
+        while not stop.is_set():
+            try:
+                address = self._combiner_address()
+                if self._session(address, stop):
+                    delay = self.settings.backoff_initial  # it was connected: start backoff afresh
+            except (grpc.RpcError, ConnectionError) as exc:
+                log.warning("%s: %s", self.settings.name, _describe(exc))
+            if stop.is_set():
+                break
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("%s: reconnecting in %.1fs", self.settings.name, wait)
+            stop.wait(wait)
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    def _combiner_address(self) -> str:
+        if self.settings.combiner:
+            return self.settings.combiner
+        url = self.settings.reducer_url.rstrip("/") + "/assign"  # type: ignore[union-attr]
+        headers = {"Authorization": f"Token {self.settings.token}"} if self.settings.token else {}
+        try:
+            reply = requests.get(url, params={"name": self.settings.name}, headers=headers, timeout=10)
+        except requests.RequestException as exc:
+            raise DiscoveryError(f"reducer at {self.settings.reducer_url} not reachable ({exc.__class__.__name__})") from None
+        if reply.status_code != 200:
+            raise DiscoveryError(f"reducer gave no combiner: {reply.status_code} {reply.text.strip()[:200]}")
+        body = reply.json()
+        return f"{body['host']}:{body['port']}"
+
+    def _session(self, address: str, stop: threading.Event) -> bool:
+        """One connection to one combiner; returns whether it got connected at all."""
+        channel = make_channel(address)
+        stub = rpc.CombinerStub(channel)
+        transfer = rpc.ModelTransferStub(channel)
+        done = threading.Event()
+        try:
+            reply = stub.Connect(pb.ConnectRequest(client_name=self.settings.name, version=__version__), timeout=10)
+            self.stats.connects += 1
+            log.info("%s: connected to combiner %s at %s", self.settings.name, reply.combiner_name, address)
+            stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name))
+            beat = threading.Thread(target=self._heartbeats, name=f"{self.settings.name}-heartbeat", daemon=True,
+                                    args=(stub, stream, max(0.1, reply.heartbeat_interval_s), stop, done))
+            beat.start()
+            try:
+                for task in stream:
+                    self._handle(task, stub, transfer)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED or not stop.is_set():
+                    log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
+            return True
+        finally:
+            done.set()
+            channel.close()
+
+    def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
+                    stop: threading.Event, done: threading.Event) -> None:
+        misses = 0
+        while not done.wait(interval):
+            if stop.is_set():
+                stream.cancel()
+                return
+            try:
+                if not stub.Heartbeat(pb.HeartbeatRequest(client_name=self.settings.name),
+                                      timeout=max(2 * interval, 2.0)).known:
+                    log.warning("%s: combiner no longer knows this client; reconnecting", self.settings.name)
+                    stream.cancel()
+                    return
+                misses = 0
+            except grpc.RpcError as exc:
+                misses += 1
+                if misses >= 3:
+                    log.warning("%s: %d heartbeats failed (%s); reconnecting", self.settings.name, misses,
+                                _describe(exc))
+                    stream.cancel()
+                    return
+
+    # ---- tasks
+    def _handle(self, task: pb.Task, stub: rpc.CombinerStub, transfer: rpc.ModelTransferStub) -> None:
+        kind = "train" if task.type == pb.TRAIN else "validate"
+        log.info("%s: %s task for round %s", self.settings.name, kind, task.round_id)
+        timings: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            model = self._download(transfer, task.model_id)
+            timings["download"] = time.perf_counter() - t
+            config = json.loads(task.config_json or "{}")
+            ctx = TaskContext(client_name=self.settings.name, data_path=self.settings.data_path,
+                              partition_index=self.settings.partition_index,
+                              num_partitions=self.settings.num_partitions, round_id=task.round_id,
+                              config=config.get("task", {}), work_dir=self.work_dir)
+            out = self.work_dir / "out" / task.task_id
+            try:
+                t = time.perf_counter()
+                if task.type == pb.TRAIN:
+                    metadata = self.project.train(model, out, ctx)
+                    timings["train"] = time.perf_counter() - t
+                    t = time.perf_counter()
+                    uploaded = transfer.UploadModel(file_chunks(out, client_name=self.settings.name))
+                    timings["upload"] = time.perf_counter() - t
+                    ack = stub.ReportUpdate(pb.ModelUpdate(
+                        client_name=self.settings.name, task_id=task.task_id, round_id=task.round_id,
+                        model_id=uploaded.model_id, parent_model_id=task.model_id,
+                        num_examples=metadata["num_examples"], metadata_json=json.dumps(metadata),
+                        timings=timings))
+                else:
+                    metrics = self.project.validate(model, out, ctx)
+                    timings["validate"] = time.perf_counter() - t
+                    ack = stub.ReportValidation(pb.ValidationReport(
+                        client_name=self.settings.name, task_id=task.task_id, round_id=task.round_id,
+                        model_id=task.model_id, num_examples=int(metrics.get("num_examples", 0)),
+                        metrics_json=json.dumps(metrics), timings=timings))
+            finally:
+                out.unlink(missing_ok=True)
+            if not ack.ok:
+                log.warning("%s: combiner rejected the %s report: %s", self.settings.name, kind, ack.message)
+            self.stats.tasks_done[kind] += 1
+        except grpc.RpcError:
+            raise  # the connection is gone: let the session end and reconnect
+        except Exception as exc:  # the project's code failed: tell the combiner, keep serving
+            log.error("%s: %s task failed: %s", self.settings.name, kind, exc)
+            self.stats.tasks_done["failed"] += 1
+            stub.ReportFailure(pb.TaskFailure(client_name=self.settings.name, task_id=task.task_id,
+                                              round_id=task.round_id, error=str(exc)[:4000]))
+
+    def _download(self, transfer: rpc.ModelTransferStub, model_id: str) -> Path:
+        target = self.work_dir / "models" / check_model_id(model_id)
+        if target.is_file():
+            return target
+        stream = transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name=self.settings.name))
+        receive_to_file(stream, lambda header: target)
+        self._cached.append(model_id)
+        while len(self._cached) > self.settings.models_kept:
+            (self.work_dir / "models" / self._cached.pop(0)).unlink(missing_ok=True)
+        return target
+
+    def close(self) -> None:
+        shutil.rmtree(self.work_dir / "out", ignore_errors=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)

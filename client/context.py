@@ -1,0 +1,61 @@
+"""What a project's train/validate code is told about the task it runs.
+
+The same information reaches in-process entry points (as a ``TaskContext``) and
+command entry points (as environment variables, FEDn style), so a project can offer
+both without duplicating its configuration handling.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "FEDTIER_"
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a project's entry point may need besides the model files.
+
+    ``partition_index``/``num_partitions`` let a project that reads a shared dataset
+    (tests, demos) pick this client's share; real deployments point ``data_path`` at
+    the client's own data and may ignore them.
+    """
+
+    client_name: str
+    data_path: str | None = None
+    partition_index: int = 0
+    num_partitions: int = 1
+    round_id: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)
+    work_dir: Path = Path(".")
+
+    def to_env(self) -> dict[str, str]:
+        """Environment for a command entry point; FEDN_DATA_PATH kept for FEDn projects."""
+        env = {
+            f"{ENV_PREFIX}CLIENT_NAME": self.client_name,
+            f"{ENV_PREFIX}PARTITION_INDEX": str(self.partition_index),
+            f"{ENV_PREFIX}NUM_PARTITIONS": str(self.num_partitions),
+            f"{ENV_PREFIX}ROUND_ID": self.round_id,
+            f"{ENV_PREFIX}TASK_CONFIG": json.dumps(dict(self.config)),
+            f"{ENV_PREFIX}WORK_DIR": str(self.work_dir),
+        }
+        if self.data_path is not None:
+            env["FEDN_DATA_PATH"] = self.data_path
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "TaskContext":
+        """Rebuild the context inside a command entry point (train.py, validate.py)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            client_name=env.get(f"{ENV_PREFIX}CLIENT_NAME", "local"),
+            data_path=env.get("FEDN_DATA_PATH"),
+            partition_index=int(env.get(f"{ENV_PREFIX}PARTITION_INDEX", "0")),
+            num_partitions=int(env.get(f"{ENV_PREFIX}NUM_PARTITIONS", "1")),
+            round_id=env.get(f"{ENV_PREFIX}ROUND_ID", ""),
+            config=json.loads(env.get(f"{ENV_PREFIX}TASK_CONFIG", "{}")),
+            work_dir=Path(env.get(f"{ENV_PREFIX}WORK_DIR", ".")),
+        )

@@ -1,0 +1,75 @@
+"""The combiner's working set of model files, addressed by model id.
+
+It holds the global model the reducer pushed, client updates until they are folded
+in, and the combiner models until the reducer fetches them. Files arrive through the
+verified chunk stream (fedtier.transport.streams) and are never overwritten: an id,
+once present, always names the same bytes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from fedtier.ids import check_model_id, new_id
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file
+
+log = logging.getLogger(__name__)
+
+class ModelCache:
+    def __init__(self, root: Path, max_model_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_model_bytes = max_model_bytes
+        self._uploader: dict[str, str] = {}  # model id -> client that uploaded it
+        self._lock = threading.Lock()
+
+    def path(self, model_id: str) -> Path:
+        return self.root / check_model_id(model_id)
+
+    def exists(self, model_id: str) -> bool:
+        return self.path(model_id).is_file()
+
+    def new_id(self) -> str:
+        return new_id()
+
+    def receive(self, chunks: Iterable[pb.ModelChunk]) -> Received:
+        """Store an uploaded model; the header's id is used if given, else one is made."""
+
+        def destination(header: pb.TransferHeader) -> Path:
+            model_id = header.model_id or self.new_id()
+            target = self.path(model_id)
+            if target.exists():
+                raise TransferError(f"model {model_id} already exists and is never overwritten")
+            return target
+
+        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes)
+        with self._lock:
+            self._uploader[received.path.name] = received.header.client_name
+        return received
+
+    def uploader(self, model_id: str) -> str | None:
+        with self._lock:
+            return self._uploader.get(model_id)
+
+    def chunks(self, model_id: str) -> Iterator[pb.ModelChunk]:
+        path = self.path(model_id)
+        if not path.is_file():
+            raise KeyError(model_id)
+        return file_chunks(path, model_id=model_id)
+
+    def discard(self, model_id: str) -> None:
+        with self._lock:
+            self._uploader.pop(model_id, None)
+        self.path(model_id).unlink(missing_ok=True)
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete every model not in ``keep``; called between rounds to bound disk use."""
+        removed = 0
+        for path in self.root.iterdir():
+            if path.is_file() and path.name not in keep and not path.name.startswith("."):
+                self.discard(path.name)
+                removed += 1
+        return removed

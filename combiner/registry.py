@@ -1,0 +1,134 @@
+"""Which clients are connected to this combiner, and which of them can take tasks.
+
+A client is *active* while its task stream is open and its last heartbeat is recent.
+Tasks reach a client through a queue that its TaskStream call drains; a reconnecting
+client gets a fresh queue and the old stream is told to end.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fedtier.proto import fedtier_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+END_OF_STREAM = None  # put on a queue to end that client's TaskStream
+
+
+class CombinerFullError(RuntimeError):
+    """More task streams than the server has worker threads to hold."""
+
+
+@dataclass
+class ClientEntry:
+    name: str
+    last_seen: float
+    connected_at: float
+    stream_generation: int = 0
+    stream_open: bool = False
+    tasks: "queue.Queue[pb.Task | None]" = field(default_factory=queue.Queue)
+    rounds_joined: int = 0
+
+
+class ClientRegistry:
+    def __init__(self, heartbeat_timeout: float = 15.0, max_streams: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_streams = max_streams
+        self._clock = clock
+        self._clients: dict[str, ClientEntry] = {}
+        self._changed = threading.Condition()
+
+    def connect(self, name: str) -> None:
+        now = self._clock()
+        with self._changed:
+            entry = self._clients.get(name)
+            if entry is None:
+                self._clients[name] = ClientEntry(name=name, last_seen=now, connected_at=now)
+                log.info("client %s connected", name)
+            else:
+                entry.last_seen = now
+                log.info("client %s reconnected", name)
+            self._changed.notify_all()
+
+    def heartbeat(self, name: str) -> bool:
+        """Record a heartbeat; False tells an unknown client to connect again."""
+        with self._changed:
+            entry = self._clients.get(name)
+            if entry is None:
+                return False
+            was_active = self._is_active(entry)
+            entry.last_seen = self._clock()
+            if not was_active:
+                self._changed.notify_all()
+            return True
+
+    def open_stream(self, name: str) -> tuple[int, "queue.Queue[pb.Task | None]"]:
+        with self._changed:
+            entry = self._clients.get(name)
+            if entry is None:
+                raise KeyError(name)
+            if not entry.stream_open and self._open_streams() >= self.max_streams:
+                raise CombinerFullError(f"combiner holds its maximum of {self.max_streams} clients")
+            if entry.stream_open:
+                entry.tasks.put(END_OF_STREAM)  # the old stream of a reconnecting client ends
+            entry.stream_generation += 1
+            entry.stream_open = True
+            entry.tasks = queue.Queue()
+            entry.last_seen = self._clock()
+            self._changed.notify_all()
+            return entry.stream_generation, entry.tasks
+
+    def close_stream(self, name: str, generation: int) -> None:
+        with self._changed:
+            entry = self._clients.get(name)
+            if entry is not None and entry.stream_generation == generation and entry.stream_open:
+                entry.stream_open = False
+                entry.tasks.put(END_OF_STREAM)
+                log.info("client %s task stream closed", name)
+                self._changed.notify_all()
+
+    def send(self, name: str, task: pb.Task) -> bool:
+        with self._changed:
+            entry = self._clients.get(name)
+            if entry is None or not self._is_active(entry):
+                return False
+            entry.tasks.put(task)
+            if task.type == pb.TRAIN:
+                entry.rounds_joined += 1
+            return True
+
+    def active_names(self) -> list[str]:
+        with self._changed:
+            return sorted(n for n, e in self._clients.items() if self._is_active(e))
+
+    def wait_for_active(self, count: int, timeout: float) -> int:
+        """Block until ``count`` clients are active or ``timeout`` passes; returns how many are."""
+        deadline = self._clock() + timeout
+        with self._changed:
+            while True:
+                active = sum(1 for e in self._clients.values() if self._is_active(e))
+                remaining = deadline - self._clock()
+                if active >= count or remaining <= 0:
+                    return active
+                # heartbeats going stale do not notify, so wake up now and then
+                self._changed.wait(min(remaining, 0.5))
+
+    def snapshot(self) -> list[pb.ClientInfo]:
+        now = self._clock()
+        with self._changed:
+            return [pb.ClientInfo(name=e.name, active=self._is_active(e),
+                                  seconds_since_heartbeat=now - e.last_seen,
+                                  rounds_joined=e.rounds_joined)
+                    for e in sorted(self._clients.values(), key=lambda e: e.name)]
+
+    def _is_active(self, entry: ClientEntry) -> bool:
+        return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
+
+    def _open_streams(self) -> int:
+        return sum(1 for e in self._clients.values() if e.stream_open)

@@ -1,0 +1,148 @@
+"""One round on one combiner: the tasks it sent and what came back.
+
+Reports arrive on gRPC threads; the round runner waits on this object. Every report
+is checked against the task it answers (right round, right client, not answered
+before, model uploaded by that client) so a forged or replayed report changes nothing.
+Training updates are folded into the aggregate as they arrive and then deleted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fedtier.aggregators.base import Aggregator
+from fedtier.combiner.model_cache import ModelCache
+from fedtier.proto import fedtier_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class RejectedReport(ValueError):
+    """A report that does not answer an open task of this round; nothing changed."""
+
+
+@dataclass
+class ActiveRound:
+    round_id: str
+    kind: int
+    model_id: str
+    aggregator: Aggregator | None = None
+    expected: dict[str, str] = field(default_factory=dict)  # task id -> client name
+    answered: set[str] = field(default_factory=set)
+    updates: list[pb.ClientContribution] = field(default_factory=list)
+    validations: list[pb.ValidationReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    aggregation_seconds: float = 0.0
+    stop_reason: str = ""
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition()
+        self._fold_lock = threading.Lock()  # one update folded at a time
+
+    # ---- set-up and waiting, called by the runner
+    def expect(self, task_id: str, client: str) -> None:
+        with self._changed:
+            self.expected[task_id] = client
+
+    def fail_task(self, task_id: str, reason: str) -> None:
+        with self._changed:
+            if task_id in self.expected and task_id not in self.answered:
+                self.answered.add(task_id)
+                self.failures.append(f"{self.expected[task_id]}: {reason}")
+                self._changed.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """True when every task was answered, False on timeout or stop."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.answered) < len(self.expected) and not self.stop_reason:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return not self.stop_reason
+
+    def close(self) -> None:
+        """No report is accepted after this; waits for a fold in progress to finish."""
+        with self._changed:
+            self.closed = True
+            for task_id, client in self.expected.items():
+                if task_id not in self.answered:
+                    self.failures.append(f"{client}: no answer before the round closed")
+        with self._fold_lock:
+            pass
+
+    def stop(self, reason: str) -> None:
+        with self._changed:
+            self.stop_reason = reason
+            self._changed.notify_all()
+
+    # ---- reports, called from gRPC threads
+    def _claim(self, task_id: str, client: str, round_id: str, kind: int) -> None:
+        if round_id != self.round_id:
+            raise RejectedReport(f"report for round {round_id!r}, but round {self.round_id!r} is running")
+        if self.kind != kind:
+            raise RejectedReport("report type does not match the round's tasks")
+        if self.closed:
+            raise RejectedReport(f"round {self.round_id} is closed")
+        owner = self.expected.get(task_id)
+        if owner is None:
+            raise RejectedReport(f"unknown task {task_id!r}")
+        if owner != client:
+            raise RejectedReport(f"task {task_id} was sent to {owner}, not {client}")
+        if task_id in self.answered:
+            raise RejectedReport(f"task {task_id} was already answered")
+        self.answered.add(task_id)  # claimed: a second report for it is rejected
+
+    def submit_update(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
+        try:
+            with self._changed:
+                self._claim(update.task_id, update.client_name, update.round_id, pb.TRAINING)
+            try:
+                self._fold(update, cache)
+            except Exception as exc:
+                with self._changed:
+                    self.failures.append(f"{update.client_name}: update rejected: {exc}")
+                    self._changed.notify_all()
+                raise RejectedReport(f"update rejected: {exc}") from exc
+            with self._changed:
+                self.updates.append(pb.ClientContribution(
+                    client_name=update.client_name, num_examples=update.num_examples,
+                    metadata_json=update.metadata_json, timings=dict(update.timings)))
+                self._changed.notify_all()
+        finally:
+            if update.model_id and cache.uploader(update.model_id) == update.client_name:
+                cache.discard(update.model_id)  # folded or rejected: the update is not kept
+
+    def _fold(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
+        if cache.uploader(update.model_id) != update.client_name:
+            raise ValueError(f"model {update.model_id!r} was not uploaded by {update.client_name}")
+        if update.num_examples <= 0:
+            raise ValueError(f"num_examples must be positive, got {update.num_examples}")
+        assert self.aggregator is not None
+        with self._fold_lock:
+            started = time.perf_counter()
+            self.aggregator.add(cache.path(update.model_id), float(update.num_examples))
+            self.aggregation_seconds += time.perf_counter() - started
+
+    def submit_validation(self, report: pb.ValidationReport) -> None:
+        try:
+            metrics = json.loads(report.metrics_json or "{}")
+        except json.JSONDecodeError:
+            metrics = None
+        if not isinstance(metrics, dict):
+            raise RejectedReport("metrics_json must be a JSON object")
+        with self._changed:
+            self._claim(report.task_id, report.client_name, report.round_id, pb.VALIDATION)
+            self.validations.append(report)
+            self._changed.notify_all()
+
+    def submit_failure(self, failure: pb.TaskFailure) -> None:
+        with self._changed:
+            self._claim(failure.task_id, failure.client_name, failure.round_id, self.kind)
+            self.failures.append(f"{failure.client_name}: {failure.error or 'task failed'}")
+            self._changed.notify_all()

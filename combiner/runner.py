@@ -1,0 +1,168 @@
+"""Runs the rounds the reducer asks for, one at a time, on this combiner's clients.
+
+A training round: wait for enough active clients, pick some, send them train tasks,
+fold each update into the aggregate as it arrives, and when all have answered (or
+the timeout passes) write the combiner model if the quorum was met. A validation
+round sends validate tasks for a given model and collects the metrics.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+
+from fedtier.aggregators import get_aggregator
+from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.registry import ClientRegistry
+from fedtier.combiner.round import ActiveRound, RejectedReport
+from fedtier.helpers import get_helper
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.round_config import RoundConfig, RoundConfigError
+
+log = logging.getLogger(__name__)
+
+
+class RoundRunner:
+    def __init__(self, name: str, registry: ClientRegistry, cache: ModelCache,
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.registry = registry
+        self.cache = cache
+        self.rng = rng or random.Random()
+        self.last_model_id = ""
+        self._one_round = threading.Lock()
+        self._current: ActiveRound | None = None
+
+    @property
+    def round_in_progress(self) -> str:
+        current = self._current
+        return current.round_id if current else ""
+
+    def run(self, request: pb.RoundRequest) -> pb.RoundResult:
+        if not self._one_round.acquire(blocking=False):
+            return self._failed(request, f"round {self.round_in_progress} is still running on {self.name}")
+        try:
+            return self._run(request)
+        except Exception as exc:  # a round must end with a result, never a dropped RPC
+            log.exception("round %s failed", request.round_id)
+            return self._failed(request, f"internal error: {exc}")
+        finally:
+            self._current = None
+            self._one_round.release()
+
+    def _run(self, request: pb.RoundRequest) -> pb.RoundResult:
+        started = time.perf_counter()
+        try:
+            config = RoundConfig.from_json(request.config_json)
+        except (RoundConfigError, ValueError) as exc:
+            return self._failed(request, f"bad round config: {exc}")
+        if request.kind not in (pb.TRAINING, pb.VALIDATION):
+            return self._failed(request, "round kind must be TRAINING or VALIDATION")
+        if not request.round_id:
+            return self._failed(request, "round_id is required")
+        if not self.cache.exists(request.model_id):
+            return self._failed(request, f"model {request.model_id!r} has not been uploaded to {self.name}")
+        timings: dict[str, float] = {}
+
+        # 1. clients
+        t = time.perf_counter()
+        active = self.registry.wait_for_active(config.clients_required, config.wait_for_clients)
+        timings["wait_clients"] = time.perf_counter() - t
+        if active < config.clients_required:
+            return self._failed(request, f"only {active} of {config.clients_required} required clients "
+                                         f"active after {config.wait_for_clients:g}s", timings)
+        names = self.registry.active_names()
+        wanted = config.clients_requested or len(names)
+        selected = self.rng.sample(names, min(wanted, len(names)))
+
+        # 2. tasks
+        kind = request.kind
+        current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id)
+        if kind == pb.TRAINING:
+            current.aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
+                                                **dict(config.aggregator_kwargs))
+            current.aggregator.start(self.cache.path(request.model_id))
+        self._current = current
+        task_type = pb.TRAIN if kind == pb.TRAINING else pb.VALIDATE
+        task_config = config.to_json()
+        t = time.perf_counter()
+        for name in selected:
+            task = pb.Task(task_id=uuid.uuid4().hex, type=task_type, session_id=request.session_id,
+                           round_id=request.round_id, model_id=request.model_id, config_json=task_config)
+            current.expect(task.task_id, name)
+            if not self.registry.send(name, task):
+                current.fail_task(task.task_id, "went offline before the task was sent")
+        log.info("round %s: %s tasks sent to %d clients: %s", request.round_id,
+                 pb.TaskType.Name(task_type).lower(), len(selected), ", ".join(selected))
+        all_answered = current.wait(config.round_timeout)
+        current.close()
+        timings["tasks"] = time.perf_counter() - t
+        if current.stop_reason:
+            return self._failed(request, current.stop_reason, timings, current)
+        if not all_answered:
+            log.warning("round %s: timeout after %gs", request.round_id, config.round_timeout)
+
+        # 3. result
+        result = pb.RoundResult(round_id=request.round_id, updates=current.updates,
+                                validations=current.validations, failures=current.failures)
+        if kind == pb.TRAINING:
+            if len(current.updates) < config.clients_required:
+                return self._failed(request, f"only {len(current.updates)} of {config.clients_required} "
+                                             f"required updates arrived", timings, current)
+            t = time.perf_counter()
+            model_id = self.cache.new_id()
+            assert current.aggregator is not None
+            result.num_examples = int(current.aggregator.finish(self.cache.path(model_id)))
+            timings["aggregation"] = current.aggregation_seconds + time.perf_counter() - t
+            result.model_id = model_id
+            self.last_model_id = model_id
+        result.success = True
+        timings["total"] = time.perf_counter() - started
+        result.timings.update(timings)
+        log.info("round %s done in %.2fs: %d updates, %d validations, %d failures",
+                 request.round_id, timings["total"], len(current.updates), len(current.validations),
+                 len(current.failures))
+        return result
+
+    def _failed(self, request: pb.RoundRequest, error: str, timings: dict[str, float] | None = None,
+                current: ActiveRound | None = None) -> pb.RoundResult:
+        log.warning("round %s failed: %s", request.round_id, error)
+        result = pb.RoundResult(round_id=request.round_id, success=False, error=error)
+        if current is not None:
+            result.failures.extend(current.failures)
+            result.validations.extend(current.validations)
+        result.timings.update(timings or {})
+        return result
+
+    # ---- reports from clients
+    def _report(self, submit, what: str, client: str) -> pb.Ack:
+        current = self._current
+        if current is None:
+            return pb.Ack(ok=False, message="no round is running")
+        try:
+            submit(current)
+        except RejectedReport as exc:
+            log.warning("%s from %s rejected: %s", what, client, exc)
+            return pb.Ack(ok=False, message=str(exc))
+        return pb.Ack(ok=True)
+
+    def submit_update(self, update: pb.ModelUpdate) -> pb.Ack:
+        ack = self._report(lambda r: r.submit_update(update, self.cache), "update", update.client_name)
+        if self._current is None and update.model_id and self.cache.uploader(update.model_id) == update.client_name:
+            self.cache.discard(update.model_id)
+        return ack
+
+    def submit_validation(self, report: pb.ValidationReport) -> pb.Ack:
+        return self._report(lambda r: r.submit_validation(report), "validation", report.client_name)
+
+    def submit_failure(self, failure: pb.TaskFailure) -> pb.Ack:
+        return self._report(lambda r: r.submit_failure(failure), "failure", failure.client_name)
+
+    def stop(self, round_id: str) -> pb.Ack:
+        current = self._current
+        if current is None or (round_id and current.round_id != round_id):
+            return pb.Ack(ok=False, message="that round is not running")
+        current.stop("stopped by the reducer")
+        return pb.Ack(ok=True)

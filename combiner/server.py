@@ -1,0 +1,91 @@
+"""A combiner process: the gRPC server plus its announcement to the reducer."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.registry import ClientRegistry
+from fedtier.combiner.runner import RoundRunner
+from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTransferServicer
+from fedtier.proto import fedtier_pb2_grpc as rpc
+from fedtier.transport.channel import make_server
+
+log = logging.getLogger(__name__)
+
+STREAM_HEADROOM = 32  # worker threads kept free of task streams for heartbeats and uploads
+
+
+@dataclass(frozen=True)
+class CombinerSettings:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 12080
+    work_dir: Path = Path("var/combiner")
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 10.0
+    max_workers: int = 1024
+    max_model_bytes: int | None = None
+
+
+class CombinerServer:
+    def __init__(self, settings: CombinerSettings) -> None:
+        self.settings = settings
+        self.cache = ModelCache(Path(settings.work_dir) / "models", settings.max_model_bytes)
+        self.registry = ClientRegistry(settings.heartbeat_timeout,
+                                       max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
+        self.runner = RoundRunner(settings.name, self.registry, self.cache)
+        self.server = make_server(settings.max_workers)
+        rpc.add_CombinerServicer_to_server(
+            CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval), self.server)
+        rpc.add_ModelTransferServicer_to_server(ModelTransferServicer(self.cache), self.server)
+        rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind and serve; returns the port (useful with port 0 in tests)."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"combiner {self.settings.name} could not bind {address}")
+        self.server.start()
+        log.info("combiner %s serving on %s:%d", self.settings.name, self.settings.host, self.port)
+        return self.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def announce(reducer_url: str, name: str, address: str, port: int, token: str = "",
+             stop: threading.Event | None = None, retry_s: float = 1.0) -> None:
+    """Tell the reducer this combiner exists (POST /add), retrying until it answers.
+
+    Combiners often start before the reducer in a deployment, so a refused
+    connection is expected and retried; a 4xx answer is a configuration error.
+    """
+    stop = stop or threading.Event()
+    url = reducer_url.rstrip("/") + "/add"
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    delay = retry_s
+    while not stop.is_set():
+        try:
+            reply = requests.post(url, json={"name": name, "address": address, "port": port},
+                                  headers=headers, timeout=10)
+            if reply.status_code < 300:
+                log.info("announced to reducer at %s as %s (%s:%d)", reducer_url, name, address, port)
+                return
+            if 400 <= reply.status_code < 500:
+                raise RuntimeError(f"reducer refused combiner {name}: {reply.status_code} {reply.text.strip()}")
+            log.warning("reducer answered %s; retrying", reply.status_code)
+        except requests.RequestException as exc:
+            log.info("reducer at %s not reachable yet (%s); retrying in %.0fs",
+                     reducer_url, exc.__class__.__name__, delay)
+        stop.wait(delay)
+        delay = min(delay * 2, 30.0)

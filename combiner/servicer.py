@@ -1,0 +1,116 @@
+"""gRPC servicers: translate calls to the registry, cache and runner, nothing more."""
+from __future__ import annotations
+
+import logging
+import queue
+from typing import Iterator
+
+import grpc
+
+from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
+from fedtier.combiner.runner import RoundRunner
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.proto import fedtier_pb2_grpc as rpc
+from fedtier.transport.streams import TransferError
+
+log = logging.getLogger(__name__)
+
+
+def _require_name(name: str, context: grpc.ServicerContext) -> None:
+    if not name or len(name) > 128:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_name must be 1-128 characters")
+
+
+class CombinerServicer(rpc.CombinerServicer):
+    def __init__(self, name: str, registry: ClientRegistry, runner: RoundRunner,
+                 heartbeat_interval: float) -> None:
+        self.name = name
+        self.registry = registry
+        self.runner = runner
+        self.heartbeat_interval = heartbeat_interval
+
+    def Connect(self, request: pb.ConnectRequest, context: grpc.ServicerContext) -> pb.ConnectResponse:
+        _require_name(request.client_name, context)
+        self.registry.connect(request.client_name)
+        return pb.ConnectResponse(combiner_name=self.name, heartbeat_interval_s=self.heartbeat_interval,
+                                  heartbeat_timeout_s=self.registry.heartbeat_timeout)
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
+        return pb.HeartbeatResponse(known=self.registry.heartbeat(request.client_name))
+
+    def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.ServicerContext) -> Iterator[pb.Task]:
+        _require_name(request.client_name, context)
+        try:
+            generation, tasks = self.registry.open_stream(request.client_name)
+        except KeyError:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "call Connect before TaskStream")
+        except CombinerFullError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        context.add_callback(lambda: self.registry.close_stream(request.client_name, generation))
+        try:
+            while context.is_active():
+                try:
+                    task = tasks.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if task is END_OF_STREAM:
+                    return
+                yield task
+        finally:
+            self.registry.close_stream(request.client_name, generation)
+
+    def ReportUpdate(self, request: pb.ModelUpdate, context: grpc.ServicerContext) -> pb.Ack:
+        return self.runner.submit_update(request)
+
+    def ReportValidation(self, request: pb.ValidationReport, context: grpc.ServicerContext) -> pb.Ack:
+        return self.runner.submit_validation(request)
+
+    def ReportFailure(self, request: pb.TaskFailure, context: grpc.ServicerContext) -> pb.Ack:
+        return self.runner.submit_failure(request)
+
+
+class ModelTransferServicer(rpc.ModelTransferServicer):
+    def __init__(self, cache: ModelCache) -> None:
+        self.cache = cache
+
+    def UploadModel(self, request_iterator: Iterator[pb.ModelChunk],
+                    context: grpc.ServicerContext) -> pb.UploadResponse:
+        try:
+            received = self.cache.receive(request_iterator)
+        except (TransferError, ValueError) as exc:
+            log.warning("upload rejected: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
+        return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256)
+
+    def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
+        try:
+            chunks = self.cache.chunks(request.model_id)
+        except (KeyError, ValueError):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_id!r} is not on this combiner")
+        yield from chunks
+
+
+class ControlServicer(rpc.ControlServicer):
+    def __init__(self, name: str, registry: ClientRegistry, runner: RoundRunner) -> None:
+        self.name = name
+        self.registry = registry
+        self.runner = runner
+        self.reducer_url = ""
+
+    def Configure(self, request: pb.ConfigureRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self.reducer_url = request.reducer_url
+        return pb.Ack(ok=True)
+
+    def StartRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.RoundResult:
+        return self.runner.run(request)
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.CombinerStatus:
+        clients = self.registry.snapshot()
+        return pb.CombinerStatus(name=self.name, clients=clients,
+                                 round_in_progress=self.runner.round_in_progress,
+                                 last_model_id=self.runner.last_model_id,
+                                 active_clients=sum(1 for c in clients if c.active))
+
+    def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
+        return self.runner.stop(request.round_id)

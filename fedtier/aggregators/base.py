@@ -1,0 +1,40 @@
+"""The aggregation interface shared by both tiers.
+
+A combiner folds client updates into a combiner model; the reducer folds combiner
+models into the global model. Both see a stream of (model file, weight) pairs and
+must not keep them all: ``add`` consumes one update and the caller may delete the file
+right after. New algorithms (FedProx's server side, FedAdam, trimmed mean, median
+with a disk-backed buffer) are one file each behind this class.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fedtier.helpers.base import Helper
+
+
+class Aggregator(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, helper: Helper, **params: Any) -> None:
+        if params:
+            raise ValueError(f"aggregator {self.name!r} takes no parameters, got {sorted(params)}")
+        self.helper = helper
+        self.num_updates = 0
+        self.total_weight = 0.0
+
+    @abstractmethod
+    def start(self, reference: Path) -> None:
+        """Begin a round that starts from the model at ``reference`` (the global model).
+        Updates must match its tensors; algorithms with server state may use its values."""
+
+    @abstractmethod
+    def add(self, update: Path, weight: float) -> None:
+        """Fold one update in. Raise (IncompatibleModelError, ModelFormatError, ValueError)
+        and leave the aggregate unchanged if the update is not acceptable."""
+
+    @abstractmethod
+    def finish(self, out: Path) -> float:
+        """Write the aggregate to ``out`` and return the total weight folded in."""

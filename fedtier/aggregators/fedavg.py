@@ -1,0 +1,48 @@
+"""Federated averaging as a streaming weighted mean.
+
+Each update is checked completely (shapes, dtypes, finite values) before any of it is
+folded in, then added slice by slice from disk. Peak memory is the running mean
+(one model copy) plus one slice, whatever the number of updates, and a rejected
+update leaves the mean exactly as it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedtier.aggregators.base import Aggregator
+from fedtier.helpers.format import ModelHeader, iter_slices, read_header, write_model
+
+
+class FedAvg(Aggregator):
+    name = "fedavg"
+
+    def start(self, reference: Path) -> None:
+        self._reference: ModelHeader = read_header(reference)
+        self._mean: dict[str, np.ndarray] | None = None
+        self.num_updates = 0
+        self.total_weight = 0.0
+
+    def add(self, update: Path, weight: float) -> None:
+        if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
+            raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
+        header = read_header(update)
+        self.helper.check_compatible(self._reference, header)
+        for spec, _, values in iter_slices(update, header):  # pass 1: check only
+            self.helper.check_finite(spec.name, values)
+        if self._mean is None:
+            self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
+                          for t in self._reference.tensors}
+        total = self.total_weight + float(weight)
+        for spec, offset, values in iter_slices(update, header):  # pass 2: fold in
+            target = self._mean[spec.name][offset:offset + values.size]
+            self.helper.increment_average(target, values, float(weight), total)
+        self.total_weight = total
+        self.num_updates += 1
+
+    def finish(self, out: Path) -> float:
+        if self._mean is None:
+            raise ValueError("no updates were aggregated")
+        write_model(out, {t.name: self._mean[t.name].reshape(t.shape) for t in self._reference.tensors})
+        return self.total_weight

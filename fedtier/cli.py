@@ -1,0 +1,144 @@
+"""The ``fedtier`` command: one entry point, a subcommand per process kind.
+
+``build_parser()`` is public so deployment files can be checked against it (the
+compose tests parse every service's command with this parser).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fedtier import __version__
+from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
+
+log = logging.getLogger("fedtier")
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM set an event so every process shuts down the same orderly way."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _partition(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 0/5, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"partition index must be in 0..{count - 1}, got {text!r}")
+    return index, count
+
+
+# ---------------------------------------------------------------- combiner
+def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.combiner.server import CombinerServer, CombinerSettings, announce
+
+    server = CombinerServer(CombinerSettings(
+        name=args.name, host=args.host, port=args.port,
+        work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
+        heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+        max_workers=args.max_clients + 32))
+    stop = _stop_on_signals()
+    port = server.start()
+    if args.reducer:
+        advertised = args.advertise_host or (args.host if args.host not in ("0.0.0.0", "[::]") else args.name)
+        threading.Thread(target=announce, daemon=True,
+                         args=(args.reducer, args.name, advertised, port, settings.auth_token, stop)).start()
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def add_combiner(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("combiner", help="run a combiner (gRPC server for clients)")
+    p.add_argument("--name", required=True, help="unique name in the network")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=12080, help="gRPC port (default 12080)")
+    p.add_argument("--advertise-host", default="", help="host name clients use to reach this combiner "
+                                                         "(default: --host, or --name when binding all interfaces)")
+    p.add_argument("--reducer", default="", help="reducer URL to announce to, e.g. http://reducer:8090")
+    p.add_argument("--work-dir", default="", help="where models are kept (default $FEDTIER_DATA_DIR/combiners/NAME)")
+    p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between client heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, default=10.0, help="silence after which a client is inactive")
+    p.add_argument("--max-clients", type=int, default=1000, help="task streams this combiner holds at most")
+    p.set_defaults(run=cmd_combiner)
+
+
+# ---------------------------------------------------------------- client
+def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.client.client import ClientSettings, FedClient
+
+    name = args.name or f"{settings.client_name_base}-{uuid.uuid4().hex[:8]}"
+    index, count = args.partition or (0, 1)
+    client = FedClient(ClientSettings(
+        name=name, project=Path(args.project), combiner=args.combiner or None,
+        reducer_url=args.reducer or None, data_path=args.data_path or None,
+        partition_index=index, num_partitions=count,
+        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token))
+    client.run(_stop_on_signals())
+    client.close()
+    return 0
+
+
+def add_client(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="run a client (connects out; opens no port)")
+    p.add_argument("--project", required=True, help="project folder with fedn.yaml")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--combiner", default="", help="combiner HOST:PORT to connect to directly")
+    where.add_argument("--reducer", default="", help="reducer URL; the client asks it which combiner to use")
+    p.add_argument("--name", default="", help="unique client name (default $CLIENT_NAME_BASE-<random>)")
+    p.add_argument("--data-path", default="", help="where this client's data is (FEDN_DATA_PATH for the project)")
+    p.add_argument("--partition", type=_partition, default=None, metavar="I/N",
+                   help="use share I of N of a shared dataset (demos and tests)")
+    p.add_argument("--work-dir", default="", help="scratch space for models (default $FEDTIER_DATA_DIR/clients/NAME)")
+    p.set_defaults(run=cmd_client)
+
+
+# ---------------------------------------------------------------- parser and main
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_combiner, add_client]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedtier", description="A tiered federated learning network.")
+    parser.add_argument("--version", action="version", version=f"fedtier {__version__}")
+    parser.add_argument("--env-file", default=".env", help="read settings from this file if it exists (default .env)")
+    parser.add_argument("--log-level", default="", help="DEBUG, INFO, WARNING or ERROR (default $FEDTIER_LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_env_file(args.env_file)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"fedtier: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or settings.log_level, name=f"[{args.command}]")
+    try:
+        return args.run(args, settings)
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Configuration from the environment and an optional ``.env`` file.
+
+Variable names are those of the original FEDn ``.env`` so an existing deployment's
+file keeps working; fedtier's own additions start with ``FEDTIER_``. Every variable
+is documented in ``.env.example``. The MongoDB and MinIO backends are chosen when
+their hosts are set; otherwise the embedded stores (SQLite, a local directory) are used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def parse_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """Read KEY=VALUE lines (comments, blank lines, ``export`` and quotes allowed)."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def load_env_file(path: str | os.PathLike = ".env", environ: dict[str, str] | None = None) -> bool:
+    """Merge a .env file into the environment without overriding variables already set.
+
+    Explicit environment wins over the file, as with docker-compose, so one file can
+    hold defaults and a deployment can override a single value.
+    """
+    env = os.environ if environ is None else environ
+    if not Path(path).is_file():
+        return False
+    for key, value in parse_env_file(path).items():
+        env.setdefault(key, value)
+    log.debug("loaded %s", path)
+    return True
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One deployment's settings; build with ``Settings.from_env()``."""
+
+    alliance_uid: str = "fedtier"
+    reducer_host: str = "127.0.0.1"
+    reducer_port: int = 8090
+    data_dir: Path = Path("var")
+    mongo_host: str = ""
+    mongo_port: int = 27017
+    mongo_user: str = ""
+    mongo_password: str = ""
+    minio_host: str = ""
+    minio_port: int = 9000
+    minio_access_key: str = ""
+    minio_secret_key: str = ""
+    minio_bucket: str = "fedtier-models"
+    minio_secure: bool = False
+    auth_token: str = ""
+    admin_auth_token: str = ""
+    example: str = ""
+    client_name_base: str = "client"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        settings = cls(
+            alliance_uid=env.get("ALLIANCE_UID", "") or "fedtier",
+            reducer_host=env.get("FEDN_REDUCER_HOST", "") or "127.0.0.1",
+            reducer_port=_int(env, "FEDN_REDUCER_PORT", 8090),
+            data_dir=Path(env.get("FEDTIER_DATA_DIR", "") or "var"),
+            mongo_host=env.get("FEDN_MONGO_HOST", ""),
+            mongo_port=_int(env, "FEDN_MONGO_PORT", 27017),
+            mongo_user=env.get("FEDN_MONGO_USER", ""),
+            mongo_password=env.get("FEDN_MONGO_PASSWORD", ""),
+            minio_host=env.get("FEDN_MINIO_HOST", ""),
+            minio_port=_int(env, "FEDN_MINIO_PORT", 9000),
+            minio_access_key=env.get("FEDN_MINIO_ACCESS_KEY", ""),
+            minio_secret_key=env.get("FEDN_MINIO_SECRET_KEY", ""),
+            minio_bucket=env.get("FEDTIER_MINIO_BUCKET", "") or "fedtier-models",
+            minio_secure=_bool(env, "FEDTIER_MINIO_SECURE", False),
+            auth_token=env.get("FEDN_ALLIANCE_AUTH_TOKEN", ""),
+            admin_auth_token=env.get("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", ""),
+            example=env.get("EXAMPLE", ""),
+            client_name_base=env.get("CLIENT_NAME_BASE", "") or "client",
+            log_level=(env.get("FEDTIER_LOG_LEVEL", "") or "INFO").upper(),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Fail at start-up, not mid-round, on settings that cannot work together."""
+        if self.minio_host and not (self.minio_access_key and self.minio_secret_key):
+            raise ConfigError("FEDN_MINIO_HOST is set but FEDN_MINIO_ACCESS_KEY/FEDN_MINIO_SECRET_KEY are not")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def uses_mongo(self) -> bool:
+        return bool(self.mongo_host)
+
+    @property
+    def uses_minio(self) -> bool:
+        return bool(self.minio_host)
+
+
+def setup_logging(level: str = "INFO", name: str = "") -> None:
+    """One log format for every fedtier process, with the component name in each line."""
+    prefix = f"{name} " if name else ""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+    )

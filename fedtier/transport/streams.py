@@ -1,0 +1,102 @@
+"""Models travel as header, data chunks, trailer (see ModelChunk in fedtier.proto).
+
+Both directions (client/reducer upload, download) use these two functions, so the
+integrity rules live in one place: the receiver writes to a temporary file, checks
+the byte count against the header and the sha256 against the trailer, and only then
+renames the file into place. A truncated or corrupted stream leaves nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from fedtier.proto import fedtier_pb2 as pb
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: well under gRPC's 4 MiB default message limit
+MAX_CHUNK_SIZE = 4 << 20
+
+
+class TransferError(ValueError):
+    """The stream broke the header/data/trailer contract; the message says how."""
+
+
+@dataclass(frozen=True)
+class Received:
+    path: Path
+    header: pb.TransferHeader
+    size: int
+    sha256: str
+
+
+def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = "",
+                chunk_size: int = CHUNK_SIZE) -> Iterator[pb.ModelChunk]:
+    """Stream a file as ModelChunks, hashing as it goes so the file is read once."""
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
+    size = os.path.getsize(path)
+    yield pb.ModelChunk(header=pb.TransferHeader(model_id=model_id, size=size, client_name=client_name))
+    digest = hashlib.sha256()
+    sent = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+            sent += len(block)
+            yield pb.ModelChunk(data=block)
+    if sent != size:
+        raise TransferError(f"{path} changed size while being sent ({size} -> {sent} bytes)")
+    yield pb.ModelChunk(trailer=pb.TransferTrailer(sha256=digest.hexdigest()))
+
+
+def receive_to_file(chunks: Iterable[pb.ModelChunk],
+                    destination: Callable[[pb.TransferHeader], Path],
+                    max_size: int | None = None) -> Received:
+    """Write a chunk stream to the path ``destination(header)`` chooses, verified and atomic.
+
+    ``destination`` sees the header first so a receiver can pick the model id, or
+    refuse (by raising) before a byte of data is written.
+    """
+    stream = iter(chunks)
+    first = next(stream, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise TransferError("stream must start with a header")
+    header = first.header
+    if header.size < 0 or (max_size is not None and header.size > max_size):
+        raise TransferError(f"declared size {header.size} bytes is over the limit of {max_size}")
+    target = Path(destination(header))
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    digest = hashlib.sha256()
+    received = 0
+    trailer: pb.TransferTrailer | None = None
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in stream:
+                kind = chunk.WhichOneof("part")
+                if kind == "data":
+                    if trailer is not None:
+                        raise TransferError("data after trailer")
+                    received += len(chunk.data)
+                    if received > header.size:
+                        raise TransferError(f"more data than the declared {header.size} bytes")
+                    digest.update(chunk.data)
+                    f.write(chunk.data)
+                elif kind == "trailer" and trailer is None:
+                    trailer = chunk.trailer
+                else:
+                    raise TransferError(f"unexpected {kind or 'empty'} message in the stream")
+            f.flush()
+            os.fsync(f.fileno())
+        if received != header.size:
+            raise TransferError(f"stream ended after {received} of {header.size} bytes")
+        if trailer is None:
+            raise TransferError("stream ended without a trailer")
+        if trailer.sha256 != digest.hexdigest():
+            raise TransferError("sha256 mismatch: the data was corrupted in transit")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Received(path=target, header=header, size=received, sha256=digest.hexdigest())

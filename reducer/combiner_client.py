@@ -1,0 +1,50 @@
+"""The reducer's handle on one combiner: push and fetch models, run rounds, read status."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.proto import fedtier_pb2_grpc as rpc
+from fedtier.transport.channel import make_channel
+from fedtier.transport.streams import Received, file_chunks, receive_to_file
+
+
+class CombinerClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = make_channel(address)
+        self.control = rpc.ControlStub(self.channel)
+        self.transfer = rpc.ModelTransferStub(self.channel)
+
+    def upload_model(self, path: Path, model_id: str, timeout: float | None = None) -> pb.UploadResponse:
+        """Push a model unless the combiner already has it (ids name immutable bytes)."""
+        try:
+            return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer"),
+                                             timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "already exists" in (exc.details() or ""):
+                return pb.UploadResponse(model_id=model_id)
+            raise
+
+    def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:
+        stream = self.transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name="reducer"),
+                                             timeout=timeout)
+        return receive_to_file(stream, lambda header: dest)
+
+    def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
+        return self.control.StartRound(request, timeout=timeout)
+
+    def status(self, timeout: float = 5.0) -> pb.CombinerStatus:
+        return self.control.Status(pb.StatusRequest(), timeout=timeout)
+
+    def stop(self, round_id: str = "", timeout: float = 5.0) -> pb.Ack:
+        return self.control.Stop(pb.StopRequest(round_id=round_id), timeout=timeout)
+
+    def configure(self, reducer_url: str, config_json: str = "{}", timeout: float = 5.0) -> pb.Ack:
+        return self.control.Configure(pb.ConfigureRequest(reducer_url=reducer_url, config_json=config_json),
+                                      timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,67 @@
+"""Packaging for fedtier.
+
+The design card puts each component in its own top-level folder (``combiner/``,
+``client/``...). Installing those as top-level Python packages would claim generic
+names such as ``client`` and ``helpers`` in site-packages, so every folder is
+mapped under the single ``fedtier`` namespace instead: ``combiner/`` is imported as
+``fedtier.combiner``. The shared infrastructure (configuration, storage, transport,
+the CLI) lives in ``fedtier/`` itself.
+"""
+from setuptools import find_packages, setup
+
+COMPONENTS = ["proto", "reducer", "combiner", "client", "helpers"]
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages = ["fedtier"] + ["fedtier." + p for p in find_packages("fedtier")]
+    package_dir = {"fedtier": "fedtier"}
+    for component in COMPONENTS:
+        packages.append(f"fedtier.{component}")
+        package_dir[f"fedtier.{component}"] = component
+        for sub in find_packages(component):
+            packages.append(f"fedtier.{component}.{sub}")
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+
+TORCH = ["torch==2.13.0"]  # CPU build; the registry's newest pulls gigabytes of CUDA
+KERAS = ["keras>=3.5"] + TORCH  # Keras 3 on the torch backend, no TensorFlow
+
+setup(
+    name="fedtier",
+    version="0.1.0",
+    description="A tiered reducer/combiner federated learning network",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"fedtier.proto": ["*.proto"], "fedtier.reducer": ["templates/*.html", "static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "grpcio>=1.85.1",
+        "protobuf>=7.35.1",  # the committed stubs call ValidateProtobufRuntimeVersion(7, 35, 1)
+        "numpy>=1.26",
+        "flask>=3.0",
+        "pyyaml>=6.0",
+        "requests>=2.31",
+        "minio>=7.2",
+        "pymongo>=4.6",
+    ],
+    extras_require={
+        "torch": TORCH,
+        "keras": KERAS,
+        "dev": KERAS + [
+            "scikit-learn>=1.4",
+            "grpcio-tools==1.85.1",  # pinned: tests/test_proto.py compares its output byte for byte
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "moto[server]>=5.0",
+            "mongomock>=4.1",
+            "jsonschema>=4.20",
+            "psutil>=5.9",
+        ],
+    },
+    entry_points={"console_scripts": ["fedtier=fedtier.cli:main"]},
+)

@@ -1,0 +1,139 @@
+"""A real combiner process and real client processes on loopback, driven like the reducer drives them."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
+from fedtier.helpers import get_helper
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.combiner_client import CombinerClient
+
+SHIFT = TEST_PROJECTS / "numpy_shift"
+numpy_helper = get_helper("numpy")
+
+
+def start_network(procs: ProcessGroup, tmp_path: Path, clients: int, project: Path = SHIFT,
+                  extra_client_args: tuple[str, ...] = ()) -> CombinerClient:
+    port = free_port()
+    combiner = procs.start("combiner", "combiner", "--name", "c1", "--host", "127.0.0.1", "--port", str(port),
+                           "--work-dir", str(tmp_path / "c1"), "--heartbeat-interval", "0.3",
+                           "--heartbeat-timeout", "3")
+    wait_for_port(port, proc=combiner)
+    for i in range(clients):
+        procs.start(f"client-{i}", "client", "--combiner", f"127.0.0.1:{port}", "--project", str(project),
+                    "--name", f"client-{i}", "--partition", f"{i}/{clients}",
+                    "--work-dir", str(tmp_path / f"client-{i}"), *extra_client_args)
+    client = CombinerClient(f"127.0.0.1:{port}")
+    wait_active(client, clients)
+    return client
+
+
+def wait_active(combiner: CombinerClient, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while combiner.status().active_clients < count:
+        assert time.monotonic() < deadline, f"{count} clients not active after {timeout}s"
+        time.sleep(0.1)
+
+
+def round_request(kind: int, model_id: str, **config: object) -> pb.RoundRequest:
+    base = {"clients_required": 3, "round_timeout": 60, "wait_for_clients": 60}
+    base.update(config)
+    return pb.RoundRequest(session_id="s", round_id=uuid.uuid4().hex, kind=kind, model_id=model_id,
+                           config_json=json.dumps(base))
+
+
+def push_seed(combiner: CombinerClient, tmp_path: Path) -> dict[str, np.ndarray]:
+    seed = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, dtype=np.float32)}
+    numpy_helper.save(seed, tmp_path / "seed")
+    combiner.upload_model(tmp_path / "seed", "seed")
+    return seed
+
+
+def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path: Path) -> None:
+    combiner = start_network(procs, tmp_path, clients=3)
+    seed = push_seed(combiner, tmp_path)
+    result = combiner.start_round(round_request(pb.TRAINING, "seed"), timeout=120)
+    assert result.success, result.error
+    # client i adds i+1 and weighs 10*(i+1): mean shift = (1*10 + 2*20 + 3*30) / 60
+    assert result.num_examples == 60
+    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-1", "client-2"]
+    combiner.download_model(result.model_id, tmp_path / "combined")
+    combined = numpy_helper.load(tmp_path / "combined")
+    for name, value in seed.items():
+        np.testing.assert_allclose(combined[name], value + 140 / 60, rtol=1e-6)
+    assert {"wait_clients", "tasks", "aggregation", "total"} <= set(result.timings)
+
+    validation = combiner.start_round(round_request(pb.VALIDATION, result.model_id), timeout=120)
+    assert validation.success, validation.error
+    sums = [json.loads(v.metrics_json)["weight_sum"] for v in validation.validations]
+    expected = float(sum((v + 140 / 60).sum() for v in seed.values()))
+    assert sums == [pytest.approx(expected, rel=1e-6)] * 3
+    status = combiner.status()
+    assert status.active_clients == 3 and status.last_model_id == result.model_id
+    assert all(c.rounds_joined == 1 for c in status.clients)
+
+
+@pytest.mark.parametrize("bad", ["nan_client", "wrong_shape_client"])
+def test_malformed_update_is_rejected_and_round_completes(procs: ProcessGroup, tmp_path: Path, bad: str) -> None:
+    combiner = start_network(procs, tmp_path, clients=3)
+    seed = push_seed(combiner, tmp_path)
+    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2,
+                                                task={bad: "client-1"}), timeout=120)
+    assert result.success, result.error
+    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-2"]
+    assert any(f.startswith("client-1: update rejected") for f in result.failures), result.failures
+    combiner.download_model(result.model_id, tmp_path / "combined")
+    combined = numpy_helper.load(tmp_path / "combined")
+    np.testing.assert_allclose(combined["w"], seed["w"] + (1 * 10 + 3 * 30) / 40, rtol=1e-6)
+    assert "client-1" in procs.log("combiner")  # the rejection is logged with the client's name
+
+
+def test_round_fails_cleanly_without_quorum(procs: ProcessGroup, tmp_path: Path) -> None:
+    combiner = start_network(procs, tmp_path, clients=2)
+    push_seed(combiner, tmp_path)
+    # a failing client leaves 1 update where 2 are required: the round fails with a reason
+    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2,
+                                                task={"fail_client": "client-0"}), timeout=120)
+    assert not result.success
+    assert "only 1 of 2 required updates" in result.error
+    assert any("told to fail" in f for f in result.failures)
+    # asking for more clients than exist fails after the bounded wait, naming the count
+    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=5, wait_for_clients=1),
+                                  timeout=60)
+    assert not result.success and "only 2 of 5 required clients" in result.error
+
+
+def test_command_entry_points_and_client_reconnect(procs: ProcessGroup, tmp_path: Path) -> None:
+    """FEDn-style subprocess entry points; a combiner restart is survived by the clients."""
+    project = tmp_path / "cmd_project"
+    project.mkdir()
+    for f in ("shift.py", "train.py", "validate.py"):
+        (project / f).write_text((SHIFT / f).read_text())
+    (project / "fedn.yaml").write_text("helper: numpy\nentry_points:\n  train:\n    command: python train.py\n"
+                                       "  validate:\n    command: python validate.py\n")
+    combiner = start_network(procs, tmp_path, clients=2, project=project)
+    seed = push_seed(combiner, tmp_path)
+    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2), timeout=120)
+    assert result.success, result.error
+    assert result.num_examples == 30
+
+    # restart the combiner on the same port: clients reconnect by themselves
+    port = int(combiner.address.rsplit(":", 1)[1])
+    procs.kill("combiner")
+    restarted = procs.start("combiner2", "combiner", "--name", "c1", "--host", "127.0.0.1", "--port", str(port),
+                            "--work-dir", str(tmp_path / "c1b"), "--heartbeat-interval", "0.3",
+                            "--heartbeat-timeout", "3")
+    wait_for_port(port, proc=restarted)
+    again = CombinerClient(f"127.0.0.1:{port}")
+    push_seed(again, tmp_path)
+    result = again.start_round(round_request(pb.TRAINING, "seed", clients_required=2, wait_for_clients=60),
+                               timeout=120)
+    assert result.success, result.error
+    again.download_model(result.model_id, tmp_path / "after")
+    np.testing.assert_allclose(numpy_helper.load(tmp_path / "after")["b"], seed["b"] + (10 + 40) / 30, rtol=1e-6)
