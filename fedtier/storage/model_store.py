@@ -1,0 +1,264 @@
+"""The ModelStore contract shared by every model storage backend.
+
+Models are the unit of exchange in the network: every round produces new ones
+and the reducer's trail refers to them by id forever after. That gives the
+store two hard rules that every backend must keep and that this base class
+enforces where it can, so backends cannot drift apart:
+
+* immutability: an id is written once; a second write is an error, never an
+  overwrite, and a failed write leaves nothing visible under the id;
+* integrity: the sha256 recorded at write time is checked on every read, so a
+  model corrupted at rest is reported instead of being trained on.
+
+Models can be many GiB, so nothing here holds a whole model in memory: data
+moves through iterators of bounded chunks and temporary files.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+_MODEL_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What a store knows about a published model; enough to verify a copy."""
+
+    model_id: str
+    sha256: str
+    size: int
+
+
+class ModelStoreError(Exception):
+    """Base class so callers can handle every storage failure in one place."""
+
+
+class ModelNotFoundError(ModelStoreError, KeyError):
+    """Raised for an unknown id; a KeyError too so mapping-style code works."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ quotes its argument as if it were a bare key; the
+        # message is a sentence, so show it as one.
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelExistsError(ModelStoreError):
+    """Raised instead of overwriting: published models are immutable."""
+
+
+class StorageUnavailableError(ModelStoreError):
+    """Raised when the backing service cannot be reached even after retries."""
+
+
+def validate_model_id(model_id: object) -> str:
+    """Reject ids that could escape a directory or an object key namespace.
+
+    The allowed alphabet is safe as a file name and as an S3 key on every
+    platform, so both backends can use the id verbatim.
+    """
+    if not isinstance(model_id, str) or not _MODEL_ID_RE.fullmatch(model_id):
+        raise ValueError(
+            f"invalid model id {model_id!r}: expected 1-128 characters from [A-Za-z0-9._-]"
+        )
+    if model_id in (".", ".."):
+        raise ValueError(f"invalid model id {model_id!r}: reserved path name")
+    return model_id
+
+
+def iter_file(path: str | os.PathLike, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    """Read a file lazily so callers never need it whole in memory."""
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(chunk_size)
+            if not chunk:
+                return
+            yield chunk
+
+
+def as_bytes(chunk: object, model_id: str) -> bytes | bytearray | memoryview:
+    """Fail loudly on a wrong chunk type before any of it is stored."""
+    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"model {model_id!r}: chunks must be bytes-like, got {type(chunk).__name__}"
+        )
+    return chunk
+
+
+def copy_hashing(
+    chunks: Iterable[bytes], dest: BinaryIO, model_id: str
+) -> tuple[str, int]:
+    """Write chunks to dest and return (sha256, size) computed on the way.
+
+    Hashing while copying means a single pass over data that may be too large
+    to read twice cheaply.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        data = as_bytes(chunk, model_id)
+        digest.update(data)
+        dest.write(data)
+        size += len(data)
+    return digest.hexdigest(), size
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new entry durable; best effort where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ModelStore(ABC):
+    """Immutable, integrity-checked storage for model blobs keyed by id.
+
+    Public methods validate arguments and enforce the read-side contract
+    (hash verification, atomic destination files) once for all backends;
+    backends implement the protected hooks.
+    """
+
+    # ---- public API -----------------------------------------------------
+
+    def put_file(self, model_id: str, path: str | os.PathLike) -> StoredModel:
+        """Publish a file under a new id; the file may be larger than memory.
+
+        Raises ModelExistsError if the id is taken. The source file must not
+        change while it is being stored.
+        """
+        validate_model_id(model_id)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model {model_id!r}: source file {os.fspath(path)!r} not found")
+        return self._put_file(model_id, Path(path))
+
+    def put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel:
+        """Publish a model produced incrementally (e.g. received over gRPC).
+
+        If the iterator raises, nothing is published and the error propagates.
+        """
+        validate_model_id(model_id)
+        return self._put_stream(model_id, chunks)
+
+    def get_file(self, model_id: str, dest: str | os.PathLike) -> StoredModel:
+        """Copy a model to dest, verified, appearing at dest only when complete.
+
+        The copy is written to a temporary file next to dest and renamed over
+        it, so a reader of dest never sees a partial or corrupt model; on a
+        hash mismatch the temporary file is removed and ModelStoreError raised.
+        """
+        validate_model_id(model_id)
+        dest_path = Path(dest)
+        stored = self.stat(model_id)
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=dest_path.parent, prefix=f".{dest_path.name}.", suffix=".part"
+        )
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._verified_chunks(stored, DEFAULT_CHUNK_SIZE):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, dest_path)
+        except BaseException:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+            raise
+        logger.debug("model %s copied to %s", model_id, dest_path)
+        return stored
+
+    def iter_chunks(self, model_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """Stream a model, e.g. straight into a gRPC response.
+
+        The id is checked eagerly (ModelNotFoundError is raised by this call,
+        not by the first next()). Integrity can only be known at the end, so a
+        corrupt model raises ModelStoreError after the last chunk: consumers
+        must not treat the data as valid before the iterator is exhausted.
+        """
+        validate_model_id(model_id)
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        return self._verified_chunks(self.stat(model_id), chunk_size)
+
+    def stat(self, model_id: str) -> StoredModel:
+        """Return id, sha256 and size; ModelNotFoundError for an unknown id."""
+        validate_model_id(model_id)
+        return self._stat(model_id)
+
+    def exists(self, model_id: str) -> bool:
+        """Cheap presence check; an existing id can no longer be written."""
+        validate_model_id(model_id)
+        return self._exists(model_id)
+
+    def list_ids(self) -> list[str]:
+        """All published ids, sorted, so listings are stable across backends."""
+        return sorted(self._list_ids())
+
+    # ---- backend hooks --------------------------------------------------
+
+    def _put_file(self, model_id: str, path: Path) -> StoredModel:
+        return self._put_stream(model_id, iter_file(path))
+
+    @abstractmethod
+    def _put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel: ...
+
+    @abstractmethod
+    def _stat(self, model_id: str) -> StoredModel: ...
+
+    def _exists(self, model_id: str) -> bool:
+        try:
+            self._stat(model_id)
+        except ModelNotFoundError:
+            return False
+        return True
+
+    @abstractmethod
+    def _list_ids(self) -> Iterable[str]: ...
+
+    @abstractmethod
+    def _raw_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
+        """Yield the stored bytes as-is; verification is done by the caller."""
+
+    # ---- shared helpers -------------------------------------------------
+
+    def _verified_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self._raw_chunks(stored, chunk_size):
+            size += len(chunk)
+            if size > stored.size:
+                raise ModelStoreError(
+                    f"model {stored.model_id!r} is corrupt: stored data is larger than "
+                    f"the recorded {stored.size} bytes"
+                )
+            digest.update(chunk)
+            yield chunk
+        actual = digest.hexdigest()
+        if size != stored.size or actual != stored.sha256:
+            logger.error(
+                "model %s failed verification: sha256 %s size %d, expected %s size %d",
+                stored.model_id, actual, size, stored.sha256, stored.size,
+            )
+            raise ModelStoreError(
+                f"model {stored.model_id!r} is corrupt: sha256 {actual} ({size} bytes) does not "
+                f"match the recorded {stored.sha256} ({stored.size} bytes)"
+            )
