@@ -1,0 +1,195 @@
+"""The digits test project, run directly (no network): in-process and command entry points."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fedtier.client.context import TaskContext
+from fedtier.helpers import get_helper
+
+PROJECT = Path(__file__).resolve().parent.parent / "test_projects" / "digits"
+PROJECT_MODULES = ("model", "data", "entrypoints", "seed", "train", "validate")
+NUM_PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def project() -> Iterator[dict[str, ModuleType]]:
+    """Import the project's modules the way the client does (project dir on sys.path).
+
+    Their generic names (model, data...) are removed from sys.modules afterwards so
+    they cannot shadow another project's modules in later tests.
+    """
+    saved = {name: sys.modules.pop(name) for name in PROJECT_MODULES if name in sys.modules}
+    sys.path.insert(0, str(PROJECT))
+    try:
+        yield {name: importlib.import_module(name) for name in ("model", "data", "entrypoints", "seed")}
+    finally:
+        sys.path.remove(str(PROJECT))
+        for name in PROJECT_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def seed_model(project: dict[str, ModuleType], tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("seed") / "seed.model")
+    project["seed"].make_seed(path)
+    return path
+
+
+def _ctx(index: int, round_id: str = "r1", **config: object) -> TaskContext:
+    return TaskContext(
+        client_name=f"client-{index}",
+        partition_index=index,
+        num_partitions=NUM_PARTITIONS,
+        round_id=round_id,
+        config=config,
+    )
+
+
+def _same_state(a: "OrderedDict[str, torch.Tensor]", b: "OrderedDict[str, torch.Tensor]") -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fedn_yaml_entry_points_resolve(project: dict[str, ModuleType]) -> None:
+    spec = yaml.safe_load((PROJECT / "fedn.yaml").read_text())
+    assert spec["helper"] == "pytorch"
+    for task in ("train", "validate"):
+        module_name, func_name = spec["entry_points"][task]["python"].split(":")
+        assert callable(getattr(project[module_name], func_name))
+
+
+def test_data_splits_are_disjoint_and_cover_the_pool(project: dict[str, ModuleType]) -> None:
+    data = project["data"]
+    x_test, y_test = data.load_test_set()
+    assert x_test.dtype == np.float32 and 0.0 <= x_test.min() and x_test.max() <= 1.0
+    assert len(y_test) == 360 and set(np.unique(y_test)) == set(range(10))
+    rows = set()
+    total = 0
+    for i in range(NUM_PARTITIONS):
+        x_tr, y_tr, x_val, y_val = data.load_partition(i, NUM_PARTITIONS)
+        assert len(x_tr) == len(y_tr) and len(x_val) == len(y_val)
+        assert 0.15 < len(x_val) / (len(x_tr) + len(x_val)) < 0.25
+        train_rows = {r.tobytes() for r in x_tr}
+        assert not train_rows & {r.tobytes() for r in x_val}
+        rows |= train_rows | {r.tobytes() for r in x_val}
+        total += len(x_tr) + len(x_val)
+    assert total == 1797 - 360
+    # load_digits has a few duplicate images, so compare against the test set loosely.
+    assert len(rows & {r.tobytes() for r in x_test}) < 10
+    with pytest.raises(ValueError):
+        data.load_partition(NUM_PARTITIONS, NUM_PARTITIONS)
+
+
+def test_seed_model_is_deterministic_and_near_chance(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    helper = get_helper("pytorch")
+    again = tmp_path / "seed2.model"
+    project["seed"].make_seed(str(again))
+    assert _same_state(helper.load(seed_model), helper.load(str(again)))
+    metrics = project["entrypoints"].evaluate_model_file(seed_model)
+    assert metrics["num_examples"] == 360
+    assert metrics["accuracy"] < 0.25  # 10 classes: chance is 0.1
+    assert metrics["loss"] > 2.0  # ~ln(10)
+
+
+def test_train_returns_partition_size_and_lowers_client_loss(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    ep = project["entrypoints"]
+    ctx = _ctx(1)
+    out = str(tmp_path / "out.model")
+    metadata = ep.train(seed_model, out, ctx)
+    x_train = project["data"].load_partition(1, NUM_PARTITIONS)[0]
+    assert metadata["num_examples"] == len(x_train)
+    assert math.isfinite(metadata["train_loss"])
+    before, after = ep.validate(seed_model, ctx), ep.validate(out, ctx)
+    assert after["loss"] < before["loss"] - 1.0
+    assert after["accuracy"] > before["accuracy"] + 0.5
+    assert set(after) >= {"accuracy", "loss", "num_examples", "test_accuracy", "test_loss"}
+    assert after["num_examples"] == len(project["data"].load_partition(1, NUM_PARTITIONS)[2])
+
+
+def test_train_is_deterministic_per_round_and_client(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    ep, helper = project["entrypoints"], get_helper("pytorch")
+
+    def run(name: str, ctx: TaskContext) -> "OrderedDict[str, torch.Tensor]":
+        ep.train(seed_model, str(tmp_path / name), ctx)
+        return helper.load(str(tmp_path / name))
+
+    first = run("a", _ctx(0, epochs=1))
+    assert _same_state(first, run("b", _ctx(0, epochs=1)))
+    assert not _same_state(first, run("c", _ctx(0, round_id="r2", epochs=1)))
+
+
+def test_train_honours_config(project: dict[str, ModuleType], seed_model: str, tmp_path: Path) -> None:
+    metadata = project["entrypoints"].train(
+        seed_model, str(tmp_path / "m"), _ctx(2, epochs=1, learning_rate=0.05, batch_size=16)
+    )
+    assert (metadata["epochs"], metadata["learning_rate"], metadata["batch_size"]) == (1, 0.05, 16)
+
+
+def test_fedavg_reaches_90_percent_in_three_rounds(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    """Guards the default hyperparameters: the sandbox and network tests rely on them."""
+    ep, helper = project["entrypoints"], get_helper("pytorch")
+    global_model = seed_model
+    for r in range(1, 4):
+        states, counts = [], []
+        for i in range(NUM_PARTITIONS):
+            out = str(tmp_path / f"r{r}-c{i}")
+            counts.append(ep.train(global_model, out, _ctx(i, round_id=str(r)))["num_examples"])
+            states.append(helper.load(out))
+        avg = OrderedDict(
+            (k, sum(s[k] * n for s, n in zip(states, counts)) / sum(counts)) for k in states[0]
+        )
+        global_model = str(tmp_path / f"global-{r}")
+        helper.save(avg, global_model)
+    assert ep.evaluate_model_file(global_model)["accuracy"] >= 0.9
+
+
+def test_command_wrappers(project: dict[str, ModuleType], seed_model: str, tmp_path: Path) -> None:
+    """train.py/validate.py as the client runs them: env from TaskContext.to_env(), any cwd."""
+    ctx = _ctx(0, round_id="cmd", epochs=2)
+    env = {**os.environ, **ctx.to_env(), "OMP_NUM_THREADS": "1"}
+    out_model, out_json = tmp_path / "trained.model", tmp_path / "metrics.json"
+    # Both start from the seed model, so run them side by side (each pays torch's import).
+    procs = [
+        subprocess.Popen([sys.executable, str(PROJECT / script), seed_model, str(out)],
+                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for script, out in (("train.py", out_model), ("validate.py", out_json))
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output.decode(errors="replace")
+
+    ep, helper = project["entrypoints"], get_helper("pytorch")
+    metadata = json.loads((tmp_path / "trained.model-metadata").read_text())
+    assert metadata["num_examples"] == len(project["data"].load_partition(0, NUM_PARTITIONS)[0])
+    assert metadata["epochs"] == 2  # the task config arrived through the environment
+    state = helper.load(str(out_model))
+    project["model"].build_model().load_state_dict(state)  # loadable into the architecture
+    # Same context in-process gives bit-identical weights: the task seed is not process-salted.
+    ep.train(seed_model, str(tmp_path / "inproc.model"), ctx)
+    assert _same_state(state, helper.load(str(tmp_path / "inproc.model")))
+
+    metrics = json.loads(out_json.read_text())
+    assert metrics == pytest.approx(ep.validate(seed_model, ctx))
+    assert set(metrics) >= {"accuracy", "loss", "num_examples", "test_accuracy", "test_loss"}
