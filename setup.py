@@ -61,6 +61,7 @@ setup(
             "mongomock>=4.1",
             "jsonschema>=4.20",
             "psutil>=5.9",
+            "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
         ],
     },
     entry_points={"console_scripts": ["fedtier=fedtier.cli:main"]},
