@@ -75,6 +75,10 @@ class FedClient:
     def run(self, stop: threading.Event | None = None) -> None:
         """Serve tasks until ``stop`` is set, reconnecting for as long as it takes."""
         stop = stop or threading.Event()
+        started = time.perf_counter()
+        self.project.warm_up()
+        log.info("%s: project %s loaded in %.1fs", self.settings.name, self.project.root.name,
+                 time.perf_counter() - started)
         delay = self.settings.backoff_initial
         while not stop.is_set():
             try:

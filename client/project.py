@@ -83,6 +83,13 @@ class Project:
         timeout = float(spec.get("task_timeout", 3600))
         return cls(root, helper, entries, timeout)
 
+    def warm_up(self) -> None:
+        """Import in-process entry points now, so the first round is not charged for
+        importing the project's framework (seconds for torch, more with many clients)."""
+        for entry in self.entry_points.values():
+            if entry.python:
+                self._function(entry)
+
     # ---- entry points
     def train(self, in_model: Path, out_model: Path, ctx: TaskContext) -> dict[str, Any]:
         entry = self.entry_points["train"]

@@ -109,8 +109,55 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_client)
 
 
+# ---------------------------------------------------------------- reducer
+def cmd_reducer(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.reducer.serve import serve
+
+    serve(settings, args.host, args.port or settings.reducer_port, args.helper, _stop_on_signals())
+    return 0
+
+
+def add_reducer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reducer", help="run the reducer (REST API, web UI, global model trail)")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=0, help="HTTP port (default $FEDN_REDUCER_PORT or 8090)")
+    p.add_argument("--helper", default="numpy", help="helper that validates models: numpy, pytorch or keras")
+    p.set_defaults(run=cmd_reducer)
+
+
+# ---------------------------------------------------------------- sandbox
+def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.sandbox import Sandbox, SandboxOptions
+
+    options = SandboxOptions(project=Path(args.project), combiners=args.combiners, clients=args.clients,
+                             rounds=args.rounds, exit_when_done=args.exit_when_done,
+                             summary=Path(args.summary) if args.summary else None,
+                             work_dir=Path(args.work_dir) if args.work_dir else None, port=args.port,
+                             seed=Path(args.seed) if args.seed else None, data_path=args.data_path or None,
+                             round_timeout=args.round_timeout, task=args.task)
+    return Sandbox(options, _stop_on_signals()).run()
+
+
+def add_sandbox(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sandbox", help="run a whole network on this machine: reducer, combiners, clients")
+    p.add_argument("--project", required=True, help="project folder with fedn.yaml and seed.py")
+    p.add_argument("--combiners", type=int, default=2, help="number of combiners (default 2)")
+    p.add_argument("--clients", type=int, default=5, help="number of clients (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds to run (default 3)")
+    p.add_argument("--exit-when-done", action="store_true", help="stop everything once the rounds are done")
+    p.add_argument("--summary", default="", help="write a JSON summary of the rounds to this file")
+    p.add_argument("--work-dir", default="", help="where stores and logs go (default: a new temporary folder)")
+    p.add_argument("--port", type=int, default=0, help="reducer HTTP port (default: a free one)")
+    p.add_argument("--seed", default="", help="seed model file (default: made by the project's seed.py)")
+    p.add_argument("--data-path", default="", help="data directory handed to every client")
+    p.add_argument("--round-timeout", type=float, default=300.0, help="seconds per round (default 300)")
+    p.add_argument("--task", default="{}", help="JSON settings for the project's code, e.g. '{\"epochs\": 2}'")
+    p.set_defaults(run=cmd_sandbox)
+
+
 # ---------------------------------------------------------------- parser and main
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_combiner, add_client]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
+                                                                   add_sandbox]
 
 
 def build_parser() -> argparse.ArgumentParser:

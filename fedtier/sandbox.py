@@ -1,0 +1,241 @@
+"""``fedtier sandbox``: a whole network on one machine, as separate processes on loopback.
+
+It starts the reducer, N combiners and M clients exactly as a deployment would
+(each its own ``fedtier`` process, talking over real sockets, with the embedded
+stores), seeds the project's seed model, runs the rounds and prints one line per
+round. Every process logs to ``<work-dir>/logs``; whatever happens, every process it
+started is stopped when it exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from fedtier.client.project import Project
+
+
+class SandboxError(RuntimeError):
+    """The network could not be brought up or a round could not be run; says why."""
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    project: Path
+    combiners: int = 2
+    clients: int = 5
+    rounds: int = 3
+    exit_when_done: bool = False
+    summary: Path | None = None
+    work_dir: Path | None = None
+    port: int = 0
+    seed: Path | None = None
+    data_path: str | None = None
+    round_timeout: float = 300.0
+    task: str = "{}"
+    startup_timeout: float = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(message: str) -> None:
+    """The sandbox's progress lines go to stdout: they are its output, not a service log."""
+    print(message, flush=True)
+
+
+class Sandbox:
+    def __init__(self, options: SandboxOptions, stop: threading.Event | None = None) -> None:
+        if options.combiners < 1 or options.clients < 1 or options.rounds < 1:
+            raise ValueError("--combiners, --clients and --rounds must each be at least 1")
+        try:
+            self.task = json.loads(options.task or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--task is not valid JSON: {exc}") from None
+        self.options = options
+        self.project = Project.load(options.project)
+        self.stop = stop or threading.Event()
+        self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="fedtier-sandbox-")).resolve()
+        self.logs = self.work_dir / "logs"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.url = ""
+
+    # ---- processes
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_"))}  # the sandbox uses the embedded stores
+        env.update(FEDTIER_DATA_DIR=str(self.work_dir), PYTHONUNBUFFERED="1")
+        return env
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.work_dir)
+        self.procs[name] = proc
+        return proc
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise SandboxError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+
+    def _shutdown(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    # ---- reducer API
+    def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+        reply = requests.request(method, self.url + path, timeout=30, **kwargs)
+        if reply.status_code >= 400:
+            raise SandboxError(f"{method} {path} failed: {reply.status_code} {reply.text.strip()[:500]}")
+        return reply.json()
+
+    def _wait_for(self, what: str, condition: Any, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.options.startup_timeout)
+        while True:
+            self._check_alive()
+            if self.stop.is_set():
+                raise SandboxError("interrupted")
+            try:
+                value = condition()
+                if value:
+                    return value
+            except (requests.RequestException, SandboxError):
+                pass
+            if time.monotonic() > deadline:
+                raise SandboxError(f"timed out waiting for {what}; logs in {self.logs}")
+            time.sleep(0.25)
+
+    # ---- the run
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            rounds = self._bring_up_and_train()
+            ok = all(r["status"] == "success" for r in rounds)
+            if self.options.exit_when_done:
+                return 0 if ok else 1
+            say(f"rounds done; still serving at {self.url}/ (Ctrl-C to stop)")
+            while not self.stop.wait(1.0):
+                self._check_alive()
+            return 0 if ok else 1
+        except SandboxError as exc:
+            say(f"sandbox: {exc}")
+            return 1
+        finally:
+            self._shutdown()
+
+    def _bring_up_and_train(self) -> list[dict[str, Any]]:
+        o = self.options
+        port = o.port or _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        say(f"fedtier sandbox: {o.combiners} combiners, {o.clients} clients, project {self.project.root.name}; "
+            f"work dir {self.work_dir}")
+        self._spawn("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", self.project.helper)
+        self._wait_for("the reducer", lambda: self._api("GET", "/api/v1/status"))
+        say(f"dashboard: {self.url}/")
+        for i in range(o.combiners):
+            name = f"combiner-{i}"
+            self._spawn(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(_free_port()),
+                        "--reducer", self.url, "--heartbeat-interval", "1", "--heartbeat-timeout", "6")
+        self._wait_for("combiners to register",
+                       lambda: len(self._api("GET", "/api/v1/combiners")) >= o.combiners)
+
+        seed = o.seed or self._make_seed()
+        with open(seed, "rb") as f:
+            self._api("POST", "/seed", files={"seed": ("seed", f)})
+        for i in range(o.clients):
+            name = f"client-{i}"
+            args = ["client", "--reducer", self.url, "--project", str(self.project.root), "--name", name,
+                    "--partition", f"{i}/{o.clients}"]
+            if o.data_path:
+                args += ["--data-path", o.data_path]
+            self._spawn(name, *args)
+        self._wait_for(f"{o.clients} clients to connect",
+                       lambda: self._api("GET", "/api/v1/status")["clients_active"] >= o.clients)
+        say(f"{o.clients} clients connected; starting {o.rounds} rounds")
+
+        start = self._api("POST", "/start", json={"rounds": o.rounds, "clients_required": o.clients,
+                                                  "round_timeout": o.round_timeout, "task": self.task})
+        return self._follow(start["session_id"])
+
+    def _make_seed(self) -> Path:
+        script = self.project.root / "seed.py"
+        if not script.is_file():
+            raise SandboxError(f"{self.project.root} has no seed.py; pass --seed FILE")
+        out = self.work_dir / "seed.safetensors"
+        done = subprocess.run([sys.executable, str(script), str(out)], cwd=self.project.root, env=self._env(),
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not out.is_file():
+            raise SandboxError(f"seed.py failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
+        return out
+
+    def _follow(self, session_id: str) -> list[dict[str, Any]]:
+        """Print each round as it finishes; return the rounds when the session ends."""
+        printed: set[str] = set()
+        summary_rounds: list[dict[str, Any]] = []
+        while True:
+            self._check_alive()
+            if self.stop.is_set():
+                raise SandboxError("interrupted")
+            session = self._api("GET", f"/api/v1/sessions/{session_id}")
+            for r in self._api("GET", "/api/v1/rounds", params={"session_id": session_id}):
+                if r["status"] == "running" or r["id"] in printed:
+                    continue
+                printed.add(r["id"])
+                metrics = r.get("metrics") or {}
+                entry = {"round": r["round"], "status": r["status"], "accuracy": metrics.get("accuracy"),
+                         "loss": metrics.get("loss"), "test_accuracy": metrics.get("test_accuracy"),
+                         "round_time_s": round(r["timings"].get("total", 0.0), 3),
+                         "participants": len(r.get("participants") or []), "model_id": r.get("model_out")}
+                summary_rounds.append(entry)
+                say(self._line(entry, r.get("error")))
+            if session["status"] != "running":
+                break
+            time.sleep(0.5)
+        self._write_summary(summary_rounds)
+        say(f"session {session['status']}: {session['rounds_succeeded']} of {session['rounds_requested']} "
+            f"rounds succeeded")
+        return summary_rounds
+
+    @staticmethod
+    def _line(entry: dict[str, Any], error: str | None) -> str:
+        def fmt(value: Any) -> str:
+            return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+        if entry["status"] != "success":
+            return f"round {entry['round']:>3}  FAILED  {error}"
+        text = (f"round {entry['round']:>3}  accuracy {fmt(entry['accuracy'])}  loss {fmt(entry['loss'])}  "
+                f"time {entry['round_time_s']:.2f}s  clients {entry['participants']}")
+        if entry["test_accuracy"] is not None:
+            text += f"  test accuracy {fmt(entry['test_accuracy'])}"
+        return text
+
+    def _write_summary(self, rounds: list[dict[str, Any]]) -> None:
+        if not self.options.summary:
+            return
+        good = [r for r in rounds if r["status"] == "success"]
+        summary = {"combiners": self.options.combiners, "clients": self.options.clients, "rounds": rounds,
+                   "final_accuracy": good[-1]["accuracy"] if good else None,
+                   "final_test_accuracy": good[-1]["test_accuracy"] if good else None,
+                   "dashboard": self.url + "/", "work_dir": str(self.work_dir)}
+        self.options.summary.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,77 @@
+"""The reducer's Flask application factory.
+
+``create_app`` wires the stores, the trail, the network view and the round control
+into one ``Reducer`` object kept on ``app.extensions["fedtier"]``; blueprints reach
+it through ``reducer()``. Configuration comes from the environment (``Settings``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from fedtier.config import Settings
+from fedtier.reducer.control import Control
+from fedtier.reducer.errors import register_error_handlers
+from fedtier.reducer.network import Network
+from fedtier.reducer.trail import ModelTrail
+from fedtier.storage.factory import model_store_from_settings, state_store_from_settings
+from fedtier.storage.model_store import ModelStore
+from fedtier.storage.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reducer:
+    settings: Settings
+    models: ModelStore
+    state: StateStore
+    trail: ModelTrail
+    network: Network
+    control: Control
+    work_dir: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.network.close()
+        self.state.close()
+
+
+def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore | None = None,
+                  state: StateStore | None = None) -> Reducer:
+    models = models or model_store_from_settings(settings)
+    state = state or state_store_from_settings(settings)
+    work_dir = settings.data_dir / "reducer"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    trail = ModelTrail(models, state)
+    network = Network(state)
+    control = Control(state, trail, network, work_dir, helper=helper)
+    return Reducer(settings, models, state, trail, network, control, work_dir)
+
+
+def create_app(settings: Settings | None = None, helper: str = "numpy", reducer: Reducer | None = None,
+               poll_interval_s: float | None = 2.0, max_upload_mb: int = 4096) -> Flask:
+    settings = settings or Settings.from_env()
+    reducer = reducer or build_reducer(settings, helper)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_mb << 20
+    app.extensions["fedtier"] = reducer
+    register_error_handlers(app)
+
+    from fedtier.reducer.routes import api, dashboard, network, seed, start
+
+    for module in (seed, start, network, api, dashboard):
+        app.register_blueprint(module.bp)
+    if poll_interval_s:
+        threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
+                         name="status-poll", daemon=True).start()
+    return app
+
+
+def reducer() -> Reducer:
+    return current_app.extensions["fedtier"]

@@ -1,0 +1,386 @@
+"""Sessions of rounds across combiners: the top of the path of one round.
+
+States, as in FEDn: ``setup`` (no seed model yet) -> ``idle`` -> ``instructing``
+(finding clients, pushing the global model) -> ``monitoring`` (combiners training) ->
+``idle``. One round, read top-down in ``_run_round``:
+  1. wait until enough clients are active across the online combiners;
+  2. push the global model to the combiners that have clients;
+  3. each combiner runs a training round on its clients and returns a combiner model
+     with the number of examples behind it;
+  4. fetch those models and average them weighted by examples (two-tier FedAvg equals
+     flat FedAvg over the same client updates);
+  5. commit the result to the trail (parent: the model the round started from);
+  6. if asked, validate the new model on the clients and record the metrics.
+A round that fails at any step leaves the trail as it was.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import grpc
+
+from fedtier.aggregators import get_aggregator
+from fedtier.helpers import get_helper
+from fedtier.ids import new_id
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.network import Network
+from fedtier.reducer.trail import ModelTrail
+from fedtier.round_config import RoundConfig, RoundConfigError
+from fedtier.storage.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "reducer"
+MAX_ROUNDS = 10_000
+
+
+class ReducerState(str, enum.Enum):
+    SETUP = "setup"
+    IDLE = "idle"
+    INSTRUCTING = "instructing"
+    MONITORING = "monitoring"
+
+
+class StateConflict(RuntimeError):
+    """The request does not fit the reducer's current state (HTTP 409)."""
+
+    def __init__(self, state: ReducerState, message: str) -> None:
+        super().__init__(f"{message} (reducer state: {state.value})")
+        self.state = state
+
+
+class RoundFailed(RuntimeError):
+    """A round could not produce a model; the message is recorded on the round."""
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    rounds: int
+    config: RoundConfig
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], defaults: Mapping[str, Any]) -> "SessionRequest":
+        data = dict(data)
+        raw = data.pop("rounds", 1)
+        try:
+            rounds = int(raw) if not isinstance(raw, bool) and float(raw) == int(float(raw)) else None
+        except (TypeError, ValueError):
+            rounds = None
+        if rounds is None or not 1 <= rounds <= MAX_ROUNDS:
+            raise RoundConfigError("rounds", f"must be an integer from 1 to {MAX_ROUNDS}, got {raw!r}")
+        return cls(rounds, RoundConfig.from_dict({**defaults, **data}))
+
+
+def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]]) -> dict[str, float]:
+    """Mean of each numeric metric over clients, weighted by their number of examples."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for metrics, examples in reports:
+        weight = float(examples) if examples > 0 else 1.0
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and key != "num_examples":
+                sums[key] = sums.get(key, 0.0) + weight * value
+                weights[key] = weights.get(key, 0.0) + weight
+    return {key: sums[key] / weights[key] for key in sums}
+
+
+class Control:
+    def __init__(self, state: StateStore, trail: ModelTrail, network: Network, work_dir: Path,
+                 helper: str = "numpy") -> None:
+        self.store = state
+        self.trail = trail
+        self.network = network
+        self.work_dir = Path(work_dir)
+        self.helper_name = helper
+        self._lock = threading.Lock()
+        self._phase: ReducerState | None = None  # set while a session runs
+        self._session_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._recover()
+
+    # ---- state
+    @property
+    def state(self) -> ReducerState:
+        if self._phase is not None:
+            return self._phase
+        return ReducerState.IDLE if self.trail.latest() is not None else ReducerState.SETUP
+
+    def _set_phase(self, phase: ReducerState | None) -> None:
+        self._phase = phase
+        self.store.upsert(REDUCER, "state", {"phase": phase.value if phase else None, "updated_at": time.time()})
+
+    def _recover(self) -> None:
+        """After a crash or restart, no session is running: close what was left open."""
+        for session in self.store.find(SESSIONS, where={"status": "running"}):
+            self.store.update(SESSIONS, session["id"], {"status": "interrupted", "finished_at": time.time()})
+            log.warning("session %s was interrupted by a reducer restart", session["id"])
+        for round_doc in self.store.find(ROUNDS, where={"status": "running"}):
+            self.store.update(ROUNDS, round_doc["id"], {"status": "failed", "error": "interrupted by a reducer restart",
+                                                        "finished_at": time.time()})
+        self.store.upsert(REDUCER, "state", {"phase": None, "updated_at": time.time()})
+
+    # ---- seed
+    def seed(self, path: Path) -> dict[str, Any]:
+        """Validate a seed model with the configured helper and make it the trail's first model."""
+        with self._lock:
+            if self.state != ReducerState.SETUP:
+                raise StateConflict(self.state, "the network is already seeded")
+            get_helper(self.helper_name).validate_file(path)  # ModelFormatError: a clear 400
+            return self.trail.commit(path, parent_id=None, kind="seed")
+
+    # ---- sessions
+    def start_session(self, request: SessionRequest) -> dict[str, Any]:
+        with self._lock:
+            if self.state != ReducerState.IDLE:
+                verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
+                raise StateConflict(self.state, f"cannot start: {verb}")
+            session = {"id": new_id(), "status": "running", "rounds_requested": request.rounds,
+                       "rounds_succeeded": 0, "rounds_failed": 0, "config": request.config.to_dict(),
+                       "round_ids": [], "started_at": time.time(), "finished_at": None}
+            self.store.insert(SESSIONS, session)
+            self._stop.clear()
+            self._set_phase(ReducerState.INSTRUCTING)
+            self._session_thread = threading.Thread(target=self._run_session, args=(session, request),
+                                                    name=f"session-{session['id'][:8]}", daemon=True)
+            self._session_thread.start()
+        log.info("session %s started: %d rounds", session["id"], request.rounds)
+        return session
+
+    def stop_session(self) -> dict[str, Any]:
+        with self._lock:
+            if self._phase is None:
+                raise StateConflict(self.state, "no session is running")
+            self._stop.set()
+        for combiner in self.network.online_combiners():
+            try:
+                self.network.handle(combiner["name"]).stop()
+            except grpc.RpcError:
+                pass
+        return {"stopping": True}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        thread = self._session_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _run_session(self, session: dict[str, Any], request: SessionRequest) -> None:
+        status = "finished"
+        try:
+            for _ in range(request.rounds):
+                if self._stop.is_set():
+                    status = "stopped"
+                    break
+                round_doc = self._run_round(session["id"], request.config)
+                field = "rounds_succeeded" if round_doc["status"] == "success" else "rounds_failed"
+                session[field] += 1
+                session["round_ids"].append(round_doc["id"])
+                self.store.update(SESSIONS, session["id"], {field: session[field], "round_ids": session["round_ids"]})
+            if self._stop.is_set():
+                status = "stopped"
+        except Exception:
+            log.exception("session %s failed", session["id"])
+            status = "failed"
+        finally:
+            self.store.update(SESSIONS, session["id"], {"status": status, "finished_at": time.time()})
+            self._set_phase(None)
+            log.info("session %s %s: %d rounds succeeded, %d failed", session["id"], status,
+                     session["rounds_succeeded"], session["rounds_failed"])
+
+    # ---- one round
+    def _run_round(self, session_id: str, config: RoundConfig) -> dict[str, Any]:
+        base = self.trail.latest()
+        assert base is not None
+        number = int(base.get("round", 0)) + 1
+        round_doc: dict[str, Any] = {
+            "id": new_id(), "session_id": session_id, "round": number, "status": "running",
+            "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
+            "timings": {}, "combiners": [], "metrics": {}, "participants": [], "error": None}
+        self.store.insert(ROUNDS, round_doc)
+        scratch = self.work_dir / "rounds" / round_doc["id"]
+        scratch.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = round_doc["timings"]
+        log.info("round %d (%s) starting from model %s", number, round_doc["id"], base["id"])
+        try:
+            self._set_phase(ReducerState.INSTRUCTING)
+            combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)
+            base_path = self._timed(timings, "transfer", self._fetch_from_trail, base["id"], scratch)
+            combiners = self._timed(timings, "transfer", self._push, combiners, base["id"], base_path)
+            self._set_phase(ReducerState.MONITORING)
+            results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
+            round_doc["combiners"] = [self._combiner_summary(name, r) for name, r in results.items()]
+            round_doc["participants"] = sorted(u.client_name for r in results.values() if r.success for u in r.updates)
+            succeeded = {n: r for n, r in results.items() if r.success}
+            updates = sum(len(r.updates) for r in succeeded.values())
+            if not succeeded:
+                raise RoundFailed("no combiner completed the round: " +
+                                  "; ".join(f"{n}: {r.error}" for n, r in results.items()))
+            if updates < config.clients_required:
+                raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
+            paths = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch)
+            out = scratch / "global"
+            self._timed(timings, "aggregation", self._aggregate, config, base_path, paths, succeeded, out)
+            model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
+                                      session_id=session_id, round_number=number)
+            round_doc["model_out"] = model["id"]
+            if config.validate:
+                round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model["id"],
+                                                   out, round_doc, config)
+            round_doc["status"] = "success"
+        except RoundFailed as exc:
+            round_doc.update(status="failed", error=str(exc))
+            log.warning("round %d failed: %s", number, exc)
+        except Exception as exc:
+            round_doc.update(status="failed", error=f"internal error: {exc}")
+            log.exception("round %d failed", number)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            round_doc["finished_at"] = time.time()
+            timings["total"] = round_doc["finished_at"] - round_doc["started_at"]
+            self.store.update(ROUNDS, round_doc["id"], {k: v for k, v in round_doc.items() if k != "id"})
+            self._set_phase(ReducerState.INSTRUCTING)
+        log.info("round %d %s in %.2fs %s", number, round_doc["status"], timings["total"],
+                 json.dumps(round_doc["metrics"]) if round_doc["metrics"] else "")
+        return round_doc
+
+    @staticmethod
+    def _timed(timings: dict[str, float], phase: str, func: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return func(*args)
+        finally:
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - started
+
+    def _wait_for_clients(self, config: RoundConfig) -> dict[str, int]:
+        """Online combiners with active clients, once they hold clients_required in total."""
+        deadline = time.monotonic() + config.wait_for_clients
+        while True:
+            self.network.refresh()
+            found = {c["name"]: int(c.get("active_clients", 0)) for c in self.network.online_combiners()
+                     if c.get("active_clients", 0) > 0}
+            total = sum(found.values())
+            if total >= config.clients_required:
+                return found
+            if self._stop.is_set():
+                raise RoundFailed("stopped")
+            if time.monotonic() >= deadline:
+                raise RoundFailed(f"only {total} of {config.clients_required} required clients active "
+                                  f"after {config.wait_for_clients:g}s")
+            time.sleep(0.5)
+
+    def _fetch_from_trail(self, model_id: str, scratch: Path) -> Path:
+        return self.trail.fetch(model_id, scratch / "base")
+
+    def _push(self, combiners: dict[str, int], model_id: str, path: Path) -> dict[str, int]:
+        def upload(name: str) -> str:
+            self.network.handle(name).upload_model(path, model_id, timeout=600)
+            return name
+
+        reached = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(combiners))) as pool:
+            for name, future in [(n, pool.submit(upload, n)) for n in combiners]:
+                try:
+                    future.result()
+                    reached[name] = combiners[name]
+                except grpc.RpcError as exc:
+                    log.warning("could not push model to combiner %s: %s", name, exc.code().name)
+        if not reached:
+            raise RoundFailed("the global model could not be pushed to any combiner")
+        return reached
+
+    def _train_on_combiners(self, combiners: dict[str, int], round_doc: dict[str, Any],
+                            config: RoundConfig) -> dict[str, pb.RoundResult]:
+        # the quorum is global: each combiner contributes whatever it gets; the reducer
+        # checks the total. clients_requested is shared out by the clients each holds.
+        total_active = sum(combiners.values())
+        per_combiner = {}
+        for name, active in combiners.items():
+            requested = 0
+            if config.clients_requested:
+                requested = max(1, round(config.clients_requested * active / total_active))
+            per_combiner[name] = RoundConfig.from_dict({
+                **config.to_dict(), "clients_required": 1, "clients_requested": requested,
+                "wait_for_clients": min(config.wait_for_clients, 10.0)})
+        return self._on_combiners(combiners, pb.TRAINING, round_doc["session_id"], round_doc["id"],
+                                  round_doc["model_in"], per_combiner, config)
+
+    def _on_combiners(self, combiners: Mapping[str, Any], kind: int, session_id: str, round_id: str,
+                      model_id: str, configs: Mapping[str, RoundConfig],
+                      config: RoundConfig) -> dict[str, pb.RoundResult]:
+        deadline = config.wait_for_clients + config.round_timeout + 60
+
+        def run(name: str) -> pb.RoundResult:
+            request = pb.RoundRequest(session_id=session_id, round_id=round_id, kind=kind, model_id=model_id,
+                                      config_json=configs[name].to_json())
+            try:
+                return self.network.handle(name).start_round(request, timeout=deadline)
+            except grpc.RpcError as exc:
+                return pb.RoundResult(round_id=round_id, success=False,
+                                      error=f"combiner unreachable: {exc.code().name}")
+
+        with ThreadPoolExecutor(max_workers=max(1, len(combiners))) as pool:
+            futures = {name: pool.submit(run, name) for name in combiners}
+            return {name: future.result() for name, future in futures.items()}
+
+    @staticmethod
+    def _combiner_summary(name: str, result: pb.RoundResult) -> dict[str, Any]:
+        return {"name": name, "success": result.success, "error": result.error,
+                "num_examples": result.num_examples, "failures": list(result.failures),
+                "timings": dict(result.timings),
+                "updates": [{"client": u.client_name, "num_examples": u.num_examples, "timings": dict(u.timings)}
+                            for u in result.updates]}
+
+    def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path) -> dict[str, Path]:
+        def fetch(name: str) -> Path:
+            dest = scratch / f"combiner-{name}"
+            self.network.handle(name).download_model(results[name].model_id, dest, timeout=600)
+            return dest
+
+        with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
+            futures = {name: pool.submit(fetch, name) for name in results}
+            try:
+                return {name: future.result() for name, future in futures.items()}
+            except grpc.RpcError as exc:
+                raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
+
+    def _aggregate(self, config: RoundConfig, base: Path, paths: Mapping[str, Path],
+                   results: Mapping[str, pb.RoundResult], out: Path) -> None:
+        aggregator = get_aggregator(config.aggregator, get_helper(config.helper), **dict(config.aggregator_kwargs))
+        aggregator.start(base)
+        for name, path in paths.items():
+            aggregator.add(path, float(results[name].num_examples))
+            path.unlink()
+        aggregator.finish(out)
+
+    def _validate(self, combiners: Mapping[str, Any], model_id: str, path: Path, round_doc: dict[str, Any],
+                  config: RoundConfig) -> dict[str, float]:
+        reached = self._push({n: 0 for n in combiners}, model_id, path)
+        configs = {name: RoundConfig.from_dict({**config.to_dict(), "clients_required": 1,
+                                                "wait_for_clients": min(config.wait_for_clients, 10.0)})
+                   for name in reached}
+        results = self._on_combiners(reached, pb.VALIDATION, round_doc["session_id"], round_doc["id"],
+                                     model_id, configs, config)
+        reports: list[tuple[dict[str, Any], int]] = []
+        for name, result in results.items():
+            for v in result.validations:
+                metrics = json.loads(v.metrics_json or "{}")
+                reports.append((metrics, v.num_examples))
+                self.store.insert(VALIDATIONS, {
+                    "id": new_id(), "round_id": round_doc["id"], "round": round_doc["round"],
+                    "model_id": model_id, "client": v.client_name, "combiner": name,
+                    "metrics": metrics, "num_examples": v.num_examples, "created_at": time.time()})
+            if not result.success:
+                log.warning("validation on combiner %s failed: %s", name, result.error)
+        return weighted_metrics(reports)

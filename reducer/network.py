@@ -1,0 +1,123 @@
+"""The reducer's view of the network: which combiners exist, which clients they hold.
+
+Combiners announce themselves (``/add``); a background poll asks each for its status
+so liveness is known without waiting for a round. Discovery (``/assign``) sends a
+client to the least loaded online combiner, and keeps it where it is while that
+combiner stays online, so clients are only moved when their combiner is gone.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from fedtier.reducer.combiner_client import CombinerClient
+from fedtier.storage.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+COMBINERS = "combiners"
+CLIENTS = "clients"
+
+
+class NoCombinerError(LookupError):
+    """No combiner is online to take a client."""
+
+
+class Network:
+    def __init__(self, state: StateStore, offline_after_s: float = 6.0) -> None:
+        self.state = state
+        self.offline_after_s = offline_after_s
+        self._handles: dict[str, CombinerClient] = {}
+        self._lock = threading.RLock()
+
+    # ---- combiners
+    def add_combiner(self, name: str, address: str, port: int) -> dict[str, Any]:
+        with self._lock:
+            doc = self.state.upsert(COMBINERS, name, {"name": name, "address": address, "port": port,
+                                                      "added_at": time.time(), "online": True,
+                                                      "last_seen": time.time(), "active_clients": 0})
+            old = self._handles.pop(name, None)
+            if old is not None:
+                old.close()
+        log.info("combiner %s added at %s:%d", name, address, port)
+        return doc
+
+    def combiners(self) -> list[dict[str, Any]]:
+        return self.state.find(COMBINERS)
+
+    def handle(self, name: str) -> CombinerClient:
+        with self._lock:
+            if name not in self._handles:
+                doc = self.state.get(COMBINERS, name)
+                if doc is None:
+                    raise KeyError(name)
+                self._handles[name] = CombinerClient(f"{doc['address']}:{doc['port']}")
+            return self._handles[name]
+
+    def online_combiners(self) -> list[dict[str, Any]]:
+        return [c for c in self.combiners() if c.get("online")]
+
+    # ---- liveness
+    def refresh(self) -> None:
+        """Ask every combiner for its status; record who is online and which clients are active."""
+        for doc in self.combiners():
+            name = doc["name"]
+            try:
+                status = self.handle(name).status(timeout=2.0)
+            except grpc.RpcError as exc:
+                if doc.get("online") and time.time() - doc.get("last_seen", 0) > self.offline_after_s:
+                    log.warning("combiner %s is offline (%s)", name, exc.code().name)
+                    self.state.update(COMBINERS, name, {"online": False, "active_clients": 0})
+                    for client in self.state.find(CLIENTS, where={"combiner": name, "active": True}):
+                        self.state.update(CLIENTS, client["id"], {"active": False})
+                continue
+            now = time.time()
+            self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
+                                                "active_clients": status.active_clients,
+                                                "round_in_progress": status.round_in_progress})
+            for client in status.clients:
+                self.state.upsert(CLIENTS, client.name, {
+                    "name": client.name, "combiner": name, "active": client.active,
+                    "last_heartbeat": now - client.seconds_since_heartbeat,
+                    "rounds_joined": client.rounds_joined})
+
+    def poll_forever(self, stop: threading.Event, interval_s: float = 2.0) -> None:
+        while not stop.wait(interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the poll must outlive any one bad answer
+                log.exception("status poll failed")
+
+    # ---- clients
+    def assign(self, client_name: str) -> dict[str, Any]:
+        """Pick a combiner for a client: its current one while online, else the least loaded."""
+        with self._lock:
+            online = self.online_combiners()
+            if not online:
+                raise NoCombinerError("no combiner is online yet; retry shortly")
+            current = self.state.get(CLIENTS, client_name)
+            by_name = {c["name"]: c for c in online}
+            if current and current.get("combiner") in by_name:
+                chosen = by_name[current["combiner"]]
+            else:
+                load = {c["name"]: 0 for c in online}
+                for client in self.state.find(CLIENTS):
+                    if client.get("combiner") in load and client["name"] != client_name:
+                        load[client["combiner"]] += 1
+                chosen = by_name[min(load, key=lambda n: (load[n], n))]
+            self.state.upsert(CLIENTS, client_name, {"name": client_name, "combiner": chosen["name"],
+                                                     "assigned_at": time.time()})
+        return {"combiner": chosen["name"], "host": chosen["address"], "port": chosen["port"]}
+
+    def clients(self) -> list[dict[str, Any]]:
+        return self.state.find(CLIENTS)
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._handles.values():
+                handle.close()
+            self._handles.clear()

@@ -1,0 +1,1 @@
+"""One blueprint per resource: seed, start/stop, network (add/assign), JSON API, dashboard."""

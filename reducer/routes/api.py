@@ -1,0 +1,109 @@
+"""The JSON API under ``/api/v1``: read-only views of state, network, sessions and the trail."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from fedtier.reducer.app import reducer
+from fedtier.reducer.control import ROUNDS, SESSIONS, VALIDATIONS
+from fedtier.reducer.errors import APIError
+from fedtier.storage.model_store import ModelNotFoundError
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def _one(collection: str, doc_id: str) -> dict[str, Any]:
+    doc = reducer().state.get(collection, doc_id)
+    if doc is None:
+        raise APIError(404, f"no {collection[:-1]} with id {doc_id!r}")
+    return doc
+
+
+def _limit() -> int | None:
+    raw = request.args.get("limit")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) <= 100_000:
+        raise APIError(400, "limit must be an integer from 1 to 100000", field="limit")
+    return int(raw)
+
+
+@bp.get("/status")
+def status():
+    r = reducer()
+    latest = r.trail.latest()
+    running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
+    last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
+    combiners = r.network.combiners()
+    clients = r.network.clients()
+    return jsonify({
+        "state": r.control.state.value,
+        "latest_model": latest,
+        "session": running[0] if running else None,
+        "last_round": last_round[0] if last_round else None,
+        "combiners_online": sum(1 for c in combiners if c.get("online")),
+        "combiners": len(combiners),
+        "clients_active": sum(1 for c in clients if c.get("active")),
+        "clients": len(clients),
+    })
+
+
+@bp.get("/combiners")
+def combiners():
+    return jsonify(reducer().network.combiners())
+
+
+@bp.get("/clients")
+def clients():
+    return jsonify(reducer().network.clients())
+
+
+@bp.get("/sessions")
+def sessions():
+    return jsonify(reducer().state.find(SESSIONS, order_by="started_at", limit=_limit()))
+
+
+@bp.get("/sessions/<session_id>")
+def session(session_id: str):
+    return jsonify(_one(SESSIONS, session_id))
+
+
+@bp.get("/rounds")
+def rounds():
+    where = {"session_id": request.args["session_id"]} if "session_id" in request.args else None
+    return jsonify(reducer().state.find(ROUNDS, where=where, order_by="started_at", limit=_limit()))
+
+
+@bp.get("/rounds/<round_id>")
+def round_(round_id: str):
+    return jsonify(_one(ROUNDS, round_id))
+
+
+@bp.get("/models")
+def models():
+    return jsonify(reducer().trail.all())
+
+
+@bp.get("/models/<model_id>")
+def model(model_id: str):
+    return jsonify(_one("models", model_id))
+
+
+@bp.get("/models/<model_id>/download")
+def download(model_id: str):
+    record = _one("models", model_id)
+    r = reducer()
+    try:
+        chunks = r.models.iter_chunks(model_id)
+    except ModelNotFoundError:
+        raise APIError(404, f"model {model_id} is in the trail but its bytes are missing") from None
+    return Response(chunks, mimetype="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{model_id}.safetensors"',
+        "Content-Length": str(record["size"]), "X-Model-SHA256": record["sha256"]})
+
+
+@bp.get("/validations")
+def validations():
+    where = {"round_id": request.args["round_id"]} if "round_id" in request.args else None
+    return jsonify(reducer().state.find(VALIDATIONS, where=where, limit=_limit()))

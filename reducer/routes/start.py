@@ -1,0 +1,37 @@
+"""``/start`` and ``/stop``: sessions of rounds."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, render_template, request
+
+from fedtier.reducer.app import reducer
+from fedtier.reducer.control import SessionRequest
+from fedtier.reducer.errors import APIError
+from fedtier.round_config import RoundConfig
+
+bp = Blueprint("start", __name__)
+
+
+@bp.get("/start")
+def start_form():
+    r = reducer()
+    return render_template("start.html", state=r.control.state.value, defaults=RoundConfig().to_dict())
+
+
+@bp.post("/start")
+def start_session():
+    if request.is_json:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise APIError(400, "the request body must be a JSON object")
+    else:
+        data = {k: v for k, v in request.form.items() if v != ""}
+    r = reducer()
+    session_request = SessionRequest.from_dict(data, defaults={"helper": r.control.helper_name})
+    session = r.control.start_session(session_request)
+    return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value}), 201
+
+
+@bp.post("/stop")
+def stop_session():
+    r = reducer()
+    return jsonify({**r.control.stop_session(), "state": r.control.state.value}), 202

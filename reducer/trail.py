@@ -1,0 +1,55 @@
+"""The model trail: every global model the network made, immutable, each with its parent.
+
+A model enters the trail in two steps: its bytes go to the ModelStore under a fresh
+id (never overwriting), then its record goes to the StateStore. A failure in between
+leaves an unreferenced blob but never a record without bytes, and a record is never
+changed or deleted afterwards. ``latest`` is the head the next round starts from.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtier.ids import new_id
+from fedtier.storage.model_store import ModelStore
+from fedtier.storage.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+MODELS = "models"
+
+
+class ModelTrail:
+    def __init__(self, models: ModelStore, state: StateStore) -> None:
+        self.models = models
+        self.state = state
+
+    def commit(self, path: Path, parent_id: str | None, round_id: str | None = None,
+               session_id: str | None = None, round_number: int = 0,
+               kind: str = "global") -> dict[str, Any]:
+        model_id = new_id()
+        stored = self.models.put_file(model_id, path)
+        record = {"id": model_id, "parent_id": parent_id, "round_id": round_id, "session_id": session_id,
+                  "round": round_number, "kind": kind, "sha256": stored.sha256, "size": stored.size,
+                  "created_at": time.time()}
+        self.state.insert(MODELS, record)
+        log.info("model %s committed (parent %s, round %s, sha256 %s)", model_id, parent_id, round_number,
+                 stored.sha256[:12])
+        return record
+
+    def get(self, model_id: str) -> dict[str, Any] | None:
+        return self.state.get(MODELS, model_id)
+
+    def all(self) -> list[dict[str, Any]]:
+        return self.state.find(MODELS)
+
+    def latest(self) -> dict[str, Any] | None:
+        found = self.state.find(MODELS, order_by="created_at", descending=True, limit=1)
+        return found[0] if found else None
+
+    def fetch(self, model_id: str, dest: Path) -> Path:
+        """Copy a model out of the store; the store verifies its sha256 on the way."""
+        self.models.get_file(model_id, dest)
+        return dest
