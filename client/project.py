@@ -126,8 +126,9 @@ class Project:
             try:
                 module = importlib.import_module(module_name)
                 self._functions[entry.name] = getattr(module, func_name)
-            except (ImportError, AttributeError) as exc:
-                raise ProjectError(f"entry point {entry.name} ({entry.python}) cannot be loaded: {exc}") from exc
+            except Exception as exc:  # ImportError, SyntaxError, or whatever the module raises
+                raise ProjectError(f"entry point {entry.name} ({entry.python}) cannot be loaded: "
+                                   f"{exc.__class__.__name__}: {exc}") from exc
         return self._functions[entry.name]
 
     def _run(self, entry: EntryPoint, args: list[Path], ctx: TaskContext) -> None:

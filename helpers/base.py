@@ -170,8 +170,10 @@ class Helper(ABC):
         total_weight) copies the update exactly, so ``mean``'s initial content is
         irrelevant.
 
-        Arithmetic is float64 and rounded once per call into ``mean``'s dtype, so
-        float32/float16/bf16 lose nothing beyond that rounding. Integer and bool
+        float32 and float64 tensors are averaged in their own precision (one
+        temporary, the slice's size: aggregation's hot path). Other float dtypes
+        are computed in float64 and rounded once per call into ``mean``'s dtype, so
+        float16/bf16 lose nothing beyond that rounding. Integer and bool
         tensors (BatchNorm ``num_batches_tracked``, masks) are rounded half-to-even
         and clipped to the dtype's range at every call; the result is exact when the
         updates agree and otherwise within about one unit per update of the true
@@ -198,6 +200,13 @@ class Helper(ABC):
                 np.copyto(mean, update)
             else:
                 self._store(mean, update.astype(np.float64))
+            return
+        if mean.dtype == update.dtype and mean.dtype in (np.float32, np.float64):
+            # the hot path of every aggregation: one temporary of the slice's size, in
+            # the tensor's own precision (float32 rounding per step is ~1e-7 relative)
+            delta = np.subtract(update, mean)
+            delta *= frac
+            mean += delta
             return
         if mean.dtype == np.float64:
             delta = update.astype(np.float64)

@@ -23,7 +23,7 @@ def start_network(procs: ProcessGroup, tmp_path: Path, clients: int, project: Pa
     port = free_port()
     combiner = procs.start("combiner", "combiner", "--name", "c1", "--host", "127.0.0.1", "--port", str(port),
                            "--work-dir", str(tmp_path / "c1"), "--heartbeat-interval", "0.3",
-                           "--heartbeat-timeout", "3")
+                           "--heartbeat-timeout", "10")
     wait_for_port(port, proc=combiner)
     for i in range(clients):
         procs.start(f"client-{i}", "client", "--combiner", f"127.0.0.1:{port}", "--project", str(project),
@@ -86,7 +86,7 @@ def test_malformed_update_is_rejected_and_round_completes(procs: ProcessGroup, t
     result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2,
                                                 task={bad: "client-1"}), timeout=120)
     assert result.success, result.error
-    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-2"]
+    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-2"], result.failures
     assert any(f.startswith("client-1: update rejected") for f in result.failures), result.failures
     combiner.download_model(result.model_id, tmp_path / "combined")
     combined = numpy_helper.load(tmp_path / "combined")
@@ -128,7 +128,7 @@ def test_command_entry_points_and_client_reconnect(procs: ProcessGroup, tmp_path
     procs.kill("combiner")
     restarted = procs.start("combiner2", "combiner", "--name", "c1", "--host", "127.0.0.1", "--port", str(port),
                             "--work-dir", str(tmp_path / "c1b"), "--heartbeat-interval", "0.3",
-                            "--heartbeat-timeout", "3")
+                            "--heartbeat-timeout", "10")
     wait_for_port(port, proc=restarted)
     again = CombinerClient(f"127.0.0.1:{port}")
     push_seed(again, tmp_path)

@@ -1,0 +1,49 @@
+"""End to end: `fedtier sandbox` brings up reducer, 2 combiners and 5 clients and trains digits."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+from fedtier.storage.local import LocalModelStore
+from fedtier.storage.sqlite import SQLiteStateStore
+
+
+def test_sandbox_trains_digits_and_keeps_a_correct_trail(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox",
+         "--project", str(ROOT / "test_projects" / "digits"), "--combiners", "2", "--clients", "5",
+         "--rounds", "3", "--exit-when-done", "--summary", str(summary_path), "--work-dir", str(work)],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("accuracy") >= 3 and "dashboard: http://127.0.0.1:" in done.stdout
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["combiners"] == 2 and summary["clients"] == 5
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["status"] == "success" and r["participants"] == 5 for r in rounds)
+    assert summary["final_accuracy"] >= 0.9, rounds
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] - 0.02, rounds
+
+    # the trail: seed + 3 models, each the child of the one before, bytes matching their hashes
+    state = SQLiteStateStore(work / "fedtier.sqlite")
+    store = LocalModelStore(work / "model_store")
+    trail = state.find("models", order_by="created_at")
+    assert len(trail) == 4
+    assert trail[0]["kind"] == "seed" and trail[0]["parent_id"] is None
+    for parent, child in zip(trail, trail[1:]):
+        assert child["parent_id"] == parent["id"]
+        assert child["round"] == parent["round"] + 1
+    assert [m["id"] for m in trail[1:]] == [r["model_id"] for r in rounds]
+    for model in trail:
+        data = b"".join(store.iter_chunks(model["id"]))
+        assert hashlib.sha256(data).hexdigest() == model["sha256"]
+    sessions = state.find("sessions")
+    assert len(sessions) == 1 and sessions[0]["status"] == "finished" and sessions[0]["rounds_succeeded"] == 3
+    state.close()
