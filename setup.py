@@ -48,6 +48,7 @@ setup(
         "requests>=2.31",
         "minio>=7.2",
         "pymongo>=4.6",
+        "cryptography>=42",  # fedtier certs: the federation's CA and server certificates
     ],
     extras_require={
         "torch": TORCH,

@@ -46,7 +46,8 @@ class ClientSettings:
     partition_index: int = 0
     num_partitions: int = 1
     work_dir: Path = Path("var/client")
-    token: str = ""
+    token: str = ""                  # FEDN_ALLIANCE_AUTH_TOKEN
+    tls_ca: str = ""                 # CA certificate to verify the combiner and reducer with
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     models_kept: int = 3             # downloaded models cached on disk
@@ -100,7 +101,8 @@ class FedClient:
         url = self.settings.reducer_url.rstrip("/") + "/assign"  # type: ignore[union-attr]
         headers = {"Authorization": f"Token {self.settings.token}"} if self.settings.token else {}
         try:
-            reply = requests.get(url, params={"name": self.settings.name}, headers=headers, timeout=10)
+            reply = requests.get(url, params={"name": self.settings.name}, headers=headers, timeout=10,
+                                 verify=self.settings.tls_ca or True)
         except requests.RequestException as exc:
             raise DiscoveryError(f"reducer at {self.settings.reducer_url} not reachable ({exc.__class__.__name__})") from None
         if reply.status_code != 200:
@@ -110,7 +112,7 @@ class FedClient:
 
     def _session(self, address: str, stop: threading.Event) -> bool:
         """One connection to one combiner; returns whether it got connected at all."""
-        channel = make_channel(address)
+        channel = make_channel(address, token=self.settings.token, ca_file=self.settings.tls_ca or None)
         stub = rpc.CombinerStub(channel)
         transfer = rpc.ModelTransferStub(channel)
         done = threading.Event()

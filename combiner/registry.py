@@ -37,8 +37,10 @@ class ClientEntry:
 
 class ClientRegistry:
     def __init__(self, heartbeat_timeout: float = 15.0, max_streams: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_disconnect: Callable[[str], None] | None = None) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        self.on_disconnect = on_disconnect  # so a round stops waiting for a client that left
         self.max_streams = max_streams
         self._clock = clock
         self._clients: dict[str, ClientEntry] = {}
@@ -92,6 +94,10 @@ class ClientRegistry:
                 entry.tasks.put(END_OF_STREAM)
                 log.info("client %s task stream closed", name)
                 self._changed.notify_all()
+            else:
+                return
+        if self.on_disconnect is not None:
+            self.on_disconnect(name)
 
     def send(self, name: str, task: pb.Task) -> bool:
         with self._changed:

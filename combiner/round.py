@@ -55,6 +55,15 @@ class ActiveRound:
                 self.failures.append(f"{self.expected[task_id]}: {reason}")
                 self._changed.notify_all()
 
+    def fail_client(self, client: str, reason: str) -> None:
+        with self._changed:
+            for task_id, owner in self.expected.items():
+                if owner == client and task_id not in self.answered and not self.closed:
+                    self.answered.add(task_id)
+                    self.failures.append(f"{client}: {reason}")
+                    log.warning("round %s: %s %s", self.round_id, client, reason)
+            self._changed.notify_all()
+
     def wait(self, timeout: float) -> bool:
         """True when every task was answered, False on timeout or stop."""
         deadline = time.monotonic() + timeout

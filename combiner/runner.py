@@ -160,9 +160,15 @@ class RoundRunner:
     def submit_failure(self, failure: pb.TaskFailure) -> pb.Ack:
         return self._report(lambda r: r.submit_failure(failure), "failure", failure.client_name)
 
-    def stop(self, round_id: str) -> pb.Ack:
+    def client_gone(self, client: str) -> None:
+        """A client's task stream closed: its open tasks will not be answered."""
+        current = self._current
+        if current is not None:
+            current.fail_client(client, "disconnected during the round")
+
+    def stop(self, round_id: str, reason: str = "stopped by the reducer") -> pb.Ack:
         current = self._current
         if current is None or (round_id and current.round_id != round_id):
             return pb.Ack(ok=False, message="that round is not running")
-        current.stop("stopped by the reducer")
+        current.stop(reason)
         return pb.Ack(ok=True)

@@ -13,7 +13,8 @@ from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.runner import RoundRunner
 from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTransferServicer
 from fedtier.proto import fedtier_pb2_grpc as rpc
-from fedtier.transport.channel import make_server
+from fedtier.transport.auth import TokenAuthInterceptor
+from fedtier.transport.channel import add_port, make_server
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class CombinerSettings:
     heartbeat_timeout: float = 10.0
     max_workers: int = 1024
     max_model_bytes: int | None = None
+    network_token: str = ""   # FEDN_ALLIANCE_AUTH_TOKEN: clients must present it
+    admin_token: str = ""     # FEDN_ALLIANCE_ADMIN_AUTH_TOKEN: the reducer presents it
+    tls_cert: str = ""        # serve over TLS when both are set
+    tls_key: str = ""
 
 
 class CombinerServer:
@@ -39,7 +44,9 @@ class CombinerServer:
         self.registry = ClientRegistry(settings.heartbeat_timeout,
                                        max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
         self.runner = RoundRunner(settings.name, self.registry, self.cache)
-        self.server = make_server(settings.max_workers)
+        self.registry.on_disconnect = self.runner.client_gone
+        self.auth = TokenAuthInterceptor(settings.network_token, settings.admin_token)
+        self.server = make_server(settings.max_workers, interceptors=[self.auth])
         rpc.add_CombinerServicer_to_server(
             CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval), self.server)
         rpc.add_ModelTransferServicer_to_server(ModelTransferServicer(self.cache), self.server)
@@ -49,11 +56,12 @@ class CombinerServer:
     def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0 in tests)."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
         if not self.port:
             raise RuntimeError(f"combiner {self.settings.name} could not bind {address}")
         self.server.start()
-        log.info("combiner %s serving on %s:%d", self.settings.name, self.settings.host, self.port)
+        log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
+                 "TLS" if self.settings.tls_cert else "plaintext", "required" if self.auth.enabled else "OFF")
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:
@@ -64,7 +72,7 @@ class CombinerServer:
 
 
 def announce(reducer_url: str, name: str, address: str, port: int, token: str = "",
-             stop: threading.Event | None = None, retry_s: float = 1.0) -> None:
+             stop: threading.Event | None = None, retry_s: float = 1.0, verify: str | bool = True) -> None:
     """Tell the reducer this combiner exists (POST /add), retrying until it answers.
 
     Combiners often start before the reducer in a deployment, so a refused
@@ -77,7 +85,7 @@ def announce(reducer_url: str, name: str, address: str, port: int, token: str = 
     while not stop.is_set():
         try:
             reply = requests.post(url, json={"name": name, "address": address, "port": port},
-                                  headers=headers, timeout=10)
+                                  headers=headers, timeout=10, verify=verify)
             if reply.status_code < 300:
                 log.info("announced to reducer at %s as %s (%s:%d)", reducer_url, name, address, port)
                 return

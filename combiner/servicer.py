@@ -103,6 +103,9 @@ class ControlServicer(rpc.ControlServicer):
         return pb.Ack(ok=True)
 
     def StartRound(self, request: pb.RoundRequest, context: grpc.ServicerContext) -> pb.RoundResult:
+        # if the reducer dies or gives up, nobody will collect this round: stop it so the
+        # combiner is free for the next one (after a normal return this finds nothing running)
+        context.add_callback(lambda: self.runner.stop(request.round_id, "the reducer went away"))
         return self.runner.run(request)
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.CombinerStatus:

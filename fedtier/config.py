@@ -99,6 +99,11 @@ class Settings:
     example: str = ""
     client_name_base: str = "client"
     log_level: str = "INFO"
+    tls_ca: str = ""          # CA certificate that clients, combiners and the reducer verify peers with
+    tls_cert: str = ""        # this process's server certificate (combiner gRPC, reducer HTTPS)
+    tls_key: str = ""
+    public_read: bool = True  # read-only pages and GET /api/v1 without a token
+    secret_key: str = ""      # signs the UI's session cookie; random per process when unset
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -123,6 +128,11 @@ class Settings:
             example=env.get("EXAMPLE", ""),
             client_name_base=env.get("CLIENT_NAME_BASE", "") or "client",
             log_level=(env.get("FEDTIER_LOG_LEVEL", "") or "INFO").upper(),
+            tls_ca=env.get("FEDTIER_TLS_CA", ""),
+            tls_cert=env.get("FEDTIER_TLS_CERT", ""),
+            tls_key=env.get("FEDTIER_TLS_KEY", ""),
+            public_read=_bool(env, "FEDTIER_PUBLIC_READ", True),
+            secret_key=env.get("FEDTIER_SECRET_KEY", ""),
         )
         settings.check()
         return settings
@@ -131,6 +141,14 @@ class Settings:
         """Fail at start-up, not mid-round, on settings that cannot work together."""
         if self.minio_host and not (self.minio_access_key and self.minio_secret_key):
             raise ConfigError("FEDN_MINIO_HOST is set but FEDN_MINIO_ACCESS_KEY/FEDN_MINIO_SECRET_KEY are not")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("FEDTIER_TLS_CERT and FEDTIER_TLS_KEY must be set together")
+        for name, path in (("FEDTIER_TLS_CA", self.tls_ca), ("FEDTIER_TLS_CERT", self.tls_cert),
+                           ("FEDTIER_TLS_KEY", self.tls_key)):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} names {path!r}, which is not a file")
+        if self.admin_auth_token and self.admin_auth_token == self.auth_token:
+            raise ConfigError("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN must differ from FEDN_ALLIANCE_AUTH_TOKEN")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

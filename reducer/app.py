@@ -14,6 +14,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from fedtier.config import Settings
+from fedtier.reducer import auth
 from fedtier.reducer.control import Control
 from fedtier.reducer.errors import register_error_handlers
 from fedtier.reducer.network import Network
@@ -49,7 +50,7 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
     work_dir = settings.data_dir / "reducer"
     work_dir.mkdir(parents=True, exist_ok=True)
     trail = ModelTrail(models, state)
-    network = Network(state)
+    network = Network(state, token=settings.admin_auth_token, ca_file=settings.tls_ca or None)
     control = Control(state, trail, network, work_dir, helper=helper)
     return Reducer(settings, models, state, trail, network, control, work_dir)
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     app.config["MAX_CONTENT_LENGTH"] = max_upload_mb << 20
     app.extensions["fedtier"] = reducer
     register_error_handlers(app)
+    auth.install(app)
 
     from fedtier.reducer.routes import api, dashboard, network, seed, start
 

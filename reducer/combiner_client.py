@@ -12,9 +12,9 @@ from fedtier.transport.streams import Received, file_chunks, receive_to_file
 
 
 class CombinerClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "", ca_file: str | None = None) -> None:
         self.address = address
-        self.channel = make_channel(address)
+        self.channel = make_channel(address, token=token, ca_file=ca_file)
         self.control = rpc.ControlStub(self.channel)
         self.transfer = rpc.ModelTransferStub(self.channel)
 

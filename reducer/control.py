@@ -36,6 +36,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig, RoundConfigError
+from fedtier.storage.model_store import ModelStoreError
 from fedtier.storage.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,9 @@ class Control:
         except RoundFailed as exc:
             round_doc.update(status="failed", error=str(exc))
             log.warning("round %d failed: %s", number, exc)
+        except ModelStoreError as exc:
+            round_doc.update(status="failed", error=f"model store: {exc}")
+            log.error("round %d failed, trail unchanged: model store: %s", number, exc)
         except Exception as exc:
             round_doc.update(status="failed", error=f"internal error: {exc}")
             log.exception("round %d failed", number)
@@ -370,7 +374,9 @@ class Control:
         configs = {name: RoundConfig.from_dict({**config.to_dict(), "clients_required": 1,
                                                 "wait_for_clients": min(config.wait_for_clients, 10.0)})
                    for name in reached}
-        results = self._on_combiners(reached, pb.VALIDATION, round_doc["session_id"], round_doc["id"],
+        # a round id of its own on the combiners, so nothing aimed at the training round
+        # (a late stop, a late report) can touch the validation round
+        results = self._on_combiners(reached, pb.VALIDATION, round_doc["session_id"], round_doc["id"] + ".validate",
                                      model_id, configs, config)
         reports: list[tuple[dict[str, Any], int]] = []
         for name, result in results.items():

@@ -28,8 +28,11 @@ class NoCombinerError(LookupError):
 
 
 class Network:
-    def __init__(self, state: StateStore, offline_after_s: float = 6.0) -> None:
+    def __init__(self, state: StateStore, offline_after_s: float = 6.0, token: str = "",
+                 ca_file: str | None = None) -> None:
         self.state = state
+        self.token = token  # the admin token: Control calls need it
+        self.ca_file = ca_file
         self.offline_after_s = offline_after_s
         self._handles: dict[str, CombinerClient] = {}
         self._lock = threading.RLock()
@@ -55,7 +58,8 @@ class Network:
                 doc = self.state.get(COMBINERS, name)
                 if doc is None:
                     raise KeyError(name)
-                self._handles[name] = CombinerClient(f"{doc['address']}:{doc['port']}")
+                self._handles[name] = CombinerClient(f"{doc['address']}:{doc['port']}", token=self.token,
+                                                     ca_file=self.ca_file)
             return self._handles[name]
 
     def online_combiners(self) -> list[dict[str, Any]]:

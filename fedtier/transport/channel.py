@@ -6,9 +6,14 @@ answers with GOAWAY ("too_many_pings").
 """
 from __future__ import annotations
 
+import os
 from concurrent import futures
+from pathlib import Path
+from typing import Sequence
 
 import grpc
+
+from fedtier.transport.auth import TokenClientInterceptor
 
 MESSAGE_LIMIT = 16 << 20  # a chunk is at most 4 MiB; the rest is headroom for reports
 
@@ -24,6 +29,8 @@ CHANNEL_OPTIONS = [
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 10_000),   # ping idle clients: a vanished machine ends its stream
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -31,15 +38,34 @@ SERVER_OPTIONS = [
 ]
 
 
-def make_channel(address: str) -> grpc.Channel:
-    """An insecure channel with fedtier's options (TLS is added by the security work)."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def make_channel(address: str, token: str = "", ca_file: str | os.PathLike | None = None) -> grpc.Channel:
+    """A channel with fedtier's options: TLS verified against ``ca_file`` when given,
+    and ``token`` sent with every call when given."""
+    if ca_file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+        channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if token:
+        channel = grpc.intercept_channel(channel, TokenClientInterceptor(token))
+    return channel
 
 
-def make_server(max_workers: int) -> grpc.Server:
+def add_port(server: grpc.Server, address: str, cert_file: str | os.PathLike | None = None,
+             key_file: str | os.PathLike | None = None) -> int:
+    """Bind ``address``, with TLS when a certificate and key are given; returns the port."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("TLS needs both a certificate and a key")
+    if cert_file and key_file:
+        credentials = grpc.ssl_server_credentials([(Path(key_file).read_bytes(), Path(cert_file).read_bytes())])
+        return server.add_secure_port(address, credentials)
+    return server.add_insecure_port(address)
+
+
+def make_server(max_workers: int, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
     """A thread-pool server. Each connected client holds one worker for its task
     stream, so the combiner caps streams below ``max_workers`` (see ClientRegistry)
     to leave workers for heartbeats and uploads."""
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                   thread_name_prefix="grpc"),
-                       options=SERVER_OPTIONS)
+                       options=SERVER_OPTIONS, interceptors=list(interceptors))

@@ -6,6 +6,7 @@ import re
 from flask import Blueprint, jsonify, request
 
 from fedtier.reducer.app import reducer
+from fedtier.reducer.auth import require_network
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.network import NoCombinerError
 
@@ -21,6 +22,7 @@ def _name(value: object, field: str) -> str:
 
 
 @bp.post("/add")
+@require_network
 def add_combiner():
     data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
     if not isinstance(data, dict):
@@ -40,6 +42,7 @@ def add_combiner():
 
 
 @bp.get("/assign")
+@require_network
 def assign_client():
     name = _name(request.args.get("name"), "name")
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, render_template, request
 
 from fedtier.reducer.app import reducer
+from fedtier.reducer.auth import require_admin
 from fedtier.reducer.errors import APIError
 
 bp = Blueprint("seed", __name__)
@@ -20,6 +21,7 @@ def seed_form():
 
 
 @bp.post("/seed")
+@require_admin
 def seed_upload():
     upload = request.files.get("seed")
     if upload is None or not upload.filename and upload.content_length == 0:

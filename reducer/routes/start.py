@@ -5,6 +5,7 @@ from flask import Blueprint, jsonify, render_template, request
 
 from fedtier.reducer.app import reducer
 from fedtier.reducer.control import SessionRequest
+from fedtier.reducer.auth import require_admin
 from fedtier.reducer.errors import APIError
 from fedtier.round_config import RoundConfig
 
@@ -18,6 +19,7 @@ def start_form():
 
 
 @bp.post("/start")
+@require_admin
 def start_session():
     if request.is_json:
         data = request.get_json(silent=True)
@@ -32,6 +34,7 @@ def start_session():
 
 
 @bp.post("/stop")
+@require_admin
 def stop_session():
     r = reducer()
     return jsonify({**r.control.stop_session(), "state": r.control.state.value}), 202
