@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from fedtier import __version__
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
+from fedtier.health import add_health
 
 log = logging.getLogger("fedtier")
 
@@ -34,12 +35,16 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _partition(text: str) -> tuple[int, int]:
+def _partition(text: str) -> tuple[int | None, int]:
+    """``I/N``, or ``auto/N`` (index None: from the compose replica number, see fedtier.replica)."""
     try:
-        index, count = (int(x) for x in text.split("/"))
+        first, count_text = text.split("/")
+        index, count = None if first == "auto" else int(first), int(count_text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 0/5, got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 0/5, or auto/COUNT, got {text!r}") from None
+    if index is None and count >= 1:
+        return index, count
+    if count < 1 or index is None or not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"partition index must be in 0..{count - 1}, got {text!r}")
     return index, count
 
@@ -52,13 +57,15 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name, host=args.host, port=args.port,
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        max_workers=args.max_clients + 32))
+        max_workers=args.max_clients + 32, network_token=settings.auth_token,
+        admin_token=settings.admin_auth_token, tls_cert=settings.tls_cert, tls_key=settings.tls_key))
     stop = _stop_on_signals()
     port = server.start()
     if args.reducer:
         advertised = args.advertise_host or (args.host if args.host not in ("0.0.0.0", "[::]") else args.name)
         threading.Thread(target=announce, daemon=True,
-                         args=(args.reducer, args.name, advertised, port, settings.auth_token, stop)).start()
+                         args=(args.reducer, args.name, advertised, port, settings.auth_token, stop),
+                         kwargs={"verify": settings.tls_ca or True}).start()
     stop.wait()
     server.stop()
     return 0
@@ -83,13 +90,15 @@ def add_combiner(sub: argparse._SubParsersAction) -> None:
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.client.client import ClientSettings, FedClient
 
-    name = args.name or f"{settings.client_name_base}-{uuid.uuid4().hex[:8]}"
-    index, count = args.partition or (0, 1)
+    from fedtier.replica import resolve_client_identity
+
+    name, index, count = resolve_client_identity(args.name, args.partition, settings.client_name_base)
+    name = name or f"{settings.client_name_base}-{uuid.uuid4().hex[:8]}"
     client = FedClient(ClientSettings(
         name=name, project=Path(args.project), combiner=args.combiner or None,
         reducer_url=args.reducer or None, data_path=args.data_path or None,
         partition_index=index, num_partitions=count,
-        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token))
+        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token, tls_ca=settings.tls_ca))
     client.run(_stop_on_signals())
     client.close()
     return 0
@@ -101,10 +110,12 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--combiner", default="", help="combiner HOST:PORT to connect to directly")
     where.add_argument("--reducer", default="", help="reducer URL; the client asks it which combiner to use")
-    p.add_argument("--name", default="", help="unique client name (default $CLIENT_NAME_BASE-<random>)")
+    p.add_argument("--name", default="", help="unique client name (default $CLIENT_NAME_BASE-<random>); "
+                                              "'auto': $CLIENT_NAME_BASE-<docker compose replica number>")
     p.add_argument("--data-path", default="", help="where this client's data is (FEDN_DATA_PATH for the project)")
     p.add_argument("--partition", type=_partition, default=None, metavar="I/N",
-                   help="use share I of N of a shared dataset (demos and tests)")
+                   help="use share I of N of a shared dataset (demos and tests); 'auto/N': share "
+                        "<docker compose replica number - 1>, for 'docker compose up --scale client=N'")
     p.add_argument("--work-dir", default="", help="scratch space for models (default $FEDTIER_DATA_DIR/clients/NAME)")
     p.set_defaults(run=cmd_client)
 
@@ -155,9 +166,31 @@ def add_sandbox(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_sandbox)
 
 
+# ---------------------------------------------------------------- certs
+def cmd_certs(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.certs import ServerSpec, ensure_ca, issue_server_cert
+
+    out = Path(args.out)
+    ensure_ca(out)
+    for text in args.server:
+        cert, key = issue_server_cert(out, ServerSpec.parse(text))
+        print(f"{cert}\n{key}")
+    print(f"{out / 'ca.pem'}  (give this to every client, combiner and the reducer as FEDTIER_TLS_CA)")
+    return 0
+
+
+def add_certs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certs", help="create a CA and TLS server certificates for the reducer and combiners")
+    p.add_argument("--out", default="certs", help="folder for ca.pem and NAME.pem/NAME-key.pem (default certs)")
+    p.add_argument("--server", action="append", default=[], metavar="NAME[=HOST,IP,...]",
+                   help="a server certificate; NAME and each HOST become DNS names, each IP an IP SAN "
+                        "(repeatable), e.g. --server reducer=localhost,127.0.0.1")
+    p.set_defaults(run=cmd_certs)
+
+
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
-                                                                   add_sandbox]
+                                                                   add_sandbox, add_health, add_certs]
 
 
 def build_parser() -> argparse.ArgumentParser:
