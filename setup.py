@@ -63,6 +63,7 @@ setup(
             "jsonschema>=4.20",
             "psutil>=5.9",
             "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
+            "schemathesis>=4.0",  # fuzzes a live reducer against its OpenAPI document
         ],
     },
     entry_points={"console_scripts": ["fedtier=fedtier.cli:main"]},

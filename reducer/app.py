@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from fedtier.config import Settings
-from fedtier.reducer import auth
+from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
 from fedtier.reducer.errors import register_error_handlers
 from fedtier.reducer.network import Network
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
 
     for module in (seed, start, network, api, dashboard):
         app.register_blueprint(module.bp)
+    app.register_blueprint(openapi.bp)
     if poll_interval_s:
         threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
                          name="status-poll", daemon=True).start()

@@ -1,0 +1,101 @@
+"""Reports that do not answer an open task of the round are rejected and change nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedtier.aggregators import FedAvg
+from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.round import ActiveRound, RejectedReport
+from fedtier.helpers import get_helper
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.transport.streams import TransferError, file_chunks
+
+helper = get_helper("numpy")
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    cache = ModelCache(tmp_path / "cache")
+    global_model = tmp_path / "global"
+    helper.save({"w": np.zeros(4, np.float32)}, global_model)
+    round_ = ActiveRound(round_id="r1", kind=pb.TRAINING, model_id="global", aggregator=FedAvg(helper))
+    round_.aggregator.start(global_model)
+    round_.expect("t-a", "alice")
+    round_.expect("t-b", "bob")
+    return tmp_path, cache, round_
+
+
+def upload(tmp_path: Path, cache: ModelCache, client: str, value: float, dtype=np.float32, shape=(4,)) -> str:
+    path = tmp_path / f"{client}-{value}"
+    helper.save({"w": np.full(shape, value, dtype=dtype)}, path)
+    return cache.receive(file_chunks(path, client_name=client)).path.name
+
+
+def update(client: str, task: str, model_id: str, round_id: str = "r1", examples: int = 10) -> pb.ModelUpdate:
+    return pb.ModelUpdate(client_name=client, task_id=task, round_id=round_id, model_id=model_id,
+                          num_examples=examples)
+
+
+def test_forged_and_misdirected_reports_are_rejected(setup) -> None:
+    tmp_path, cache, round_ = setup
+    forged = upload(tmp_path, cache, "alice", 1.0)
+    with pytest.raises(RejectedReport, match="report for round 'r0'"):  # a forged round id
+        round_.submit_update(update("alice", "t-a", forged, round_id="r0"), cache)
+    assert not cache.exists(forged)  # the upload behind a rejected report is not kept
+    for report, message in [(update("alice", "t-x", upload(tmp_path, cache, "alice", 1.0)), "unknown task"),
+                            (update("mallory", "t-a", upload(tmp_path, cache, "mallory", 5.0)),
+                             "was sent to alice, not mallory")]:
+        with pytest.raises(RejectedReport, match=message):
+            round_.submit_update(report, cache)
+    assert round_.aggregator.num_updates == 0 and not round_.answered  # nothing was claimed
+
+    round_.submit_update(update("alice", "t-a", upload(tmp_path, cache, "alice", 1.0)), cache)
+    with pytest.raises(RejectedReport, match="already answered"):  # a replay
+        round_.submit_update(update("alice", "t-a", upload(tmp_path, cache, "alice", 9.0)), cache)
+    # bob names a model alice uploaded: rejected, bob's task fails, alice's file is not touched
+    alices = upload(tmp_path, cache, "alice", 7.0)
+    with pytest.raises(RejectedReport, match="was not uploaded by bob"):
+        round_.submit_update(update("bob", "t-b", alices), cache)
+    assert cache.exists(alices)
+    assert round_.aggregator.num_updates == 1 and [u.client_name for u in round_.updates] == ["alice"]
+    assert any(f.startswith("bob: update rejected") for f in round_.failures)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": np.float64}, "dtype"),
+    ({"shape": (5,)}, "shape"),
+    ({"value": np.inf}, "inf"),
+    ({"value": np.nan}, "NaN"),
+])
+def test_incompatible_updates_are_rejected_with_the_reason(setup, kwargs, message) -> None:
+    tmp_path, cache, round_ = setup
+    value = kwargs.pop("value", 2.0)
+    model_id = upload(tmp_path, cache, "bob", value, **kwargs)
+    with pytest.raises(RejectedReport, match=message):
+        round_.submit_update(update("bob", "t-b", model_id), cache)
+    assert round_.aggregator.num_updates == 0
+    assert any(f.startswith("bob: update rejected") for f in round_.failures)
+    assert not cache.exists(model_id)
+
+
+def test_reports_after_close_and_nonpositive_examples(setup) -> None:
+    tmp_path, cache, round_ = setup
+    with pytest.raises(RejectedReport, match="num_examples must be positive"):
+        round_.submit_update(update("alice", "t-a", upload(tmp_path, cache, "alice", 1.0), examples=0), cache)
+    round_.close()
+    with pytest.raises(RejectedReport, match="closed"):
+        round_.submit_update(update("bob", "t-b", upload(tmp_path, cache, "bob", 1.0)), cache)
+
+
+def test_truncated_upload_leaves_nothing_to_report(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache")
+    path = tmp_path / "m"
+    helper.save({"w": np.ones(100_000, np.float32)}, path)
+    chunks = list(file_chunks(path, model_id="trunc", client_name="bob", chunk_size=64 << 10))
+    with pytest.raises(TransferError):
+        cache.receive(iter(chunks[:3]))
+    assert not cache.exists("trunc") and cache.uploader("trunc") is None
+    assert [p.name for p in cache.root.iterdir()] == []
