@@ -22,6 +22,7 @@ import requests
 
 from fedtier import __version__
 from fedtier.client.context import TaskContext
+from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.project import Project
 from fedtier.ids import check_model_id
 from fedtier.proto import fedtier_pb2 as pb
@@ -39,7 +40,7 @@ class DiscoveryError(ConnectionError):
 @dataclass(frozen=True)
 class ClientSettings:
     name: str
-    project: Path
+    project: Path | None = None      # a local project; without one, the reducer's compute package
     combiner: str | None = None      # HOST:PORT; when unset, ask the reducer
     reducer_url: str | None = None
     data_path: str | None = None
@@ -51,6 +52,7 @@ class ClientSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     models_kept: int = 3             # downloaded models cached on disk
+    package_sha256: str = ""         # run only the compute package with this checksum
 
 
 @dataclass
@@ -64,8 +66,10 @@ class FedClient:
     def __init__(self, settings: ClientSettings, project: Project | None = None) -> None:
         if not settings.combiner and not settings.reducer_url:
             raise ValueError("a client needs a combiner address or a reducer URL")
+        if project is None and settings.project is None and not settings.reducer_url:
+            raise ValueError("without --project the client runs the reducer's compute package: give --reducer")
         self.settings = settings
-        self.project = project or Project.load(settings.project)
+        self.project: Project | None = project or (Project.load(settings.project) if settings.project else None)
         self.work_dir = Path(settings.work_dir)
         (self.work_dir / "models").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "out").mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,10 @@ class FedClient:
     def run(self, stop: threading.Event | None = None) -> None:
         """Serve tasks until ``stop`` is set, reconnecting for as long as it takes."""
         stop = stop or threading.Event()
+        if self.project is None:
+            self.project = self._fetch_project(stop)
+            if self.project is None:
+                return
         started = time.perf_counter()
         self.project.warm_up()
         log.info("%s: project %s loaded in %.1fs", self.settings.name, self.project.root.name,
@@ -94,6 +102,20 @@ class FedClient:
             log.info("%s: reconnecting in %.1fs", self.settings.name, wait)
             stop.wait(wait)
             delay = min(delay * 2, self.settings.backoff_max)
+
+    def _fetch_project(self, stop: threading.Event) -> Project | None:
+        """Wait for the reducer's compute package, then load it (None if stopped first)."""
+        delay = self.settings.backoff_initial
+        while not stop.is_set():
+            try:
+                root = fetch_package(self.settings.reducer_url or "", self.work_dir, self.settings.token,
+                                     self.settings.tls_ca or True, self.settings.package_sha256)
+                return Project.load(root)
+            except PackageUnavailable as exc:
+                log.info("%s: %s; retrying in %.0fs", self.settings.name, exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, self.settings.backoff_max)
+        return None
 
     def _combiner_address(self) -> str:
         if self.settings.combiner:

@@ -95,10 +95,11 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
     name, index, count = resolve_client_identity(args.name, args.partition, settings.client_name_base)
     name = name or f"{settings.client_name_base}-{uuid.uuid4().hex[:8]}"
     client = FedClient(ClientSettings(
-        name=name, project=Path(args.project), combiner=args.combiner or None,
+        name=name, project=Path(args.project) if args.project else None, combiner=args.combiner or None,
         reducer_url=args.reducer or None, data_path=args.data_path or None,
         partition_index=index, num_partitions=count,
-        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token, tls_ca=settings.tls_ca))
+        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token, tls_ca=settings.tls_ca,
+        package_sha256=args.package_sha256))
     client.run(_stop_on_signals())
     client.close()
     return 0
@@ -106,7 +107,9 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run a client (connects out; opens no port)")
-    p.add_argument("--project", required=True, help="project folder with fedn.yaml")
+    p.add_argument("--project", default="", help="project folder with fedn.yaml (default: the compute package "
+                                                 "uploaded to the reducer, verified before it runs)")
+    p.add_argument("--package-sha256", default="", help="run only the reducer's compute package with this sha256")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--combiner", default="", help="combiner HOST:PORT to connect to directly")
     where.add_argument("--reducer", default="", help="reducer URL; the client asks it which combiner to use")
@@ -188,9 +191,26 @@ def add_certs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_certs)
 
 
+# ---------------------------------------------------------------- package
+def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.package import pack, sha256_hex
+
+    data = pack(args.project)
+    Path(args.out).write_bytes(data)
+    print(f"{args.out}  {len(data)} bytes  sha256 {sha256_hex(data)}")
+    return 0
+
+
+def add_package(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("package", help="pack a project folder into a compute package for POST /package")
+    p.add_argument("--project", required=True, help="project folder with fedn.yaml")
+    p.add_argument("--out", default="package.tgz", help="archive to write (default package.tgz)")
+    p.set_defaults(run=cmd_package)
+
+
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
-                                                                   add_sandbox, add_health, add_certs]
+                                                                   add_sandbox, add_health, add_certs, add_package]
 
 
 def build_parser() -> argparse.ArgumentParser:

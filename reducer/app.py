@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     for module in (seed, start, network, api, dashboard):
         app.register_blueprint(module.bp)
     app.register_blueprint(openapi.bp)
+    from fedtier.reducer.routes import package  # routes import this module: load them last
+
+    app.register_blueprint(package.bp)
     if poll_interval_s:
         threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
                          name="status-poll", daemon=True).start()

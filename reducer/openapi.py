@@ -65,6 +65,8 @@ SCHEMAS: dict[str, Any] = {
         "state": {"enum": ["setup", "idle", "instructing", "monitoring"]},
         "latest_model": nullable("Model"), "session": nullable("Session"), "last_round": nullable("Round"),
         "combiners_online": INTEGER, "combiners": INTEGER, "clients_active": INTEGER, "clients": INTEGER}},
+    "Package": {"type": "object", "required": ["sha256", "size"], "properties": {
+        "id": STRING, "sha256": STRING, "size": INTEGER, "files": INTEGER, "created_at": NUMBER}},
     "RoundSettings": {"type": "object", "additionalProperties": False, "properties": {
         "rounds": {"type": "integer", "minimum": 1, "maximum": 10000},
         "clients_required": {"type": "integer", "minimum": 1},
@@ -156,6 +158,18 @@ def document() -> dict[str, Any]:
                         "name": STRING, "address": STRING, "port": INTEGER}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"combiner": ref("Combiner")}}, "added"),
                               **_errors(400, 401, 413)}}},
+            "/package": {"post": {
+                "summary": "upload the compute package clients run (admin)",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["package"],
+                    "properties": {"package": {"type": "string", "format": "binary"}}}}}},
+                "responses": {"201": _json({"type": "object", "properties": {"package": ref("Package")}}, "stored"),
+                              **_errors(400, 401, 413)}}},
+            "/api/v1/package": {"get": {"summary": "the current compute package (network token)", "responses": {
+                "200": _json(ref("Package"), "package"), **_errors(401, 404)}}},
+            "/api/v1/package/download": {"get": {"summary": "the current compute package's bytes", "responses": {
+                "200": {"description": "gzip'd tar", "content": {"application/gzip": {
+                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 404)}}},
             "/assign": {"get": {
                 "summary": "which combiner a client should connect to (network token)",
                 "parameters": [{"name": "name", "in": "query", "required": True, "schema": STRING}],

@@ -29,7 +29,7 @@ def test_document_is_valid_openapi_and_covers_every_route(tmp_path: Path) -> Non
     try:
         for rule in app.url_map.iter_rules():
             path = str(rule).replace("<", "{").replace(">", "}")
-            if not (path.startswith("/api/") or path in ("/seed", "/start", "/stop", "/add", "/assign")):
+            if not (path.startswith("/api/") or path in ("/seed", "/start", "/stop", "/add", "/assign", "/package")):
                 continue
             methods = {m.lower() for m in rule.methods or ()} - {"head", "options"}
             if path in ("/seed", "/start"):

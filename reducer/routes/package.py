@@ -1,0 +1,74 @@
+"""``/package``: the compute package clients run, uploaded by the admin.
+
+Packages are stored like models (immutable, by content) and recorded in the
+``packages`` collection; the newest is the one clients get. Downloading one needs
+the network token even when reads are public: it is the federation's code.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, request
+
+from fedtier.package import PackageError, check, sha256_hex
+from fedtier.reducer.app import reducer
+from fedtier.reducer.auth import require_admin, require_network
+from fedtier.reducer.errors import APIError
+from fedtier.storage.model_store import ModelExistsError
+
+bp = Blueprint("package", __name__)
+
+PACKAGES = "packages"
+
+
+def current() -> dict | None:
+    found = reducer().state.find(PACKAGES, order_by="created_at", descending=True, limit=1)
+    return found[0] if found else None
+
+
+@bp.post("/package")
+@require_admin
+def upload_package():
+    upload = request.files.get("package")
+    if upload is None:
+        raise APIError(400, "send the compute package (fedtier package --project DIR) as multipart field "
+                            "'package'", field="package")
+    data = upload.read()
+    try:
+        names = check(data)
+    except PackageError as exc:
+        raise APIError(400, f"not a valid compute package: {exc}", field="package") from None
+    digest = sha256_hex(data)
+    r = reducer()
+    with tempfile.NamedTemporaryFile(dir=r.work_dir) as tmp:
+        Path(tmp.name).write_bytes(data)
+        try:
+            r.models.put_file(f"package-{digest[:40]}", tmp.name)
+        except ModelExistsError:
+            pass  # the same bytes uploaded again: already stored
+    record = {"id": f"{digest}-{time.time_ns()}", "sha256": digest, "size": len(data), "files": len(names),
+              "created_at": time.time()}
+    r.state.insert(PACKAGES, record)
+    return jsonify({"package": record}), 201
+
+
+@bp.get("/api/v1/package")
+@require_network
+def package_info():
+    record = current()
+    if record is None:
+        raise APIError(404, "no compute package has been uploaded (POST /package)")
+    return jsonify(record)
+
+
+@bp.get("/api/v1/package/download")
+@require_network
+def package_download():
+    record = current()
+    if record is None:
+        raise APIError(404, "no compute package has been uploaded (POST /package)")
+    chunks = reducer().models.iter_chunks(f"package-{record['sha256'][:40]}")
+    return Response(chunks, mimetype="application/gzip", headers={
+        "Content-Length": str(record["size"]), "X-Package-SHA256": record["sha256"]})
