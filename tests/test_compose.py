@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 ORDER = ["docker-compose.yaml", "reducer.yaml", "combiner.yaml", "client.yaml"]  # as the README uses them
+FILES = ORDER + ["tls.yaml"]  # tls.yaml is an optional override added last
 ENV = parse_env_file(ROOT / ".env.example")
 FEDTIER_SERVICES = {"reducer", "combiner-0", "combiner-1", "client"}
 
@@ -133,11 +134,11 @@ def parse_fedtier(argv: list[str], where: str) -> Any:
 
 
 def test_the_compose_folder_holds_exactly_the_walkthrough_files() -> None:
-    assert sorted(p.name for p in COMPOSE.glob("*.y*ml")) == sorted(ORDER)
+    assert sorted(p.name for p in COMPOSE.glob("*.y*ml")) == sorted(FILES)
     assert set(all_services()) == {"minio", "mongo", "mongo-express"} | FEDTIER_SERVICES
 
 
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", FILES)
 def test_files_validate_against_the_compose_spec(name: str) -> None:
     if not SCHEMA.is_file():
         pytest.skip(f"Compose Specification schema not found at {SCHEMA} (expected next to the repository, "
@@ -182,7 +183,7 @@ def compose_variables() -> dict[str, set[str]]:
             for x in node.values():
                 scan(x)
 
-    for name in ORDER:
+    for name in FILES:
         scan(raw(name))
     return used
 
@@ -494,8 +495,8 @@ def test_walkthrough_names_files_and_services_that_exist() -> None:
     assert len(invocations) >= 5
     started: set[str] = set()
     for files, subcommand, args in invocations:
-        assert files == [f"compose/{n}" for n in ORDER[:len(files)]], \
-            f"compose files must be given cumulatively, in order {ORDER}: got {files}"
+        assert files == [f"compose/{n}" for n in FILES[:len(files)]], \
+            f"compose files must be given cumulatively, in order {FILES}: got {files}"
         for file in files:
             assert (ROOT / file).is_file(), f"the README names {file}, which does not exist"
         known = set().union(*(services(Path(f).name).keys() for f in files))
@@ -515,7 +516,7 @@ def test_walkthrough_names_files_and_services_that_exist() -> None:
             assert svc in known, f"the README names service {svc}, which is not in {files}"
         if subcommand == "up":
             started.update(names or known)
-    assert set(ORDER) == {Path(f).name for files, _, _ in invocations for f in files}
+    assert set(FILES) == {Path(f).name for files, _, _ in invocations for f in files}
     assert started == set(all_services()), f"the walkthrough never starts {set(all_services()) - started}"
     assert "--scale client=5" in readme_section() and ENV["FEDTIER_CLIENTS"] == "5"
 
@@ -676,3 +677,44 @@ def test_health_malformed_targets_are_reported(args: list[str], quiet_env: pytes
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert health(*args) == 1
     assert "needs" in capsys.readouterr().err
+
+
+def test_tls_override_mounts_only_what_each_service_needs() -> None:
+    """Servers get their own certificate and key, clients only the CA; the CA key never leaves."""
+    base = all_services()
+    tls = services("tls.yaml")
+    assert set(tls) == FEDTIER_SERVICES and set(tls) <= set(base)
+    header = (COMPOSE / "tls.yaml").read_text(encoding="utf-8")
+    certs_line = " ".join(line.strip("# \\") for line in header.splitlines() if "fedtier certs" in line or
+                          "--server" in line)
+    issued = {arg.split("=")[0] for arg in re.findall(r"--server (\S+)", certs_line)}
+    for name, svc in tls.items():
+        env = svc["environment"]
+        mounted = {Path(m["target"]).name for m in svc["volumes"]}
+        assert all(m["read_only"] and m["type"] == "bind" for m in svc["volumes"]), name
+        assert "ca-key.pem" not in mounted, f"{name} would hold the CA's private key"
+        assert Path(env["FEDTIER_TLS_CA"]).name in mounted
+        if name == "client":
+            assert mounted == {"ca.pem"} and "FEDTIER_TLS_KEY" not in env
+        else:
+            assert {Path(env["FEDTIER_TLS_CERT"]).name, Path(env["FEDTIER_TLS_KEY"]).name} <= mounted
+            assert Path(env["FEDTIER_TLS_CERT"]).stem in issued, f"the header's fedtier certs does not issue {name}"
+    # everything that dials the reducer or checks it follows FEDTIER_REDUCER_SCHEME
+    text = "".join((COMPOSE / n).read_text(encoding="utf-8") for n in ORDER)
+    assert "http://${FEDN_REDUCER_HOST" not in text and "http://localhost" not in text
+    assert ENV["FEDTIER_REDUCER_SCHEME"] == "http"
+
+
+def test_tls_override_certificates_really_work_with_the_names_used(tmp_path: Path) -> None:
+    """Issue the header's certificates and check each names what its peers dial."""
+    from cryptography import x509
+
+    from fedtier.certs import ServerSpec, issue_server_cert
+
+    for spec in ("reducer=localhost", "combiner-0=localhost", "combiner-1=localhost"):
+        cert_path, _ = issue_server_cert(tmp_path, ServerSpec.parse(spec))
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                    .get_values_for_type(x509.DNSName))
+        service = spec.split("=")[0]
+        assert {service, "localhost"} <= names  # peers dial the service name; healthchecks dial localhost
