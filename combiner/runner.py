@@ -43,13 +43,21 @@ class RoundRunner:
     def run(self, request: pb.RoundRequest) -> pb.RoundResult:
         if not self._one_round.acquire(blocking=False):
             return self._failed(request, f"round {self.round_in_progress} is still running on {self.name}")
+        result: pb.RoundResult | None = None
         try:
-            return self._run(request)
+            result = self._run(request)
+            return result
         except Exception as exc:  # a round must end with a result, never a dropped RPC
             log.exception("round %s failed", request.round_id)
             return self._failed(request, f"internal error: {exc}")
         finally:
             self._current = None
+            # bound disk use: keep the model this round used and the one it produced (the
+            # reducer fetches it next); older global models and stray uploads go
+            keep = {request.model_id, self.last_model_id} | ({result.model_id} if result and result.model_id else set())
+            removed = self.cache.prune({k for k in keep if k})
+            if removed:
+                log.debug("pruned %d old models from the cache", removed)
             self._one_round.release()
 
     def _run(self, request: pb.RoundRequest) -> pb.RoundResult:

@@ -99,3 +99,21 @@ def test_truncated_upload_leaves_nothing_to_report(tmp_path: Path) -> None:
         cache.receive(iter(chunks[:3]))
     assert not cache.exists("trunc") and cache.uploader("trunc") is None
     assert [p.name for p in cache.root.iterdir()] == []
+
+
+def test_combiner_cache_keeps_only_models_in_use(tmp_path: Path) -> None:
+    """Round after round, the combiner's disk holds the current models, not the history."""
+    from fedtier.combiner.registry import ClientRegistry
+    from fedtier.combiner.runner import RoundRunner
+
+    cache = ModelCache(tmp_path / "cache")
+    runner = RoundRunner("c", ClientRegistry(), cache)
+    for i in range(5):
+        path = tmp_path / f"g{i}"
+        helper.save({"w": np.full(4, float(i), np.float32)}, path)
+        cache.receive(file_chunks(path, model_id=f"global-{i}", client_name="reducer"))
+        # no client is connected: the round fails after its short wait, and still prunes
+        result = runner.run(pb.RoundRequest(round_id=f"r{i}", kind=pb.VALIDATION, model_id=f"global-{i}",
+                                            config_json='{"wait_for_clients": 0.05}'))
+        assert not result.success and "required clients" in result.error
+    assert sorted(p.name for p in cache.root.iterdir()) == ["global-4"]
