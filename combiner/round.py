@@ -38,6 +38,7 @@ class ActiveRound:
     aggregation_seconds: float = 0.0
     stop_reason: str = ""
     closed: bool = False
+    folding: int = 0  # updates claimed whose fold has not finished: the round is not done until 0
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
@@ -65,10 +66,11 @@ class ActiveRound:
             self._changed.notify_all()
 
     def wait(self, timeout: float) -> bool:
-        """True when every task was answered, False on timeout or stop."""
+        """True when every task was answered and every accepted update folded in;
+        False on timeout or stop."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while len(self.answered) < len(self.expected) and not self.stop_reason:
+            while (len(self.answered) < len(self.expected) or self.folding) and not self.stop_reason:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -76,14 +78,15 @@ class ActiveRound:
             return not self.stop_reason
 
     def close(self) -> None:
-        """No report is accepted after this; waits for a fold in progress to finish."""
+        """No report is accepted after this. Returns once every update already claimed is
+        folded in (or rejected), so what the caller reads next is the whole round."""
         with self._changed:
             self.closed = True
             for task_id, client in self.expected.items():
                 if task_id not in self.answered:
                     self.failures.append(f"{client}: no answer before the round closed")
-        with self._fold_lock:
-            pass
+            while self.folding:
+                self._changed.wait()
 
     def stop(self, reason: str) -> None:
         with self._changed:
@@ -111,17 +114,20 @@ class ActiveRound:
         try:
             with self._changed:
                 self._claim(update.task_id, update.client_name, update.round_id, pb.TRAINING)
+                self.folding += 1
             try:
                 self._fold(update, cache)
             except Exception as exc:
                 with self._changed:
                     self.failures.append(f"{update.client_name}: update rejected: {exc}")
+                    self.folding -= 1
                     self._changed.notify_all()
                 raise RejectedReport(f"update rejected: {exc}") from exc
             with self._changed:
                 self.updates.append(pb.ClientContribution(
                     client_name=update.client_name, num_examples=update.num_examples,
                     metadata_json=update.metadata_json, timings=dict(update.timings)))
+                self.folding -= 1
                 self._changed.notify_all()
         finally:
             if update.model_id and cache.uploader(update.model_id) == update.client_name:

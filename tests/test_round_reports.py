@@ -117,3 +117,43 @@ def test_combiner_cache_keeps_only_models_in_use(tmp_path: Path) -> None:
                                             config_json='{"wait_for_clients": 0.05}'))
         assert not result.success and "required clients" in result.error
     assert sorted(p.name for p in cache.root.iterdir()) == ["global-4"]
+
+
+def test_round_ends_only_after_every_claimed_update_is_folded() -> None:
+    """Ten updates arrive at once and each fold is slow: wait()/close() must not return while
+    any of them is still queued, or the round would report fewer updates than it accepted."""
+    import threading
+    import time
+
+    class SlowAggregator:
+        def __init__(self) -> None:
+            self.folded = 0
+
+        def add(self, path: Path, weight: float) -> None:
+            time.sleep(0.02)
+            self.folded += 1
+
+    class Cache:
+        def uploader(self, model_id: str) -> str:
+            return model_id.split(":")[0]
+
+        def path(self, model_id: str) -> Path:
+            return Path("/dev/null")
+
+        def discard(self, model_id: str) -> None:
+            pass
+
+    for trial in range(5):
+        aggregator = SlowAggregator()
+        round_ = ActiveRound(round_id="r", kind=pb.TRAINING, model_id="m", aggregator=aggregator)  # type: ignore[arg-type]
+        for i in range(10):
+            round_.expect(f"t{i}", f"c{i}")
+        threads = [threading.Thread(target=round_.submit_update, args=(
+            update(f"c{i}", f"t{i}", f"c{i}:u", round_id="r"), Cache())) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        assert round_.wait(30)
+        round_.close()
+        assert len(round_.updates) == 10 and aggregator.folded == 10, (trial, len(round_.updates), aggregator.folded)
+        for thread in threads:
+            thread.join()
