@@ -7,6 +7,7 @@ exponentially, asks for a combiner again, and resumes taking tasks when one answ
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -63,7 +64,8 @@ class ClientStats:
 
 
 class FedClient:
-    def __init__(self, settings: ClientSettings, project: Project | None = None) -> None:
+    def __init__(self, settings: ClientSettings, project: Project | None = None,
+                 task_slots: threading.Semaphore | None = None) -> None:
         if not settings.combiner and not settings.reducer_url:
             raise ValueError("a client needs a combiner address or a reducer URL")
         if project is None and settings.project is None and not settings.reducer_url:
@@ -74,6 +76,8 @@ class FedClient:
         (self.work_dir / "models").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "out").mkdir(parents=True, exist_ok=True)
         self.stats = ClientStats()
+        # each task runs holding a slot: clients sharing one process share its slots (client/swarm.py)
+        self.task_slots: Any = task_slots if task_slots is not None else contextlib.nullcontext()
         self._cached: list[str] = []
 
     # ---- connection lifecycle
@@ -148,7 +152,8 @@ class FedClient:
             beat.start()
             try:
                 for task in stream:
-                    self._handle(task, stub, transfer)
+                    with self.task_slots:
+                        self._handle(task, stub, transfer)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED or not stop.is_set():
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
@@ -232,7 +237,7 @@ class FedClient:
         if target.is_file():
             return target
         stream = transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name=self.settings.name))
-        receive_to_file(stream, lambda header: target)
+        receive_to_file(stream, lambda header: target, durable=False)  # a scratch copy
         self._cached.append(model_id)
         while len(self._cached) > self.settings.models_kept:
             (self.work_dir / "models" / self._cached.pop(0)).unlink(missing_ok=True)

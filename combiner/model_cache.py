@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from fedtier.ids import check_model_id, new_id
 from fedtier.proto import fedtier_pb2 as pb
-from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file
+from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class ModelCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_model_bytes = max_model_bytes
         self._uploader: dict[str, str] = {}  # model id -> client that uploaded it
+        self._sha256: dict[str, str] = {}    # model id -> digest, so serving a model never re-hashes it
         self._lock = threading.Lock()
 
     def path(self, model_id: str) -> Path:
@@ -45,9 +46,11 @@ class ModelCache:
                 raise TransferError(f"model {model_id} already exists and is never overwritten")
             return target
 
-        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes)
+        # the cache is scratch: the reducer keeps the trail, a client its update
+        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False)
         with self._lock:
             self._uploader[received.path.name] = received.header.client_name
+            self._sha256[received.path.name] = received.sha256
         return received
 
     def uploader(self, model_id: str) -> str | None:
@@ -58,11 +61,18 @@ class ModelCache:
         path = self.path(model_id)
         if not path.is_file():
             raise KeyError(model_id)
-        return file_chunks(path, model_id=model_id)
+        with self._lock:
+            known = self._sha256.get(model_id)
+        if known is None:  # written here (an aggregate): hash once, then serve many
+            known = sha256_file(path)
+            with self._lock:
+                self._sha256[model_id] = known
+        return file_chunks(path, model_id=model_id, sha256=known)
 
     def discard(self, model_id: str) -> None:
         with self._lock:
             self._uploader.pop(model_id, None)
+            self._sha256.pop(model_id, None)
         self.path(model_id).unlink(missing_ok=True)
 
     def prune(self, keep: set[str]) -> int:

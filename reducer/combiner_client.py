@@ -31,7 +31,7 @@ class CombinerClient:
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:
         stream = self.transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name="reducer"),
                                              timeout=timeout)
-        return receive_to_file(stream, lambda header: dest)
+        return receive_to_file(stream, lambda header: dest, durable=False)  # scratch: the trail is the store
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
         return self.control.StartRound(request, timeout=timeout)

@@ -90,3 +90,29 @@ def test_upload_cannot_overwrite_an_existing_model(tmp_path: Path, combiner) -> 
     with pytest.raises(grpc.RpcError) as error:
         list(client.transfer.DownloadModel(pb.DownloadRequest(model_id="../etc/passwd")))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_served_models_are_hashed_once_and_corruption_is_still_caught(tmp_path: Path, combiner, monkeypatch) -> None:
+    """The combiner hashes a model once, not once per download; a receiver still verifies."""
+    import fedtier.combiner.model_cache as cache_module
+
+    server, client = combiner
+    source = tmp_path / "m"
+    source.write_bytes(os.urandom(3 << 20))
+    client.upload_model(source, "shared")
+    calls = []
+    monkeypatch.setattr(cache_module, "sha256_file", lambda path: calls.append(path) or "x")
+    for i in range(3):
+        assert client.download_model("shared", tmp_path / f"copy{i}").sha256 == sha256_of(source)
+    assert calls == []  # known since upload: never re-hashed
+    # a model the combiner wrote itself is hashed on first download only...
+    written = server.cache.path("written")
+    written.write_bytes(os.urandom(1 << 20))
+    monkeypatch.undo()
+    for i in range(2):
+        assert client.download_model("written", tmp_path / f"w{i}").sha256 == sha256_of(written)
+    # ...and if its bytes change behind the cache's back, the receiver refuses them
+    written.write_bytes(os.urandom(1 << 20))
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        client.download_model("written", tmp_path / "w-bad")
+    assert not (tmp_path / "w-bad").exists()
