@@ -1,0 +1,233 @@
+"""Shared plumbing for the benchmarks: statistics, tables, JSON, machine facts, processes.
+
+Benchmarks print figures, they are not tests. The machine they run on is usually
+shared and noisy, so every figure is reported next to a baseline measured in the same
+run, and as a ratio to it; absolute times are printed for context only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+NOOP_PROJECT = BENCH / "projects" / "noop"
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------- numbers
+def summarize(values: Iterable[float]) -> dict[str, float]:
+    """median/min/max/mean of a sample (the median is the figure to quote)."""
+    data = [float(v) for v in values]
+    if not data:
+        return {"n": 0, "median": math.nan, "min": math.nan, "max": math.nan, "mean": math.nan}
+    return {"n": len(data), "median": statistics.median(data), "min": min(data), "max": max(data),
+            "mean": statistics.fmean(data)}
+
+
+def ratio(value: float, baseline: float) -> float:
+    return value / baseline if baseline else math.inf
+
+
+def parse_count(text: str) -> int:
+    """'10M' -> 10_000_000, '1.5k' -> 1500, '4096' -> 4096 (decimal multiples: parameter counts)."""
+    text = text.strip()
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    number = float(text[:-1] if scale != 1 else text)
+    value = int(round(number * scale))
+    if value < 1:
+        raise ValueError(f"expected a positive count, got {text!r}")
+    return value
+
+
+def parse_list(text: str, parse=parse_count) -> list:
+    return [parse(part) for part in text.split(",") if part.strip()]
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size and n % (size // 10 or 1) == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value == 0:
+            return "0"
+        magnitude = abs(value)
+        if magnitude >= 1000:
+            return f"{value:,.0f}"
+        if magnitude >= 100:
+            return f"{value:.1f}"
+        return f"{value:.{digits}g}" if magnitude < 1 else f"{value:.{digits - 1}f}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- output
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table (pastes straight into docs/performance.md)."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print(f"\n### {title}\n")
+    print(table(headers, rows), flush=True)
+
+
+def write_json(path: str | os.PathLike | None, data: Any) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, default=str, allow_nan=True) + "\n")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """Facts to print next to figures: they mean little without them."""
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "grpcio": _version("grpcio"), "protobuf": _version("protobuf"), "numpy": _version("numpy"),
+        "torch": _version("torch"), "loadavg_1m": round(os.getloadavg()[0], 2), "code": code_state(),
+    }
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        info["mem_total_gib"] = round(int(fields["MemTotal"].split()[0]) / (1 << 20), 1)
+        info["mem_available_gib"] = round(int(fields["MemAvailable"].split()[0]) / (1 << 20), 1)
+    except (OSError, KeyError, ValueError):
+        pass
+    return info
+
+
+CODE_PATHS = ("fedtier", "combiner", "client", "helpers", "reducer", "proto")
+
+
+def code_state() -> dict[str, Any]:
+    """The commit measured, and which of the measured source files differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    changed = [line.split(maxsplit=1)[1] for line in git("status", "--porcelain", "--", *CODE_PATHS).splitlines()
+               if line.endswith(".py")]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_source_files": changed}
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    m = info or machine()
+    return (f"machine: {m['nproc']} cores, {m.get('mem_total_gib', '?')} GiB, load {m['loadavg_1m']}; "
+            f"python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']}, numpy {m['numpy']}, "
+            f"torch {m['torch']}; code {m['code']['commit']}"
+            + (f" + {len(m['code']['uncommitted_source_files'])} uncommitted source files"
+               if m["code"]["uncommitted_source_files"] else ""))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc), 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before opening port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class Processes:
+    """``python -m fedtier.cli ...`` (or any argv) children with logs in files; all stopped on exit."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.log_dir)
+        log.close()  # the child holds its own descriptor
+        self.procs[name] = proc
+        return proc
+
+    def fedtier(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull,
+                                 "--log-level", "WARNING", *args], env=env)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.log(name)[-2000:]}")
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

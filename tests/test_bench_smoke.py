@@ -1,0 +1,108 @@
+"""The benchmarks in bench/ still run: tiny sizes, sane outputs. Speed is not asserted.
+
+Each benchmark runs as the command a person would type (so --help, the tables and
+--json are exercised too) with sizes small enough to finish in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+
+BENCH = ROOT / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def stats_ok(stats: dict[str, Any]) -> bool:
+    return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
+
+
+@pytest.mark.parametrize("script", ["round_overhead.py", "transfer.py", "aggregation.py", "run_all.py"])
+def test_help(script: str) -> None:
+    done = run_bench(script, "--help", timeout=60)
+    assert done.stdout.startswith("usage:") and "--json" in done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_round_overhead_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "rounds.json"
+    done = run_bench("round_overhead.py", "--clients", "2", "--rounds", "1", "--warmup", "0", "--params", "20k",
+                     "--tiny-params", "100", "--sandbox", "1", "--sandbox-rounds", "1", "--json", str(out))
+    assert "Round time" in done.stdout and "Through the reducer" in done.stdout
+    result = json.loads(out.read_text())
+    for key in ("direct", "tiny"):
+        block = result[key]
+        assert block["model_unchanged"] is True  # the no-op round gave back the exact input bytes
+        assert block["rounds"] == 1
+        for stat in ("round_s", "push_s", "start_round_s", "fetch_s", "raw_floor_s", "ratio_vs_raw_floor"):
+            assert stats_ok(block[stat]), (key, stat, block[stat])
+        assert set(block["combiner"]) == {"wait_clients", "tasks", "aggregation", "total"}
+        assert all(stats_ok(block["clients"][p]) for p in ("download", "train", "upload"))
+        assert block["cpu_per_round_s"]["combiner"] >= 0 and 0 <= block["cpu_busy_share"] < 10
+    assert positive(result["ratio_vs_tiny"]) and stats_ok(result["rpc_floor_s"])
+    (sandbox,) = result["sandbox"]
+    assert sandbox["combiners"] == 1 and sandbox["rounds_succeeded"] == sandbox["rounds"] == 1
+    assert stats_ok(sandbox["phases"]["total"]) and positive(sandbox["ratio_vs_direct"])
+    assert result["ok"] is True
+
+
+@pytest.mark.timeout(60)
+def test_transfer_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "transfer.json"
+    done = run_bench("transfer.py", "--sizes-mib", "1,2", "--repeats", "2", "--json", str(out))
+    assert "ours/raw" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and len(result["sizes"]) == 2
+    for size in result["sizes"]:
+        assert size["checksums_ok"] is True  # both directions: the sha256 the receiver computed matched
+        for key in ("raw_upload", "ours_upload", "raw_download", "ours_download"):
+            assert positive(size[key]["mib_s"]) and stats_ok(size[key]["seconds"])
+        assert positive(size["upload_ratio"]) and positive(size["download_ratio"])
+        assert all(positive(v) for v in size["components"].values())
+
+
+@pytest.mark.timeout(60)
+def test_aggregation_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "aggregation.json"
+    done = run_bench("aggregation.py", "--params", "10k,50k", "--updates", "3", "--repeats", "1",
+                     "--memory-updates", "4", "--json", str(out))
+    assert "FedAvg per update" in done.stdout
+    result = json.loads(out.read_text())
+    assert [s["params"] for s in result["sizes"]] == [10_000, 50_000]
+    for size in result["sizes"]:
+        for key in ("fedavg", "numpy_memory", "numpy_blocked", "numpy_files"):
+            assert stats_ok(size[key]["seconds_per_update"])
+        for key in ("ratio_vs_numpy_memory", "ratio_vs_numpy_blocked", "ratio_vs_numpy_files"):
+            assert positive(size[key])
+        memory = size["memory"]
+        assert [r["update"] for r in memory["per_update"]] == [1, 2, 3, 4]
+        # the running mean is held (one model copy); the peak does not scale with updates
+        assert memory["per_update"][-1]["traced_current_mib"] >= 0.9 * size["model_mib"]
+        assert memory["peak_last_mib"] < 1.5 * memory["peak_first_mib"]
+
+
+@pytest.mark.timeout(90)
+def test_run_all_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "all.json"
+    done = run_bench("run_all.py", "--smoke", "--only", "transfer,aggregation", "--json", str(out))
+    assert "Summary" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["ok"] is True and set(results["benchmarks"]) == {"transfer", "aggregation"}
+    assert results["rows"] and all(len(row) == 6 and positive(row[-1]) for row in results["rows"])
