@@ -10,6 +10,11 @@ Two kinds of entry point, chosen per entry in ``fedn.yaml``:
       ``validate(in_path, ctx) -> metrics``.
 A leading ``python``/``python3`` in a command is replaced by this interpreter, so the
 client's virtualenv is used even when it is not activated.
+
+An optional top-level ``labels: module:function`` names
+``train_labels(data_path, task_config) -> 1-D array``: the labels of the pool the
+clients partition. Clients never call it; ``fedtier sandbox`` does, to show (and
+save) every client's label histogram before a run.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import yaml
 
 from fedtier.client.context import TaskContext
@@ -47,11 +53,13 @@ class EntryPoint:
 
 class Project:
     def __init__(self, root: Path, helper: str, entry_points: dict[str, EntryPoint],
-                 task_timeout: float = 3600.0) -> None:
+                 task_timeout: float = 3600.0, labels: str | None = None) -> None:
         self.root = root
         self.helper = helper
         self.entry_points = entry_points
         self.task_timeout = task_timeout
+        #: ``module:function`` of the optional ``labels`` entry, or None.
+        self.labels = labels
         self._functions: dict[str, Callable[..., Any]] = {}
 
     @classmethod
@@ -81,7 +89,10 @@ class Project:
         if not isinstance(helper, str):
             raise ProjectError(f"{spec_path}: helper must be a string")
         timeout = float(spec.get("task_timeout", 3600))
-        return cls(root, helper, entries, timeout)
+        labels = spec.get("labels")
+        if labels is not None and (not isinstance(labels, str) or ":" not in labels):
+            raise ProjectError(f"{spec_path}: labels must be 'module:function', got {labels!r}")
+        return cls(root, helper, entries, timeout, labels=labels)
 
     def warm_up(self) -> None:
         """Import in-process entry points now, so the first round is not charged for
@@ -117,6 +128,23 @@ class Project:
         if not isinstance(metrics, dict):
             raise ProjectError(f"validate must return a dict of metrics, got {type(metrics).__name__}")
         return metrics
+
+    def train_labels(self, data_path: str | None, config: Mapping[str, Any]) -> np.ndarray:
+        """Call the project's ``labels`` function: the labels of the pool clients partition.
+
+        Raises ProjectError if the project declares no ``labels`` entry, or if the
+        function fails or returns anything but a non-empty 1-D array.
+        """
+        if self.labels is None:
+            raise ProjectError(f"{self.root.name} declares no 'labels: module:function' in its fedn.yaml")
+        function = self._function(EntryPoint("labels", python=self.labels))
+        try:
+            labels = np.asarray(function(data_path, config))
+        except Exception as exc:  # the project's code: report it with the entry that failed
+            raise ProjectError(f"labels ({self.labels}) failed: {type(exc).__name__}: {exc}") from exc
+        if labels.ndim != 1 or labels.size == 0:
+            raise ProjectError(f"labels ({self.labels}) must return a non-empty 1-D array, got shape {labels.shape}")
+        return labels
 
     def _function(self, entry: EntryPoint) -> Callable[..., Any]:
         if entry.name not in self._functions:

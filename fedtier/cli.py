@@ -123,6 +123,34 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_client)
 
 
+# ---------------------------------------------------------------- swarm
+def cmd_swarm(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.client.swarm import run_swarm
+
+    return run_swarm(args, settings, _stop_on_signals())
+
+
+def add_swarm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("swarm", help="run many clients in one process (load tests)")
+    p.add_argument("--clients", type=int, required=True, help="how many clients this process runs")
+    p.add_argument("--project", required=True, help="project folder with fedn.yaml (use python: entry points)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--combiner", default="", help="combiner HOST:PORT every client connects to directly")
+    where.add_argument("--reducer", default="", help="reducer URL; each client asks it which combiner to use")
+    p.add_argument("--name-prefix", default="", help="clients are PREFIX-0 .. PREFIX-N-1 "
+                                                     "(default $CLIENT_NAME_BASE-swarm); unique per swarm")
+    p.add_argument("--partition-count", type=int, default=0, help="shares of the data (default --clients)")
+    p.add_argument("--partition-offset", type=int, default=0, help="client k uses share (OFFSET + k) %% COUNT")
+    p.add_argument("--data-path", default="", help="data directory handed to every client")
+    p.add_argument("--work-dir", default="", help="scratch space (default $FEDTIER_DATA_DIR/swarms/PREFIX)")
+    p.add_argument("--start-interval", type=float, default=0.01, help="seconds between client starts")
+    p.add_argument("--task-slots", type=int, default=8, help="tasks running at once in this process; 0: no "
+                                                             "limit (see client/swarm.py; default 8)")
+    p.add_argument("--stats", default="", help="write per-client stats (connects, tasks done) to this JSON file")
+    p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats writes and log lines")
+    p.set_defaults(run=cmd_swarm)
+
+
 # ---------------------------------------------------------------- reducer
 def cmd_reducer(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.reducer.serve import serve
@@ -148,7 +176,8 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
                              summary=Path(args.summary) if args.summary else None,
                              work_dir=Path(args.work_dir) if args.work_dir else None, port=args.port,
                              seed=Path(args.seed) if args.seed else None, data_path=args.data_path or None,
-                             round_timeout=args.round_timeout, task=args.task)
+                             round_timeout=args.round_timeout, task=args.task,
+                             partition=args.partition or None, startup_timeout=args.startup_timeout)
     return Sandbox(options, _stop_on_signals()).run()
 
 
@@ -166,6 +195,12 @@ def add_sandbox(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default="", help="data directory handed to every client")
     p.add_argument("--round-timeout", type=float, default=300.0, help="seconds per round (default 300)")
     p.add_argument("--task", default="{}", help="JSON settings for the project's code, e.g. '{\"epochs\": 2}'")
+    p.add_argument("--startup-timeout", type=float, default=120.0,
+                   help="seconds to wait for each start-up step, e.g. all clients connected (default 120)")
+    p.add_argument("--partition", default="",
+                   help="how the clients split the data: iid (default), dirichlet:alpha=0.5, kclass:k=2, "
+                        "quantity:beta=0.5[,min_size=N], kclass_quantity:k=2,beta=0.5; add seed=N to any. "
+                        "Sent to the clients as \"partition\" in the task config")
     p.set_defaults(run=cmd_sandbox)
 
 
@@ -210,7 +245,8 @@ def add_package(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
-                                                                   add_sandbox, add_health, add_certs, add_package]
+                                                                   add_sandbox, add_health, add_certs, add_package,
+                                                                   add_swarm]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,13 @@ It starts the reducer, N combiners and M clients exactly as a deployment would
 stores), seeds the project's seed model, runs the rounds and prints one line per
 round. Every process logs to ``<work-dir>/logs``; whatever happens, every process it
 started is stopped when it exits.
+
+``--partition SPEC`` (``iid``, ``dirichlet:alpha=0.5``, ``kclass:k=2``...; see
+``fedtier.partition.parse_spec``) goes into the session's task config as
+``"partition"``, so every client splits the data the same way. If the project names
+a ``labels`` function in fedn.yaml, the sandbox partitions those labels itself before
+starting anything, prints each client's label histogram and saves it to
+``<work-dir>/partitions.json``: what the clients will hold is visible before a run.
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ from typing import Any
 
 import requests
 
-from fedtier.client.project import Project
+from fedtier.client.project import Project, ProjectError
+from fedtier.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
 
 
 class SandboxError(RuntimeError):
@@ -44,6 +52,7 @@ class SandboxOptions:
     round_timeout: float = 300.0
     task: str = "{}"
     startup_timeout: float = 120.0
+    partition: str | None = None  # a partition spec, e.g. "dirichlet:alpha=0.5"
 
 
 def _free_port() -> int:
@@ -65,6 +74,14 @@ class Sandbox:
             self.task = json.loads(options.task or "{}")
         except json.JSONDecodeError as exc:
             raise ValueError(f"--task is not valid JSON: {exc}") from None
+        if not isinstance(self.task, dict):
+            raise ValueError(f"--task must be a JSON object, got {options.task!r}")
+        if options.partition:
+            if "partition" in self.task:
+                raise ValueError("the partition is given twice: use --partition or \"partition\" in --task, not both")
+            self.task["partition"] = parse_spec(options.partition)
+        elif "partition" in self.task:
+            resolve_config(self.task["partition"])  # a mistake should stop us before any process starts
         self.options = options
         self.project = Project.load(options.project)
         self.stop = stop or threading.Event()
@@ -150,6 +167,7 @@ class Sandbox:
         self.url = f"http://127.0.0.1:{port}"
         say(f"fedtier sandbox: {o.combiners} combiners, {o.clients} clients, project {self.project.root.name}; "
             f"work dir {self.work_dir}")
+        self._show_partitions()
         self._spawn("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", self.project.helper)
         self._wait_for("the reducer", lambda: self._api("GET", "/api/v1/status"))
         say(f"dashboard: {self.url}/")
@@ -177,6 +195,35 @@ class Sandbox:
         start = self._api("POST", "/start", json={"rounds": o.rounds, "clients_required": o.clients,
                                                   "round_timeout": o.round_timeout, "task": self.task})
         return self._follow(start["session_id"])
+
+    def _show_partitions(self) -> None:
+        """Partition the project's labels as the clients will, print the table, save it.
+
+        The clients run the same ``fedtier.partition`` code on the same labels with the
+        same task config, so this is exactly what each will hold. Skipped (with a note
+        when a partition was asked for) if the project declares no ``labels`` function.
+        """
+        if self.project.labels is None:
+            if "partition" in self.task:
+                say(f"partition {self.task['partition']}: {self.project.root.name} declares no 'labels' in "
+                    f"fedn.yaml, so the per-client label table cannot be shown")
+            return
+        config = self.task.setdefault("partition", {"scheme": "iid"})
+        try:
+            labels = self.project.train_labels(self.options.data_path, self.task)
+            parts = partition_from_config(labels, self.options.clients, config)
+        except (ProjectError, ValueError, OSError) as exc:
+            raise SandboxError(f"cannot partition the data for {self.options.clients} clients: {exc}") from None
+        summary = summarize(labels, parts)
+        spec = ", ".join(f"{k}={v}" for k, v in config.items() if k != "scheme")
+        say(f"partition: {config['scheme']}{' (' + spec + ')' if spec else ''}, {len(labels)} samples "
+            f"over {self.options.clients} clients (row i is client-i)")
+        for line in format_summary(summary).splitlines():
+            say("  " + line)
+        record = {"partition": config, "num_samples": int(len(labels)), "num_clients": self.options.clients,
+                  "mean_tv_distance": sum(s["tv_distance"] for s in summary) / len(summary),
+                  "clients": [{"client": f"client-{s['partition']}", **s} for s in summary]}
+        (self.work_dir / "partitions.json").write_text(json.dumps(record, indent=2))
 
     def _make_seed(self) -> Path:
         script = self.project.root / "seed.py"
@@ -206,7 +253,10 @@ class Sandbox:
                 entry = {"round": r["round"], "status": r["status"], "accuracy": metrics.get("accuracy"),
                          "loss": metrics.get("loss"), "test_accuracy": metrics.get("test_accuracy"),
                          "round_time_s": round(r["timings"].get("total", 0.0), 3),
-                         "participants": len(r.get("participants") or []), "model_id": r.get("model_out")}
+                         "participants": len(r.get("participants") or []), "model_id": r.get("model_out"),
+                         # what each client trained on: checks that clients hold the announced partition
+                         "num_examples": {u["client"]: u["num_examples"] for c in r.get("combiners") or []
+                                          for u in c.get("updates") or []}}
                 summary_rounds.append(entry)
                 say(self._line(entry, r.get("error")))
             if session["status"] != "running":
@@ -234,7 +284,8 @@ class Sandbox:
         if not self.options.summary:
             return
         good = [r for r in rounds if r["status"] == "success"]
-        summary = {"combiners": self.options.combiners, "clients": self.options.clients, "rounds": rounds,
+        summary = {"combiners": self.options.combiners, "clients": self.options.clients,
+                   "partition": self.task.get("partition"), "rounds": rounds,
                    "final_accuracy": good[-1]["accuracy"] if good else None,
                    "final_test_accuracy": good[-1]["test_accuracy"] if good else None,
                    "dashboard": self.url + "/", "work_dir": str(self.work_dir)}

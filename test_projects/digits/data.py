@@ -18,6 +18,7 @@ A real project would instead read the client's private data from
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any, Mapping
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -49,6 +50,15 @@ def _global_split() -> tuple[Arrays, Arrays]:
 def load_test_set() -> Arrays:
     """The global held-out test set ``(x, y)``; no client trains or validates on it."""
     return _global_split()[1]
+
+
+def train_labels(data_path: str | None = None, config: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Labels of the federated pool, the array the clients partition (``labels:`` in fedn.yaml).
+
+    ``fedtier sandbox`` calls it to show each client's label histogram before a run.
+    Both arguments are unused: the data is bundled and the pool never changes.
+    """
+    return _global_split()[0][1].copy()
 
 
 def load_partition(

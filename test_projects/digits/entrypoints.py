@@ -25,6 +25,7 @@ from torch import nn
 
 from data import load_partition, load_test_set
 from fedtier.client.context import TaskContext
+from fedtier.partition import resolve_config
 from model import load_model, save_model
 
 #: Hyperparameters used when the task config does not set them. Chosen so that
@@ -51,8 +52,11 @@ def _task_seed(ctx: TaskContext) -> int:
 
 def _client_data(ctx: TaskContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # ctx.data_path is unused: the dataset is bundled with scikit-learn and each
-    # client takes its share by partition index instead.
-    return load_partition(ctx.partition_index, ctx.num_partitions)
+    # client takes its share by partition index instead. The partition scheme comes
+    # from the task config ("partition", e.g. set by `fedtier sandbox --partition`),
+    # the same for every client of a session; IID when absent.
+    scheme, seed, params = resolve_config(ctx.config.get("partition", {"scheme": "iid"}))
+    return load_partition(ctx.partition_index, ctx.num_partitions, seed=seed, scheme=scheme, **params)
 
 
 def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
