@@ -1,0 +1,205 @@
+"""Many clients in one process: a swarm of virtual clients for load tests.
+
+    fedtier swarm --clients 50 --reducer http://127.0.0.1:8090 --project bench/projects/noop \\
+        --name-prefix s0 [--partition-count 200 --partition-offset 0] [--stats stats.json]
+
+Each virtual client is a real :class:`FedClient` with its own name, work directory,
+gRPC channel, heartbeat thread and task stream, so a combiner cannot tell it from a
+client on a machine of its own. The clients share what one interpreter would not
+load twice: the project (its entry points imported once) and the stop event.
+
+Threads: a client costs three, its task stream reader (running ``FedClient.run``), its
+heartbeat thread and its channel's gRPC polling thread: 50 clients are about 155
+threads, 200 about 610.
+
+Task slots: the clients of one process share one GIL. When all of them run a task at
+once (download, train, upload: Python code throughout), several hundred threads draw
+lots for the GIL every 5 ms; a heartbeat thread then waits seconds for its turn, and its
+combiner marks a live client inactive (measured with 200 clients in one process on 2
+cores: heartbeat gaps up to 17 s against a 10 s timeout, live clients marked inactive).
+Running 200 tasks "at once" in one interpreter is no faster than running a few at a
+time, so a swarm runs at most ``task_slots`` tasks at once (default 8; the others wait
+for a slot with their task in hand, heartbeating). The heartbeat gap then stays at the
+interval and rounds get faster (docs/reliability.md, "Load"). ``task_slots=0`` lifts
+the limit, to reproduce the problem.
+
+Connections: gRPC lets channels of one process with the same target and options share
+one TCP connection. Separate machines do not, so ``fedtier swarm`` (which runs nothing
+but clients) gives every channel its own connection; see :func:`own_connections`.
+
+Use an in-process (``python:``) project: a ``command:`` entry point starts one
+interpreter per task, which is what a swarm exists to avoid.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtier.client.client import ClientSettings, FedClient
+from fedtier.client.project import Project
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENTS = 2000  # three threads each: beyond this, run more swarm processes
+TASK_SLOTS = 8
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+
+
+def own_connections() -> None:
+    """From now on every gRPC channel this process opens gets a TCP connection of its own.
+
+    gRPC's default (a process-wide subchannel pool) would put all of a swarm's clients of
+    one combiner on one connection, sharing its HTTP/2 flow control and keepalive: not
+    what separate clients do. This changes the options ``make_channel`` uses for the
+    whole process, so call it only in a process that runs nothing but clients.
+    """
+    from fedtier.transport import channel
+
+    if OWN_CONNECTION not in channel.CHANNEL_OPTIONS:
+        channel.CHANNEL_OPTIONS.append(OWN_CONNECTION)
+
+
+class Swarm:
+    """``count`` clients named ``<name_prefix>-<k>``, k = 0..count-1.
+
+    Client k uses partition ``(partition_offset + k) % partition_count`` (default: count),
+    so several swarms can share out one dataset. The clients start ``start_interval``
+    seconds apart: a real network's clients do not all arrive in the same millisecond,
+    and spreading the starts spreads their heartbeats too.
+    """
+
+    def __init__(self, count: int, name_prefix: str = "swarm", *, project: Project | str | os.PathLike,
+                 reducer_url: str | None = None, combiner: str | None = None,
+                 work_dir: str | os.PathLike = "var/swarm", data_path: str | None = None,
+                 partition_count: int | None = None, partition_offset: int = 0,
+                 task_slots: int = TASK_SLOTS, token: str = "", tls_ca: str = "",
+                 start_interval: float = 0.01, backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+        if not 1 <= count <= MAX_CLIENTS:
+            raise ValueError(f"a swarm runs 1 to {MAX_CLIENTS} clients, got {count}")
+        if bool(reducer_url) == bool(combiner):
+            raise ValueError("give a swarm exactly one of a reducer URL or a combiner address")
+        partitions = partition_count or count
+        if partitions < 1 or partition_offset < 0 or task_slots < 0:
+            raise ValueError("partition_count must be positive, partition_offset and task_slots not negative")
+        self.project = project if isinstance(project, Project) else Project.load(project)
+        self.start_interval = max(0.0, start_interval)
+        self.work_dir = Path(work_dir)
+        self.task_slots = task_slots
+        slots = threading.BoundedSemaphore(task_slots) if task_slots else None
+        self.clients: list[FedClient] = [
+            FedClient(ClientSettings(
+                name=f"{name_prefix}-{k}", project=self.project.root, combiner=combiner, reducer_url=reducer_url,
+                data_path=data_path, partition_index=(partition_offset + k) % partitions,
+                num_partitions=partitions, work_dir=self.work_dir / f"{name_prefix}-{k}", token=token,
+                tls_ca=tls_ca, backoff_initial=backoff_initial, backoff_max=backoff_max),
+                project=self.project, task_slots=slots)
+            for k in range(count)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._starter: threading.Thread | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [c.settings.name for c in self.clients]
+
+    def start(self, wait: bool = True) -> None:
+        """Start every client: returns once all their threads are started, or at once
+        with ``wait=False`` (a thread of the swarm's then starts them)."""
+        if self._starter is not None:
+            raise RuntimeError("this swarm was already started")
+        self.project.warm_up()  # once, here, not raced by every client thread
+        self._starter = threading.Thread(target=self._start_clients, name="swarm-start", daemon=True)
+        self._starter.start()
+        if wait:
+            self._starter.join()
+
+    def _start_clients(self) -> None:
+        for client in self.clients:
+            if self._stop.is_set():
+                return
+            thread = threading.Thread(target=self._run_client, args=(client,), name=client.settings.name,
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            if self.start_interval:
+                self._stop.wait(self.start_interval)
+        log.info("swarm: %d clients started", len(self._threads))
+
+    def _run_client(self, client: FedClient) -> None:
+        try:
+            client.run(self._stop)
+        except Exception:  # one broken client must not take the swarm's report with it
+            log.exception("%s: stopped by an unexpected error", client.settings.name)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop every client and wait for its threads; True when all of them ended in time.
+
+        A client notices within one heartbeat interval (its heartbeat thread cancels the
+        task stream); a task in progress is finished first.
+        """
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        if self._starter is not None:
+            self._starter.join(max(0.0, deadline - time.monotonic()))
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for client in self.clients:
+            client.close()
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("swarm: %d clients still running after %gs: %s", len(alive), timeout, ", ".join(alive[:10]))
+        return not alive
+
+    def running(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
+
+    # ---- what the clients did
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per client: connects (1 means it never had to reconnect) and tasks done."""
+        return {c.settings.name: {"connects": c.stats.connects, **c.stats.tasks_done} for c in self.clients}
+
+    def totals(self) -> dict[str, int]:
+        per_client = list(self.stats().values())
+        out = {key: sum(s[key] for s in per_client) for key in ("connects", "train", "validate", "failed")}
+        out.update(clients=len(self.clients), connected=sum(1 for s in per_client if s["connects"] > 0),
+                   reconnected=sum(1 for s in per_client if s["connects"] > 1), running=self.running(),
+                   threads=threading.active_count())
+        return out
+
+    def write_stats(self, path: str | os.PathLike) -> None:
+        """The stats as JSON, replaced atomically so a reader never sees half a file."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"time": time.time(), "totals": self.totals(), "clients": self.stats()}))
+        os.replace(tmp, path)
+
+
+def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
+    """``fedtier swarm``: start the swarm, report now and then, stop on SIGINT/SIGTERM."""
+    own_connections()
+    prefix = args.name_prefix or f"{settings.client_name_base}-swarm"
+    swarm = Swarm(args.clients, prefix, project=Path(args.project), reducer_url=args.reducer or None,
+                  combiner=args.combiner or None,
+                  work_dir=Path(args.work_dir or settings.data_dir / "swarms" / prefix),
+                  data_path=args.data_path or None, partition_count=args.partition_count or None,
+                  partition_offset=args.partition_offset, task_slots=args.task_slots, token=settings.auth_token,
+                  tls_ca=settings.tls_ca, start_interval=args.start_interval)
+    swarm.start(wait=False)
+    last: dict[str, int] = {}
+    while not stop.wait(max(0.2, args.stats_interval)):
+        if args.stats:
+            swarm.write_stats(args.stats)
+        totals = swarm.totals()
+        now = {k: totals[k] for k in ("connected", "reconnected", "train", "validate", "failed")}
+        if now != last:
+            log.info("swarm %s: %s", prefix, " ".join(f"{k}={v}" for k, v in now.items()))
+            last = now
+    ended = swarm.stop()
+    if args.stats:
+        swarm.write_stats(args.stats)
+    return 0 if ended else 1
