@@ -63,6 +63,7 @@ setup(
             "jsonschema>=4.20",
             "psutil>=5.9",
             "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
+            "playwright>=1.45",  # tests/test_ui.py: only its driver, with Debian's chromium (no playwright install)
             "schemathesis>=4.0",  # fuzzes a live reducer against its OpenAPI document
         ],
     },

@@ -65,9 +65,9 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     register_error_handlers(app)
     auth.install(app)
 
-    from fedtier.reducer.routes import api, dashboard, network, seed, start
+    from fedtier.reducer.routes import api, dashboard, network, pages, seed, start
 
-    for module in (seed, start, network, api, dashboard):
+    for module in (seed, start, network, api, dashboard, pages):
         app.register_blueprint(module.bp)
     app.register_blueprint(openapi.bp)
     from fedtier.reducer.routes import package  # routes import this module: load them last

@@ -1,0 +1,50 @@
+// /start: the settings form and the stop button, both through the one `api` function.
+// A 400 from the API names the field at fault; its message appears under that field.
+import { $, enhance, getJSON, h, idCode, live, pill, replace, showState } from "./app.js";
+
+const RUNNING = new Set(["instructing", "monitoring"]);
+let stopping = false;
+
+function sync(status) {
+  const state = status.state;
+  showState(state);
+  const running = RUNNING.has(state);
+  $("#start-button").disabled = state !== "idle";
+  $("#start-reason").textContent = state === "setup" ? "Seed the network first."
+    : running ? "A session is running; stop it or wait for it to end." : "";
+  $("#stop-button").disabled = !running;
+  if (!running) stopping = false;
+  $("#stop-reason").textContent = stopping ? "Stopping after the round in progress…"
+    : running ? "Stops after the round in progress." : "No session is running.";
+  const session = status.session;
+  if (session) {
+    const done = session.rounds_succeeded + session.rounds_failed;
+    replace($("#now-text"), "Session ", idCode(session.id), " ", pill(session.status), ` ${done} / ${session.rounds_requested} rounds done · `,
+      h("a", { href: "/" }, "watch it on the dashboard"));
+  } else {
+    replace($("#now-text"), "The reducer is ", h("strong", { "data-bind": "state-word" }, state), ".",
+      state === "setup" ? [" ", h("a", { href: "/seed" }, "Upload a seed model"), " first."] : "");
+  }
+  const hint = $("#hint-clients_required");
+  if (status.clients_active === undefined) return;
+  replace(hint, "A round with fewer updates than this fails. ",
+    h("strong", {}, `${status.clients_active} of ${status.clients} clients active now.`));
+}
+
+const refresh = live(async () => sync(await getJSON("/api/v1/status")), 2000);
+
+enhance($("#start-form"), (reply) => {
+  const started = $("#started");
+  replace(started, "Session ", idCode(reply.session_id), ` started: ${reply.session.rounds_requested} rounds. `,
+    h("a", { href: "/" }, "Follow it on the dashboard"), ".");
+  started.hidden = false;
+  sync({ state: reply.state, session: reply.session });
+  refresh();
+});
+
+enhance($("#stop-form"), (reply) => {
+  stopping = true;
+  $("#stop-reason").textContent = "Stopping after the round in progress…";
+  showState(reply.state);
+  refresh();
+});

@@ -1,0 +1,301 @@
+"""The reducer's web UI in a real headless Chromium, against a live network.
+
+A reducer (PyTorch helper), two combiners and two `digits` clients run as real
+processes. The browser seeds the network through the upload form (a bad file first:
+the API's message shows inline), starts two rounds through the settings form (a bad
+setting first: the message shows next to that field), watches the dashboard's accuracy
+plot gain its points as the rounds finish without a reload, stops a second session,
+checks the network page, downloads a model from the trail and checks its hash, and
+saves a screenshot of every page at desktop and phone widths in docs/screenshots/
+(or $FEDTIER_UI_SCREENSHOTS).
+Any console error or uncaught page error that the test did not provoke fails it.
+
+The browser is Debian's `chromium`, driven by Playwright's driver (never
+`playwright install`); the `chromium` fixture apt-installs it when it is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import ROOT, ProcessGroup, free_port, wait_for_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DIGITS = ROOT / "test_projects" / "digits"
+SHOTS = Path(os.environ.get("FEDTIER_UI_SCREENSHOTS") or ROOT / "docs" / "screenshots")
+DESKTOP = {"width": 1280, "height": 900}
+NARROW = {"width": 390, "height": 844}
+PAGES = {"dashboard": "/", "seed": "/seed", "start": "/start", "network": "/network", "trail": "/trail",
+         "sessions": "/sessions"}
+BAD_REQUEST = "the server responded with a status of 400"
+
+
+def _install_chromium() -> str | None:
+    """apt-get the browser; None when done, else why it could not be."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "not root, so apt-get cannot install it"
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available on this machine"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()[-500:]}"
+    return None if CHROMIUM.exists() else "apt-get finished but /usr/bin/chromium is still missing"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    """A headless Chromium (Debian's package) under Playwright; installed with apt when missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
+    if not CHROMIUM.exists():
+        why = _install_chromium()
+        if why:
+            pytest.skip(f"/usr/bin/chromium is missing and could not be installed: {why}")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Console errors and page errors of every page; the test consumes the ones it provokes."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page) -> None:
+        page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"{page.url}: {msg.text}"))
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: uncaught {exc}"))
+
+    def consume(self, fragment: str) -> None:
+        matching = [e for e in self.errors if fragment in e]
+        assert matching, f"expected a console error containing {fragment!r}; got {self.errors}"
+        self.errors.remove(matching[0])
+
+    def assert_clean(self) -> None:
+        assert not self.errors, "console or page errors:\n" + "\n".join(self.errors)
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def open_page(page, url: str, path: str) -> None:
+    page.goto(url + path)
+    if path not in ("/seed", "/start"):
+        page.wait_for_selector("body[data-loaded=true]")
+
+
+def bring_up(procs: ProcessGroup, tmp_path: Path) -> tuple[str, Path, str]:
+    """Reducer, 2 combiners, 2 digits clients, all starting at once (clients retry until a
+    combiner is there); returns the reducer URL, the digits seed file and its sha256."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"FEDTIER_DATA_DIR": str(tmp_path / "data")}
+    seed = tmp_path / "seed.safetensors"
+    seeding = subprocess.Popen([sys.executable, str(DIGITS / "seed.py"), str(seed)], cwd=DIGITS,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", "pytorch",
+                          env=env)
+    for i in range(2):
+        procs.start(f"combiner-{i}", "combiner", "--name", f"combiner-{i}", "--host", "127.0.0.1",
+                    "--port", str(free_port()), "--reducer", url, "--heartbeat-interval", "0.5",
+                    "--heartbeat-timeout", "10", env=env)
+        procs.start(f"client-{i}", "client", "--reducer", url, "--project", str(DIGITS), "--name", f"client-{i}",
+                    "--partition", f"{i}/2", env=env)
+    wait_for_port(port, proc=reducer)
+    _, err = seeding.communicate(timeout=120)
+    assert seeding.returncode == 0, err.decode(errors="replace")
+    return url, seed, hashlib.sha256(seed.read_bytes()).hexdigest()
+
+
+def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: ProcessGroup, tmp_path: Path) -> None:
+    url, seed_file, seed_sha = bring_up(procs, tmp_path)
+    console = Console()
+    context = chromium.new_context(viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    console.watch(page)
+
+    # ---- seed: a bad file is refused with the API's message under the input; the real one is shown with its hash
+    open_page(page, url, "/seed")
+    assert page.inner_text("[data-bind=state]") == "setup"
+    bad = tmp_path / "not-a-model.bin"
+    bad.write_bytes(b"this is not a model")
+    page.set_input_files("#seed-file", str(bad))
+    page.click("#seed-form [type=submit]")
+    page.wait_for_selector("#error-seed:not([hidden])")
+    assert "not a valid model" in page.inner_text("#error-seed")
+    assert page.get_attribute("#seed-file", "aria-invalid") == "true"
+    console.consume(BAD_REQUEST)
+    shot(page, "seed-error-desktop")
+    page.set_input_files("#seed-file", str(seed_file))
+    page.click("#seed-form [type=submit]")
+    page.wait_for_selector("#seed-info:not([hidden])")
+    assert page.inner_text("[data-bind=seed-sha256]") == seed_sha
+    assert page.is_hidden("#error-seed") and page.is_hidden("#seed-upload")
+    assert page.inner_text("[data-bind=state]") == "idle"
+    shot(page, "seed-desktop")
+
+    # ---- network: both combiners and both clients come online
+    open_page(page, url, "/network")
+    page.wait_for_function("document.querySelectorAll('[data-client][data-online=true]').length === 2", timeout=60_000)
+    assert page.locator("[data-combiner][data-online=true]").count() == 2
+
+    # ---- the dashboard in a second tab, loaded before any round: no points yet
+    dashboard = context.new_page()
+    console.watch(dashboard)
+    open_page(dashboard, url, "/")
+    points = dashboard.locator("#chart-accuracy circle.pt[data-series=accuracy]")
+    assert points.count() == 0
+
+    # ---- start: a bad combination is named next to its field; then 2 rounds
+    open_page(page, url, "/start")
+    page.wait_for_function("!document.querySelector('#start-button').disabled")
+    assert page.is_disabled("#stop-button")
+    page.fill("#f-clients_required", "2")
+    page.fill("#f-clients_requested", "1")
+    page.click("#start-button")
+    page.wait_for_selector("#error-clients_requested:not([hidden])")
+    assert "below clients_required" in page.inner_text("#error-clients_requested")
+    assert page.get_attribute("#f-clients_requested", "aria-invalid") == "true"
+    console.consume(BAD_REQUEST)
+    shot(page, "start-error-desktop")
+    page.fill("#f-clients_requested", "0")
+    page.fill("#f-rounds", "2")
+    page.fill("#f-task", '{"epochs": 10}')  # the task settings reach the project's train()
+    page.click("#start-button")
+    page.wait_for_selector("#started:not([hidden])")
+    assert page.is_hidden("#error-clients_requested")
+    assert page.is_disabled("#start-button") and page.is_enabled("#stop-button")  # a session is running
+
+    # ---- the dashboard gains its points as rounds finish, without a reload (how many at a
+    # time depends on how fast the rounds are against its 2 s refresh)
+    seen = [0]
+    deadline = time.monotonic() + 90
+    while seen[-1] < 2 and time.monotonic() < deadline:
+        count = points.count()
+        if count != seen[-1]:
+            seen.append(count)
+        time.sleep(0.1)
+    assert seen[-1] == 2 and seen == sorted(seen), seen
+    dashboard.wait_for_function("document.querySelector('#rounds-done')?.textContent.startsWith('2 / 2')")
+    dashboard.wait_for_selector("#chart-phases rect[data-phase=training]")
+    dashboard.wait_for_selector("#chart-clients circle.client-pt")
+    assert dashboard.locator("#chart-loss circle.pt[data-series=loss]").count() == 2
+    assert dashboard.locator("#round-table tbody tr").count() == 2
+    dashboard.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'idle'")
+    shot(dashboard, "dashboard-desktop")
+
+    # ---- stop: a long session started from the form ends as 'stopped' after the stop button
+    page.wait_for_function("!document.querySelector('#start-button').disabled")
+    page.fill("#f-rounds", "500")
+    page.click("#start-button")
+    page.wait_for_function("!document.querySelector('#stop-button').disabled")
+    shot(page, "start-desktop")
+    page.click("#stop-button")
+    page.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'idle'", timeout=60_000)
+    sessions = requests.get(f"{url}/api/v1/sessions", timeout=5).json()
+    assert [s["status"] for s in sessions] == ["finished", "stopped"], sessions
+
+    # ---- sessions history
+    open_page(page, url, "/sessions")
+    assert page.locator("tr[data-session]").count() == 2
+    assert page.locator("tr[data-status=stopped]").count() == 1
+    assert "of 500 succeeded" in page.inner_text("tr[data-status=stopped]")
+    shot(page, "sessions-desktop")
+
+    # ---- network again: everyone online, clients with their last metrics
+    open_page(page, url, "/network")
+    page.wait_for_function("document.querySelectorAll('[data-client][data-online=true]').length === 2")
+    assert "accuracy" in page.inner_text("tr[data-client=client-0]")
+    shot(page, "network-desktop")
+
+    # ---- the trail: download the latest model; its bytes hash to what the page shows
+    open_page(page, url, "/trail")
+    models = requests.get(f"{url}/api/v1/models", timeout=5).json()
+    assert page.locator("tr[data-model]").count() == len(models) >= 3
+    newest = page.locator("tr[data-model]").first
+    shown_hash = newest.locator("[data-sha256]").inner_text()
+    with page.expect_download() as info:
+        newest.locator("a.download").click()
+    data = Path(info.value.path()).read_bytes()
+    assert re.fullmatch(r"[0-9a-f]{64}", shown_hash) and hashlib.sha256(data).hexdigest() == shown_hash
+    seed_row = page.locator(f"tr[data-model] [data-sha256='{seed_sha}']")
+    assert seed_row.count() == 1  # the seed is in the trail with the uploaded file's hash
+    shot(page, "trail-desktop")
+
+    # ---- every page at phone width: no sideways scrolling, then a screenshot
+    narrow = chromium.new_context(viewport=NARROW, device_scale_factor=1)
+    phone = narrow.new_page()
+    console.watch(phone)
+    for name, path in PAGES.items():
+        open_page(phone, url, path)
+        if name == "dashboard":
+            phone.wait_for_selector("#chart-accuracy circle.pt")
+        overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {NARROW['width']}px"
+        shot(phone, f"{name}-narrow")
+    narrow.close()
+
+    # ---- without JavaScript the forms still post to the API (which answers in JSON)
+    plain = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
+    no_js = plain.new_page()
+    open_page(no_js, url, "/start")
+    no_js.fill("#f-rounds", "0")
+    with no_js.expect_navigation():
+        no_js.click("#start-button")
+    assert no_js.url == f"{url}/start" and '"field":"rounds"' in no_js.content().replace(" ", "")
+    plain.close()
+
+    context.close()
+    console.assert_clean()
+
+
+def test_pages_render_with_local_assets_only(tmp_path: Path) -> None:
+    """Every page renders, names only same-origin assets, and every script and style it
+    names is served (as JavaScript / CSS): the UI works with no internet. Every request
+    the scripts make goes through the one `api` function (where auth plugs in)."""
+    from fedtier.config import Settings
+    from fedtier.reducer.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path), helper="numpy", poll_interval_s=None)
+    client = app.test_client()
+    try:
+        for path in [*PAGES.values(), "/plot", "/models"]:
+            reply = client.get(path)
+            assert reply.status_code == 200 and b"Reducer state" in reply.data, path
+            html = reply.get_data(as_text=True)
+            assert not re.search(r"(src|href)=\"(https?:)?//", html), f"{path} names an external asset"
+            for asset in re.findall(r"(?:src|href)=\"(/static/[^\"]+)\"", html):
+                served = client.get(asset)
+                assert served.status_code == 200, asset
+                if asset.endswith(".js"):
+                    assert served.mimetype in ("text/javascript", "application/javascript"), asset
+                if asset.endswith(".css"):
+                    assert served.mimetype == "text/css", asset
+                served.close()
+    finally:
+        app.extensions["fedtier"].close()
+    static = ROOT / "reducer" / "static"
+    scripts = {f.name: f.read_text() for f in static.glob("*.js")}
+    for name, text in {**scripts, "app.css": (static / "app.css").read_text()}.items():
+        text = text.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace is a name, not a fetch
+        assert not re.search(r"https?://", text), f"{name} refers to the internet"
+        assert "@import" not in text and "url(" not in text.replace("url(#", ""), f"{name} loads something"
+    calls = {name: len(re.findall(r"\b(fetch|XMLHttpRequest)\b\s*\(", text)) for name, text in scripts.items()}
+    assert calls == {**{name: 0 for name in scripts}, "app.js": 1}, calls
