@@ -1,0 +1,101 @@
+"""bench/gigabyte.py and bench/flower_compare.py still run: small sizes, sane outputs, no speed asserted.
+
+Each runs as the command a person would type (so --help, the tables and --json are
+exercised too), with a model and a network small enough to finish in seconds. The
+Flower side of flower_compare.py needs its own virtualenv (bench/.flower-venv, which
+the benchmark creates by installing flwr) and a minute per run, so it is run here only
+if that virtualenv already exists and FEDTIER_SMOKE_FLOWER=1 is set.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+
+BENCH = ROOT / "bench"
+FLOWER_VENV = BENCH / ".flower-venv"
+
+
+def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def stats_ok(stats: dict[str, Any]) -> bool:
+    return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
+
+
+@pytest.mark.parametrize("script", ["gigabyte.py", "flower_compare.py"])
+def test_help(script: str) -> None:
+    done = run_bench(script, "--help", timeout=60)
+    assert done.stdout.startswith("usage:") and "--json" in done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_gigabyte_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "gigabyte.json"
+    done = run_bench("gigabyte.py", "--size-mib", "32", "--clients", "2", "--rounds", "1", "--warmup", "0",
+                     "--json", str(out))
+    assert "round / floor" in done.stdout and "Peak RSS" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and result["model_bytes"] >= 32 << 20
+    (run,) = result["runs"]
+    assert run["clients"] == 2 and run["rounds_succeeded"] == run["rounds"] == run["rounds_timed"] == 1
+    assert run["bytes_per_round"] == 6 * result["model_bytes"]  # (2N + 2) model transfers
+    for key in ("round_s", "raw_floor_s", "ratio_vs_raw_floor"):
+        assert stats_ok(run[key]), (key, run[key])
+    (record,) = run["records"]
+    assert record["status"] == "success" and record["updates"] == 2
+    assert positive(record["client_phases"]["download"]) and positive(record["client_phases"]["upload"])
+    # the combiner holds at least the running mean; its peak is a real, finite number of bytes
+    assert run["combiner_peak_bytes"] > 0 and positive(run["combiner_peak_vs_model"])
+    assert run["reducer_peak_bytes"] > 0 and run["client_max_peak_bytes"] > 0
+
+
+@pytest.mark.timeout(90)
+def test_flower_compare_fedtier_side_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "flower.json"
+    done = run_bench("flower_compare.py", "--skip-flower", "--params", "10k", "--clients", "2", "--rounds", "1",
+                     "--warmup", "0", "--combiners", "1,2", "--json", str(out))
+    assert "Round time against Flower" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and result["flower_skipped"] is True and result["evaluate"] is False
+    (size,) = result["sizes"]
+    assert size["params"] == 10_000 and not size["errors"] and size["fedtier_ok"] is True
+    assert set(size["fedtier"]) == {"1", "2"}
+    for entry in size["fedtier"].values():
+        assert entry["rounds_succeeded"] == entry["rounds"] == entry["rounds_timed"] == 1
+        assert entry["model_unchanged"] is True  # the no-op round gave back the seed's exact bytes
+        assert stats_ok(entry["round_s"]) and positive(entry["phase_medians_s"]["total"])
+    assert positive(size["ratio_2_vs_1_combiners"])
+    assert size["ratio_vs_flower"] == {}  # Flower was not run
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (FLOWER_VENV / "bin" / "flower-superlink").is_file()
+                    or os.environ.get("FEDTIER_SMOKE_FLOWER") != "1",
+                    reason="the Flower side needs bench/.flower-venv (made by bench/flower_compare.py) and takes "
+                           "~1-2 minutes (Flower's SuperNodes poll every 3 s); set FEDTIER_SMOKE_FLOWER=1 to run it")
+def test_flower_compare_with_flower_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "flower.json"
+    run_bench("flower_compare.py", "--params", "10k", "--clients", "2", "--rounds", "1", "--warmup", "0",
+              "--combiners", "1", "--json", str(out), timeout=280)
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and result["flower_versions"]["flwr"]
+    (size,) = result["sizes"]
+    assert size["flower_ok"] is True and size["flower"]["model_unchanged"] is True
+    assert stats_ok(size["flower"]["round_s"]) and positive(size["ratio_vs_flower"]["1"])
