@@ -19,6 +19,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from fedtier.memory import tune_allocator
+
+# fedtier's processes tune glibc's malloc at start (fedtier/cli.py, fedtier/memory.py); the
+# baselines and drivers that run in bench processes get the same settings, so a ratio
+# compares code with code, not one allocator setting with another
+tune_allocator()
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NOOP_PROJECT = BENCH / "projects" / "noop"

@@ -26,6 +26,7 @@ from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.project import Project
 from fedtier.ids import check_model_id
+from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
@@ -221,6 +222,7 @@ class FedClient:
                         metrics_json=json.dumps(metrics), timings=timings))
             finally:
                 out.unlink(missing_ok=True)
+                release_free_memory()  # between tasks, hold only what is live (fedtier/memory.py)
             if not ack.ok:
                 log.warning("%s: combiner rejected the %s report: %s", self.settings.name, kind, ack.message)
             self.stats.tasks_done[kind] += 1

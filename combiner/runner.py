@@ -18,6 +18,7 @@ from fedtier.combiner.model_cache import ModelCache
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
 from fedtier.helpers import get_helper
+from fedtier.memory import python_heap_bytes, release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.round_config import RoundConfig, RoundConfigError
 
@@ -58,6 +59,13 @@ class RoundRunner:
             removed = self.cache.prune({k for k in keep if k})
             if removed:
                 log.debug("pruned %d old models from the cache", removed)
+            # the round's buffers were freed on many threads' arenas: hand them back, so the
+            # RSS between rounds is what the combiner holds (fedtier/memory.py says why)
+            release_free_memory()
+            heap = python_heap_bytes()
+            if heap is not None:
+                log.info("round %s: Python heap %.1f MiB after the round (tracemalloc)",
+                         request.round_id, heap / (1 << 20))
             self._one_round.release()
 
     def _run(self, request: pb.RoundRequest) -> pb.RoundResult:
