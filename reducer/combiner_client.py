@@ -18,11 +18,13 @@ class CombinerClient:
         self.control = rpc.ControlStub(self.channel)
         self.transfer = rpc.ModelTransferStub(self.channel)
 
-    def upload_model(self, path: Path, model_id: str, timeout: float | None = None) -> pb.UploadResponse:
-        """Push a model unless the combiner already has it (ids name immutable bytes)."""
+    def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
+                     sha256: str | None = None) -> pb.UploadResponse:
+        """Push a model unless the combiner already has it (ids name immutable bytes).
+        ``sha256``, when the caller knows it, is sent instead of hashing the file again."""
         try:
-            return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer"),
-                                             timeout=timeout)
+            return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer",
+                                                         sha256=sha256), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "already exists" in (exc.details() or ""):
                 return pb.UploadResponse(model_id=model_id)

@@ -19,6 +19,7 @@ import enum
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -32,6 +33,7 @@ import grpc
 from fedtier.aggregators import get_aggregator
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
+from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
@@ -42,6 +44,7 @@ from fedtier.storage.state_store import StateStore
 log = logging.getLogger(__name__)
 
 SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "reducer"
+LATEST = "latest"  # under the work dir: the last committed global model, the next round's base
 MAX_ROUNDS = 10_000
 
 
@@ -218,7 +221,7 @@ class Control:
             self._set_phase(ReducerState.INSTRUCTING)
             combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)
             base_path = self._timed(timings, "transfer", self._fetch_from_trail, base["id"], scratch)
-            combiners = self._timed(timings, "transfer", self._push, combiners, base["id"], base_path)
+            combiners = self._timed(timings, "transfer", self._push, combiners, base, base_path)
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
             round_doc["combiners"] = [self._combiner_summary(name, r) for name, r in results.items()]
@@ -237,8 +240,9 @@ class Control:
                                       session_id=session_id, round_number=number)
             round_doc["model_out"] = model["id"]
             if config.validate:
-                round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model["id"],
+                round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
                                                    out, round_doc, config)
+            self._keep_latest(model["id"], out)
             round_doc["status"] = "success"
         except RoundFailed as exc:
             round_doc.update(status="failed", error=str(exc))
@@ -251,6 +255,7 @@ class Control:
             log.exception("round %d failed", number)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            release_free_memory()  # the round's model-sized buffers: back to the system (fedtier/memory.py)
             round_doc["finished_at"] = time.time()
             timings["total"] = round_doc["finished_at"] - round_doc["started_at"]
             self.store.update(ROUNDS, round_doc["id"], {k: v for k, v in round_doc.items() if k != "id"})
@@ -285,11 +290,26 @@ class Control:
             time.sleep(0.5)
 
     def _fetch_from_trail(self, model_id: str, scratch: Path) -> Path:
+        """The round's base model: the copy this reducer kept of the model it committed last,
+        else a copy from the store, verified on the way (after a restart, or a new seed)."""
+        kept = self.work_dir / LATEST / model_id
+        if kept.is_file():
+            return kept
         return self.trail.fetch(model_id, scratch / "base")
 
-    def _push(self, combiners: dict[str, int], model_id: str, path: Path) -> dict[str, int]:
+    def _keep_latest(self, model_id: str, path: Path) -> None:
+        """Keep the model just committed for the next round, so a round does not begin by
+        reading back from the store the model the last one wrote (a gigabyte model: seconds)."""
+        folder = self.work_dir / LATEST
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink(missing_ok=True)
+        os.replace(path, folder / model_id)
+
+    def _push(self, combiners: dict[str, int], model: Mapping[str, Any], path: Path) -> dict[str, int]:
+        """Upload a trail model to the combiners; its recorded sha256 spares hashing it again."""
         def upload(name: str) -> str:
-            self.network.handle(name).upload_model(path, model_id, timeout=600)
+            self.network.handle(name).upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"))
             return name
 
         reached = {}
@@ -363,14 +383,19 @@ class Control:
                    results: Mapping[str, pb.RoundResult], out: Path) -> None:
         aggregator = get_aggregator(config.aggregator, get_helper(config.helper), **dict(config.aggregator_kwargs))
         aggregator.start(base)
+        if len(paths) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
+            ((name, path),) = paths.items()
+            if aggregator.aggregate_one(path, float(results[name].num_examples), out) is not None:
+                return
         for name, path in paths.items():
             aggregator.add(path, float(results[name].num_examples))
             path.unlink()
         aggregator.finish(out)
 
-    def _validate(self, combiners: Mapping[str, Any], model_id: str, path: Path, round_doc: dict[str, Any],
-                  config: RoundConfig) -> dict[str, float]:
-        reached = self._push({n: 0 for n in combiners}, model_id, path)
+    def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
+                  round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
+        model_id = model["id"]
+        reached = self._push({n: 0 for n in combiners}, model, path)
         configs = {name: RoundConfig.from_dict({**config.to_dict(), "clients_required": 1,
                                                 "wait_for_clients": min(config.wait_for_clients, 10.0)})
                    for name in reached}

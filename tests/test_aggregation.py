@@ -93,6 +93,43 @@ def test_rejected_update_leaves_aggregate_unchanged(tmp_path: Path) -> None:
     assert agg.num_updates == 2
 
 
+def test_aggregate_one_is_the_update_itself_and_checked(tmp_path: Path) -> None:
+    """One combiner: the reducer takes its model as the global one, after the same checks."""
+    paths, weights = make_updates(tmp_path, 2, seed=5)
+    folded = tmp_path / "folded"
+    fedavg(paths[0], [paths[1]], [weights[1]], folded)
+    expected_bytes = paths[1].read_bytes()
+    agg = FedAvg(helper)
+    agg.start(paths[0])
+    out = tmp_path / "one"
+    assert agg.aggregate_one(paths[1], weights[1], out) == weights[1]
+    assert out.read_bytes() == expected_bytes and not paths[1].exists()  # moved, not rewritten
+    for name, values in read_model(folded).items():  # the same values add/finish computes
+        np.testing.assert_array_equal(read_model(out)[name], values)
+    assert agg.num_updates == 1 and agg.total_weight == weights[1]
+
+    model = read_model(paths[0])
+    model["b"][3] = np.inf
+    bad = tmp_path / "inf"
+    write_model(bad, model)
+    wrong = tmp_path / "wrong"
+    write_model(wrong, {"a": np.zeros((2, 2), np.float32), "b": model["b"], "steps": model["steps"]})
+    for update in (bad, wrong):
+        fresh = FedAvg(helper)
+        fresh.start(paths[0])
+        with pytest.raises(IncompatibleModelError):
+            fresh.aggregate_one(update, 10.0, tmp_path / "never")
+        assert update.exists() and not (tmp_path / "never").exists()  # rejected: nothing moved
+    fresh = FedAvg(helper)
+    fresh.start(paths[0])
+    with pytest.raises(ValueError):
+        fresh.aggregate_one(paths[0], 0.0, tmp_path / "never")
+    fresh.add(paths[0], 1.0)
+    with pytest.raises(ValueError):  # not a shortcut once updates were folded
+        fresh.aggregate_one(paths[0], 1.0, tmp_path / "never")
+    assert paths[0].exists() and not (tmp_path / "never").exists()
+
+
 def test_peak_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
     """About 16 MB per model: the peak is a few model copies whether 2 or 12 updates arrive."""
     rng = np.random.default_rng(0)

@@ -38,3 +38,12 @@ class Aggregator(ABC):
     @abstractmethod
     def finish(self, out: Path) -> float:
         """Write the aggregate to ``out`` and return the total weight folded in."""
+
+    def aggregate_one(self, update: Path, weight: float, out: Path) -> float | None:
+        """A round with a single update, when the algorithm's result is that update as it is:
+        check it as ``add`` would, move it to ``out`` and return its weight. None (the default)
+        means the algorithm has no such shortcut and the caller goes through ``add``/``finish``.
+
+        A reducer with one combiner otherwise reads, folds and rewrites the whole model to
+        get back the same values: seconds for a gigabyte model."""
+        return None

@@ -7,6 +7,7 @@ update leaves the mean exactly as it was.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,11 @@ from fedtier.aggregators.base import Aggregator
 from fedtier.helpers.format import ModelHeader, iter_slices, read_header, write_model
 
 SLICE_BYTES = 2 << 20  # per-slice temporaries stay small and cache-friendly
+
+
+def _check_weight(weight: float) -> None:
+    if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
+        raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
 
 
 class FedAvg(Aggregator):
@@ -27,12 +33,8 @@ class FedAvg(Aggregator):
         self.total_weight = 0.0
 
     def add(self, update: Path, weight: float) -> None:
-        if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
-            raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
-        header = read_header(update)
-        self.helper.check_compatible(self._reference, header)
-        for spec, _, values in iter_slices(update, header, SLICE_BYTES):  # pass 1: check only
-            self.helper.check_finite(spec.name, values)
+        _check_weight(weight)
+        header = self._check(update)  # pass 1: check only
         if self._mean is None:
             self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
                           for t in self._reference.tensors}
@@ -42,6 +44,24 @@ class FedAvg(Aggregator):
             self.helper.increment_average(target, values, float(weight), total)
         self.total_weight = total
         self.num_updates += 1
+
+    def _check(self, update: Path) -> ModelHeader:
+        """Shapes and dtypes as the reference's, every value finite; raises otherwise."""
+        header = read_header(update)
+        self.helper.check_compatible(self._reference, header)
+        for spec, _, values in iter_slices(update, header, SLICE_BYTES):
+            self.helper.check_finite(spec.name, values)
+        return header
+
+    def aggregate_one(self, update: Path, weight: float, out: Path) -> float | None:
+        """The weighted mean of one model is that model: checked, then moved to ``out``."""
+        if self.num_updates:
+            raise ValueError("aggregate_one is for a round with a single update, and updates were added")
+        _check_weight(weight)
+        self._check(update)
+        os.replace(update, out)
+        self.num_updates, self.total_weight = 1, float(weight)
+        return self.total_weight
 
     def finish(self, out: Path) -> float:
         if self._mean is None:
