@@ -1,4 +1,4 @@
-"""bench/gigabyte.py and bench/flower_compare.py still run: small sizes, sane outputs, no speed asserted.
+"""bench/gigabyte.py, flower_compare.py and scale_out.py still run: small sizes, sane outputs, no speed asserted.
 
 Each runs as the command a person would type (so --help, the tables and --json are
 exercised too), with a model and a network small enough to finish in seconds. The
@@ -39,7 +39,7 @@ def stats_ok(stats: dict[str, Any]) -> bool:
     return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
 
-@pytest.mark.parametrize("script", ["gigabyte.py", "flower_compare.py"])
+@pytest.mark.parametrize("script", ["gigabyte.py", "flower_compare.py", "scale_out.py"])
 def test_help(script: str) -> None:
     done = run_bench(script, "--help", timeout=60)
     assert done.stdout.startswith("usage:") and "--json" in done.stdout
@@ -99,3 +99,23 @@ def test_flower_compare_with_flower_smoke(tmp_path: Path) -> None:
     (size,) = result["sizes"]
     assert size["flower_ok"] is True and size["flower"]["model_unchanged"] is True
     assert stats_ok(size["flower"]["round_s"]) and positive(size["ratio_vs_flower"]["1"])
+
+
+@pytest.mark.timeout(120)
+def test_scale_out_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    done = run_bench("scale_out.py", "--clients", "4,8", "--combiners", "1,2", "--per-swarm", "4", "--rounds", "1",
+                     "--warmup", "0", "--json", str(out), timeout=110)
+    assert "Scale-out" in done.stdout and "knee with 2 combiners" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True
+    assert sorted((r["clients"], r["combiners"]) for r in result["runs"]) == [(4, 1), (4, 2), (8, 1), (8, 2)]
+    for r in result["runs"]:
+        assert r["rounds_timed"] == 1 and all(r["checks"].values()) and stats_ok(r["round_s"])
+        assert r["swarms"] == r["clients"] // 4
+        # every client held by a combiner and counted once: the updates add up to the clients
+        assert sum(r["clients_per_combiner"].values()) == r["clients"]
+        assert len(r["clients_per_combiner"]) == r["combiners"]
+    assert {(c["clients"], tuple(c["combiners"])) for c in result["combiner_ratios"]} == {(4, (1, 2)), (8, (1, 2))}
+    assert all(positive(c["ratio"]) for c in result["combiner_ratios"])
+    assert set(result["knees"]) == {"1", "2"}
