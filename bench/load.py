@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 import requests
 
@@ -46,6 +47,7 @@ from common import MiB, NOOP_PROJECT  # noqa: E402
 from fedtier.reducer.combiner_client import CombinerClient  # noqa: E402
 
 EXAMPLES_PER_CLIENT = 100  # bench/projects/noop/noop.py NUM_EXAMPLES
+STATUS_TIMEOUT_S = 10.0  # a combiner's Status slower than this counts as unanswered
 
 
 class LoadNetwork:
@@ -74,7 +76,7 @@ class LoadNetwork:
                 value = condition()
                 if value:
                     return value
-            except (requests.RequestException, KeyError):
+            except (requests.RequestException, KeyError, grpc.RpcError):  # busy: ask again
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; logs in {self.procs.log_dir}")
@@ -148,10 +150,11 @@ class Watcher:
         self.total_inactive = 0
         self.total_reducer_inactive = 0
         self.status_polls = 0
+        self.status_unanswered = 0  # Status calls a combiner did not answer within STATUS_TIMEOUT_S
 
     @staticmethod
     def _fresh_window() -> dict[str, Any]:
-        return {"inactive": 0, "reducer_inactive": 0, "max_gap_s": 0.0, "polls": 0}
+        return {"inactive": 0, "reducer_inactive": 0, "max_gap_s": 0.0, "polls": 0, "status_unanswered": 0}
 
     def rss(self) -> dict[str, int]:
         out = {}
@@ -173,10 +176,19 @@ class Watcher:
         return out
 
     def poll_combiners(self) -> None:
-        """One inactive observation per client seen active before and active on no combiner now."""
+        """One inactive observation per client seen active before and active on no combiner now.
+
+        A combiner too busy to answer its Status in time is a finding, not a crash: it is
+        counted, and that poll says nothing about which clients are active."""
         active: set[str] = set()
         for handle in self.net.combiners.values():
-            for c in handle.status(timeout=10).clients:
+            try:
+                clients = handle.status(timeout=STATUS_TIMEOUT_S).clients
+            except grpc.RpcError:
+                self.window["status_unanswered"] += 1
+                self.status_unanswered += 1
+                return
+            for c in clients:
                 self.window["max_gap_s"] = max(self.window["max_gap_s"], c.seconds_since_heartbeat)
                 if c.active:
                     active.add(c.name)
@@ -277,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["inactive_observations"] = watcher.total_inactive
         result["reducer_inactive_observations"] = watcher.total_reducer_inactive
         result["status_polls"] = watcher.status_polls
+        result["status_unanswered"] = watcher.status_unanswered
         for name, proc in procs.procs.items():  # a swarm writes its final stats when it stops
             if name.startswith("swarm-"):
                 proc.terminate()
@@ -323,6 +336,7 @@ def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         "all_rounds_succeeded": len(records) == args.rounds and result["session"]["rounds_succeeded"] == args.rounds,
         "no_update_lost": not lost,
         "trail_length_is_rounds_plus_one": result["trail_length"] == args.rounds + 1,
+        "combiners_answered_status": result.get("status_unanswered", 0) == 0,
         "no_client_inactive": result["inactive_observations"] == 0 and result["reducer_inactive_observations"] == 0,
         "no_reconnect": reconnects == 0,
     }
@@ -357,7 +371,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
           + ", ".join(str(v) for k, v in result["threads_before"].items() if k.startswith("swarm")))
     print(f"round time: median {s['round_time_s']['median']:.2f}s, min {s['round_time_s']['min']:.2f}s, "
           f"max {s['round_time_s']['max']:.2f}s")
-    print(f"heartbeats: {result['status_polls']} status polls, {result['inactive_observations']} inactive "
+    print(f"heartbeats: {result['status_polls']} status polls ({result['status_unanswered']} unanswered), "
+          f"{result['inactive_observations']} inactive "
           f"observations (combiners), {result['reducer_inactive_observations']} (reducer), largest gap "
           f"{s['max_heartbeat_gap_s']:.2f}s; reconnects {s['reconnects']}")
     print("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in s["checks"].items()))

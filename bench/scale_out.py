@@ -71,6 +71,8 @@ def run_pair(options: argparse.Namespace, clients: int, combiners: int, work: Pa
                      for p in sorted({k for r in timed for k in r["phases_s"]})},
         "clients_per_combiner": {name: max(values) for name, values in sorted(held.items())},
         "max_heartbeat_gap_s": summary["max_heartbeat_gap_s"],
+        "status_unanswered": result.get("status_unanswered", 0),
+        "inactive_observations": result["inactive_observations"],
         "checks": summary["checks"], "ok": summary["ok"],
         "peak_rss_mib": {"reducer": rss.get("reducer", 0.0),
                          "combiner_max": max((v for k, v in rss.items() if k.startswith("combiner")), default=0.0),
@@ -153,18 +155,19 @@ def report(result: dict[str, Any]) -> None:
     rows = []
     for r in result["runs"]:
         if "error" in r:
-            rows.append([r["clients"], r["combiners"], "-", "FAILED: " + r["error"][:80], "-", "-", "-", "-", "-", "-"])
+            rows.append([r["clients"], r["combiners"], "-", "FAILED: " + r["error"][:80], *["-"] * 8])
             continue
         per = "/".join(str(v) for v in r["clients_per_combiner"].values())
         rows.append([r["clients"], r["combiners"], f"{r['rounds_timed']}/{r['rounds']}", r["round_s"]["median"],
                      r["round_s"]["median"] / r["clients"] * 1e3, per, r["startup_s"], r["max_heartbeat_gap_s"],
-                     r["peak_rss_mib"]["combiner_max"],
+                     r["inactive_observations"], r["status_unanswered"], r["peak_rss_mib"]["combiner_max"],
                      "ok" if r["ok"] else "FAILED: " + ", ".join(k for k, v in r["checks"].items() if not v)])
     common.print_table(f"Scale-out: virtual clients ({result['per_swarm']} per swarm process), "
                        f"{common.human_count(result['params'])}-parameter model, validation off, "
                        f"{result['rounds']} timed rounds after {result['warmup']}",
                        ["clients", "combiners", "timed/rounds", "median round s", "ms per client",
-                        "clients per combiner", "join s", "max heartbeat gap s", "combiner peak MiB", "checks"],
+                        "clients per combiner", "join s", "max heartbeat gap s", "inactive obs", "Status unanswered (10 s)",
+                        "combiner peak MiB", "checks"],
                        rows)
     if result["combiner_ratios"]:
         print("\nround time, more combiners / fewer, same clients: " + "; ".join(

@@ -36,6 +36,9 @@ class Network:
         self.offline_after_s = offline_after_s
         self._handles: dict[str, CombinerClient] = {}
         self._lock = threading.RLock()
+        # client -> time of its last heartbeat: it changes on every poll, so it is kept here and
+        # merged into clients(), not written to the store for every client every 2 s
+        self._last_heartbeat: dict[str, float] = {}
 
     # ---- combiners
     def add_combiner(self, name: str, address: str, port: int) -> dict[str, Any]:
@@ -83,11 +86,18 @@ class Network:
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
                                                 "active_clients": status.active_clients,
                                                 "round_in_progress": status.round_in_progress})
+            stored = {c["name"]: c for c in self.state.find(CLIENTS, where={"combiner": name})}
             for client in status.clients:
-                self.state.upsert(CLIENTS, client.name, {
-                    "name": client.name, "combiner": name, "active": client.active,
-                    "last_heartbeat": now - client.seconds_since_heartbeat,
-                    "rounds_joined": client.rounds_joined})
+                beat = now - client.seconds_since_heartbeat
+                self._last_heartbeat[client.name] = beat
+                known = stored.get(client.name)
+                # a write only when what the store records changed: with a thousand clients,
+                # writing every client on every poll kept the reducer busy (bench/scale_out.py)
+                if known is None or (known.get("active"), known.get("rounds_joined")) != \
+                        (client.active, client.rounds_joined):
+                    self.state.upsert(CLIENTS, client.name, {
+                        "name": client.name, "combiner": name, "active": client.active,
+                        "last_heartbeat": beat, "rounds_joined": client.rounds_joined})
 
     def poll_forever(self, stop: threading.Event, interval_s: float = 2.0) -> None:
         while not stop.wait(interval_s):
@@ -108,17 +118,20 @@ class Network:
             if current and current.get("combiner") in by_name:
                 chosen = by_name[current["combiner"]]
             else:
-                load = {c["name"]: 0 for c in online}
-                for client in self.state.find(CLIENTS):
-                    if client.get("combiner") in load and client["name"] != client_name:
-                        load[client["combiner"]] += 1
+                # this client is on none of them (or it would have stayed put): count the others
+                load = {c["name"]: self.state.count(CLIENTS, where={"combiner": c["name"]}) for c in online}
                 chosen = by_name[min(load, key=lambda n: (load[n], n))]
             self.state.upsert(CLIENTS, client_name, {"name": client_name, "combiner": chosen["name"],
                                                      "assigned_at": time.time()})
         return {"combiner": chosen["name"], "host": chosen["address"], "port": chosen["port"]}
 
     def clients(self) -> list[dict[str, Any]]:
-        return self.state.find(CLIENTS)
+        found = self.state.find(CLIENTS)
+        for client in found:
+            beat = self._last_heartbeat.get(client["name"])
+            if beat is not None:
+                client["last_heartbeat"] = beat
+        return found
 
     def close(self) -> None:
         with self._lock:
