@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -96,9 +97,12 @@ class LoadNetwork:
                 extra += ["--heartbeat-interval", str(a.heartbeat_interval)]
             if a.heartbeat_timeout:
                 extra += ["--heartbeat-timeout", str(a.heartbeat_timeout)]
-            self.procs.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *level,
+            env, combiner_level = self.env, level
+            if getattr(a, "trace_combiners", False):  # tracemalloc on, and the INFO line that reports it
+                env, combiner_level = {**self.env, "PYTHONTRACEMALLOC": "1"}, ["--log-level", "INFO"]
+            self.procs.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *combiner_level,
                                     "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(port),
-                                    "--reducer", self.url, *extra], env=self.env)
+                                    "--reducer", self.url, *extra], env=env)
             self.combiners[name] = CombinerClient(f"127.0.0.1:{port}")
         self.wait("the combiners to register", lambda: sum(c.get("online", False) for c in self.get("/api/v1/combiners"))
                   >= a.combiners, 60)
@@ -299,8 +303,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["swarms"] = [s["totals"] | {"connects_per_client": sorted({c["connects"] for c in s["clients"].values()})}
                             for s in net.read_swarm_stats()]
         result["work_dir"] = str(work)
+    if getattr(args, "trace_combiners", False):
+        result["python_heap_mib"] = {name: python_heaps(work / "logs" / f"{name}.log")
+                                     for name in result["rss_before_mib"] if name.startswith("combiner")}
     result["summary"] = summarize(result, args)
     return result
+
+
+HEAP_LINE = re.compile(r"round (\S+): Python heap ([0-9.]+) MiB after the round")
+
+
+def python_heaps(log: Path) -> list[float]:
+    """The combiner's Python heap after each round (MiB), from its log (``--trace-combiners``)."""
+    if not log.is_file():
+        return []
+    return [float(m.group(2)) for m in HEAP_LINE.finditer(log.read_text(errors="replace"))
+            if not m.group(1).endswith(".validate")]
 
 
 def row_line(r: dict[str, Any]) -> str:
@@ -375,6 +393,10 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
           f"{result['inactive_observations']} inactive "
           f"observations (combiners), {result['reducer_inactive_observations']} (reducer), largest gap "
           f"{s['max_heartbeat_gap_s']:.2f}s; reconnects {s['reconnects']}")
+    for name, heaps in result.get("python_heap_mib", {}).items():
+        if heaps:
+            print(f"{name} Python heap after each training round (tracemalloc, MiB): first {heaps[0]:.2f}, "
+                  f"after round 2 {heaps[min(1, len(heaps) - 1)]:.2f}, last {heaps[-1]:.2f}, max {max(heaps):.2f}")
     print("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in s["checks"].items()))
     print(common.machine_line(result["machine"]))
 
@@ -396,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="combiner --heartbeat-timeout (default: the combiner's own default)")
     parser.add_argument("--task-slots", type=int, default=8,
                         help="fedtier swarm --task-slots: tasks at once per swarm process (default 8; 0: no limit)")
+    parser.add_argument("--trace-combiners", action="store_true",
+                        help="run the combiners under tracemalloc and report their Python heap after each "
+                             "round (slower; tells a leak of Python objects from the allocator keeping memory)")
     parser.add_argument("--log-level", default="WARNING", help="of the processes started (default WARNING)")
     parser.add_argument("--work-dir", default="", help="stores and logs (default: a new temporary folder)")
     parser.add_argument("--json", default="", help="write every figure to this JSON file")

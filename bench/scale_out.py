@@ -47,7 +47,8 @@ def load_args(options: argparse.Namespace, clients: int, combiners: int, work: P
     return argparse.Namespace(
         clients=clients, swarms=swarms, combiners=combiners, rounds=options.warmup + options.rounds,
         params=options.params, validate=False, round_timeout=options.round_timeout,
-        heartbeat_interval=0.0, heartbeat_timeout=0.0, task_slots=options.task_slots,
+        heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
+        task_slots=options.task_slots,
         log_level="WARNING", work_dir=str(work), json="")
 
 
@@ -123,7 +124,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "scale_out", "machine": common.machine(), "params": options.params,
                               "rounds": options.rounds, "warmup": options.warmup, "per_swarm": options.per_swarm,
-                              "task_slots": options.task_slots, "runs": []}
+                              "task_slots": options.task_slots, "runs": [],
+                              "heartbeat_interval": options.heartbeat_interval or None,
+                              "heartbeat_timeout": options.heartbeat_timeout or None}
     try:
         for clients in options.clients:
             for combiners in options.combiners:
@@ -164,7 +167,10 @@ def report(result: dict[str, Any]) -> None:
                      "ok" if r["ok"] else "FAILED: " + ", ".join(k for k, v in r["checks"].items() if not v)])
     common.print_table(f"Scale-out: virtual clients ({result['per_swarm']} per swarm process), "
                        f"{common.human_count(result['params'])}-parameter model, validation off, "
-                       f"{result['rounds']} timed rounds after {result['warmup']}",
+                       f"{result['rounds']} timed rounds after {result['warmup']}"
+                       + (f", heartbeat every {result['heartbeat_interval'] or 2:g} s, timeout "
+                          f"{result['heartbeat_timeout'] or 10:g} s" if result.get("heartbeat_interval")
+                          or result.get("heartbeat_timeout") else ""),
                        ["clients", "combiners", "timed/rounds", "median round s", "ms per client",
                         "clients per combiner", "join s", "max heartbeat gap s", "inactive obs", "Status unanswered (10 s)",
                         "combiner peak MiB", "checks"],
@@ -192,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 values in the model (default 10k: 40 KB)")
     p.add_argument("--per-swarm", type=int, default=125, help="virtual clients per swarm process (default 125)")
     p.add_argument("--task-slots", type=int, default=8, help="tasks at once per swarm process (default 8)")
+    p.add_argument("--heartbeat-interval", type=float, default=0.0,
+                   help="combiner --heartbeat-interval in s (default: the combiner's own, 2)")
+    p.add_argument("--heartbeat-timeout", type=float, default=0.0,
+                   help="combiner --heartbeat-timeout in s (default: the combiner's own, 10)")
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds per round (default 600)")
     p.add_argument("--knee-factor", type=float, default=1.5,
                    help="time per client over this x the smallest count's marks the knee (default 1.5)")
