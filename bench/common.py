@@ -6,6 +6,8 @@ run, and as a ratio to it; absolute times are printed for context only.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -172,6 +174,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- models
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_seed(path: Path, params: int) -> Path:
+    """The no-op project's seed model: its seed.py, imported from the file (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location("noop_seed", NOOP_PROJECT / "seed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_seed(str(path), params)
+    return path
 
 
 # ---------------------------------------------------------------- processes

@@ -44,7 +44,6 @@ ratio printed is then 2 combiners against 1 (if both were run).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -63,7 +62,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import BENCH, MiB, NOOP_PROJECT  # noqa: E402
+from common import BENCH, MiB, NOOP_PROJECT, make_seed, sha256_file  # noqa: E402
 
 # Flower's newest release on PyPI at the time of writing is 1.42.0, but it requires
 # certifi>=2026.10.19, which the package registry this was measured with does not
@@ -74,26 +73,6 @@ TENSORS = 8  # as bench/projects/noop/seed.py
 
 
 # ================================================================ helpers
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def make_seed(path: Path, params: int) -> Path:
-    """The no-op project's seed model (its seed.py, imported from the file)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("noop_seed", NOOP_PROJECT / "seed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_seed(str(path), params)
-    return path
-
-
 def descendants(procs: common.Processes) -> list[psutil.Process]:
     """Every live descendant of the processes started (Flower detaches some of its own)."""
     found: list[psutil.Process] = []

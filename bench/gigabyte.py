@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import transfer  # noqa: E402
 from common import MiB  # noqa: E402
-from flower_compare import FedtierNetwork, make_seed  # noqa: E402
+from common import make_seed  # noqa: E402
+from flower_compare import FedtierNetwork  # noqa: E402
 
-from fedtier.transport.streams import CHUNK_SIZE  # noqa: E402
 
 GiB = 1 << 30
 TENSOR_COUNT = 8
@@ -131,17 +131,6 @@ def rss_now(pid: int) -> int:
 
 
 # ---------------------------------------------------------------- one network
-def raw_round_floor(raw: transfer.RawClient, size: int, clients: int) -> float:
-    """Seconds raw gRPC takes to move a round's bytes, one stream after another."""
-    t = time.perf_counter()
-    raw.upload(size, CHUNK_SIZE)                # reducer -> combiner: the global model
-    for _ in range(clients):
-        raw.download(size, CHUNK_SIZE)          # combiner -> each client
-        raw.upload(size, CHUNK_SIZE)            # each client -> combiner
-    raw.download(size, CHUNK_SIZE)              # combiner -> reducer: the combiner model
-    return time.perf_counter() - t
-
-
 def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, raw: transfer.RawClient,
                 sample_interval: float) -> dict[str, Any]:
     size = seed.stat().st_size
@@ -166,7 +155,7 @@ def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, 
             wall = time.perf_counter() - t
             peaks = sampler.close_window()
             hwm = {name: read_hwm(pid) for name, pid in pids.items()}
-            floor = raw_round_floor(raw, size, clients)
+            floor = transfer.raw_round_floor(raw, size, clients)
             combiner = (doc.get("combiners") or [{}])[0]
             updates = combiner.get("updates") or []
             client_rss = [peaks.get(f"client-{i}", 0) for i in range(clients)]

@@ -23,8 +23,6 @@ reported against the direct rounds above.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -43,35 +41,15 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import transfer  # noqa: E402
-from common import MiB, NOOP_PROJECT  # noqa: E402
+from common import MiB, NOOP_PROJECT, make_seed, sha256_file  # noqa: E402
 
 from fedtier.proto import fedtier_pb2 as pb  # noqa: E402
 from fedtier.reducer.combiner_client import CombinerClient  # noqa: E402
-from fedtier.transport.streams import CHUNK_SIZE  # noqa: E402
 
 PHASES = ("wait_clients", "tasks", "aggregation", "total")
 CLIENT_PHASES = ("download", "train", "upload")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def make_seed(path: Path, params: int) -> Path:
-    """The no-op project's seed.py, imported from its file (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location("noop_seed", NOOP_PROJECT / "seed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_seed(str(path), params)
-    return path
-
-
-# ---------------------------------------------------------------- direct rounds (combiner only)
 def start_network(procs: common.Processes, work: Path, clients: int) -> CombinerClient:
     port = common.free_port()
     combiner = procs.fedtier("combiner", "combiner", "--name", "bench", "--host", "127.0.0.1", "--port", str(port),
@@ -94,17 +72,6 @@ def start_network(procs: common.Processes, work: Path, clients: int) -> Combiner
         if time.monotonic() > deadline:
             raise RuntimeError(f"{clients} clients not active after 120s")
         time.sleep(0.1)
-
-
-def raw_round_floor(raw: transfer.RawClient, size: int, clients: int) -> float:
-    """Seconds raw gRPC takes to move a round's bytes, one stream after another."""
-    t = time.perf_counter()
-    raw.upload(size, CHUNK_SIZE)                # reducer -> combiner: the global model
-    for _ in range(clients):
-        raw.download(size, CHUNK_SIZE)          # combiner -> each client
-        raw.upload(size, CHUNK_SIZE)            # each client -> combiner
-    raw.download(size, CHUNK_SIZE)              # combiner -> reducer: the combiner model
-    return time.perf_counter() - t
 
 
 def cpu_snapshot(procs: common.Processes) -> dict[str, float]:
@@ -145,7 +112,7 @@ def run_rounds(handle: CombinerClient, raw: transfer.RawClient, procs: common.Pr
         t3 = time.perf_counter()
         cpu1 = cpu_snapshot(procs)
         unchanged &= received.sha256 == expected and len(result.updates) == clients
-        floor = raw_round_floor(raw, size, clients)
+        floor = transfer.raw_round_floor(raw, size, clients)
         if current != seed:
             current.unlink()
         current = dest

@@ -110,6 +110,18 @@ class RawClient:
 
 
 # ---------------------------------------------------------------- components, in this process
+def raw_round_floor(raw: RawClient, size: int, clients: int, chunk_size: int = CHUNK_SIZE) -> float:
+    """Seconds raw gRPC takes to move one round's bytes, one stream after another: the global
+    model to a combiner, to and back from each client, and the combiner model back."""
+    t = time.perf_counter()
+    raw.upload(size, chunk_size)                # reducer -> combiner: the global model
+    for _ in range(clients):
+        raw.download(size, chunk_size)          # combiner -> each client
+        raw.upload(size, chunk_size)            # each client -> combiner
+    raw.download(size, chunk_size)              # combiner -> reducer: the combiner model
+    return time.perf_counter() - t
+
+
 def components(data: bytes, chunk_size: int, scratch: Path) -> dict[str, float]:
     """MiB/s of the work ModelTransfer adds to the raw stream, each timed alone."""
     mib = len(data) / MiB
