@@ -14,11 +14,12 @@ malloc gives threads their own arenas (up to 8 per core) and keeps what a thread
 for that thread's next allocation, so after a round the process holds free memory in
 many arenas: its RSS climbs round after round until every arena has seen its largest
 round, then levels off (docs/reliability.md, "Load"). Nothing is leaked, but an
-operator watching RSS cannot tell that from a leak. ``malloc_trim(0)`` after each round
-returns the free pages of every arena, so RSS between rounds is what the process holds.
-
-With freed buffers kept (above), a combiner's RSS would also stay at its busiest
-round's; releasing after each round keeps it at what it holds.
+operator watching RSS cannot tell that from a leak, and with the thresholds above the
+process would also keep its busiest round's buffers. ``malloc_trim(0)`` after each round
+returns the free pages of every arena, so RSS between rounds stays close to what the
+process holds (what remains is fragmentation and the stacks of the threads it grew).
+Setting ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or
+``GLIBC_TUNABLES`` in the environment leaves the thresholds to the operator.
 
 ``python_heap_bytes`` reports what Python objects hold when the process runs under
 ``PYTHONTRACEMALLOC=1`` (tracemalloc), so a real leak of Python objects shows as a
