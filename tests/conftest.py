@@ -1,13 +1,14 @@
 """Shared fixtures: real fedtier processes on loopback, cleaned up whatever happens."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -33,6 +34,27 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+# ---------------------------------------------------------------- the benchmarks' smoke tests
+BENCH = ROOT / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """A bench/ script run as a person would type it; fails the test with its output if it fails."""
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def stats_ok(stats: dict[str, Any]) -> bool:
+    """A common.summarize() result from at least one sample, with finite positive figures."""
+    return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
 
 class ProcessGroup:

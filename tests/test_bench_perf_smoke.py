@@ -9,34 +9,16 @@ if that virtualenv already exists and FEDTIER_SMOKE_FLOWER=1 is set.
 from __future__ import annotations
 
 import json
-import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ROOT
+from conftest import BENCH, positive, run_bench, stats_ok
 
-BENCH = ROOT / "bench"
 FLOWER_VENV = BENCH / ".flower-venv"
-
-
-def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def stats_ok(stats: dict[str, Any]) -> bool:
-    return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
 
 @pytest.mark.parametrize("script", ["gigabyte.py", "flower_compare.py", "scale_out.py"])

@@ -6,32 +6,12 @@ Each benchmark runs as the command a person would type (so --help, the tables an
 from __future__ import annotations
 
 import json
-import math
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import ROOT
+from conftest import positive, run_bench, stats_ok
 
-BENCH = ROOT / "bench"
-
-
-def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
-def stats_ok(stats: dict[str, Any]) -> bool:
-    return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
 
 @pytest.mark.parametrize("script", ["round_overhead.py", "transfer.py", "aggregation.py", "run_all.py"])
