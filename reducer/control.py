@@ -220,7 +220,7 @@ class Control:
         try:
             self._set_phase(ReducerState.INSTRUCTING)
             combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)
-            base_path = self._timed(timings, "transfer", self._fetch_from_trail, base["id"], scratch)
+            base_path = self._timed(timings, "transfer", self._fetch_from_trail, base, scratch)
             combiners = self._timed(timings, "transfer", self._push, combiners, base, base_path)
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
@@ -255,6 +255,8 @@ class Control:
             log.exception("round %d failed", number)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            if round_doc["status"] != "success":
+                self._keep_latest(None)  # whatever failed, the next round starts from the store's copy
             release_free_memory()  # the round's model-sized buffers: back to the system (fedtier/memory.py)
             round_doc["finished_at"] = time.time()
             timings["total"] = round_doc["finished_at"] - round_doc["started_at"]
@@ -289,22 +291,27 @@ class Control:
                                   f"after {config.wait_for_clients:g}s")
             time.sleep(0.5)
 
-    def _fetch_from_trail(self, model_id: str, scratch: Path) -> Path:
+    def _fetch_from_trail(self, model: Mapping[str, Any], scratch: Path) -> Path:
         """The round's base model: the copy this reducer kept of the model it committed last,
-        else a copy from the store, verified on the way (after a restart, or a new seed)."""
-        kept = self.work_dir / LATEST / model_id
-        if kept.is_file():
-            return kept
-        return self.trail.fetch(model_id, scratch / "base")
+        else a copy from the store, verified on the way (after a restart, or a new seed).
 
-    def _keep_latest(self, model_id: str, path: Path) -> None:
+        The kept copy is not re-hashed here; it is pushed with the trail's sha256, so a copy
+        damaged on disk is refused by the combiners, and a failed round drops it (_run_round)."""
+        kept = self.work_dir / LATEST / model["id"]
+        if kept.is_file() and kept.stat().st_size == model.get("size"):
+            return kept
+        return self.trail.fetch(model["id"], scratch / "base")
+
+    def _keep_latest(self, model_id: str | None, path: Path | None = None) -> None:
         """Keep the model just committed for the next round, so a round does not begin by
-        reading back from the store the model the last one wrote (a gigabyte model: seconds)."""
+        reading back from the store the model the last one wrote (a gigabyte model: seconds).
+        With no model, forget the kept one: the next round reads from the store."""
         folder = self.work_dir / LATEST
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():
             old.unlink(missing_ok=True)
-        os.replace(path, folder / model_id)
+        if model_id is not None and path is not None:
+            os.replace(path, folder / model_id)
 
     def _push(self, combiners: dict[str, int], model: Mapping[str, Any], path: Path) -> dict[str, int]:
         """Upload a trail model to the combiners; its recorded sha256 spares hashing it again."""

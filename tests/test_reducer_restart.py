@@ -78,3 +78,20 @@ def test_restart_keeps_trail_and_continues_from_latest(procs: ProcessGroup, tmp_
     # client i adds i+1 with weight 10(i+1): each round adds (10 + 40) / 30 to every weight
     latest = helper.from_bytes(requests.get(f"{url}/api/v1/models/{trail[2]['id']}/download").content)
     np.testing.assert_allclose(latest["w"], np.full((4, 4), 2 * 50 / 30), rtol=1e-6)
+
+    # the reducer kept the model it committed as the next round's base; damaged on disk (same
+    # size), the combiner refuses it against the trail's hash, the round fails with the trail
+    # untouched, and the next round starts from the store's copy instead
+    (kept,) = (tmp_path / "data" / "reducer" / "latest").iterdir()
+    assert kept.name == trail[2]["id"]
+    kept.write_bytes(bytes(b ^ 0xFF for b in kept.read_bytes()))
+    third = run_session(url, rounds=1)
+    assert third["rounds_failed"] == 1, third
+    assert requests.get(f"{url}/api/v1/models").json() == trail
+    assert not kept.exists()
+    fourth = run_session(url, rounds=1)
+    assert fourth["rounds_succeeded"] == 1, fourth
+    latest = requests.get(f"{url}/api/v1/models").json()[-1]
+    assert latest["parent_id"] == trail[2]["id"]
+    final = helper.from_bytes(requests.get(f"{url}/api/v1/models/{latest['id']}/download").content)
+    np.testing.assert_allclose(final["w"], np.full((4, 4), 3 * 50 / 30), rtol=1e-6)
