@@ -6,6 +6,7 @@ run, and as a ratio to it; absolute times are printed for context only.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -19,7 +20,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from fedtier.memory import tune_allocator
 
@@ -103,6 +104,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print(f"\n### {title}\n")
     print(table(headers, rows), flush=True)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json, --work-dir and --keep, as every benchmark takes them."""
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+
+
+def conclude(result: dict[str, Any], report: Callable[[dict[str, Any]], None], json_path: str) -> int:
+    """Print the tables, write the JSON, and the exit status: 0 only if the run's checks held."""
+    report(result)
+    write_json(json_path, result)
+    return 0 if result["ok"] else 1
 
 
 def write_json(path: str | os.PathLike | None, data: Any) -> None:

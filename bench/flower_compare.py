@@ -714,9 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Flower's own virtualenv, created if missing (default {DEFAULT_FLOWER_VENV.relative_to(common.ROOT)})")
     p.add_argument("--flower-round-limit", type=float, default=120.0,
                    help="a Flower run is abandoned after 300 s + this many seconds per round (default 120)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    common.add_output_options(p)
     return p
 
 
@@ -726,10 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if options.clients < 1 or options.rounds < 1 or options.warmup < 0 or options.repeats < 1:
         raise SystemExit("--clients, --rounds and --repeats must be at least 1, --warmup at least 0")
-    result = run(options)
-    report(result)
-    common.write_json(options.json, result)
-    return 0 if result["ok"] else 1
+    return common.conclude(run(options), report, options.json)
 
 
 if __name__ == "__main__":

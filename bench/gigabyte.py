@@ -334,9 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=lambda s: [int(v) for v in s.split(",")], default=[1, 0],
                    help="untimed rounds first, one value or one per client count (default 1,0)")
     p.add_argument("--sample-ms", type=float, default=50.0, help="RSS sampling interval in ms (default 50)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, models)")
+    common.add_output_options(p)
     return p
 
 
@@ -345,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up on SIGTERM too
     if options.size_mib < 1 or any(c < 1 for c in options.clients) or any(r < 1 for r in options.rounds):
         raise SystemExit("--size-mib, --clients and --rounds must be at least 1")
-    result = run(options)
-    report(result)
-    common.write_json(options.json, result)
-    return 0 if result["ok"] else 1
+    return common.conclude(run(options), report, options.json)
 
 
 if __name__ == "__main__":

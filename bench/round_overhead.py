@@ -372,9 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[1, 2], help="also run through the reducer with these combiner counts "
                                         "(default 1,2; 'none' skips)")
     p.add_argument("--sandbox-rounds", type=int, default=5, help="timed rounds per sandbox run (default 5)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary scratch directory (logs)")
+    common.add_output_options(p)
     return p
 
 
@@ -382,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     if options.clients < 1 or options.rounds < 1 or options.warmup < 0:
         raise SystemExit("--clients and --rounds must be at least 1, --warmup at least 0")
-    result = run(options)
-    report(result)
-    common.write_json(options.json, result)
-    return 0 if result["ok"] else 1
+    return common.conclude(run(options), report, options.json)
 
 
 if __name__ == "__main__":

@@ -205,9 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds per round (default 600)")
     p.add_argument("--knee-factor", type=float, default=1.5,
                    help="time per client over this x the smallest count's marks the knee (default 1.5)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    common.add_output_options(p)
     return p
 
 
@@ -216,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if options.rounds < 1 or options.warmup < 0 or options.per_swarm < 1 or any(c < 1 for c in options.combiners):
         raise SystemExit("--rounds, --per-swarm and --combiners must be at least 1, --warmup at least 0")
-    result = run(options)
-    report(result)
-    common.write_json(options.json, result)
-    return 0 if result["ok"] else 1
+    return common.conclude(run(options), report, options.json)
 
 
 if __name__ == "__main__":

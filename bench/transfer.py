@@ -295,9 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="transfers per size and direction (default 5)")
     p.add_argument("--chunk-kib", type=float, default=0,
                    help=f"chunk size in KiB (default: fedtier's CHUNK_SIZE, {CHUNK_SIZE // 1024} KiB)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--work-dir", default="", help="scratch directory (default: a temporary one, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary scratch directory (logs)")
+    common.add_output_options(p)
     p.add_argument("--serve-raw", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return p
 
@@ -307,10 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.serve_raw:
         serve_raw(options.serve_raw)
         return 0
-    result = run(options)
-    report(result)
-    common.write_json(options.json, result)
-    return 0 if result["ok"] else 1
+    return common.conclude(run(options), report, options.json)
 
 
 if __name__ == "__main__":
