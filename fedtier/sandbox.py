@@ -15,6 +15,7 @@ starting anything, prints each client's label histogram and saves it to
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -82,6 +83,12 @@ class Sandbox:
             self.task["partition"] = parse_spec(options.partition)
         elif "partition" in self.task:
             resolve_config(self.task["partition"])  # a mistake should stop us before any process starts
+        if options.data_path:
+            # Children run in the work dir: a relative path would point somewhere else there.
+            data = Path(options.data_path).expanduser().resolve()
+            if not data.exists():
+                raise ValueError(f"--data-path {options.data_path} does not exist (resolved to {data})")
+            options = dataclasses.replace(options, data_path=str(data))
         self.options = options
         self.project = Project.load(options.project)
         self.stop = stop or threading.Event()

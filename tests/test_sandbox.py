@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 from fedtier.storage.local import LocalModelStore
 from fedtier.storage.sqlite import SQLiteStateStore
@@ -50,3 +52,19 @@ def test_sandbox_trains_digits_and_keeps_a_correct_trail(tmp_path: Path) -> None
     (kept,) = (work / "reducer" / "latest").iterdir()
     assert kept.name == trail[-1]["id"] and hashlib.sha256(kept.read_bytes()).hexdigest() == trail[-1]["sha256"]
     state.close()
+
+
+def test_relative_data_path_is_resolved_before_children_start(tmp_path: Path, monkeypatch) -> None:
+    """Clients run in the sandbox's work dir, so a relative --data-path must be made absolute
+    first (it was passed through as typed: every task then failed on a directory that did
+    not exist from there). A path that does not exist is refused before any process starts."""
+    from fedtier.sandbox import Sandbox, SandboxOptions
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    box = Sandbox(SandboxOptions(project=ROOT / "test_projects" / "digits", data_path="data",
+                                 work_dir=tmp_path / "work"))
+    assert box.options.data_path == str(tmp_path / "data")
+    with pytest.raises(ValueError, match="--data-path missing does not exist"):
+        Sandbox(SandboxOptions(project=ROOT / "test_projects" / "digits", data_path="missing",
+                               work_dir=tmp_path / "work"))
