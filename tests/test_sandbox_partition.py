@@ -135,7 +135,7 @@ def test_clients_train_on_the_announced_partition(tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     done = subprocess.run(
         [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
-         "--combiners", "2", "--clients", "4", "--rounds", "1", "--exit-when-done",
+         "--combiners", "1", "--clients", "3", "--rounds", "1", "--exit-when-done",
          "--summary", str(summary_path), "--work-dir", str(tmp_path / "work"), "--startup-timeout", "300",
          "--partition", "quantity:beta=0.5,min_size=20,seed=1", "--task", '{"epochs": 1}'],
         capture_output=True, text=True, timeout=400)
