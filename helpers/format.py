@@ -266,8 +266,14 @@ def write_model(
     path: str | os.PathLike[str],
     weights: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
+    durable: bool = True,
 ) -> None:
-    """Write atomically so a reader (or a crash) never sees a half-written model."""
+    """Write atomically so a reader (or a crash) never sees a half-written model.
+
+    ``durable=False`` skips the fsyncs, for scratch files that need not survive a crash
+    (an aggregate that is sent on and committed elsewhere): a gigabyte fsync takes
+    seconds. The rename is atomic either way.
+    """
     head, arrays = _prepare(weights, metadata)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -277,8 +283,9 @@ def write_model(
             f.write(head)
             for arr in arrays:
                 f.write(_raw_bytes(arr))
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         # mkstemp creates 0600; models are shared with other local services.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -288,7 +295,8 @@ def write_model(
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -488,6 +496,7 @@ def iter_slices(
     path: str | os.PathLike[str],
     header: ModelHeader | None = None,
     max_bytes: int = 8 << 20,
+    reuse: bool = False,
 ) -> Iterator[tuple[TensorSpec, int, np.ndarray]]:
     """Stream tensors as flat pieces so aggregation memory does not scale with model size.
 
@@ -496,9 +505,15 @@ def iter_slices(
     the C-order flattened tensor. Every tensor is yielded at least once, so a zero-size
     tensor appears as a single empty slice. Pass the ``header`` from an earlier
     ``read_header`` to skip re-parsing; the file size is still checked against it.
+
+    ``reuse=True`` yields views of one ``max_bytes`` buffer that the next slice
+    overwrites, for callers that are done with a slice before asking for the next (a
+    streaming fold). A buffer that stays in the CPU cache makes the fold that follows
+    each read cheap; fresh arrays would each be new memory to fault in and write.
     """
     if header is None:
         header = read_header(path)
+    buffer = np.empty(max_bytes, dtype=np.uint8) if reuse else None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size != header.total_size:
@@ -515,7 +530,10 @@ def iter_slices(
             start = 0
             while True:
                 count = min(per_slice, total - start)
-                flat = np.empty(count, dtype=spec.dtype)
+                if buffer is None:
+                    flat = np.empty(count, dtype=spec.dtype)
+                else:
+                    flat = buffer[:count * itemsize].view(spec.dtype)
                 _read_into(f, spec, flat)
                 yield spec, start, _check_values(spec, flat)
                 start += count

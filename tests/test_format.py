@@ -332,6 +332,41 @@ def test_iter_slices_reassembles_every_tensor(tmp_path):
     assert len(pieces["empty"]) == 1 and pieces["empty"][0].size == 0
 
 
+def test_iter_slices_reuse_gives_the_same_values_through_one_buffer(tmp_path):
+    """reuse=True: every slice is a view of one buffer (nothing new per slice), with the
+    values the fresh-array mode gives, for every dtype and the empty tensor."""
+    w = sample_weights()
+    w["long"] = np.arange(1001, dtype=np.float64)
+    path = tmp_path / "m.safetensors"
+    write_model(path, w)
+    fresh = [(spec.name, offset, flat.copy()) for spec, offset, flat in iter_slices(path, max_bytes=48)]
+    first = None
+    reused = []
+    for spec, offset, flat in iter_slices(path, max_bytes=48, reuse=True):
+        assert flat.dtype == spec.dtype and flat.nbytes <= 48
+        if flat.size:
+            first = flat if first is None else first
+            assert np.shares_memory(first, flat)  # the same bytes, overwritten slice after slice
+        reused.append((spec.name, offset, flat.copy()))
+    assert [(n, o) for n, o, _ in reused] == [(n, o) for n, o, _ in fresh]
+    for (_, _, a), (_, _, b) in zip(reused, fresh):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_write_model_durable_false_skips_fsync_only(tmp_path, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    w = sample_weights()
+    write_model(tmp_path / "a", w)
+    assert len(calls) >= 2  # the file and its directory
+    calls.clear()
+    write_model(tmp_path / "b", w, durable=False)
+    assert calls == []
+    assert (tmp_path / "b").read_bytes() == (tmp_path / "a").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_iter_slices_rejects_impossible_max_bytes_and_changed_files(tmp_path):
     path = tmp_path / "m.safetensors"
     write_model(path, {"a": np.ones(4, np.float64)})
