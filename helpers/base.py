@@ -160,7 +160,8 @@ class Helper(ABC):
         )
 
     def increment_average(
-        self, mean: np.ndarray, update: np.ndarray, weight: float, total_weight: float
+        self, mean: np.ndarray, update: np.ndarray, weight: float, total_weight: float,
+        *, scratch_update: bool = False,
     ) -> None:
         """Fold one update into a running weighted mean, in place.
 
@@ -180,6 +181,10 @@ class Helper(ABC):
         mean. Callers who want the single-rounding result should accumulate in a
         float64 buffer (``mean`` may have a different, float, dtype from ``update``)
         and convert once with ``finalize``. int64 values beyond 2**53 are not exact.
+
+        ``scratch_update=True`` lets the float32/float64 path compute in ``update``'s own
+        memory (its content is then undefined): a streaming fold that reads each slice
+        into one reused buffer saves a temporary and a pass over memory per slice.
         """
         if mean.shape != update.shape:
             raise IncompatibleModelError(
@@ -204,7 +209,7 @@ class Helper(ABC):
         if mean.dtype == update.dtype and mean.dtype in (np.float32, np.float64):
             # the hot path of every aggregation: one temporary of the slice's size, in
             # the tensor's own precision (float32 rounding per step is ~1e-7 relative)
-            delta = np.subtract(update, mean)
+            delta = np.subtract(update, mean, out=update if scratch_update and update.flags.writeable else None)
             delta *= frac
             mean += delta
             return

@@ -156,3 +156,18 @@ def test_peak_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
 def test_unknown_aggregator_is_named() -> None:
     with pytest.raises(ValueError, match="unknown aggregator 'median'"):
         get_aggregator("median", helper)
+
+
+def test_a_nan_deep_in_a_large_tensor_is_reported_at_its_own_element(tmp_path: Path) -> None:
+    """The check reads in slices; the error must name the element in the tensor, not in the
+    slice (it named the offset within the 2 MiB slice before)."""
+    reference = {"w": np.zeros(3_000_000, np.float32)}
+    write_model(tmp_path / "ref", reference)
+    bad = np.ones(3_000_000, np.float32)
+    bad[2_000_001] = np.nan
+    write_model(tmp_path / "bad", {"w": bad})
+    agg = FedAvg(get_helper("numpy"))
+    agg.start(tmp_path / "ref")
+    with pytest.raises(IncompatibleModelError, match=r"1 NaN and 0 inf values \(first at element 2000001\)"):
+        agg.add(tmp_path / "bad", 1.0)
+    assert agg.num_updates == 0

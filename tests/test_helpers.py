@@ -374,6 +374,28 @@ def test_increment_average_matches_weighted_average(helper):
     np.testing.assert_array_equal(helper.finalize(acc, np.float32), expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_scratch_update_gives_bit_identical_means(helper, dtype):
+    """scratch_update lets the fold compute in the update's memory; the means must be the
+    very same bits as without it, and a read-only update is never written."""
+    rng = np.random.default_rng(9)
+    stack = (rng.standard_normal((6, 257)) * 50).astype(dtype)
+    weights = [3.0, 1.0, 7.0, 2.0, 5.0, 4.0]
+    plain = np.zeros(257, dtype)
+    scratch = np.zeros(257, dtype)
+    total = 0.0
+    for u, w in zip(stack, weights):
+        total += w
+        helper.increment_average(plain, u, w, total)
+        helper.increment_average(scratch, u.copy(), w, total, scratch_update=True)
+        frozen = u.copy()
+        frozen.setflags(write=False)
+        probe = scratch.copy()
+        helper.increment_average(probe, frozen, w, total + w, scratch_update=True)
+        assert frozen.tobytes() == u.tobytes()
+    assert plain.tobytes() == scratch.tobytes()
+
+
 def test_first_update_is_copied_exactly_whatever_mean_held(helper):
     u = np.array([np.float32(1e-30), -0.0, 3.0], np.float32)
     mean = np.full(3, np.nan, np.float32)

@@ -37,7 +37,10 @@ class Aggregator(ABC):
 
     @abstractmethod
     def finish(self, out: Path) -> float:
-        """Write the aggregate to ``out`` and return the total weight folded in."""
+        """Write the aggregate to ``out`` and return the total weight folded in.
+
+        ``out`` is a scratch file (it need not be fsynced): the combiner sends it on and
+        the reducer commits it to the store, which makes its own copy durable."""
 
     def aggregate_one(self, update: Path, weight: float, out: Path) -> float | None:
         """A round with a single update, when the algorithm's result is that update as it is:
