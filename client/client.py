@@ -31,6 +31,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
 from fedtier.transport.streams import file_chunks, receive_to_file
+from fedtier.transport.wire import ModelTransferStub
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class FedClient:
         """One connection to one combiner; returns whether it got connected at all."""
         channel = make_channel(address, token=self.settings.token, ca_file=self.settings.tls_ca or None)
         stub = rpc.CombinerStub(channel)
-        transfer = rpc.ModelTransferStub(channel)
+        transfer = ModelTransferStub(channel)
         done = threading.Event()
         try:
             reply = stub.Connect(pb.ConnectRequest(client_name=self.settings.name, version=__version__), timeout=10)
@@ -186,7 +187,7 @@ class FedClient:
                     return
 
     # ---- tasks
-    def _handle(self, task: pb.Task, stub: rpc.CombinerStub, transfer: rpc.ModelTransferStub) -> None:
+    def _handle(self, task: pb.Task, stub: rpc.CombinerStub, transfer: ModelTransferStub) -> None:
         kind = "train" if task.type == pb.TRAIN else "validate"
         log.info("%s: %s task for round %s", self.settings.name, kind, task.round_id)
         timings: dict[str, float] = {}
@@ -234,7 +235,7 @@ class FedClient:
             stub.ReportFailure(pb.TaskFailure(client_name=self.settings.name, task_id=task.task_id,
                                               round_id=task.round_id, error=str(exc)[:4000]))
 
-    def _download(self, transfer: rpc.ModelTransferStub, model_id: str) -> Path:
+    def _download(self, transfer: ModelTransferStub, model_id: str) -> Path:
         target = self.work_dir / "models" / check_model_id(model_id)
         if target.is_file():
             return target

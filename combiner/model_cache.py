@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 from fedtier.ids import check_model_id, new_id
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file, sha256_file
+from fedtier.transport.wire import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class ModelCache:
     def new_id(self) -> str:
         return new_id()
 
-    def receive(self, chunks: Iterable[pb.ModelChunk]) -> Received:
+    def receive(self, chunks: Iterable[Chunk]) -> Received:
         """Store an uploaded model; the header's id is used if given, else one is made."""
 
         def destination(header: pb.TransferHeader) -> Path:
@@ -57,7 +58,7 @@ class ModelCache:
         with self._lock:
             return self._uploader.get(model_id)
 
-    def chunks(self, model_id: str) -> Iterator[pb.ModelChunk]:
+    def chunks(self, model_id: str) -> Iterator[Chunk]:
         path = self.path(model_id)
         if not path.is_file():
             raise KeyError(model_id)

@@ -15,6 +15,7 @@ from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTr
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.auth import TokenAuthInterceptor
 from fedtier.transport.channel import add_port, make_server
+from fedtier.transport.wire import add_model_transfer_servicer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class CombinerServer:
         self.server = make_server(settings.max_workers, interceptors=[self.auth])
         rpc.add_CombinerServicer_to_server(
             CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval), self.server)
-        rpc.add_ModelTransferServicer_to_server(ModelTransferServicer(self.cache), self.server)
+        add_model_transfer_servicer(ModelTransferServicer(self.cache), self.server)  # wire.py: fast chunks
         rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
         self.port = 0
 

@@ -13,6 +13,7 @@ from fedtier.combiner.runner import RoundRunner
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.streams import TransferError
+from fedtier.transport.wire import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
     def __init__(self, cache: ModelCache) -> None:
         self.cache = cache
 
-    def UploadModel(self, request_iterator: Iterator[pb.ModelChunk],
+    def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
         try:
             received = self.cache.receive(request_iterator)
@@ -83,7 +84,7 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
         return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256)
 
-    def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.ModelChunk]:
+    def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
         try:
             chunks = self.cache.chunks(request.model_id)
         except (KeyError, ValueError):

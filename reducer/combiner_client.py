@@ -9,6 +9,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
 from fedtier.transport.streams import Received, file_chunks, receive_to_file
+from fedtier.transport.wire import ModelTransferStub
 
 
 class CombinerClient:
@@ -16,7 +17,7 @@ class CombinerClient:
         self.address = address
         self.channel = make_channel(address, token=token, ca_file=ca_file)
         self.control = rpc.ControlStub(self.channel)
-        self.transfer = rpc.ModelTransferStub(self.channel)
+        self.transfer = ModelTransferStub(self.channel)
 
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
                      sha256: str | None = None) -> pb.UploadResponse:

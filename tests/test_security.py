@@ -23,6 +23,7 @@ from fedtier.reducer.app import create_app
 from fedtier.reducer.combiner_client import CombinerClient
 from fedtier.transport.channel import make_channel
 from fedtier.transport.streams import file_chunks
+from fedtier.transport.wire import ModelTransferStub
 
 ADMIN, NETWORK = "admin-secret-1", "network-secret-2"
 helper = get_helper("numpy")
@@ -122,7 +123,7 @@ def test_grpc_calls_need_tokens_on_every_kind_of_rpc(secured_combiner: str, tmp_
 
     def calls(token: str):
         channel = make_channel(secured_combiner, token=token)
-        combiner, transfer = rpc.CombinerStub(channel), rpc.ModelTransferStub(channel)
+        combiner, transfer = rpc.CombinerStub(channel), ModelTransferStub(channel)
         control = rpc.ControlStub(channel)
         return {
             "unary": lambda: combiner.Connect(pb.ConnectRequest(client_name="x"), timeout=5),

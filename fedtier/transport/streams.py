@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.transport.wire import Chunk, DataChunk
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: well under gRPC's 4 MiB default message limit
 MAX_CHUNK_SIZE = 4 << 20
@@ -33,7 +34,7 @@ class Received:
 
 
 def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = "",
-                chunk_size: int = CHUNK_SIZE, sha256: str | None = None) -> Iterator[pb.ModelChunk]:
+                chunk_size: int = CHUNK_SIZE, sha256: str | None = None) -> Iterator[Chunk]:
     """Stream a file as ModelChunks, hashing as it goes so the file is read once.
 
     A sender that already knows the file's sha256 (a model served to many clients)
@@ -50,7 +51,7 @@ def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = 
             if digest is not None:
                 digest.update(block)
             sent += len(block)
-            yield pb.ModelChunk(data=block)
+            yield DataChunk.encode(block)  # the wire bytes, without protobuf's copies (wire.py)
     if sent != size:
         raise TransferError(f"{path} changed size while being sent ({size} -> {sent} bytes)")
     yield pb.ModelChunk(trailer=pb.TransferTrailer(sha256=sha256 or digest.hexdigest()))  # type: ignore[union-attr]
@@ -64,7 +65,7 @@ def sha256_file(path: str | os.PathLike, block: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def receive_to_file(chunks: Iterable[pb.ModelChunk],
+def receive_to_file(chunks: Iterable[Chunk],
                     destination: Callable[[pb.TransferHeader], Path],
                     max_size: int | None = None, durable: bool = True) -> Received:
     """Write a chunk stream to the path ``destination(header)`` chooses, verified and atomic.
@@ -93,7 +94,7 @@ def receive_to_file(chunks: Iterable[pb.ModelChunk],
                 if kind == "data":
                     if trailer is not None:
                         raise TransferError("data after trailer")
-                    data = chunk.data  # each access of a bytes field copies it
+                    data = chunk.data  # a DataChunk's is a view; a ModelChunk's bytes field copies
                     received += len(data)
                     if received > header.size:
                         raise TransferError(f"more data than the declared {header.size} bytes")
