@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from fedtier.ids import check_model_id, new_id
 from fedtier.proto import fedtier_pb2 as pb
-from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file, sha256_file
+from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file
 from fedtier.transport.wire import Chunk
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,15 @@ class ModelCache:
             raise KeyError(model_id)
         with self._lock:
             known = self._sha256.get(model_id)
-        if known is None:  # written here (an aggregate): hash once, then serve many
-            known = sha256_file(path)
-            with self._lock:
-                self._sha256[model_id] = known
-        return file_chunks(path, model_id=model_id, sha256=known)
+        # A model written here (an aggregate) is hashed while it is first sent, and the
+        # digest kept for later requests: no extra read of the whole file before sending.
+        return file_chunks(path, model_id=model_id, sha256=known,
+                           on_digest=None if known else lambda digest: self._remember(model_id, digest))
+
+    def _remember(self, model_id: str, digest: str) -> None:
+        with self._lock:
+            if self.path(model_id).is_file():  # not discarded while it was being sent
+                self._sha256[model_id] = digest
 
     def discard(self, model_id: str) -> None:
         with self._lock:

@@ -157,3 +157,26 @@ def test_round_ends_only_after_every_claimed_update_is_folded() -> None:
         assert len(round_.updates) == 10 and aggregator.folded == 10, (trial, len(round_.updates), aggregator.folded)
         for thread in threads:
             thread.join()
+
+
+def test_an_aggregate_is_hashed_while_first_sent_then_served_with_its_digest(tmp_path: Path) -> None:
+    """The combiner's own models (aggregates) have no digest until sent: the first download
+    hashes on the way and the cache keeps it; a stream cut short keeps nothing."""
+    import hashlib
+
+    cache = ModelCache(tmp_path / "cache")
+    model_id = cache.new_id()
+    helper.save({"w": np.arange(300_000, dtype=np.float32)}, cache.path(model_id))
+    expected = hashlib.sha256(cache.path(model_id).read_bytes()).hexdigest()
+
+    partial = cache.chunks(model_id)
+    next(partial), next(partial)  # header, first data chunk, then the receiver goes away
+    partial.close()
+    assert model_id not in cache._sha256
+
+    first = list(cache.chunks(model_id))
+    assert first[-1].trailer.sha256 == expected and cache._sha256[model_id] == expected
+    cache.path(model_id).chmod(0o644)
+    with open(cache.path(model_id), "r+b") as f:  # if the second send hashed again, it would
+        f.write(b"\0")                            # now disagree with the kept digest
+    assert list(cache.chunks(model_id))[-1].trailer.sha256 == expected

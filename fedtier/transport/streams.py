@@ -34,11 +34,14 @@ class Received:
 
 
 def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = "",
-                chunk_size: int = CHUNK_SIZE, sha256: str | None = None) -> Iterator[Chunk]:
+                chunk_size: int = CHUNK_SIZE, sha256: str | None = None,
+                on_digest: Callable[[str], None] | None = None) -> Iterator[Chunk]:
     """Stream a file as ModelChunks, hashing as it goes so the file is read once.
 
     A sender that already knows the file's sha256 (a model served to many clients)
-    passes it and skips hashing; the receiver verifies either way.
+    passes it and skips hashing; the receiver verifies either way. One that does not
+    can pass ``on_digest`` to learn the hash computed on the way (called before the
+    trailer is sent), instead of reading the whole file once more before sending.
     """
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
@@ -54,7 +57,11 @@ def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = 
             yield DataChunk.encode(block)  # the wire bytes, without protobuf's copies (wire.py)
     if sent != size:
         raise TransferError(f"{path} changed size while being sent ({size} -> {sent} bytes)")
-    yield pb.ModelChunk(trailer=pb.TransferTrailer(sha256=sha256 or digest.hexdigest()))  # type: ignore[union-attr]
+    if digest is not None:
+        sha256 = digest.hexdigest()
+        if on_digest is not None:
+            on_digest(sha256)
+    yield pb.ModelChunk(trailer=pb.TransferTrailer(sha256=sha256))
 
 
 def sha256_file(path: str | os.PathLike, block: int = 8 << 20) -> str:
