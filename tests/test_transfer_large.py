@@ -100,17 +100,18 @@ def test_served_models_are_hashed_once_and_corruption_is_still_caught(tmp_path: 
     source = tmp_path / "m"
     source.write_bytes(os.urandom(3 << 20))
     client.upload_model(source, "shared")
-    calls = []
-    monkeypatch.setattr(cache_module, "sha256_file", lambda path: calls.append(path) or "x")
+    known = []  # the digest each download is sent with; None: hashed on the way
+    real = cache_module.file_chunks
+    monkeypatch.setattr(cache_module, "file_chunks", lambda path, **kw: known.append(kw["sha256"]) or real(path, **kw))
     for i in range(3):
         assert client.download_model("shared", tmp_path / f"copy{i}").sha256 == sha256_of(source)
-    assert calls == []  # known since upload: never re-hashed
-    # a model the combiner wrote itself is hashed on first download only...
+    assert known == [sha256_of(source)] * 3  # known since upload: never re-hashed
+    # a model the combiner wrote itself is hashed on its first download only, on the way...
     written = server.cache.path("written")
     written.write_bytes(os.urandom(1 << 20))
-    monkeypatch.undo()
     for i in range(2):
         assert client.download_model("written", tmp_path / f"w{i}").sha256 == sha256_of(written)
+    assert known[3:] == [None, sha256_of(written)]
     # ...and if its bytes change behind the cache's back, the receiver refuses them
     written.write_bytes(os.urandom(1 << 20))
     with pytest.raises(TransferError, match="sha256 mismatch"):
