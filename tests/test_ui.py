@@ -6,8 +6,9 @@ the API's message shows inline), starts two rounds through the settings form (a 
 setting first: the message shows next to that field), watches the dashboard's accuracy
 plot gain its points as the rounds finish without a reload, stops a second session,
 checks the network page, downloads a model from the trail and checks its hash, and
-saves a screenshot of every page at desktop and phone widths in docs/screenshots/
-(or $FEDTIER_UI_SCREENSHOTS).
+saves a screenshot of every page at desktop and phone widths in $FEDTIER_UI_SCREENSHOTS
+(default: a folder in the system's temporary directory, so a test run leaves the work tree
+as it was; FEDTIER_UI_SCREENSHOTS=docs/screenshots refreshes the committed ones).
 Any console error or uncaught page error that the test did not provoke fails it.
 
 The browser is Debian's `chromium`, driven by Playwright's driver (never
@@ -21,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DIGITS = ROOT / "test_projects" / "digits"
-SHOTS = Path(os.environ.get("FEDTIER_UI_SCREENSHOTS") or ROOT / "docs" / "screenshots")
+SHOTS = Path(os.environ.get("FEDTIER_UI_SCREENSHOTS") or Path(tempfile.gettempdir()) / "fedtier-ui-screenshots")
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
 PAGES = {"dashboard": "/", "seed": "/seed", "start": "/start", "network": "/network", "trail": "/trail",
