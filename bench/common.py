@@ -7,7 +7,6 @@ run, and as a ratio to it; absolute times are printed for context only.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from fedtier.memory import tune_allocator
+from fedtier.transport.streams import sha256_file  # noqa: F401 (the benchmarks import it from here)
 
 # fedtier's processes tune glibc's malloc at start (fedtier/cli.py, fedtier/memory.py); the
 # baselines and drivers that run in bench processes get the same settings, so a ratio
@@ -192,14 +192,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 # ---------------------------------------------------------------- models
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def make_seed(path: Path, params: int) -> Path:
     """The no-op project's seed model: its seed.py, imported from the file (no interpreter start-up)."""
     spec = importlib.util.spec_from_file_location("noop_seed", NOOP_PROJECT / "seed.py")

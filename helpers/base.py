@@ -207,8 +207,9 @@ class Helper(ABC):
                 self._store(mean, update.astype(np.float64))
             return
         if mean.dtype == update.dtype and mean.dtype in (np.float32, np.float64):
-            # the hot path of every aggregation: one temporary of the slice's size, in
-            # the tensor's own precision (float32 rounding per step is ~1e-7 relative)
+            # the hot path of every aggregation: one temporary of the slice's size (none
+            # with scratch_update), in the tensor's own precision (float32 rounding per
+            # step is ~1e-7 relative)
             delta = np.subtract(update, mean, out=update if scratch_update and update.flags.writeable else None)
             delta *= frac
             mean += delta

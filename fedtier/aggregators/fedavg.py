@@ -6,8 +6,9 @@ folded in, then added slice by slice from disk. Peak memory is the running mean
 update leaves the mean exactly as it was.
 
 Both passes read into one reused slice buffer and the fold computes in that buffer
-(``scratch_update``): 10M float32 parameters per update went from 2.8x to about 2.1x
-a plain in-memory numpy ``acc += w * x`` (bench/aggregation.py, docs/performance.md).
+(``scratch_update``): 10M float32 parameters per update went from 2.4x to about 2.1x
+a plain in-memory numpy ``acc += w * x`` (same-run A/B with bench/aggregation.py,
+docs/performance.md).
 The rest is the second read, the price of the guarantee above.
 """
 from __future__ import annotations
