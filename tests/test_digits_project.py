@@ -94,6 +94,24 @@ def test_data_splits_are_disjoint_and_cover_the_pool(project: dict[str, ModuleTy
         data.load_partition(NUM_PARTITIONS, NUM_PARTITIONS)
 
 
+def test_bundled_data_is_load_digits_and_the_test_split_is_stratified(project: dict[str, ModuleType]) -> None:
+    """The project reads scikit-learn's CSV itself (importing scikit-learn costs each client
+    ~2.5 s of CPU); it must be exactly what load_digits returns, and the held-out test set
+    must keep every class's share (20% to within one sample)."""
+    from sklearn.datasets import load_digits
+
+    data = project["data"]
+    pixels, labels = data._bundled_digits()
+    reference = load_digits()
+    np.testing.assert_array_equal(pixels, reference.data)
+    np.testing.assert_array_equal(labels, reference.target)
+    _, y_test = data.load_test_set()
+    per_class, in_test = np.bincount(labels, minlength=10), np.bincount(y_test, minlength=10)
+    assert np.all(np.abs(in_test - per_class / 5) <= 1), (in_test, per_class)
+    with pytest.raises(ValueError, match="1/k"):
+        data._stratified_test_mask(labels, 0.3, 1)
+
+
 def test_seed_model_is_deterministic_and_near_chance(
     project: dict[str, ModuleType], seed_model: str, tmp_path: Path
 ) -> None:

@@ -17,11 +17,10 @@ A real project would instead read the client's private data from
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Mapping
-
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
