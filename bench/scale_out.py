@@ -40,6 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import load  # noqa: E402
 
+from fedtier.combiner.server import CombinerSettings  # noqa: E402
+
+# the combiner's own defaults, used when --heartbeat-interval/--heartbeat-timeout are not given
+DEFAULT_HEARTBEAT = CombinerSettings.heartbeat_interval
+DEFAULT_HEARTBEAT_TIMEOUT = CombinerSettings.heartbeat_timeout
+
 
 def load_args(options: argparse.Namespace, clients: int, combiners: int, work: Path) -> argparse.Namespace:
     """bench/load.py's options for one (clients, combiners) network."""
@@ -168,8 +174,9 @@ def report(result: dict[str, Any]) -> None:
     common.print_table(f"Scale-out: virtual clients ({result['per_swarm']} per swarm process), "
                        f"{common.human_count(result['params'])}-parameter model, validation off, "
                        f"{result['rounds']} timed rounds after {result['warmup']}"
-                       + (f", heartbeat every {result['heartbeat_interval'] or 2:g} s, timeout "
-                          f"{result['heartbeat_timeout'] or 10:g} s" if result.get("heartbeat_interval")
+                       + (f", heartbeat every {result['heartbeat_interval'] or DEFAULT_HEARTBEAT:g} s, timeout "
+                          f"{result['heartbeat_timeout'] or DEFAULT_HEARTBEAT_TIMEOUT:g} s"
+                          if result.get("heartbeat_interval")
                           or result.get("heartbeat_timeout") else ""),
                        ["clients", "combiners", "timed/rounds", "median round s", "ms per client",
                         "clients per combiner", "join s", "max heartbeat gap s", "inactive obs", "Status unanswered (10 s)",
@@ -199,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-swarm", type=int, default=125, help="virtual clients per swarm process (default 125)")
     p.add_argument("--task-slots", type=int, default=8, help="tasks at once per swarm process (default 8)")
     p.add_argument("--heartbeat-interval", type=float, default=0.0,
-                   help="combiner --heartbeat-interval in s (default: the combiner's own, 2)")
+                   help=f"combiner --heartbeat-interval in s (default: the combiner's own, {DEFAULT_HEARTBEAT:g})")
     p.add_argument("--heartbeat-timeout", type=float, default=0.0,
-                   help="combiner --heartbeat-timeout in s (default: the combiner's own, 10)")
+                   help=f"combiner --heartbeat-timeout in s (default: the combiner's own, {DEFAULT_HEARTBEAT_TIMEOUT:g})")
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds per round (default 600)")
     p.add_argument("--knee-factor", type=float, default=1.5,
                    help="time per client over this x the smallest count's marks the knee (default 1.5)")
