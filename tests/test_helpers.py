@@ -377,7 +377,9 @@ def test_increment_average_matches_weighted_average(helper):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 def test_scratch_update_gives_bit_identical_means(helper, dtype):
     """scratch_update lets the fold compute in the update's memory; the means must be the
-    very same bits as without it, and a read-only update is never written."""
+    very same bits as without it, and a read-only update is never written. Float updates
+    must really be used as scratch (else the option does nothing and this would still pass);
+    integer ones never (their path rounds through float64 and must not touch the input)."""
     rng = np.random.default_rng(9)
     stack = (rng.standard_normal((6, 257)) * 50).astype(dtype)
     weights = [3.0, 1.0, 7.0, 2.0, 5.0, 4.0]
@@ -387,7 +389,10 @@ def test_scratch_update_gives_bit_identical_means(helper, dtype):
     for u, w in zip(stack, weights):
         total += w
         helper.increment_average(plain, u, w, total)
-        helper.increment_average(scratch, u.copy(), w, total, scratch_update=True)
+        work = u.copy()
+        helper.increment_average(scratch, work, w, total, scratch_update=True)
+        if total > w:  # not the first update, which is copied
+            assert (work.tobytes() != u.tobytes()) == (dtype != np.int32)
         frozen = u.copy()
         frozen.setflags(write=False)
         probe = scratch.copy()
