@@ -36,7 +36,8 @@ class Received:
 def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = "",
                 chunk_size: int = CHUNK_SIZE, sha256: str | None = None,
                 on_digest: Callable[[str], None] | None = None) -> Iterator[Chunk]:
-    """Stream a file as ModelChunks, hashing as it goes so the file is read once.
+    """Stream a file as a header, data chunks (``DataChunk``: wire.py) and a trailer,
+    hashing as it goes so the file is read once.
 
     A sender that already knows the file's sha256 (a model served to many clients)
     passes it and skips hashing; the receiver verifies either way. One that does not
