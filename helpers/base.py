@@ -155,7 +155,12 @@ class Helper(ABC):
         nan = int(np.count_nonzero(np.isnan(values)))
         inf = int(np.count_nonzero(bad)) - nan
         first = int(np.flatnonzero(bad.reshape(-1))[0]) + offset
-        raise IncompatibleModelError(
+        raise self.non_finite_error(name, nan, inf, first)
+
+    @staticmethod
+    def non_finite_error(name: str, nan: int, inf: int, first: int) -> IncompatibleModelError:
+        """One wording for a diverged tensor, whether it was checked whole or in pieces."""
+        return IncompatibleModelError(
             f"tensor {name!r} contains {nan} NaN and {inf} inf values (first at element {first})"
         )
 

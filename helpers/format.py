@@ -41,6 +41,9 @@ __all__ = [
     "read_model",
     "iter_slices",
     "header_signature",
+    "header_length",
+    "parse_header",
+    "check_values",
     "dtype_code",
     "numpy_dtype",
     "SUPPORTED_DTYPES",
@@ -316,7 +319,9 @@ def _fsync_dir(directory: str) -> None:
 # --------------------------------------------------------------------------- parsing
 
 
-def _header_length(prefix: bytes, total_size: int) -> int:
+def header_length(prefix: bytes, total_size: int) -> int:
+    """The JSON header's length from the first 8 bytes, refused before anything is allocated
+    for it if it cannot fit the file (``total_size`` bytes) or the format's limit."""
     if total_size < _HEADER_LEN.size or len(prefix) < _HEADER_LEN.size:
         raise ModelFormatError(
             f"file is {total_size} bytes, too short for the 8-byte header length"
@@ -389,7 +394,10 @@ def _parse_tensor(name: str, entry: Any, data_start: int) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
 
 
-def _parse_header(raw: bytes, n: int, total_size: int) -> ModelHeader:
+def parse_header(raw: bytes, n: int, total_size: int) -> ModelHeader:
+    """Validate the ``n`` header bytes of a ``total_size``-byte file: every tensor's entry,
+    and that the tensors cover the data section exactly. Shared by the file, buffer and
+    streaming (fedtier.aggregators.update_check) readers so all refuse the same files."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -436,17 +444,17 @@ def _parse_header(raw: bytes, n: int, total_size: int) -> ModelHeader:
 
 def _parse_buffer(data: bytes | bytearray | memoryview) -> tuple[ModelHeader, memoryview]:
     view = memoryview(data).cast("B")
-    n = _header_length(bytes(view[: _HEADER_LEN.size]), len(view))
-    header = _parse_header(bytes(view[_HEADER_LEN.size : _HEADER_LEN.size + n]), n, len(view))
+    n = header_length(bytes(view[: _HEADER_LEN.size]), len(view))
+    header = parse_header(bytes(view[_HEADER_LEN.size : _HEADER_LEN.size + n]), n, len(view))
     return header, view
 
 
 def _read_header_from(f: BinaryIO, total_size: int) -> ModelHeader:
-    n = _header_length(f.read(_HEADER_LEN.size), total_size)
+    n = header_length(f.read(_HEADER_LEN.size), total_size)
     raw = f.read(n)
     if len(raw) != n:
         raise ModelFormatError("file shrank while reading its header")
-    return _parse_header(raw, n, total_size)
+    return parse_header(raw, n, total_size)
 
 
 def read_header(path: str | os.PathLike[str]) -> ModelHeader:
@@ -455,7 +463,8 @@ def read_header(path: str | os.PathLike[str]) -> ModelHeader:
         return _read_header_from(f, os.fstat(f.fileno()).st_size)
 
 
-def _check_values(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+def check_values(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+    """Refuse values the dtype cannot hold (a bool byte other than 0/1); returns ``arr``."""
     # A bool byte other than 0/1 is not a bool; numpy would carry it silently.
     if arr.dtype.kind == "b" and arr.size and arr.view(np.uint8).max() > 1:
         raise ModelFormatError(f"tensor {spec.name!r}: BOOL data contains bytes other than 0 and 1")
@@ -468,7 +477,7 @@ def loads(data: bytes | bytearray | memoryview) -> Weights:
     weights: Weights = {}
     for spec in header.tensors:
         arr = np.frombuffer(view[spec.begin : spec.end], dtype=spec.dtype).reshape(spec.shape).copy()
-        weights[spec.name] = _check_values(spec, arr)
+        weights[spec.name] = check_values(spec, arr)
     return weights
 
 
@@ -488,7 +497,7 @@ def read_model(path: str | os.PathLike[str]) -> Weights:
         for spec in header.tensors:
             arr = np.empty(spec.shape, dtype=spec.dtype)
             _read_into(f, spec, arr)
-            weights[spec.name] = _check_values(spec, arr)
+            weights[spec.name] = check_values(spec, arr)
     return weights
 
 
@@ -535,7 +544,7 @@ def iter_slices(
                 else:
                     flat = buffer[:count * itemsize].view(spec.dtype)
                 _read_into(f, spec, flat)
-                yield spec, start, _check_values(spec, flat)
+                yield spec, start, check_values(spec, flat)
                 start += count
                 if start >= total:
                     break

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.helpers.base import Helper
 
 
@@ -31,9 +32,19 @@ class Aggregator(ABC):
         Updates must match its tensors; algorithms with server state may use its values."""
 
     @abstractmethod
-    def add(self, update: Path, weight: float) -> None:
+    def add(self, update: Path, weight: float, checked: UpdateCheck | None = None) -> None:
         """Fold one update in. Raise (IncompatibleModelError, ModelFormatError, ValueError)
-        and leave the aggregate unchanged if the update is not acceptable."""
+        and leave the aggregate unchanged if the update is not acceptable.
+
+        ``checked`` is the ``arrival_check`` this aggregator made for the update's bytes
+        as they were received into ``update``: its verdict stands in for reading the
+        file to check it. Any other value is ignored and the file is checked."""
+
+    def arrival_check(self, size: int) -> UpdateCheck | None:
+        """A check to feed an update's bytes as they arrive (``size`` of them), or None if
+        this algorithm checks its updates only from the file. Made during a round,
+        after ``start``."""
+        return None
 
     @abstractmethod
     def finish(self, out: Path) -> float:
