@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
+from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.ids import check_model_id, new_id
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file
@@ -26,6 +27,7 @@ class ModelCache:
         self.max_model_bytes = max_model_bytes
         self._uploader: dict[str, str] = {}  # model id -> client that uploaded it
         self._sha256: dict[str, str] = {}    # model id -> digest, so serving a model never re-hashes it
+        self._checks: dict[str, UpdateCheck] = {}  # model id -> the check its bytes went through on arrival
         self._lock = threading.Lock()
 
     def path(self, model_id: str) -> Path:
@@ -37,8 +39,12 @@ class ModelCache:
     def new_id(self) -> str:
         return new_id()
 
-    def receive(self, chunks: Iterable[Chunk]) -> Received:
-        """Store an uploaded model; the header's id is used if given, else one is made."""
+    def receive(self, chunks: Iterable[Chunk],
+                check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None) -> Received:
+        """Store an uploaded model; the header's id is used if given, else one is made.
+
+        ``check(header)`` may return an UpdateCheck to run on the bytes as they arrive (an
+        update in a training round); it is kept with the model for ``update_check``."""
 
         def destination(header: pb.TransferHeader) -> Path:
             model_id = header.model_id or self.new_id()
@@ -47,12 +53,29 @@ class ModelCache:
                 raise TransferError(f"model {model_id} already exists and is never overwritten")
             return target
 
+        made: list[UpdateCheck] = []
+
+        def inspect(header: pb.TransferHeader) -> Callable[[memoryview], None] | None:
+            found = check(header) if check is not None else None
+            if found is None:
+                return None
+            made.append(found)
+            return found.feed
+
         # the cache is scratch: the reducer keeps the trail, a client its update
-        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False)
+        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False,
+                                   inspect=inspect)
         with self._lock:
             self._uploader[received.path.name] = received.header.client_name
             self._sha256[received.path.name] = received.sha256
+            if made:
+                self._checks[received.path.name] = made[0]
         return received
+
+    def update_check(self, model_id: str) -> UpdateCheck | None:
+        """The check this model's bytes went through as they arrived, if any."""
+        with self._lock:
+            return self._checks.get(model_id)
 
     def uploader(self, model_id: str) -> str | None:
         with self._lock:
@@ -78,6 +101,7 @@ class ModelCache:
         with self._lock:
             self._uploader.pop(model_id, None)
             self._sha256.pop(model_id, None)
+            self._checks.pop(model_id, None)
         self.path(model_id).unlink(missing_ok=True)
 
     def prune(self, keep: set[str]) -> int:

@@ -49,6 +49,12 @@ class ActiveRound:
         with self._changed:
             self.expected[task_id] = client
 
+    def expects(self, client: str) -> bool:
+        """Whether ``client`` has a task in this round still open."""
+        with self._changed:
+            return not self.closed and any(owner == client and task_id not in self.answered
+                                           for task_id, owner in self.expected.items())
+
     def fail_task(self, task_id: str, reason: str) -> None:
         with self._changed:
             if task_id in self.expected and task_id not in self.answered:
@@ -141,7 +147,8 @@ class ActiveRound:
         assert self.aggregator is not None
         with self._fold_lock:
             started = time.perf_counter()
-            self.aggregator.add(cache.path(update.model_id), float(update.num_examples))
+            self.aggregator.add(cache.path(update.model_id), float(update.num_examples),
+                                checked=cache.update_check(update.model_id))
             self.aggregation_seconds += time.perf_counter() - started
 
     def submit_validation(self, report: pb.ValidationReport) -> None:

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from fedtier.aggregators import get_aggregator
+from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
@@ -153,6 +154,14 @@ class RoundRunner:
         return result
 
     # ---- reports from clients
+    def arrival_check(self, header: pb.TransferHeader) -> UpdateCheck | None:
+        """An upload from a client of the running training round is checked as it arrives,
+        so folding it reads the file once (fedtier/aggregators/update_check.py)."""
+        current = self._current
+        if current is None or current.aggregator is None or not current.expects(header.client_name):
+            return None
+        return current.aggregator.arrival_check(header.size)
+
     def _report(self, submit, what: str, client: str) -> pb.Ack:
         current = self._current
         if current is None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 import queue
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 
+from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
 from fedtier.combiner.runner import RoundRunner
@@ -72,13 +73,15 @@ class CombinerServicer(rpc.CombinerServicer):
 
 
 class ModelTransferServicer(rpc.ModelTransferServicer):
-    def __init__(self, cache: ModelCache) -> None:
+    def __init__(self, cache: ModelCache,
+                 check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None) -> None:
         self.cache = cache
+        self.check = check  # the runner's: updates of a running round are checked as they arrive
 
     def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
         try:
-            received = self.cache.receive(request_iterator)
+            received = self.cache.receive(request_iterator, self.check)
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")

@@ -6,9 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fedtier.aggregators.fedavg as fedavg_module
 from fedtier.aggregators import FedAvg
 from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
+from fedtier.combiner.runner import RoundRunner
 from fedtier.helpers import get_helper
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.transport.streams import TransferError, file_chunks
@@ -81,6 +84,34 @@ def test_incompatible_updates_are_rejected_with_the_reason(setup, kwargs, messag
     assert not cache.exists(model_id)
 
 
+def test_updates_of_a_running_round_are_checked_as_they_arrive(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload path checks a round's updates on arrival (RoundRunner.arrival_check), so
+    folding reads each file once, and a bad update is refused on what its upload showed."""
+    tmp_path, cache, round_ = setup
+    runner = RoundRunner("c1", ClientRegistry(10.0), cache)
+    runner._current = round_  # what run() sets while the round's tasks are out
+    file_checks: list[object] = []
+    monkeypatch.setattr(fedavg_module, "check_file", lambda *args: file_checks.append(args))
+
+    def arrive(client: str, value: float) -> str:
+        path = tmp_path / f"{client}-{value}"
+        helper.save({"w": np.full(4, value, np.float32)}, path)
+        return cache.receive(file_chunks(path, client_name=client, chunk_size=5), runner.arrival_check).path.name
+
+    alices, bobs, strangers = arrive("alice", 3.0), arrive("bob", np.nan), arrive("mallory", 1.0)
+    assert cache.update_check(strangers) is None  # no task of this round: nothing to check it against
+    assert cache.update_check(alices).error is None and "NaN" in str(cache.update_check(bobs).error)
+    round_.submit_update(update("alice", "t-a", alices), cache)
+    with pytest.raises(RejectedReport, match=r"'w' contains 4 NaN and 0 inf values"):
+        round_.submit_update(update("bob", "t-b", bobs), cache)
+    assert file_checks == []  # neither update was read to be checked
+    assert round_.aggregator.num_updates == 1 and not cache.exists(bobs) and not cache.exists(alices)
+    round_.aggregator.finish(tmp_path / "out")
+    np.testing.assert_array_equal(helper.load(tmp_path / "out")["w"], np.full(4, 3.0, np.float32))
+    runner._current = None
+    assert cache.update_check(arrive("alice", 4.0)) is None  # between rounds nothing is checked
+
+
 def test_reports_after_close_and_nonpositive_examples(setup) -> None:
     tmp_path, cache, round_ = setup
     with pytest.raises(RejectedReport, match="num_examples must be positive"):
@@ -129,7 +160,7 @@ def test_round_ends_only_after_every_claimed_update_is_folded() -> None:
         def __init__(self) -> None:
             self.folded = 0
 
-        def add(self, path: Path, weight: float) -> None:
+        def add(self, path: Path, weight: float, checked: object = None) -> None:
             time.sleep(0.02)
             self.folded += 1
 
@@ -139,6 +170,9 @@ def test_round_ends_only_after_every_claimed_update_is_folded() -> None:
 
         def path(self, model_id: str) -> Path:
             return Path("/dev/null")
+
+        def update_check(self, model_id: str) -> None:
+            return None
 
         def discard(self, model_id: str) -> None:
             pass

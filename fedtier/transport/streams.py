@@ -75,13 +75,19 @@ def sha256_file(path: str | os.PathLike, block: int = 8 << 20) -> str:
 
 def receive_to_file(chunks: Iterable[Chunk],
                     destination: Callable[[pb.TransferHeader], Path],
-                    max_size: int | None = None, durable: bool = True) -> Received:
+                    max_size: int | None = None, durable: bool = True,
+                    inspect: Callable[[pb.TransferHeader], Callable[[memoryview], None] | None] | None = None,
+                    ) -> Received:
     """Write a chunk stream to the path ``destination(header)`` chooses, verified and atomic.
 
     ``destination`` sees the header first so a receiver can pick the model id, or
     refuse (by raising) before a byte of data is written. ``durable=False`` skips the
     fsync for scratch copies that need not survive a crash (it costs a fifth to a half
     of the write time): the sender still holds the original.
+
+    ``inspect(header)`` may return a function that sees every data byte, in order, while
+    it is in memory anyway (a combiner checks an update on arrival: update_check.py).
+    What it sees is what the file holds only if this returns; it must not raise.
     """
     stream = iter(chunks)
     first = next(stream, None)
@@ -91,6 +97,7 @@ def receive_to_file(chunks: Iterable[Chunk],
     if header.size < 0 or (max_size is not None and header.size > max_size):
         raise TransferError(f"declared size {header.size} bytes is over the limit of {max_size}")
     target = Path(destination(header))
+    observe = inspect(header) if inspect is not None else None
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     digest = hashlib.sha256()
     received = 0
@@ -108,6 +115,8 @@ def receive_to_file(chunks: Iterable[Chunk],
                         raise TransferError(f"more data than the declared {header.size} bytes")
                     digest.update(data)
                     f.write(data)
+                    if observe is not None:
+                        observe(data)
                 elif kind == "trailer" and trailer is None:
                     trailer = chunk.trailer
                 else:
