@@ -5,6 +5,11 @@
 For each model size, update files (float32, a few tensors) are written once and read
 once so every variant below reads them from the page cache. Timed per update:
   fedavg         ``fedtier.aggregators.FedAvg.add`` (reads the file: checks it, then folds it in)
+  fedavg, on arrival  what a combiner does for an upload: each 1 MiB chunk of the update is
+                 copied into a receive buffer (untimed: that is the transfer's work, and on the
+                 upload path the chunk was just hashed and written, so it is in the CPU cache), then
+                 fed to ``FedAvg.arrival_check`` (timed); then ``FedAvg.add(..., checked=...)``,
+                 which only folds (timed). The figure is the sum of the two.
   numpy, memory  ``acc += w * x`` per tensor, with the update's arrays already in memory
   numpy, blocked the same arithmetic in 2 MiB blocks through one preallocated temporary:
                  no large temporaries, so no page faults; the arithmetic floor
@@ -81,6 +86,35 @@ def time_fedavg(files: list[Path], n: int) -> tuple[list[float], float]:
     finish = time.perf_counter() - t
     out.unlink()
     return per_update, finish
+
+
+ARRIVAL_CHUNK = 1 << 20  # the transfer's chunk size (fedtier.transport.streams.CHUNK_SIZE)
+
+
+def time_fedavg_on_arrival(files: list[Path], n: int) -> tuple[list[float], list[float]]:
+    """Per update: (check while receiving + fold, the check's part of it)."""
+    received = {p: p.read_bytes() for p in files}
+    buffer = bytearray(ARRIVAL_CHUNK)  # where a received chunk sits while it is hashed and written
+    agg = FedAvg(get_helper("numpy"))
+    agg.start(files[0])
+    per_update, checks = [], []
+    for i, w in enumerate(weights_for(n)):
+        path = files[i % len(files)]
+        data = memoryview(received[path])
+        check_seconds = 0.0
+        check = agg.arrival_check(len(data))
+        for start in range(0, len(data), ARRIVAL_CHUNK):
+            chunk = data[start:start + ARRIVAL_CHUNK]
+            buffer[:len(chunk)] = chunk  # the chunk arrives (not timed)
+            t = time.perf_counter()
+            check.feed(memoryview(buffer)[:len(chunk)])
+            check_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        agg.add(path, w, checked=check)
+        per_update.append(check_seconds + time.perf_counter() - t)
+        checks.append(check_seconds)
+    del received
+    return per_update, checks
 
 
 def time_numpy_memory(files: list[Path], n: int) -> list[float]:
@@ -175,13 +209,16 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             for f in files:
                 warm(f)
             model_mib = params * 4 / MiB
-            runs: dict[str, list[float]] = {"fedavg": [], "numpy_memory": [], "numpy_blocked": [],
-                                            "numpy_files": []}
+            runs: dict[str, list[float]] = {"fedavg": [], "fedavg_on_arrival": [], "arrival_check": [],
+                                            "numpy_memory": [], "numpy_blocked": [], "numpy_files": []}
             finishes = []
             for _ in range(options.repeats):  # interleaved, so all see the same background load
                 per, fin = time_fedavg(files, options.updates)
                 runs["fedavg"] += per
                 finishes.append(fin)
+                per, checks = time_fedavg_on_arrival(files, options.updates)
+                runs["fedavg_on_arrival"] += per
+                runs["arrival_check"] += checks
                 runs["numpy_memory"] += time_numpy_memory(files, options.updates)
                 runs["numpy_blocked"] += time_numpy_blocked(files, options.updates)
                 runs["numpy_files"] += time_numpy_files(files, options.updates)
@@ -195,6 +232,11 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             entry["ratio_vs_numpy_blocked"] = common.ratio(fed, entry["numpy_blocked"]["seconds_per_update"]["median"])
             entry["ratio_vs_numpy_files"] = common.ratio(fed, entry["numpy_files"]["seconds_per_update"]["median"])
             entry["fedavg_mib_s"] = model_mib / fed
+            arrival = entry["fedavg_on_arrival"]["seconds_per_update"]["median"]
+            entry["on_arrival_ratio_vs_numpy_memory"] = common.ratio(
+                arrival, entry["numpy_memory"]["seconds_per_update"]["median"])
+            entry["on_arrival_ratio_vs_numpy_blocked"] = common.ratio(
+                arrival, entry["numpy_blocked"]["seconds_per_update"]["median"])
             memory = memory_profile(files, options.memory_updates or options.updates)
             peaks = [r["traced_peak_mib"] for r in memory]
             entry["memory"] = {"per_update": memory, "peak_first_mib": peaks[0], "peak_last_mib": peaks[-1],
@@ -232,6 +274,17 @@ def report(result: dict[str, Any]) -> None:
                          r["traced_peak_mib"] - s["model_mib"], r["traced_current_mib"], r["rss_mib"]])
     common.print_table("FedAvg memory per update (tracemalloc peak during add; RSS after it)",
                        ["params", "update #", "peak MiB", "peak - model MiB", "held MiB", "RSS MiB"], rows)
+    rows = []
+    for s in result["sizes"]:
+        rows.append([common.human_count(s["params"]),
+                     s["fedavg_on_arrival"]["seconds_per_update"]["median"] * 1e3,
+                     s["arrival_check"]["seconds_per_update"]["median"] * 1e3,
+                     s["numpy_memory"]["seconds_per_update"]["median"] * 1e3,
+                     s["numpy_blocked"]["seconds_per_update"]["median"] * 1e3,
+                     s["on_arrival_ratio_vs_numpy_memory"], s["on_arrival_ratio_vs_numpy_blocked"]])
+    common.print_table("FedAvg as a combiner runs it: checked as the upload arrives, then folded (median)",
+                       ["params", "check + fold ms", "of which check ms", "numpy mem ms", "numpy blocked ms",
+                        "on arrival / numpy mem", "on arrival / numpy blocked"], rows)
     print("\n" + common.machine_line(result["machine"]))
 
 
@@ -245,6 +298,10 @@ def summary_rows(result: dict[str, Any]) -> list[list[Any]]:
         rows.append(["aggregation", f"FedAvg.add {p} params", "numpy in memory, 2 MiB blocks (ms)",
                      s["numpy_blocked"]["seconds_per_update"]["median"] * 1e3,
                      s["fedavg"]["seconds_per_update"]["median"] * 1e3, s["ratio_vs_numpy_blocked"]])
+        rows.append(["aggregation", f"FedAvg checked on arrival + add {p} params", "numpy in memory (ms)",
+                     s["numpy_memory"]["seconds_per_update"]["median"] * 1e3,
+                     s["fedavg_on_arrival"]["seconds_per_update"]["median"] * 1e3,
+                     s["on_arrival_ratio_vs_numpy_memory"]])
         rows.append(["aggregation", f"FedAvg.add {p} params", "numpy from files (ms)",
                      s["numpy_files"]["seconds_per_update"]["median"] * 1e3,
                      s["fedavg"]["seconds_per_update"]["median"] * 1e3, s["ratio_vs_numpy_files"]])

@@ -67,10 +67,14 @@ def test_aggregation_smoke(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert [s["params"] for s in result["sizes"]] == [10_000, 50_000]
     for size in result["sizes"]:
-        for key in ("fedavg", "numpy_memory", "numpy_blocked", "numpy_files"):
+        for key in ("fedavg", "fedavg_on_arrival", "arrival_check", "numpy_memory", "numpy_blocked", "numpy_files"):
             assert stats_ok(size[key]["seconds_per_update"])
-        for key in ("ratio_vs_numpy_memory", "ratio_vs_numpy_blocked", "ratio_vs_numpy_files"):
+        for key in ("ratio_vs_numpy_memory", "ratio_vs_numpy_blocked", "ratio_vs_numpy_files",
+                    "on_arrival_ratio_vs_numpy_memory", "on_arrival_ratio_vs_numpy_blocked"):
             assert positive(size[key])
+        # the check is part of the arrival figure, not left out of it
+        assert (size["arrival_check"]["seconds_per_update"]["median"]
+                < size["fedavg_on_arrival"]["seconds_per_update"]["median"])
         memory = size["memory"]
         assert [r["update"] for r in memory["per_update"]] == [1, 2, 3, 4]
         # the running mean is held (one model copy); the peak does not scale with updates
