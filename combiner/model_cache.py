@@ -8,6 +8,7 @@ once present, always names the same bytes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -71,6 +72,33 @@ class ModelCache:
             if made:
                 self._checks[received.path.name] = made[0]
         return received
+
+    def adopt(self, model_id: str, sha256: str, size: int) -> bool:
+        """Hold a model this cache already has (same sha256 and size) under ``model_id`` too.
+
+        With one combiner, the global model a round commits is this combiner's aggregate
+        (hashed when the reducer fetched it), so the next round's push would send back the
+        bytes it already holds: a hard link replaces the transfer, its hash and its write.
+        False means "send it": no such model, or ``model_id`` names other bytes.
+        """
+        target = self.path(model_id)
+        with self._lock:
+            if self._sha256.get(model_id) == sha256 and target.is_file() and target.stat().st_size == size:
+                return True  # already adopted or uploaded
+            sources = [known for known, digest in self._sha256.items() if digest == sha256]
+        for source in sources:
+            try:
+                if self.path(source).stat().st_size != size:
+                    continue
+                os.link(self.path(source), target)  # fails if the id exists: never overwritten
+            except OSError as exc:  # discarded meanwhile, the id taken, or no hard links here
+                log.debug("could not adopt %s as %s: %s", source, model_id, exc)
+                continue
+            with self._lock:
+                self._sha256[model_id] = sha256
+            log.info("model %s adopted from %s (same sha256): not transferred again", model_id, source)
+            return True
+        return False
 
     def update_check(self, model_id: str) -> UpdateCheck | None:
         """The check this model's bytes went through as they arrived, if any."""

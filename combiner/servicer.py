@@ -121,3 +121,10 @@ class ControlServicer(rpc.ControlServicer):
 
     def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
         return self.runner.stop(request.round_id)
+
+    def AdoptModel(self, request: pb.AdoptRequest, context: grpc.ServicerContext) -> pb.Ack:
+        try:
+            adopted = self.runner.cache.adopt(request.model_id, request.sha256, request.size)
+        except ValueError as exc:  # a malformed model id
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.Ack(ok=adopted, message="" if adopted else "not held here: upload it")

@@ -298,3 +298,13 @@ class StopRequest(_message.Message):
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+
+class AdoptRequest(_message.Message):
+    __slots__ = ("model_id", "sha256", "size")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    sha256: str
+    size: int
+    def __init__(self, model_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...

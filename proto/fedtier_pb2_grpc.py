@@ -457,6 +457,11 @@ class ControlStub:
                 request_serializer=fedtier_dot_proto_dot_fedtier__pb2.StopRequest.SerializeToString,
                 response_deserializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
                 _registered_method=True)
+        self.AdoptModel = channel.unary_unary(
+                '/fedtier.Control/AdoptModel',
+                request_serializer=fedtier_dot_proto_dot_fedtier__pb2.AdoptRequest.SerializeToString,
+                response_deserializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -488,6 +493,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdoptModel(self, request, context):
+        """ok: a model with that digest and size is now also held under model_id, so no upload
+        is needed; not ok: upload it as usual.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -509,6 +522,11 @@ def add_ControlServicer_to_server(servicer, server):
             'Stop': grpc.unary_unary_rpc_method_handler(
                     servicer.Stop,
                     request_deserializer=fedtier_dot_proto_dot_fedtier__pb2.StopRequest.FromString,
+                    response_serializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.SerializeToString,
+            ),
+            'AdoptModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptModel,
+                    request_deserializer=fedtier_dot_proto_dot_fedtier__pb2.AdoptRequest.FromString,
                     response_serializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.SerializeToString,
             ),
     }
@@ -619,6 +637,33 @@ class Control:
             target,
             '/fedtier.Control/Stop',
             fedtier_dot_proto_dot_fedtier__pb2.StopRequest.SerializeToString,
+            fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtier.Control/AdoptModel',
+            fedtier_dot_proto_dot_fedtier__pb2.AdoptRequest.SerializeToString,
             fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
             options,
             channel_credentials,

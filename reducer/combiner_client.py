@@ -22,7 +22,18 @@ class CombinerClient:
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
                      sha256: str | None = None) -> pb.UploadResponse:
         """Push a model unless the combiner already has it (ids name immutable bytes).
-        ``sha256``, when the caller knows it, is sent instead of hashing the file again."""
+        ``sha256``, when the caller knows it, is sent instead of hashing the file again, and
+        first offered to the combiner, which may hold the same bytes under another id (its
+        own aggregate, with one combiner): then nothing is sent."""
+        if sha256:
+            size = path.stat().st_size
+            try:
+                if self.control.AdoptModel(pb.AdoptRequest(model_id=model_id, sha256=sha256, size=size),
+                                           timeout=timeout).ok:
+                    return pb.UploadResponse(model_id=model_id, size=size, sha256=sha256)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # a combiner from before AdoptModel
+                    raise
         try:
             return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer",
                                                          sha256=sha256), timeout=timeout)

@@ -1,6 +1,7 @@
 """A real combiner process and real client processes on loopback, driven like the reducer drives them."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -77,6 +78,15 @@ def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path:
     status = combiner.status()
     assert status.active_clients == 3 and status.last_model_id == result.model_id
     assert all(c.rounds_joined == 1 for c in status.clients)
+
+    # the reducer commits that model and pushes it back under the trail's id: adopted, not sent
+    digest = hashlib.sha256((tmp_path / "combined").read_bytes()).hexdigest()
+    pushed = combiner.upload_model(tmp_path / "combined", "trail-2", sha256=digest)
+    assert pushed.sha256 == digest and "model trail-2 adopted" in procs.log("combiner")
+    again = combiner.start_round(round_request(pb.TRAINING, "trail-2"), timeout=120)
+    assert again.success, again.error
+    combiner.download_model(again.model_id, tmp_path / "again")
+    np.testing.assert_allclose(numpy_helper.load(tmp_path / "again")["b"], seed["b"] + 2 * 140 / 60, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["nan_client", "wrong_shape_client"])

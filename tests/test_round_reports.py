@@ -214,3 +214,30 @@ def test_an_aggregate_is_hashed_while_first_sent_then_served_with_its_digest(tmp
     with open(cache.path(model_id), "r+b") as f:  # if the second send hashed again, it would
         f.write(b"\0")                            # now disagree with the kept digest
     assert list(cache.chunks(model_id))[-1].trailer.sha256 == expected
+
+
+def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_path: Path) -> None:
+    """With one combiner the reducer's next push is the combiner's own aggregate: it is
+    linked under the trail's id on the digest the cache learnt when the aggregate was sent."""
+    import hashlib
+
+    cache = ModelCache(tmp_path / "cache")
+    aggregate = cache.new_id()
+    helper.save({"w": np.arange(1000, dtype=np.float32)}, cache.path(aggregate))
+    data = cache.path(aggregate).read_bytes()
+    digest, size = hashlib.sha256(data).hexdigest(), len(data)
+    assert not cache.adopt("trail-1", digest, size)  # digest not known until the model is sent
+    list(cache.chunks(aggregate))  # the reducer fetches it
+    assert not cache.adopt("trail-1", "0" * 64, size) and not cache.adopt("trail-1", digest, size + 1)
+    assert not cache.exists("trail-1")
+    other = tmp_path / "other"
+    helper.save({"w": np.zeros(3, np.float32)}, other)
+    cache.receive(file_chunks(other, model_id="taken", client_name="reducer"))
+    assert not cache.adopt("taken", digest, size)  # an id never names other bytes
+    assert cache.path("taken").read_bytes() == other.read_bytes()
+
+    assert cache.adopt("trail-1", digest, size) and cache.adopt("trail-1", digest, size)  # idempotent
+    assert cache.path("trail-1").read_bytes() == data
+    cache.prune({"trail-1"})  # the aggregate's own id goes; the adopted model stays whole
+    assert not cache.exists(aggregate) and cache.path("trail-1").read_bytes() == data
+    assert list(cache.chunks("trail-1"))[-1].trailer.sha256 == digest
