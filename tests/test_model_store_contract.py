@@ -6,6 +6,7 @@ at moto's S3 server, so the two cannot drift apart. Backend-specific tests
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -31,6 +32,8 @@ from fedtier.storage import (
     StorageUnavailableError,
     StoredModel,
 )
+import fedtier.storage.local as local_module
+import fedtier.storage.model_store as model_store_module
 import fedtier.storage.s3 as s3_module
 
 ACCESS_KEY = "fedtier-test"
@@ -201,6 +204,64 @@ def test_large_stream_round_trips_in_bounded_memory(store, tmp_path):
         assert "-" in etag, f"expected a multipart ETag, got {etag!r}"
 
 
+def test_put_file_with_link_reads_back_after_the_source_is_renamed_and_unlinked(store, tmp_path):
+    data = os.urandom(2 * MiB + 5)
+    src = _write(tmp_path / "scratch", data)
+    expected = StoredModel("linked", hashlib.sha256(data).hexdigest(), len(data))
+
+    assert store.put_file("linked", src, link=True) == expected
+
+    if isinstance(store, LocalModelStore):  # really taken by link, not copied
+        stored_data = store.root / "models" / "linked" / "data"
+        assert os.path.samefile(stored_data, src)
+        assert src.stat().st_mode & 0o222 == 0  # one inode: the source name sees it read-only
+    moved = src.rename(tmp_path / "kept")  # what the reducer does with its copy
+    assert store.get_file("linked", tmp_path / "copy") == expected
+    moved.unlink()
+    assert b"".join(store.iter_chunks("linked")) == data
+    assert store.stat("linked") == expected
+
+
+def test_put_file_with_given_sha256_records_it(store, tmp_path):
+    data = os.urandom(MiB + 3)
+    sha = hashlib.sha256(data).hexdigest()
+    for model_id, link in (("given", False), ("given-linked", True)):
+        src = _write(tmp_path / model_id, data)
+        assert store.put_file(model_id, src, sha256=sha.upper(), link=link) == StoredModel(model_id, sha, len(data))
+        assert b"".join(store.iter_chunks(model_id)) == data
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_wrong_given_sha256_is_never_served_as_good(store, tmp_path, link):
+    """The store may trust the caller's hash, but a wrong one is caught: refused at once
+    by a backend that reads the data anyway (nothing stored), else on the first read."""
+    data = os.urandom(MiB)
+    src = _write(tmp_path / "src", data)
+    wrong = hashlib.sha256(b"some other model").hexdigest()
+    if isinstance(store, S3ModelStore):
+        with pytest.raises(ModelStoreError, match="liar.*not the given"):
+            store.put_file("liar", src, sha256=wrong, link=link)
+        assert not store.exists("liar")
+        assert store.list_ids() == []
+        return
+    assert store.put_file("liar", src, sha256=wrong, link=link).sha256 == wrong
+    out_dir = tmp_path / "out"
+    with pytest.raises(ModelStoreError, match="liar.*corrupt"):
+        store.get_file("liar", out_dir / "liar.bin")
+    assert list(out_dir.iterdir()) == []
+    with pytest.raises(ModelStoreError, match="corrupt"):
+        for _ in store.iter_chunks("liar"):
+            pass
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "g" * 64, "0" * 63, 1234])
+def test_malformed_given_sha256_is_refused_before_writing(store, tmp_path, bad):
+    src = _write(tmp_path / "src", b"model")
+    with pytest.raises(ValueError, match="invalid sha256"):
+        store.put_file("m", src, sha256=bad)
+    assert store.list_ids() == []
+
+
 # ---- immutability and ids -------------------------------------------------
 
 
@@ -210,6 +271,8 @@ def test_duplicate_id_is_refused_and_original_kept(store, tmp_path):
         store.put_stream("dup", [b"replacement"])
     with pytest.raises(ModelExistsError, match="dup"):
         store.put_file("dup", _write(tmp_path / "other", b"other"))
+    with pytest.raises(ModelExistsError, match="dup"):
+        store.put_file("dup", tmp_path / "other", link=True, sha256=hashlib.sha256(b"other").hexdigest())
     assert store.stat("dup") == first
     assert b"".join(store.iter_chunks("dup")) == b"original"
     assert store.list_ids() == ["dup"]
@@ -334,6 +397,115 @@ def test_local_published_model_is_read_only_and_survives_reopen(tmp_path):
     assert mode & 0o222 == 0
     assert LocalModelStore(tmp_path).stat("m") == stored
     assert os.listdir(tmp_path / "tmp") == []
+
+
+class _HashSpy:
+    """Stands in for hashlib in a module: counts sha256 objects made, delegates the rest."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def sha256(self, *args):
+        self.made += 1
+        return hashlib.sha256(*args)
+
+    def __getattr__(self, name):
+        return getattr(hashlib, name)
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_local_put_file_with_given_sha256_does_not_hash(tmp_path, monkeypatch, link):
+    store = LocalModelStore(tmp_path / "store")
+    data = os.urandom(MiB)
+    src = _write(tmp_path / "src", data)
+    spy = _HashSpy()
+    with monkeypatch.context() as patch:
+        for module in (local_module, model_store_module):
+            patch.setattr(module, "hashlib", spy)
+        store.put_file("trusted", src, sha256=hashlib.sha256(data).hexdigest(), link=link)
+        assert spy.made == 0
+        store.put_file("hashed", src, link=link)  # the spy does see the store hash
+        assert spy.made == 1
+    assert b"".join(store.iter_chunks("trusted")) == data  # reads still verify
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EPERM, errno.EMLINK])
+def test_local_link_that_fails_falls_back_to_a_copy(tmp_path, monkeypatch, caplog, code):
+    store = LocalModelStore(tmp_path / "store")
+    data = os.urandom(MiB + 1)
+    src = _write(tmp_path / "src", data)
+    mode = src.stat().st_mode
+
+    def no_link(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(local_module.os, "link", no_link)
+    with caplog.at_level(logging.DEBUG, logger="fedtier.storage.local"):
+        stored = store.put_file("copied", src, link=True)
+    assert stored == StoredModel("copied", hashlib.sha256(data).hexdigest(), len(data))
+    stored_data = store.root / "models" / "copied" / "data"
+    assert not os.path.samefile(stored_data, src)
+    assert stored_data.stat().st_mode & 0o222 == 0
+    assert src.stat().st_mode == mode  # a copy leaves the caller's file as it was
+    assert any("copying" in r.getMessage() for r in caplog.records)
+    src.unlink()
+    assert b"".join(store.iter_chunks("copied")) == data
+
+
+def test_local_link_it_cannot_make_read_only_falls_back_to_a_copy(tmp_path, monkeypatch):
+    """A linked file the store may not chmod (someone else's): copied instead, so the
+    stored data is still read-only and the store's own."""
+    store = LocalModelStore(tmp_path / "store")
+    data = os.urandom(1000)
+    src = _write(tmp_path / "src", data)
+    real_chmod = os.chmod
+    refused: list[str] = []
+
+    def chmod_refusing_the_link(path, mode, **kwargs):
+        if os.path.exists(path) and os.path.samefile(path, src):
+            refused.append(os.fspath(path))
+            raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(path))
+        return real_chmod(path, mode, **kwargs)
+
+    monkeypatch.setattr(local_module.os, "chmod", chmod_refusing_the_link)
+    assert store.put_file("foreign", src, link=True).size == len(data)
+    assert refused  # the link was made, then given up
+    stored_data = store.root / "models" / "foreign" / "data"
+    assert not os.path.samefile(stored_data, src)
+    assert stored_data.stat().st_mode & 0o222 == 0
+    assert b"".join(store.iter_chunks("foreign")) == data
+
+
+def test_local_given_sha256_copy_of_a_source_that_grows_stores_nothing(tmp_path, monkeypatch):
+    """With the hash given, the size recorded is checked against the source's instead."""
+    store = LocalModelStore(tmp_path / "store")
+    src = _write(tmp_path / "src", b"model")
+    real_copy = local_module.shutil.copyfileobj
+
+    def copy_while_the_source_grows(fsrc, fdst, length=0):
+        real_copy(fsrc, fdst, length)
+        fdst.write(b" and more")  # as if the writer were still appending
+
+    monkeypatch.setattr(local_module.shutil, "copyfileobj", copy_while_the_source_grows)
+    with pytest.raises(ModelStoreError, match="grown.*changed size"):
+        store.put_file("grown", src, sha256=hashlib.sha256(b"model").hexdigest())
+    assert store.list_ids() == []
+    assert os.listdir(store.root / "tmp") == []
+
+
+def test_local_linked_put_losing_a_race_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Another writer published the id after the early check: the linked blob's work
+    dir goes, the winner and the caller's file stay."""
+    store = LocalModelStore(tmp_path / "store")
+    first = store.put_stream("raced", [b"winner"])
+    src = _write(tmp_path / "src", b"loser")
+    monkeypatch.setattr(store, "_exists", lambda model_id: False)  # miss the early check
+    with pytest.raises(ModelExistsError, match="raced"):
+        store.put_file("raced", src, link=True, sha256=hashlib.sha256(b"loser").hexdigest())
+    assert os.listdir(store.root / "tmp") == []
+    assert src.read_bytes() == b"loser"
+    assert store.stat("raced") == first
+    assert b"".join(store.iter_chunks("raced")) == b"winner"
 
 
 def test_local_concurrent_writers_of_one_id_never_overwrite(tmp_path):
@@ -493,3 +665,53 @@ def test_s3_source_changing_during_upload_publishes_nothing(modelstore_moto_endp
         store.put_file("moving", src)
     assert not store.exists("moving")
     assert store.list_ids() == []
+
+
+def test_s3_put_file_with_given_sha256_skips_the_hashing_pass(modelstore_moto_endpoint, tmp_path, monkeypatch):
+    store = _s3_store(modelstore_moto_endpoint, _new_bucket())
+    data = os.urandom(MiB)
+    src = _write(tmp_path / "src", data)
+
+    def hashing_pass(path):
+        raise AssertionError("put_file read the source to hash it although its sha256 was given")
+
+    monkeypatch.setattr(s3_module, "iter_file", hashing_pass)
+    stored = store.put_file("vouched", src, sha256=hashlib.sha256(data).hexdigest(), link=True)
+    assert stored == StoredModel("vouched", hashlib.sha256(data).hexdigest(), len(data))
+    assert b"".join(store.iter_chunks("vouched")) == data
+
+
+class _DictStore(ModelStore):
+    """The smallest backend: keeps the base class's own _put_file."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, tuple[StoredModel, bytes]] = {}
+
+    def _put_stream(self, model_id, chunks):
+        if model_id in self.blobs:
+            raise ModelExistsError(model_id)
+        data = b"".join(chunks)  # an iterator that raises stores nothing
+        stored = StoredModel(model_id, hashlib.sha256(data).hexdigest(), len(data))
+        self.blobs[model_id] = (stored, data)
+        return stored
+
+    def _stat(self, model_id):
+        if model_id not in self.blobs:
+            raise ModelNotFoundError(model_id)
+        return self.blobs[model_id][0]
+
+    def _list_ids(self):
+        return list(self.blobs)
+
+    def _raw_chunks(self, stored, chunk_size):
+        yield self.blobs[stored.model_id][1]
+
+
+def test_default_put_file_accepts_link_and_checks_a_given_sha256(tmp_path):
+    store = _DictStore()
+    src = _write(tmp_path / "src", b"model bytes")
+    sha = hashlib.sha256(b"model bytes").hexdigest()
+    assert store.put_file("ok", src, sha256=sha, link=True).sha256 == sha
+    with pytest.raises(ModelStoreError, match="bad.*not the given"):
+        store.put_file("bad", src, sha256=hashlib.sha256(b"other").hexdigest())
+    assert store.list_ids() == ["ok"]

@@ -14,10 +14,17 @@ each other's sidecar before one of them wins the link. Renaming a finished,
 non-empty directory is atomic, and POSIX ``rename(2)`` refuses to replace a
 non-empty directory (Windows refuses any existing target), so exactly one
 writer wins and its blob and hash arrive together.
+
+``put_file(..., link=True)`` puts the blob in the work directory by hard link
+instead of a copy when the source is on the same filesystem: for a gigabyte
+model that saves writing (and, with a known sha256, reading) a gigabyte. The
+rest of the path is the same: the shared inode is made read-only and fsynced,
+then the directory is published by the same rename.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -26,9 +33,10 @@ import stat as stat_mod
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .model_store import (
+    DEFAULT_CHUNK_SIZE,
     ModelExistsError,
     ModelNotFoundError,
     ModelStore,
@@ -36,6 +44,7 @@ from .model_store import (
     StoredModel,
     copy_hashing,
     fsync_dir,
+    iter_file,
     validate_model_id,
 )
 
@@ -43,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _DATA = "data"
 _META = "meta.json"
+_READ_ONLY = stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH
 # Temp dirs older than this can only be leftovers of a crashed writer.
 STALE_TEMP_AGE_S = 24 * 3600
 
@@ -64,17 +74,38 @@ class LocalModelStore(ModelStore):
     # ---- writes ---------------------------------------------------------
 
     def _put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel:
+        def write(data_path: Path) -> tuple[str, int]:
+            with open(data_path, "xb") as out:
+                sha256, size = copy_hashing(chunks, out, model_id)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(data_path, _READ_ONLY)
+            return sha256, size
+
+        return self._put(model_id, write)
+
+    def _put_file(
+        self, model_id: str, path: Path, *, sha256: str | None = None, link: bool = False
+    ) -> StoredModel:
+        if sha256 is None and not link:
+            return self._put_stream(model_id, iter_file(path))
+
+        def write(data_path: Path) -> tuple[str, int]:
+            if link and self._link(path, data_path, model_id):
+                return self._adopt_linked(data_path, sha256)
+            return self._copy(path, data_path, sha256, model_id)
+
+        return self._put(model_id, write)
+
+    def _put(self, model_id: str, write_data: Callable[[Path], tuple[str, int]]) -> StoredModel:
+        """Have write_data put a durable, read-only blob in a fresh work directory
+        and return its (sha256, size); record them and publish the directory."""
         target = self._models / model_id
         if self._exists(model_id):
             raise ModelExistsError(f"model {model_id!r} already exists in {self.root}")
         work = Path(tempfile.mkdtemp(dir=self._tmp, prefix=f"{model_id}."))
         try:
-            data_path = work / _DATA
-            with open(data_path, "xb") as out:
-                sha256, size = copy_hashing(chunks, out, model_id)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(data_path, stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH)
+            sha256, size = write_data(work / _DATA)
             stored = StoredModel(model_id=model_id, sha256=sha256, size=size)
             with open(work / _META, "x", encoding="utf-8") as meta:
                 json.dump({"model_id": model_id, "sha256": sha256, "size": size}, meta)
@@ -83,11 +114,67 @@ class LocalModelStore(ModelStore):
             fsync_dir(work)
             self._publish(work, target, model_id)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # with a link: only the store's name goes
             raise
         fsync_dir(self._models)
         logger.info("stored model %s (%d bytes, sha256 %s)", model_id, size, sha256)
         return stored
+
+    def _link(self, source: Path, data_path: Path, model_id: str) -> bool:
+        """Take the source by hard link, read-only; False (nothing left at data_path)
+        if that is not possible here, e.g. across filesystems: the caller copies."""
+        try:
+            os.link(source, data_path)
+        except OSError as exc:  # EXDEV, EPERM, a filesystem without hard links...
+            logger.debug("model %s: cannot hard-link %s into %s (%s); copying it",
+                         model_id, source, self.root, exc)
+            return False
+        try:
+            # The inode's mode: the source name becomes read-only too, which is
+            # what the caller agreed to by giving the file up.
+            os.chmod(data_path, _READ_ONLY)
+        except OSError as exc:  # e.g. linked someone else's file: a copy is ours to protect
+            os.unlink(data_path)
+            logger.debug("model %s: cannot make linked %s read-only (%s); copying it",
+                         model_id, source, exc)
+            return False
+        return True
+
+    @staticmethod
+    def _adopt_linked(data_path: Path, sha256: str | None) -> tuple[str, int]:
+        """Make the linked blob durable (the caller may have written it without
+        fsync) and return (sha256, size); hash it only if the caller did not
+        give the hash. The size is the file's own, whatever the caller thinks."""
+        with open(data_path, "rb") as fh:
+            if sha256 is None:
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: fh.read(DEFAULT_CHUNK_SIZE), b""):
+                    digest.update(chunk)
+                sha256 = digest.hexdigest()
+            size = os.fstat(fh.fileno()).st_size
+            os.fsync(fh.fileno())
+        return sha256, size
+
+    @staticmethod
+    def _copy(source: Path, data_path: Path, sha256: str | None, model_id: str) -> tuple[str, int]:
+        """Copy source to data_path, durable and read-only; hash on the way only
+        if the caller did not give the hash."""
+        with open(source, "rb") as src, open(data_path, "xb") as out:
+            if sha256 is None:
+                sha256, size = copy_hashing(iter(lambda: src.read(DEFAULT_CHUNK_SIZE), b""), out, model_id)
+            else:
+                expected = os.fstat(src.fileno()).st_size
+                shutil.copyfileobj(src, out, DEFAULT_CHUNK_SIZE)
+                size = out.tell()
+                if size != expected:
+                    raise ModelStoreError(
+                        f"model {model_id!r}: source {source} changed size while it was stored "
+                        f"({expected} -> {size} bytes); nothing was stored"
+                    )
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(data_path, _READ_ONLY)
+        return sha256, size
 
     def _publish(self, work: Path, target: Path, model_id: str) -> None:
         try:

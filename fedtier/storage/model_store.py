@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 _MODEL_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,17 @@ def validate_model_id(model_id: object) -> str:
     return model_id
 
 
+def validate_sha256(sha256: object) -> str:
+    """Normalise a hash a caller vouches for; a malformed one is the caller's bug.
+
+    Refusing it before any byte is written keeps it from ever being recorded,
+    where it would only surface later as a model reported corrupt.
+    """
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256.lower()):
+        raise ValueError(f"invalid sha256 {sha256!r}: expected 64 hexadecimal digits")
+    return sha256.lower()
+
+
 def iter_file(path: str | os.PathLike, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
     """Read a file lazily so callers never need it whole in memory."""
     with open(path, "rb") as fh:
@@ -113,6 +125,23 @@ def copy_hashing(
     return digest.hexdigest(), size
 
 
+def _expecting_sha256(chunks: Iterable[bytes], sha256: str, model_id: str) -> Iterator[bytes]:
+    """Pass chunks through, raising at their end if they do not hash to sha256.
+
+    Raising from the iterator, before it is exhausted, is what makes
+    put_stream publish nothing (see its contract).
+    """
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(as_bytes(chunk, model_id))
+        yield chunk
+    if digest.hexdigest() != sha256:
+        raise ModelStoreError(
+            f"model {model_id!r}: the data has sha256 {digest.hexdigest()}, not the given "
+            f"{sha256} (a wrong hash, or the source changed); nothing was stored"
+        )
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or new entry durable; best effort where unsupported."""
     try:
@@ -137,16 +166,42 @@ class ModelStore(ABC):
 
     # ---- public API -----------------------------------------------------
 
-    def put_file(self, model_id: str, path: str | os.PathLike) -> StoredModel:
+    def put_file(
+        self,
+        model_id: str,
+        path: str | os.PathLike,
+        *,
+        sha256: str | None = None,
+        link: bool = False,
+    ) -> StoredModel:
         """Publish a file under a new id; the file may be larger than memory.
 
-        Raises ModelExistsError if the id is taken. The source file must not
-        change while it is being stored.
+        Raises ModelExistsError if the id is taken (also with ``link``). The
+        source file must not change while it is being stored.
+
+        ``sha256`` is for a caller that already knows the file's hash because it
+        verified it when the file arrived: hashing a gigabyte model again costs
+        a full read of it. The store records the given hash (and the size of
+        the data it actually stored) instead of computing it. That trust is
+        safe because every read verifies the data against the recorded hash:
+        a wrong hash is reported as corruption on the first read, never served
+        as a good model, and a backend that reads the data anyway refuses it on
+        the spot (ModelStoreError, nothing stored).
+
+        ``link=True`` is for a caller that gives the file up: the store may then
+        take it as it is (the local store: a hard link, on the same filesystem)
+        instead of writing a second copy of it, and copies otherwise. The
+        source then shares its data with the stored model, so the caller must
+        not modify it afterwards; reading, renaming and unlinking it are fine
+        and do not affect the stored model. The store makes the data read-only,
+        which the source name sees too.
         """
         validate_model_id(model_id)
+        if sha256 is not None:
+            sha256 = validate_sha256(sha256)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model {model_id!r}: source file {os.fspath(path)!r} not found")
-        return self._put_file(model_id, Path(path))
+        return self._put_file(model_id, Path(path), sha256=sha256, link=link)
 
     def put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel:
         """Publish a model produced incrementally (e.g. received over gRPC).
@@ -215,8 +270,15 @@ class ModelStore(ABC):
 
     # ---- backend hooks --------------------------------------------------
 
-    def _put_file(self, model_id: str, path: Path) -> StoredModel:
-        return self._put_stream(model_id, iter_file(path))
+    def _put_file(
+        self, model_id: str, path: Path, *, sha256: str | None = None, link: bool = False
+    ) -> StoredModel:
+        """Default: stream the file (no linking); a given sha256 is checked, as
+        _put_stream hashes anyway, and a mismatch publishes nothing."""
+        chunks = iter_file(path)
+        if sha256 is not None:
+            chunks = _expecting_sha256(chunks, sha256, model_id)
+        return self._put_stream(model_id, chunks)
 
     @abstractmethod
     def _put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel: ...

@@ -13,8 +13,11 @@ Design notes:
   a retry must be able to replay the data. ``put_stream`` therefore spools the
   incoming chunks to a temporary file (bounded memory, disk-sized models)
   before uploading it; ``put_file`` hashes the source first and uploads it
-  directly. Uploads of more than one part go multipart, reading one part at a
-  time, so memory stays around ``part_size`` whatever the model size.
+  directly; given a sha256 the caller vouches for, it skips that pass: the
+  upload hashes what it sends anyway, and a mismatch withdraws the object
+  (``link`` means nothing here: the data has to be sent). Uploads of more
+  than one part go multipart, reading one part at a time, so memory stays
+  around ``part_size`` whatever the model size.
 * Immutability: the id is checked for existence right before uploading. Plain
   S3 has no portable "create only if absent" for multipart uploads, so two
   writers racing on the same id inside that window can both upload and the
@@ -185,8 +188,12 @@ class S3ModelStore(ModelStore):
 
     # ---- writes ---------------------------------------------------------
 
-    def _put_file(self, model_id: str, path: Path) -> StoredModel:
+    def _put_file(
+        self, model_id: str, path: Path, *, sha256: str | None = None, link: bool = False
+    ) -> StoredModel:
         self._refuse_existing(model_id)
+        if sha256 is not None:
+            return self._upload(model_id, path, sha256, os.path.getsize(path), vouched=True)
         digest = hashlib.sha256()
         size = 0
         for chunk in iter_file(path):
@@ -210,7 +217,11 @@ class S3ModelStore(ModelStore):
                 f"model {model_id!r} already exists in bucket {self.bucket!r} on {self.endpoint}"
             )
 
-    def _upload(self, model_id: str, path: Path, sha256: str, size: int) -> StoredModel:
+    def _upload(
+        self, model_id: str, path: Path, sha256: str, size: int, *, vouched: bool = False
+    ) -> StoredModel:
+        """Upload path as model_id with sha256 as its recorded hash; ``vouched``
+        says the hash came from the caller rather than from hashing path here."""
         # Last check as late as possible: narrows (cannot close) the race
         # described in the module docstring.
         self._refuse_existing(model_id)
@@ -234,10 +245,17 @@ class S3ModelStore(ModelStore):
                 f"upload of model {model_id!r} to {self.endpoint}/{self.bucket} failed: {_describe(exc)}"
             ) from exc
         if reader.size != size or reader.digest.hexdigest() != sha256:
-            # The source changed under us: what was uploaded does not match the
-            # recorded hash. Withdraw it rather than publish a corrupt model.
+            # What was uploaded does not match the recorded hash: the source
+            # changed under us, or the caller's hash is wrong. Withdraw it
+            # rather than publish a corrupt model.
             self._call(f"removing inconsistent model {model_id!r}",
                        lambda: self._client.remove_object(self.bucket, model_id))
+            if vouched:
+                raise ModelStoreError(
+                    f"model {model_id!r}: the data read from {path} has sha256 "
+                    f"{reader.digest.hexdigest()} ({reader.size} bytes), not the given {sha256} "
+                    f"({size} bytes): a wrong hash, or the source changed; nothing was stored"
+                )
             raise ModelStoreError(
                 f"source of model {model_id!r} changed while it was uploaded; nothing was stored"
             )
