@@ -40,6 +40,7 @@ from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig, RoundConfigError
 from fedtier.storage.model_store import ModelStoreError
 from fedtier.storage.state_store import StateStore
+from fedtier.transport.streams import Received
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,12 @@ class Control:
                                   "; ".join(f"{n}: {r.error}" for n, r in results.items()))
             if updates < config.clients_required:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
-            paths = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch)
+            fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch)
             out = scratch / "global"
-            self._timed(timings, "aggregation", self._aggregate, config, base_path, paths, succeeded, out)
+            out_sha256 = self._timed(timings, "aggregation", self._aggregate, config, base_path, fetched,
+                                     succeeded, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
-                                      session_id=session_id, round_number=number)
+                                      session_id=session_id, round_number=number, sha256=out_sha256)
             round_doc["model_out"] = model["id"]
             if config.validate:
                 round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
@@ -373,11 +375,12 @@ class Control:
                 "updates": [{"client": u.client_name, "num_examples": u.num_examples, "timings": dict(u.timings)}
                             for u in result.updates]}
 
-    def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path) -> dict[str, Path]:
-        def fetch(name: str) -> Path:
+    def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult],
+                               scratch: Path) -> dict[str, Received]:
+        """Each combiner's model in a scratch file, with the sha256 verified on arrival."""
+        def fetch(name: str) -> Received:
             dest = scratch / f"combiner-{name}"
-            self.network.handle(name).download_model(results[name].model_id, dest, timeout=600)
-            return dest
+            return self.network.handle(name).download_model(results[name].model_id, dest, timeout=600)
 
         with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
             futures = {name: pool.submit(fetch, name) for name in results}
@@ -386,18 +389,21 @@ class Control:
             except grpc.RpcError as exc:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
-    def _aggregate(self, config: RoundConfig, base: Path, paths: Mapping[str, Path],
-                   results: Mapping[str, pb.RoundResult], out: Path) -> None:
+    def _aggregate(self, config: RoundConfig, base: Path, fetched: Mapping[str, Received],
+                   results: Mapping[str, pb.RoundResult], out: Path) -> str | None:
+        """Write the round's global model to ``out``; return its sha256 if already known, so
+        the commit need not read a gigabyte to hash it, else None (the store hashes it)."""
         aggregator = get_aggregator(config.aggregator, get_helper(config.helper), **dict(config.aggregator_kwargs))
         aggregator.start(base)
-        if len(paths) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
-            ((name, path),) = paths.items()
-            if aggregator.aggregate_one(path, float(results[name].num_examples), out) is not None:
-                return
-        for name, path in paths.items():
-            aggregator.add(path, float(results[name].num_examples))
-            path.unlink()
+        if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
+            ((name, received),) = fetched.items()
+            if aggregator.aggregate_one(received.path, float(results[name].num_examples), out) is not None:
+                return received.sha256  # moved as it is, so the hash verified on arrival holds
+        for name, received in fetched.items():
+            aggregator.add(received.path, float(results[name].num_examples))
+            received.path.unlink()
         aggregator.finish(out)
+        return None
 
     def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
                   round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:

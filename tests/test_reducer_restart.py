@@ -79,12 +79,18 @@ def test_restart_keeps_trail_and_continues_from_latest(procs: ProcessGroup, tmp_
     latest = helper.from_bytes(requests.get(f"{url}/api/v1/models/{trail[2]['id']}/download").content)
     np.testing.assert_allclose(latest["w"], np.full((4, 4), 2 * 50 / 30), rtol=1e-6)
 
-    # the reducer kept the model it committed as the next round's base; damaged on disk (same
-    # size), the combiner refuses it against the trail's hash, the round fails with the trail
-    # untouched, and the next round starts from the store's copy instead
+    # the reducer kept the model it committed as the next round's base; if that copy differs
+    # from the trail (same size), the combiner refuses it against the trail's hash, the round
+    # fails with the trail untouched, and the next round starts from the store's copy instead.
+    # The kept file is the store's own by hard link (the commit takes it without copying), made
+    # read-only: writing through it would damage the stored model too, which the store would
+    # then report as corrupt. So the damaged copy replaces the kept name instead.
     (kept,) = (tmp_path / "data" / "reducer" / "latest").iterdir()
     assert kept.name == trail[2]["id"]
-    kept.write_bytes(bytes(b ^ 0xFF for b in kept.read_bytes()))
+    assert kept.stat().st_mode & 0o222 == 0
+    damaged = kept.with_name("damaged")
+    damaged.write_bytes(bytes(b ^ 0xFF for b in kept.read_bytes()))
+    damaged.replace(kept)
     third = run_session(url, rounds=1)
     assert third["rounds_failed"] == 1, third
     assert requests.get(f"{url}/api/v1/models").json() == trail

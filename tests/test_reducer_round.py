@@ -1,0 +1,167 @@
+"""One reducer round in-process, combiners faked: what the round hands the trail.
+
+The combiners are stand-ins (no gRPC, no clients): each returns a model file as the
+real CombinerClient.download_model does, with the sha256 verified on arrival. What is
+under test is the reducer's side: which model it commits and how it commits it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fedtier.storage.local as local_module
+import fedtier.storage.model_store as model_store_module
+from fedtier.helpers import get_helper
+from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.control import LATEST, Control
+from fedtier.reducer.trail import ModelTrail
+from fedtier.round_config import RoundConfig
+from fedtier.storage.local import LocalModelStore
+from fedtier.storage.sqlite import SQLiteStateStore
+from fedtier.transport.streams import Received
+
+helper = get_helper("numpy")
+
+
+def model_file(path: Path, value: float) -> Path:
+    helper.save({"w": np.full((64, 64), value, np.float32)}, path)
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class FakeCombiner:
+    """Trains nothing: its round result is a prepared model of ``examples`` examples."""
+
+    def __init__(self, name: str, model: Path, examples: int) -> None:
+        self.name, self.model, self.examples = name, model, examples
+
+    def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
+                     sha256: str | None = None) -> pb.UploadResponse:
+        return pb.UploadResponse(model_id=model_id)
+
+    def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
+        return pb.RoundResult(round_id=request.round_id, success=True, model_id=f"{self.name}-model",
+                              num_examples=self.examples,
+                              updates=[pb.ClientContribution(client_name=f"{self.name}-client",
+                                                             num_examples=self.examples)])
+
+    def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:
+        shutil.copyfile(self.model, dest)
+        size = dest.stat().st_size
+        return Received(path=dest, header=pb.TransferHeader(model_id=model_id, size=size), size=size,
+                        sha256=sha256_of(dest))
+
+
+class FakeNetwork:
+    def __init__(self, combiners: list[FakeCombiner]) -> None:
+        self.combiners = {c.name: c for c in combiners}
+
+    def refresh(self) -> None:
+        pass
+
+    def online_combiners(self) -> list[dict[str, Any]]:
+        return [{"name": name, "active_clients": 1} for name in self.combiners]
+
+    def handle(self, name: str) -> FakeCombiner:
+        return self.combiners[name]
+
+
+class HashSpy:
+    """Stands in for hashlib in the store's modules: counts the sha256 objects made."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def sha256(self, *args: Any) -> Any:
+        self.made += 1
+        return hashlib.sha256(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(hashlib, name)
+
+
+class PutSpy:
+    """Wraps store.put_file: records each call's keyword arguments and how many sha256
+    objects the store made during it (reads elsewhere in the round, which verify, are
+    not counted)."""
+
+    def __init__(self, store: LocalModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[dict[str, Any], int]] = []
+        real = store.put_file
+
+        def put_file(model_id: str, path: Path, **kwargs: Any) -> Any:
+            spy = HashSpy()
+            with monkeypatch.context() as patch:
+                for module in (local_module, model_store_module):
+                    patch.setattr(module, "hashlib", spy)
+                stored = real(model_id, path, **kwargs)
+            self.calls.append((kwargs, spy.made))
+            return stored
+
+        monkeypatch.setattr(store, "put_file", put_file)
+
+
+@pytest.fixture
+def reducer(tmp_path: Path):
+    store = LocalModelStore(tmp_path / "model_store")
+    state = SQLiteStateStore(tmp_path / "state.sqlite")
+    trail = ModelTrail(store, state)
+    seed = trail.commit(model_file(tmp_path / "seed", 0.0), parent_id=None, kind="seed")
+    yield store, trail, seed, tmp_path
+    state.close()
+
+
+def run_round(trail: ModelTrail, work_dir: Path, combiners: list[FakeCombiner],
+              monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], PutSpy]:
+    spy = PutSpy(trail.models, monkeypatch)  # type: ignore[arg-type]
+    control = Control(trail.state, trail, FakeNetwork(combiners), work_dir)  # type: ignore[arg-type]
+    round_doc = control._run_round("session-1", RoundConfig(validate=False, wait_for_clients=1.0))
+    assert round_doc["status"] == "success", round_doc["error"]
+    return round_doc, spy
+
+
+def test_one_combiner_round_commits_its_model_with_the_hash_verified_on_arrival(reducer, monkeypatch):
+    store, trail, seed, tmp_path = reducer
+    combiner_model = model_file(tmp_path / "combiner-model", 1.5)
+    work_dir = tmp_path / "work"
+
+    round_doc, spy = run_round(trail, work_dir, [FakeCombiner("c1", combiner_model, 10)], monkeypatch)
+
+    record = trail.get(round_doc["model_out"])
+    assert record["sha256"] == sha256_of(combiner_model)
+    assert record["parent_id"] == seed["id"]
+    ((kwargs, hashed),) = spy.calls
+    assert kwargs == {"sha256": record["sha256"], "link": True}
+    assert hashed == 0, "the store hashed a model whose sha256 the reducer already knew"
+    # taken by link, and the kept copy for the next round is that same file
+    kept = work_dir / LATEST / record["id"]
+    assert os.path.samefile(kept, store.root / "models" / record["id"] / "data")
+    trail.fetch(record["id"], tmp_path / "read-back")  # verified against the recorded hash
+    assert (tmp_path / "read-back").read_bytes() == combiner_model.read_bytes()
+
+
+def test_several_combiners_round_has_the_store_hash_the_average(reducer, monkeypatch):
+    _, trail, _, tmp_path = reducer
+    combiners = [FakeCombiner("c1", model_file(tmp_path / "m1", 1.0), 1),
+                 FakeCombiner("c2", model_file(tmp_path / "m2", 4.0), 2)]
+    work_dir = tmp_path / "work"
+
+    round_doc, spy = run_round(trail, work_dir, combiners, monkeypatch)
+
+    record = trail.get(round_doc["model_out"])
+    ((kwargs, hashed),) = spy.calls
+    assert kwargs == {"sha256": None, "link": True}
+    assert hashed == 1  # no known hash for FedAvg's output: the store computed it
+    kept = work_dir / LATEST / record["id"]
+    assert record["sha256"] == sha256_of(kept)
+    np.testing.assert_allclose(helper.load(kept)["w"], 3.0)
+    trail.fetch(record["id"], tmp_path / "read-back")
