@@ -22,24 +22,24 @@ class CombinerClient:
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
                      sha256: str | None = None) -> pb.UploadResponse:
         """Push a model unless the combiner already has it (ids name immutable bytes).
-        ``sha256``, when the caller knows it, is sent instead of hashing the file again, and
-        first offered to the combiner, which may hold the same bytes under another id (its
-        own aggregate, with one combiner): then nothing is sent."""
-        if sha256:
-            size = path.stat().st_size
-            try:
-                if self.control.AdoptModel(pb.AdoptRequest(model_id=model_id, sha256=sha256, size=size),
-                                           timeout=timeout).ok:
-                    return pb.UploadResponse(model_id=model_id, size=size, sha256=sha256)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # a combiner from before AdoptModel
-                    raise
+        ``sha256``, when the caller knows it, is sent instead of hashing the file again."""
         try:
             return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer",
                                                          sha256=sha256), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "already exists" in (exc.details() or ""):
                 return pb.UploadResponse(model_id=model_id)
+            raise
+
+    def adopt_model(self, path: Path, model_id: str, sha256: str, timeout: float | None = None) -> bool:
+        """Ask the combiner to hold, under ``model_id``, bytes it already has with this sha256
+        and ``path``'s size (its own aggregate, with one combiner). True: nothing to upload."""
+        request = pb.AdoptRequest(model_id=model_id, sha256=sha256, size=path.stat().st_size)
+        try:
+            return self.control.AdoptModel(request, timeout=timeout).ok
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a combiner from before AdoptModel
+                return False
             raise
 
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:

@@ -212,7 +212,7 @@ class Control:
         round_doc: dict[str, Any] = {
             "id": new_id(), "session_id": session_id, "round": number, "status": "running",
             "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
-            "timings": {}, "combiners": [], "metrics": {}, "participants": [], "error": None}
+            "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None}
         self.store.insert(ROUNDS, round_doc)
         scratch = self.work_dir / "rounds" / round_doc["id"]
         scratch.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,8 @@ class Control:
             self._set_phase(ReducerState.INSTRUCTING)
             combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)
             base_path = self._timed(timings, "transfer", self._fetch_from_trail, base, scratch)
-            combiners = self._timed(timings, "transfer", self._push, combiners, base, base_path)
+            round_doc["pushed"] = self._timed(timings, "transfer", self._push, combiners, base, base_path)
+            combiners = {name: combiners[name] for name in round_doc["pushed"]}
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
             round_doc["combiners"] = [self._combiner_summary(name, r) for name, r in results.items()]
@@ -315,18 +316,22 @@ class Control:
         if model_id is not None and path is not None:
             os.replace(path, folder / model_id)
 
-    def _push(self, combiners: dict[str, int], model: Mapping[str, Any], path: Path) -> dict[str, int]:
-        """Upload a trail model to the combiners; its recorded sha256 spares hashing it again."""
-        def upload(name: str) -> str:
-            self.network.handle(name).upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"))
-            return name
+    def _push(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path) -> dict[str, str]:
+        """Get a trail model to the combiners; returns how it reached each: "adopted" when the
+        combiner held the same bytes (with one combiner, the last round's global model is its
+        own aggregate), else "uploaded" (its recorded sha256 spares hashing it again)."""
+        def push(name: str) -> str:
+            handle = self.network.handle(name)
+            if model.get("sha256") and handle.adopt_model(path, model["id"], model["sha256"], timeout=60):
+                return "adopted"
+            handle.upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"))
+            return "uploaded"
 
         reached = {}
         with ThreadPoolExecutor(max_workers=max(1, len(combiners))) as pool:
-            for name, future in [(n, pool.submit(upload, n)) for n in combiners]:
+            for name, future in [(n, pool.submit(push, n)) for n in combiners]:
                 try:
-                    future.result()
-                    reached[name] = combiners[name]
+                    reached[name] = future.result()
                 except grpc.RpcError as exc:
                     log.warning("could not push model to combiner %s: %s", name, exc.code().name)
         if not reached:

@@ -55,6 +55,7 @@ SCHEMAS: dict[str, Any] = {
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
         "metrics": {"type": "object", "additionalProperties": NUMBER},
+        "pushed": {"type": "object", "additionalProperties": {"enum": ["uploaded", "adopted"]}},
         "combiners": {"type": "array", "items": OBJECT}, "participants": {"type": "array", "items": STRING},
         "error": OPT_STRING}},
     "Validation": {"type": "object", "required": ["id", "round_id", "model_id", "client", "metrics"],

@@ -81,8 +81,9 @@ def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path:
 
     # the reducer commits that model and pushes it back under the trail's id: adopted, not sent
     digest = hashlib.sha256((tmp_path / "combined").read_bytes()).hexdigest()
-    pushed = combiner.upload_model(tmp_path / "combined", "trail-2", sha256=digest)
-    assert pushed.sha256 == digest and "model trail-2 adopted" in procs.log("combiner")
+    assert not combiner.adopt_model(tmp_path / "combined", "trail-2", "0" * 64)
+    assert combiner.adopt_model(tmp_path / "combined", "trail-2", digest)
+    assert "model trail-2 adopted" in procs.log("combiner")
     again = combiner.start_round(round_request(pb.TRAINING, "trail-2"), timeout=120)
     assert again.success, again.error
     combiner.download_model(again.model_id, tmp_path / "again")

@@ -188,5 +188,8 @@ def test_reducer_killed_mid_session_and_restarted(procs: ProcessGroup, tmp_path:
     assert again["rounds_succeeded"] == 1, net.get("/api/v1/rounds")
     new_round = net.get(f"/api/v1/rounds/{again['round_ids'][0]}")
     assert new_round["model_in"] == trail[-1]["id"] and new_round["round"] == 2
+    # the seed had to be uploaded; round 1's global model is c0's own aggregate: not sent back
+    first_round = net.get(f"/api/v1/rounds/{trail[-1]['round_id']}")
+    assert first_round["pushed"] == {"c0": "uploaded"} and new_round["pushed"] == {"c0": "adopted"}
     final = net.get("/api/v1/models")
     assert final[:2] == trail and final[2]["parent_id"] == trail[-1]["id"]

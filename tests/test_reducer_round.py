@@ -44,6 +44,9 @@ class FakeCombiner:
     def __init__(self, name: str, model: Path, examples: int) -> None:
         self.name, self.model, self.examples = name, model, examples
 
+    def adopt_model(self, path: Path, model_id: str, sha256: str, timeout: float | None = None) -> bool:
+        return False  # holds nothing: every push is an upload
+
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
                      sha256: str | None = None) -> pb.UploadResponse:
         return pb.UploadResponse(model_id=model_id)
