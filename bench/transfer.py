@@ -111,11 +111,14 @@ class RawClient:
 
 
 # ---------------------------------------------------------------- components, in this process
-def raw_round_floor(raw: RawClient, size: int, clients: int, chunk_size: int = CHUNK_SIZE) -> float:
+def raw_round_floor(raw: RawClient, size: int, clients: int, chunk_size: int = CHUNK_SIZE,
+                    push: bool = True) -> float:
     """Seconds raw gRPC takes to move one round's bytes, one stream after another: the global
-    model to a combiner, to and back from each client, and the combiner model back."""
+    model to a combiner (``push=False`` when the round did not send it: the combiner held
+    it already), to and back from each client, and the combiner model back."""
     t = time.perf_counter()
-    raw.upload(size, chunk_size)                # reducer -> combiner: the global model
+    if push:
+        raw.upload(size, chunk_size)            # reducer -> combiner: the global model
     for _ in range(clients):
         raw.download(size, chunk_size)          # combiner -> each client
         raw.upload(size, chunk_size)            # each client -> combiner

@@ -30,17 +30,21 @@ def test_help(script: str) -> None:
 @pytest.mark.timeout(90)
 def test_gigabyte_smoke(tmp_path: Path) -> None:
     out = tmp_path / "gigabyte.json"
-    done = run_bench("gigabyte.py", "--size-mib", "32", "--clients", "2", "--rounds", "1", "--warmup", "0",
+    done = run_bench("gigabyte.py", "--size-mib", "32", "--clients", "2", "--rounds", "1", "--warmup", "1",
                      "--json", str(out))
     assert "round / floor" in done.stdout and "Peak RSS" in done.stdout
     result = json.loads(out.read_text())
     assert result["ok"] is True and result["model_bytes"] >= 32 << 20
     (run,) = result["runs"]
-    assert run["clients"] == 2 and run["rounds_succeeded"] == run["rounds"] == run["rounds_timed"] == 1
-    assert run["bytes_per_round"] == 6 * result["model_bytes"]  # (2N + 2) model transfers
+    assert run["clients"] == 2 and run["rounds_succeeded"] == run["rounds"] == 2 and run["rounds_timed"] == 1
+    # the warm-up round uploads the seed: (2N + 2) model transfers; the timed round's global
+    # model is the combiner's own aggregate, adopted, not sent: (2N + 1), and so is its floor
+    warmup, timed = run["records"]
+    assert warmup["pushed"] == ["uploaded"] and warmup["bytes_moved"] == 6 * result["model_bytes"]
+    assert timed["pushed"] == ["adopted"] and run["bytes_per_round"] == 5 * result["model_bytes"]
     for key in ("round_s", "raw_floor_s", "ratio_vs_raw_floor"):
         assert stats_ok(run[key]), (key, run[key])
-    (record,) = run["records"]
+    record = timed
     assert record["status"] == "success" and record["updates"] == 2
     assert positive(record["client_phases"]["download"]) and positive(record["client_phases"]["upload"])
     # the combiner holds at least the running mean; its peak is a real, finite number of bytes
