@@ -42,10 +42,14 @@ class CombinerClient:
                 return False
             raise
 
-    def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:
+    def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
+                       durable: bool = False) -> Received:
+        """Fetch a model into ``dest``, verified. ``durable`` when ``dest`` will be committed to
+        the store as it is (linked, then fsynced there): its disk writes start during the
+        transfer instead of all waiting for the commit."""
         stream = self.transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name="reducer"),
                                              timeout=timeout)
-        return receive_to_file(stream, lambda header: dest, durable=False)  # scratch: the trail is the store
+        return receive_to_file(stream, lambda header: dest, durable=durable)
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
         return self.control.StartRound(request, timeout=timeout)

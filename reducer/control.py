@@ -382,10 +382,15 @@ class Control:
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult],
                                scratch: Path) -> dict[str, Received]:
-        """Each combiner's model in a scratch file, with the sha256 verified on arrival."""
+        """Each combiner's model in a scratch file, with the sha256 verified on arrival. A single
+        combiner's model becomes the global one as it is (_aggregate), so it is received
+        durably: its writes reach the disk during the fetch, not all in the commit's fsync."""
+        durable = len(results) == 1
+
         def fetch(name: str) -> Received:
             dest = scratch / f"combiner-{name}"
-            return self.network.handle(name).download_model(results[name].model_id, dest, timeout=600)
+            return self.network.handle(name).download_model(results[name].model_id, dest, timeout=600,
+                                                            durable=durable)
 
         with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
             futures = {name: pool.submit(fetch, name) for name in results}

@@ -43,6 +43,7 @@ class FakeCombiner:
 
     def __init__(self, name: str, model: Path, examples: int) -> None:
         self.name, self.model, self.examples = name, model, examples
+        self.fetched_durably: list[bool] = []
 
     def adopt_model(self, path: Path, model_id: str, sha256: str, timeout: float | None = None) -> bool:
         return False  # holds nothing: every push is an upload
@@ -57,7 +58,9 @@ class FakeCombiner:
                               updates=[pb.ClientContribution(client_name=f"{self.name}-client",
                                                              num_examples=self.examples)])
 
-    def download_model(self, model_id: str, dest: Path, timeout: float | None = None) -> Received:
+    def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
+                       durable: bool = False) -> Received:
+        self.fetched_durably.append(durable)
         shutil.copyfile(self.model, dest)
         size = dest.stat().st_size
         return Received(path=dest, header=pb.TransferHeader(model_id=model_id, size=size), size=size,
@@ -137,7 +140,9 @@ def test_one_combiner_round_commits_its_model_with_the_hash_verified_on_arrival(
     combiner_model = model_file(tmp_path / "combiner-model", 1.5)
     work_dir = tmp_path / "work"
 
-    round_doc, spy = run_round(trail, work_dir, [FakeCombiner("c1", combiner_model, 10)], monkeypatch)
+    combiner = FakeCombiner("c1", combiner_model, 10)
+    round_doc, spy = run_round(trail, work_dir, [combiner], monkeypatch)
+    assert combiner.fetched_durably == [True]  # its file is the trail's: on disk during the fetch
 
     record = trail.get(round_doc["model_out"])
     assert record["sha256"] == sha256_of(combiner_model)
@@ -159,6 +164,7 @@ def test_several_combiners_round_has_the_store_hash_the_average(reducer, monkeyp
     work_dir = tmp_path / "work"
 
     round_doc, spy = run_round(trail, work_dir, combiners, monkeypatch)
+    assert [c.fetched_durably for c in combiners] == [[False], [False]]  # scratch: averaged, then deleted
 
     record = trail.get(round_doc["model_out"])
     ((kwargs, hashed),) = spy.calls

@@ -19,6 +19,7 @@ from fedtier.transport.wire import Chunk, DataChunk
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: well under gRPC's 4 MiB default message limit
 MAX_CHUNK_SIZE = 4 << 20
+WRITEBACK_BYTES = 64 << 20  # a durable receive hands the disk each 64 MiB as it is written
 
 
 class TransferError(ValueError):
@@ -73,6 +74,35 @@ def sha256_file(path: str | os.PathLike, block: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
+_sync_file_range: Callable[[int, int, int, int], int] | None | bool = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Ask the kernel to start writing ``length`` bytes at ``offset`` to disk, without waiting.
+
+    A file written at network pace and fsynced at the end otherwise reaches the disk only
+    then (or when the kernel's dirty limits say so): the fsync waits for all of it, on the
+    round's critical path. Started as the bytes arrive, the disk works during the transfer
+    and the final fsync finds little left. Linux only (sync_file_range); elsewhere a no-op.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            function = libc.sync_file_range
+            function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _sync_file_range = function
+        except (OSError, AttributeError):  # not Linux/glibc: the fsync does it all
+            pass
+    if not _sync_file_range:
+        return False
+    return _sync_file_range(fd, offset, length, 2) == 0  # SYNC_FILE_RANGE_WRITE
+
+
 def receive_to_file(chunks: Iterable[Chunk],
                     destination: Callable[[pb.TransferHeader], Path],
                     max_size: int | None = None, durable: bool = True,
@@ -83,7 +113,8 @@ def receive_to_file(chunks: Iterable[Chunk],
     ``destination`` sees the header first so a receiver can pick the model id, or
     refuse (by raising) before a byte of data is written. ``durable=False`` skips the
     fsync for scratch copies that need not survive a crash (it costs a fifth to a half
-    of the write time): the sender still holds the original.
+    of the write time): the sender still holds the original. A durable receive starts
+    the disk on each 64 MiB as it is written (``start_writeback``), so its fsync is short.
 
     ``inspect(header)`` may return a function that sees every data byte, in order, while
     it is in memory anyway (a combiner checks an update on arrival: update_check.py).
@@ -117,6 +148,10 @@ def receive_to_file(chunks: Iterable[Chunk],
                     f.write(data)
                     if observe is not None:
                         observe(data)
+                    if durable and received // WRITEBACK_BYTES != (received - len(data)) // WRITEBACK_BYTES:
+                        f.flush()
+                        done = received - received % WRITEBACK_BYTES
+                        start_writeback(f.fileno(), done - WRITEBACK_BYTES, WRITEBACK_BYTES)
                 elif kind == "trailer" and trailer is None:
                     trailer = chunk.trailer
                 else:
