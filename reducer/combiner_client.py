@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -43,13 +44,16 @@ class CombinerClient:
             raise
 
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
-                       durable: bool = False) -> Received:
+                       durable: bool = False,
+                       inspect: Callable[[pb.TransferHeader], Callable[[memoryview], None] | None] | None = None,
+                       ) -> Received:
         """Fetch a model into ``dest``, verified. ``durable`` when ``dest`` will be committed to
         the store as it is (linked, then fsynced there): its disk writes start during the
-        transfer instead of all waiting for the commit."""
+        transfer instead of all waiting for the commit. ``inspect`` sees the bytes on the way
+        (receive_to_file): the reducer checks a combiner model there, as it arrives."""
         stream = self.transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name="reducer"),
                                              timeout=timeout)
-        return receive_to_file(stream, lambda header: dest, durable=durable)
+        return receive_to_file(stream, lambda header: dest, durable=durable, inspect=inspect)
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
         return self.control.StartRound(request, timeout=timeout)

@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping
 
 import grpc
 
-from fedtier.aggregators import get_aggregator
+from fedtier.aggregators import Aggregator, get_aggregator
+from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
@@ -66,6 +67,15 @@ class StateConflict(RuntimeError):
 
 class RoundFailed(RuntimeError):
     """A round could not produce a model; the message is recorded on the round."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A combiner model in a scratch file, with the aggregator's check of its bytes as they
+    arrived (None if the aggregator checks only files): folding it needs no checking read."""
+
+    received: Received
+    check: UpdateCheck | None
 
 
 @dataclass(frozen=True)
@@ -235,10 +245,12 @@ class Control:
                                   "; ".join(f"{n}: {r.error}" for n, r in results.items()))
             if updates < config.clients_required:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
-            fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch)
+            aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
+                                        **dict(config.aggregator_kwargs))
+            aggregator.start(base_path)  # first, so each combiner model is checked as it arrives
+            fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, aggregator)
             out = scratch / "global"
-            out_sha256 = self._timed(timings, "aggregation", self._aggregate, config, base_path, fetched,
-                                     succeeded, out)
+            out_sha256 = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
                                       session_id=session_id, round_number=number, sha256=out_sha256)
             round_doc["model_out"] = model["id"]
@@ -380,17 +392,27 @@ class Control:
                 "updates": [{"client": u.client_name, "num_examples": u.num_examples, "timings": dict(u.timings)}
                             for u in result.updates]}
 
-    def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult],
-                               scratch: Path) -> dict[str, Received]:
+    def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
+                               aggregator: Aggregator) -> dict[str, Fetched]:
         """Each combiner's model in a scratch file, with the sha256 verified on arrival. A single
         combiner's model becomes the global one as it is (_aggregate), so it is received
         durably: its writes reach the disk during the fetch, not all in the commit's fsync."""
         durable = len(results) == 1
 
-        def fetch(name: str) -> Received:
+        def fetch(name: str) -> Fetched:
             dest = scratch / f"combiner-{name}"
-            return self.network.handle(name).download_model(results[name].model_id, dest, timeout=600,
-                                                            durable=durable)
+            checks: list[UpdateCheck] = []
+
+            def inspect(header: pb.TransferHeader) -> Callable[[memoryview], None] | None:
+                check = aggregator.arrival_check(header.size)
+                if check is None:
+                    return None
+                checks.append(check)
+                return check.feed
+
+            received = self.network.handle(name).download_model(results[name].model_id, dest, timeout=600,
+                                                                durable=durable, inspect=inspect)
+            return Fetched(received, checks[0] if checks else None)
 
         with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
             futures = {name: pool.submit(fetch, name) for name in results}
@@ -399,19 +421,18 @@ class Control:
             except grpc.RpcError as exc:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
-    def _aggregate(self, config: RoundConfig, base: Path, fetched: Mapping[str, Received],
+    def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Fetched],
                    results: Mapping[str, pb.RoundResult], out: Path) -> str | None:
         """Write the round's global model to ``out``; return its sha256 if already known, so
         the commit need not read a gigabyte to hash it, else None (the store hashes it)."""
-        aggregator = get_aggregator(config.aggregator, get_helper(config.helper), **dict(config.aggregator_kwargs))
-        aggregator.start(base)
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
-            ((name, received),) = fetched.items()
-            if aggregator.aggregate_one(received.path, float(results[name].num_examples), out) is not None:
-                return received.sha256  # moved as it is, so the hash verified on arrival holds
-        for name, received in fetched.items():
-            aggregator.add(received.path, float(results[name].num_examples))
-            received.path.unlink()
+            ((name, one),) = fetched.items()
+            if aggregator.aggregate_one(one.received.path, float(results[name].num_examples), out,
+                                        checked=one.check) is not None:
+                return one.received.sha256  # moved as it is, so the hash verified on arrival holds
+        for name, model in fetched.items():
+            aggregator.add(model.received.path, float(results[name].num_examples), checked=model.check)
+            model.received.path.unlink()
         aggregator.finish(out)
         return None
 

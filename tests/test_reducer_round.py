@@ -59,12 +59,18 @@ class FakeCombiner:
                                                              num_examples=self.examples)])
 
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
-                       durable: bool = False) -> Received:
+                       durable: bool = False, inspect: Any = None) -> Received:
+        """As receive_to_file does: the bytes pass ``inspect`` in chunks on their way to ``dest``."""
         self.fetched_durably.append(durable)
         shutil.copyfile(self.model, dest)
         size = dest.stat().st_size
-        return Received(path=dest, header=pb.TransferHeader(model_id=model_id, size=size), size=size,
-                        sha256=sha256_of(dest))
+        header = pb.TransferHeader(model_id=model_id, size=size)
+        observe = inspect(header) if inspect is not None else None
+        if observe is not None:
+            data = dest.read_bytes()
+            for start in range(0, size, 4096):
+                observe(memoryview(data)[start:start + 4096])
+        return Received(path=dest, header=header, size=size, sha256=sha256_of(dest))
 
 
 class FakeNetwork:
@@ -174,3 +180,33 @@ def test_several_combiners_round_has_the_store_hash_the_average(reducer, monkeyp
     assert record["sha256"] == sha256_of(kept)
     np.testing.assert_allclose(helper.load(kept)["w"], 3.0)
     trail.fetch(record["id"], tmp_path / "read-back")
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_combiner_models_are_checked_as_they_arrive_not_read_again(reducer, monkeypatch, count):
+    """The reducer feeds each combiner model to its aggregator's check on the way in, so
+    neither aggregate_one nor add reads the file to check it."""
+    import fedtier.aggregators.fedavg as fedavg_module
+
+    _, trail, _, tmp_path = reducer
+    file_checks: list[Any] = []
+    monkeypatch.setattr(fedavg_module, "check_file", lambda *args: file_checks.append(args))
+    combiners = [FakeCombiner(f"c{i}", model_file(tmp_path / f"m{i}", 2.0 * (i + 1)), 1) for i in range(count)]
+    round_doc, _ = run_round(trail, tmp_path / "work", combiners, monkeypatch)
+    assert file_checks == []
+    kept = tmp_path / "work" / LATEST / round_doc["model_out"]
+    np.testing.assert_allclose(helper.load(kept)["w"], 2.0 if count == 1 else 3.0)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_combiner_model_refused_on_arrival_leaves_the_trail_as_it_was(reducer, count):
+    _, trail, seed, tmp_path = reducer
+    bad = np.full((64, 64), 1.0, np.float32)
+    bad[63, 63] = np.nan
+    helper.save({"w": bad}, tmp_path / "bad")
+    combiners = [FakeCombiner("c0", tmp_path / "bad", 1)]
+    combiners += [FakeCombiner(f"c{i}", model_file(tmp_path / f"m{i}", 1.0), 1) for i in range(1, count)]
+    control = Control(trail.state, trail, FakeNetwork(combiners), tmp_path / "work")  # type: ignore[arg-type]
+    round_doc = control._run_round("session-1", RoundConfig(validate=False, wait_for_clients=1.0))
+    assert round_doc["status"] == "failed" and "1 NaN and 0 inf values (first at element 4095)" in round_doc["error"]
+    assert [m["id"] for m in trail.all()] == [seed["id"]]

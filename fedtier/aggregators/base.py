@@ -53,9 +53,10 @@ class Aggregator(ABC):
         ``out`` is a scratch file (it need not be fsynced): the combiner sends it on and
         the reducer commits it to the store, which makes its own copy durable."""
 
-    def aggregate_one(self, update: Path, weight: float, out: Path) -> float | None:
+    def aggregate_one(self, update: Path, weight: float, out: Path,
+                      checked: UpdateCheck | None = None) -> float | None:
         """A round with a single update, when the algorithm's result is that update as it is:
-        check it as ``add`` would, move it to ``out`` and return its weight. None (the default)
+        check it as ``add`` would (``checked`` as in ``add``), move it to ``out`` and return its weight. None (the default)
         means the algorithm has no such shortcut and the caller goes through ``add``/``finish``.
 
         A reducer with one combiner otherwise reads, folds and rewrites the whole model to

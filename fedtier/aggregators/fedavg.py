@@ -46,10 +46,7 @@ class FedAvg(Aggregator):
 
     def add(self, update: Path, weight: float, checked: UpdateCheck | None = None) -> None:
         _check_weight(weight)
-        if checked is not None and checked.reference is self._reference:
-            header = checked.verdict()  # checked as it arrived: raises what it found
-        else:
-            header = self._check(update)  # pass 1: check only
+        header = self._verdict(update, checked)  # pass 1 (unless checked as it arrived)
         if self._mean is None:
             self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
                           for t in self._reference.tensors}
@@ -60,16 +57,21 @@ class FedAvg(Aggregator):
         self.total_weight = total
         self.num_updates += 1
 
-    def _check(self, update: Path) -> ModelHeader:
-        """Shapes and dtypes as the reference's, every value finite; raises otherwise."""
+    def _verdict(self, update: Path, checked: UpdateCheck | None) -> ModelHeader:
+        """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
+        verdict of a check this round made on the update's bytes as they arrived, else a
+        read of the file."""
+        if checked is not None and checked.reference is self._reference:
+            return checked.verdict()
         return check_file(self.helper, self._reference, update)
 
-    def aggregate_one(self, update: Path, weight: float, out: Path) -> float | None:
+    def aggregate_one(self, update: Path, weight: float, out: Path,
+                      checked: UpdateCheck | None = None) -> float | None:
         """The weighted mean of one model is that model: checked, then moved to ``out``."""
         if self.num_updates:
             raise ValueError("aggregate_one is for a round with a single update, and updates were added")
         _check_weight(weight)
-        self._check(update)
+        self._verdict(update, checked)
         os.replace(update, out)
         self.num_updates, self.total_weight = 1, float(weight)
         return self.total_weight
