@@ -168,7 +168,9 @@ def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, 
                 "round": number, "warmup": number < warmup, "status": doc["status"], "error": doc.get("error"),
                 "round_s": doc["timings"].get("total", 0.0), "session_wall_s": wall, "raw_floor_s": floor,
                 "pushed": sorted(pushed), "bytes_moved": (2 * clients + (1 if pushed == {"adopted"} else 2)) * size,
-                "reducer_phases": doc["timings"],
+                "reducer_phases": {**doc["timings"], "other": doc["timings"].get("total", 0.0) - sum(
+                    doc["timings"].get(k, 0.0) for k in ("wait_clients", "transfer", "training", "aggregation",
+                                                         "validation"))},  # the commit, mostly
                 "combiner_phases": combiner.get("timings", {}),
                 "client_phases": {p: statistics.median(u["timings"].get(p, 0.0) for u in updates) if updates
                                   else 0.0 for p in ("download", "train", "upload")},
@@ -303,8 +305,7 @@ def report(result: dict[str, Any]) -> None:
         med = lambda d, k: d[k]["median"] if k in d else 0.0  # noqa: E731
         rows.append([r["clients"], med(red, "total"), med(red, "wait_clients"), med(red, "transfer"),
                      med(red, "training"), med(red, "aggregation"),
-                     med(red, "total") - sum(med(red, k) for k in ("wait_clients", "transfer", "training",
-                                                                   "aggregation", "validation")),
+                     med(red, "other"),  # per round, then the median (a difference of medians can be < 0)
                      med(comb, "tasks"), med(comb, "aggregation"), med(cl, "download"), med(cl, "train"),
                      med(cl, "upload")])
     common.print_table("Where the round's time goes (medians, s): reducer phases | combiner phases | per client",
