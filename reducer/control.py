@@ -320,6 +320,8 @@ class Control:
     def _keep_latest(self, model_id: str | None, path: Path | None = None) -> None:
         """Keep the model just committed for the next round, so a round does not begin by
         reading back from the store the model the last one wrote (a gigabyte model: seconds).
+        With the local store it is the store's own read-only file under a second name (the
+        commit took it by hard link): renaming or unlinking this name leaves the trail whole.
         With no model, forget the kept one: the next round reads from the store."""
         folder = self.work_dir / LATEST
         folder.mkdir(parents=True, exist_ok=True)
