@@ -89,6 +89,9 @@ def variants(tmp_path: Path) -> dict[str, bytes]:
         "empty_file": b"",
         "huge_header": struct.pack("<Q", 1 << 40) + good[8:],
         "not_json": struct.pack("<Q", 8) + b"{not js}",
+        # a zero header length once made the streamed check loop forever (a combiner thread spun)
+        "zero_header": struct.pack("<Q", 0) + good[8:],
+        "zero_length_only": struct.pack("<Q", 0),
     }
 
 
@@ -111,6 +114,7 @@ def feed(data: bytes, sizes: list[int], reference: ModelHeader) -> UpdateCheck:
     return check
 
 
+@pytest.mark.timeout(60)  # a header length of 0 once looped forever: fail, do not hang
 def test_every_chunking_gets_the_file_checks_verdict(tmp_path: Path) -> None:
     write_model(tmp_path / "reference", REFERENCE)
     reference = read_header(tmp_path / "reference")

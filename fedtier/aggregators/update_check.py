@@ -61,6 +61,7 @@ class UpdateCheck:
         self.error: Exception | None = None
         self._pending = bytearray()  # header bytes so far, or the start of a split element
         self._position = 0  # file offset of the next byte fed
+        self._header_end: int | None = None  # file offset where the header ends, once its length is read
         self._tensors: list[TensorSpec] = []
         self._index = 0  # the tensor the next data byte belongs to
         self._non_finite: _NonFinite | None = None  # counting the bad values of the current tensor
@@ -88,27 +89,28 @@ class UpdateCheck:
 
     # ---- header
     def _feed_header(self, view: memoryview) -> memoryview:
-        needed = LENGTH_BYTES
-        if len(self._pending) >= LENGTH_BYTES:
-            needed += header_length(bytes(self._pending[:LENGTH_BYTES]), self.size)
-        while True:
-            take = min(len(view), needed - len(self._pending))
-            self._pending += view[:take]
-            self._position += take
-            view = view[take:]
-            if len(self._pending) < needed:
-                return view  # empty: wait for more
-            if needed == LENGTH_BYTES:
-                needed += header_length(bytes(self._pending), self.size)
-                continue
-            break
-        n = needed - LENGTH_BYTES
-        header = parse_header(bytes(self._pending[LENGTH_BYTES:]), n, self.size)
+        """Collect the 8-byte length, then that many header bytes; returns what follows."""
+        if self._header_end is None:
+            view = self._collect(view, LENGTH_BYTES)
+            if self._position < LENGTH_BYTES:
+                return view
+            self._header_end = LENGTH_BYTES + header_length(bytes(self._pending), self.size)
+        view = self._collect(view, self._header_end)
+        if self._position < self._header_end:
+            return view
+        header = parse_header(bytes(self._pending[LENGTH_BYTES:]), self._header_end - LENGTH_BYTES, self.size)
         self.helper.check_compatible(self.reference, header)
         self._pending.clear()
         self.header = header
         self._tensors = [spec for spec in header.tensors if spec.end > spec.begin]
         return view
+
+    def _collect(self, view: memoryview, end: int) -> memoryview:
+        """Keep bytes until the file offset ``end``; returns the rest of ``view``."""
+        take = min(len(view), end - self._position)
+        self._pending += view[:take]
+        self._position += take
+        return view[take:]
 
     # ---- values
     def _feed_values(self, view: memoryview) -> None:
