@@ -54,23 +54,14 @@ class ModelCache:
                 raise TransferError(f"model {model_id} already exists and is never overwritten")
             return target
 
-        made: list[UpdateCheck] = []
-
-        def inspect(header: pb.TransferHeader) -> Callable[[memoryview], None] | None:
-            found = check(header) if check is not None else None
-            if found is None:
-                return None
-            made.append(found)
-            return found.feed
-
         # the cache is scratch: the reducer keeps the trail, a client its update
         received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False,
-                                   inspect=inspect)
+                                   inspect=check)
         with self._lock:
             self._uploader[received.path.name] = received.header.client_name
             self._sha256[received.path.name] = received.sha256
-            if made:
-                self._checks[received.path.name] = made[0]
+            if received.inspector is not None:
+                self._checks[received.path.name] = received.inspector
         return received
 
     def adopt(self, model_id: str, sha256: str, size: int) -> bool:

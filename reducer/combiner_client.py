@@ -9,7 +9,7 @@ import grpc
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
-from fedtier.transport.streams import Received, file_chunks, receive_to_file
+from fedtier.transport.streams import Inspector, Received, file_chunks, receive_to_file
 from fedtier.transport.wire import ModelTransferStub
 
 
@@ -45,8 +45,7 @@ class CombinerClient:
 
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
                        durable: bool = False,
-                       inspect: Callable[[pb.TransferHeader], Callable[[memoryview], None] | None] | None = None,
-                       ) -> Received:
+                       inspect: Callable[[pb.TransferHeader], Inspector | None] | None = None) -> Received:
         """Fetch a model into ``dest``, verified. ``durable`` when ``dest`` will be committed to
         the store as it is (linked, then fsynced there): its disk writes start during the
         transfer instead of all waiting for the commit. ``inspect`` sees the bytes on the way

@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping
 import grpc
 
 from fedtier.aggregators import Aggregator, get_aggregator
-from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
@@ -68,14 +67,6 @@ class StateConflict(RuntimeError):
 class RoundFailed(RuntimeError):
     """A round could not produce a model; the message is recorded on the round."""
 
-
-@dataclass(frozen=True)
-class Fetched:
-    """A combiner model in a scratch file, with the aggregator's check of its bytes as they
-    arrived (None if the aggregator checks only files): folding it needs no checking read."""
-
-    received: Received
-    check: UpdateCheck | None
 
 
 @dataclass(frozen=True)
@@ -395,26 +386,17 @@ class Control:
                             for u in result.updates]}
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
-                               aggregator: Aggregator) -> dict[str, Fetched]:
-        """Each combiner's model in a scratch file, with the sha256 verified on arrival. A single
-        combiner's model becomes the global one as it is (_aggregate), so it is received
-        durably: its writes reach the disk during the fetch, not all in the commit's fsync."""
+                               aggregator: Aggregator) -> dict[str, Received]:
+        """Each combiner's model in a scratch file, with the sha256 verified and the
+        aggregator's check run as it arrived (``Received.inspector``). A single combiner's
+        model becomes the global one as it is (_aggregate), so it is received durably: its
+        writes reach the disk during the fetch, not all in the commit's fsync."""
         durable = len(results) == 1
 
-        def fetch(name: str) -> Fetched:
-            dest = scratch / f"combiner-{name}"
-            checks: list[UpdateCheck] = []
-
-            def inspect(header: pb.TransferHeader) -> Callable[[memoryview], None] | None:
-                check = aggregator.arrival_check(header.size)
-                if check is None:
-                    return None
-                checks.append(check)
-                return check.feed
-
-            received = self.network.handle(name).download_model(results[name].model_id, dest, timeout=600,
-                                                                durable=durable, inspect=inspect)
-            return Fetched(received, checks[0] if checks else None)
+        def fetch(name: str) -> Received:
+            return self.network.handle(name).download_model(
+                results[name].model_id, scratch / f"combiner-{name}", timeout=600, durable=durable,
+                inspect=lambda header: aggregator.arrival_check(header.size))
 
         with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
             futures = {name: pool.submit(fetch, name) for name in results}
@@ -423,18 +405,18 @@ class Control:
             except grpc.RpcError as exc:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
-    def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Fetched],
+    def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Received],
                    results: Mapping[str, pb.RoundResult], out: Path) -> str | None:
         """Write the round's global model to ``out``; return its sha256 if already known, so
         the commit need not read a gigabyte to hash it, else None (the store hashes it)."""
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
             ((name, one),) = fetched.items()
-            if aggregator.aggregate_one(one.received.path, float(results[name].num_examples), out,
-                                        checked=one.check) is not None:
-                return one.received.sha256  # moved as it is, so the hash verified on arrival holds
+            if aggregator.aggregate_one(one.path, float(results[name].num_examples), out,
+                                        checked=one.inspector) is not None:
+                return one.sha256  # moved as it is, so the hash verified on arrival holds
         for name, model in fetched.items():
-            aggregator.add(model.received.path, float(results[name].num_examples), checked=model.check)
-            model.received.path.unlink()
+            aggregator.add(model.path, float(results[name].num_examples), checked=model.inspector)
+            model.path.unlink()
         aggregator.finish(out)
         return None
 

@@ -65,12 +65,12 @@ class FakeCombiner:
         shutil.copyfile(self.model, dest)
         size = dest.stat().st_size
         header = pb.TransferHeader(model_id=model_id, size=size)
-        observe = inspect(header) if inspect is not None else None
-        if observe is not None:
+        inspector = inspect(header) if inspect is not None else None
+        if inspector is not None:
             data = dest.read_bytes()
             for start in range(0, size, 4096):
-                observe(memoryview(data)[start:start + 4096])
-        return Received(path=dest, header=header, size=size, sha256=sha256_of(dest))
+                inspector.feed(memoryview(data)[start:start + 4096])
+        return Received(path=dest, header=header, size=size, sha256=sha256_of(dest), inspector=inspector)
 
 
 class FakeNetwork:

@@ -61,7 +61,7 @@ class FedAvg(Aggregator):
         """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
         verdict of a check this round made on the update's bytes as they arrived, else a
         read of the file."""
-        if checked is not None and checked.reference is self._reference:
+        if isinstance(checked, UpdateCheck) and checked.reference is self._reference:
             return checked.verdict()
         return check_file(self.helper, self._reference, update)
 

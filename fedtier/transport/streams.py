@@ -12,7 +12,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.transport.wire import Chunk, DataChunk
@@ -26,12 +26,19 @@ class TransferError(ValueError):
     """The stream broke the header/data/trailer contract; the message says how."""
 
 
+class Inspector(Protocol):
+    """Sees every data byte of a transfer, in order, while it is in memory anyway."""
+
+    def feed(self, data: memoryview) -> None: ...
+
+
 @dataclass(frozen=True)
 class Received:
     path: Path
     header: pb.TransferHeader
     size: int
     sha256: str
+    inspector: Any = None  # what ``inspect(header)`` returned, having seen every byte the file holds
 
 
 def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = "",
@@ -106,8 +113,7 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
 def receive_to_file(chunks: Iterable[Chunk],
                     destination: Callable[[pb.TransferHeader], Path],
                     max_size: int | None = None, durable: bool = True,
-                    inspect: Callable[[pb.TransferHeader], Callable[[memoryview], None] | None] | None = None,
-                    ) -> Received:
+                    inspect: Callable[[pb.TransferHeader], Inspector | None] | None = None) -> Received:
     """Write a chunk stream to the path ``destination(header)`` chooses, verified and atomic.
 
     ``destination`` sees the header first so a receiver can pick the model id, or
@@ -116,9 +122,9 @@ def receive_to_file(chunks: Iterable[Chunk],
     of the write time): the sender still holds the original. A durable receive starts
     the disk on each 64 MiB as it is written (``start_writeback``), so its fsync is short.
 
-    ``inspect(header)`` may return a function that sees every data byte, in order, while
-    it is in memory anyway (a combiner checks an update on arrival: update_check.py).
-    What it sees is what the file holds only if this returns; it must not raise.
+    ``inspect(header)`` may return an ``Inspector`` that is fed every data byte while it
+    is in memory anyway (an aggregator's check of an update: update_check.py). It comes
+    back as ``Received.inspector``: what it saw is what the file holds. It must not raise.
     """
     stream = iter(chunks)
     first = next(stream, None)
@@ -128,7 +134,7 @@ def receive_to_file(chunks: Iterable[Chunk],
     if header.size < 0 or (max_size is not None and header.size > max_size):
         raise TransferError(f"declared size {header.size} bytes is over the limit of {max_size}")
     target = Path(destination(header))
-    observe = inspect(header) if inspect is not None else None
+    inspector = inspect(header) if inspect is not None else None
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     digest = hashlib.sha256()
     received = 0
@@ -146,8 +152,8 @@ def receive_to_file(chunks: Iterable[Chunk],
                         raise TransferError(f"more data than the declared {header.size} bytes")
                     digest.update(data)
                     f.write(data)
-                    if observe is not None:
-                        observe(data)
+                    if inspector is not None:
+                        inspector.feed(data)
                     if durable and received // WRITEBACK_BYTES != (received - len(data)) // WRITEBACK_BYTES:
                         f.flush()
                         done = received - received % WRITEBACK_BYTES
@@ -169,4 +175,4 @@ def receive_to_file(chunks: Iterable[Chunk],
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Received(path=target, header=header, size=received, sha256=digest.hexdigest())
+    return Received(path=target, header=header, size=received, sha256=digest.hexdigest(), inspector=inspector)
