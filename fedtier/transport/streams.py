@@ -7,6 +7,7 @@ renames the file into place. A truncated or corrupted stream leaves nothing behi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import uuid
@@ -81,7 +82,18 @@ def sha256_file(path: str | os.PathLike, block: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-_sync_file_range: Callable[[int, int, int, int], int] | None | bool = None
+@functools.lru_cache(maxsize=1)
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, or None where there is none (not Linux/glibc)."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 def start_writeback(fd: int, offset: int, length: int) -> bool:
@@ -92,22 +104,8 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
     round's critical path. Started as the bytes arrive, the disk works during the transfer
     and the final fsync finds little left. Linux only (sync_file_range); elsewhere a no-op.
     """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = False
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            function = libc.sync_file_range
-            function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            function.restype = ctypes.c_int
-            _sync_file_range = function
-        except (OSError, AttributeError):  # not Linux/glibc: the fsync does it all
-            pass
-    if not _sync_file_range:
-        return False
-    return _sync_file_range(fd, offset, length, 2) == 0  # SYNC_FILE_RANGE_WRITE
+    function = _sync_file_range()
+    return function is not None and function(fd, offset, length, 2) == 0  # SYNC_FILE_RANGE_WRITE
 
 
 def receive_to_file(chunks: Iterable[Chunk],
@@ -137,7 +135,7 @@ def receive_to_file(chunks: Iterable[Chunk],
     inspector = inspect(header) if inspect is not None else None
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     digest = hashlib.sha256()
-    received = 0
+    received = handed_to_disk = 0
     trailer: pb.TransferTrailer | None = None
     try:
         with open(tmp, "wb") as f:
@@ -154,10 +152,10 @@ def receive_to_file(chunks: Iterable[Chunk],
                     f.write(data)
                     if inspector is not None:
                         inspector.feed(data)
-                    if durable and received // WRITEBACK_BYTES != (received - len(data)) // WRITEBACK_BYTES:
+                    if durable and received - handed_to_disk >= WRITEBACK_BYTES:
                         f.flush()
-                        done = received - received % WRITEBACK_BYTES
-                        start_writeback(f.fileno(), done - WRITEBACK_BYTES, WRITEBACK_BYTES)
+                        start_writeback(f.fileno(), handed_to_disk, received - handed_to_disk)
+                        handed_to_disk = received
                 elif kind == "trailer" and trailer is None:
                     trailer = chunk.trailer
                 else:
