@@ -243,7 +243,8 @@ class Control:
             out = scratch / "global"
             out_sha256 = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
-                                      session_id=session_id, round_number=number, sha256=out_sha256)
+                                      session_id=session_id, round_number=number, sha256=out_sha256,
+                                      take=True)  # round scratch: linked into the store, not copied
             round_doc["model_out"] = model["id"]
             if config.validate:
                 round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,

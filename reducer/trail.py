@@ -28,18 +28,19 @@ class ModelTrail:
 
     def commit(self, path: Path, parent_id: str | None, round_id: str | None = None,
                session_id: str | None = None, round_number: int = 0,
-               kind: str = "global", sha256: str | None = None) -> dict[str, Any]:
+               kind: str = "global", sha256: str | None = None, take: bool = False) -> dict[str, Any]:
         """Store the model at ``path`` under a new id and record it; returns the record.
 
-        ``path`` is always a reducer scratch file, so it is handed to the store to take
-        (``link=True``: a hard link where it can, not a second gigabyte written): the
-        caller may read, rename or unlink it afterwards, never modify it, and finds it
-        read-only. ``sha256`` is the file's hash when the caller verified it on arrival
-        (a combiner's model taken as the global one), sparing the store a read to hash
-        it; a wrong one would make the model read back as corrupt, never be trusted.
+        ``take=True`` hands a scratch file to the store (``link``: a hard link where it
+        can, not a second gigabyte written): the caller may then read, rename or unlink
+        it, never modify it, and finds it read-only. Without it the store copies, and a
+        file the caller owns (a seed) stays as it was. ``sha256`` is the file's hash when
+        the caller verified it on arrival (a combiner's model taken as the global one),
+        sparing the store a read to hash it; a wrong one would make the model read back
+        as corrupt, never be trusted.
         """
         model_id = new_id()
-        stored = self.models.put_file(model_id, path, sha256=sha256, link=True)
+        stored = self.models.put_file(model_id, path, sha256=sha256, link=take)
         record = {"id": model_id, "parent_id": parent_id, "round_id": round_id, "session_id": session_id,
                   "round": round_number, "kind": kind, "sha256": stored.sha256, "size": stored.size,
                   "created_at": time.time()}

@@ -210,3 +210,12 @@ def test_a_combiner_model_refused_on_arrival_leaves_the_trail_as_it_was(reducer,
     round_doc = control._run_round("session-1", RoundConfig(validate=False, wait_for_clients=1.0))
     assert round_doc["status"] == "failed" and "1 NaN and 0 inf values (first at element 4095)" in round_doc["error"]
     assert [m["id"] for m in trail.all()] == [seed["id"]]
+
+
+def test_a_seed_is_copied_so_the_callers_file_stays_its_own(reducer):
+    """Only round scratch is handed to the store by link; a seed file the operator owns is
+    copied, and stays writable and separate from the trail's model."""
+    store, trail, seed, tmp_path = reducer
+    source = tmp_path / "seed"
+    assert os.access(source, os.W_OK)
+    assert not os.path.samefile(source, store.root / "models" / seed["id"] / "data")
