@@ -34,7 +34,9 @@ with 2 (target: no growth, about 1).
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -58,6 +60,77 @@ from flower_compare import FedtierNetwork  # noqa: E402
 
 GiB = 1 << 30
 TENSOR_COUNT = 8
+
+
+# ---------------------------------------------------------------- CPU and first touch
+ROLES = ("reducer", "combiner", "clients")
+
+
+def role(name: str) -> str:
+    return "clients" if name.startswith("client-") else "combiner" if name.startswith("combiner") else name
+
+
+def cpu_by_role(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """(user, system) seconds each role used between two readings, and their total."""
+    out = {r: [0.0, 0.0] for r in (*ROLES, "total")}
+    for name, (user, system) in after.items():
+        for key in (role(name), "total"):
+            out[key][0] += user - before[name][0]
+            out[key][1] += system - before[name][1]
+    return out
+
+
+def dirtied_bytes() -> int:
+    """Pages the kernel has seen written into its page cache since boot (/proc/vmstat), in bytes."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("nr_dirtied "):
+                    return int(line.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        pass
+    return 0
+
+
+def first_touch_cost(folder: Path, size: int = GiB, settle_s: float = 3.0) -> dict[str, dict[str, float]]:
+    """Wall and system seconds per GiB to write data into memory: anonymous memory mapped
+    fresh, the same memory written again, and a new file (page cache).
+
+    The raw-gRPC floor reuses its buffers; a round writes every model it moves into new
+    files. On a VM whose host takes free guest memory back (Linux free page reporting: this
+    machine's kernel runs with page_reporting_order=11) the first touch of such a page costs
+    a fault in the host too. ``settle_s`` lets memory freed just before be taken back first,
+    as it is between a round's transfers."""
+    block = b"\x01" * MiB
+    size -= size % MiB
+
+    def timed(write: Any) -> dict[str, float]:
+        system, t = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
+        write()
+        wall = time.perf_counter() - t
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system
+        return {"wall_s_per_gib": wall * GiB / size, "system_s_per_gib": system * GiB / size}
+
+    def fill(buffer: mmap.mmap) -> None:
+        for offset in range(0, size, MiB):
+            buffer[offset:offset + MiB] = block
+
+    def write_file(path: Path) -> None:
+        with open(path, "wb") as f:
+            for _ in range(size // MiB):
+                f.write(block)
+
+    time.sleep(settle_s)
+    buffer = mmap.mmap(-1, size)
+    out = {"anonymous_fresh": timed(lambda: fill(buffer)), "anonymous_again": timed(lambda: fill(buffer))}
+    buffer.close()
+    time.sleep(settle_s)
+    path = folder / ".first-touch"
+    try:
+        out["new_file"] = timed(lambda: write_file(path))
+    finally:
+        path.unlink(missing_ok=True)
+    return out
 
 
 # ---------------------------------------------------------------- memory
@@ -135,7 +208,7 @@ def rss_now(pid: int) -> int:
 
 # ---------------------------------------------------------------- one network
 def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, raw: transfer.RawClient,
-                sample_interval: float) -> dict[str, Any]:
+                raw_pid: int, sample_interval: float) -> dict[str, Any]:
     size = seed.stat().st_size
     net = FedtierNetwork(work, 1, clients)
     records: list[dict[str, Any]] = []
@@ -153,13 +226,20 @@ def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, 
             before = {name: rss_now(pid) for name, pid in pids.items()}
             hwm_ok &= all(reset_hwm(pid) for pid in pids.values())
             sampler.open_window(str(number))
+            cpu_before, dirtied = {name: common.cpu_times(pid) for name, pid in pids.items()}, dirtied_bytes()
             t = time.perf_counter()
             (doc,) = net.run_session(1, validate=False)
             wall = time.perf_counter() - t
+            cpu = cpu_by_role(cpu_before, {name: common.cpu_times(pid) for name, pid in pids.items()})
+            dirtied = dirtied_bytes() - dirtied
             peaks = sampler.close_window()
             hwm = {name: read_hwm(pid) for name, pid in pids.items()}
             pushed = set((doc.get("pushed") or {}).values())
+            raw_cpu, own_cpu = common.cpu_times(raw_pid), resource.getrusage(resource.RUSAGE_SELF)
             floor = transfer.raw_round_floor(raw, size, clients, push=pushed != {"adopted"})
+            raw_after, own_after = common.cpu_times(raw_pid), resource.getrusage(resource.RUSAGE_SELF)
+            floor_cpu = [raw_after[0] - raw_cpu[0] + own_after.ru_utime - own_cpu.ru_utime,
+                         raw_after[1] - raw_cpu[1] + own_after.ru_stime - own_cpu.ru_stime]
             combiner = (doc.get("combiners") or [{}])[0]
             updates = combiner.get("updates") or []
             client_rss = [peaks.get(f"client-{i}", 0) for i in range(clients)]
@@ -167,6 +247,7 @@ def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, 
             records.append({
                 "round": number, "warmup": number < warmup, "status": doc["status"], "error": doc.get("error"),
                 "round_s": doc["timings"].get("total", 0.0), "session_wall_s": wall, "raw_floor_s": floor,
+                "cpu": cpu, "floor_cpu": floor_cpu, "dirtied_bytes": dirtied,
                 "pushed": sorted(pushed), "bytes_moved": (2 * clients + (1 if pushed == {"adopted"} else 2)) * size,
                 "reducer_phases": {**doc["timings"], "other": doc["timings"].get("total", 0.0) - sum(
                     doc["timings"].get(k, 0.0) for k in ("wait_clients", "transfer", "training", "aggregation",
@@ -210,6 +291,10 @@ def run_clients(work: Path, seed: Path, clients: int, rounds: int, warmup: int, 
         "client_phases": {p: common.summarize(r["client_phases"][p] for r in timed)
                           for p in ("download", "train", "upload")},
         "memory_source": memory_source,
+        "cpu": {key: [common.summarize(r["cpu"][key][i] for r in timed)["median"] for i in (0, 1)]
+                for key in (*ROLES, "total")} if timed else {},
+        "floor_cpu": [common.summarize(r["floor_cpu"][i] for r in timed)["median"] for i in (0, 1)] if timed else [],
+        "dirtied_bytes": statistics.median(r["dirtied_bytes"] for r in timed) if timed else 0,
     }
     for who in ("combiner", "reducer", "client_max"):
         sampled = max((r["rss_peak_sampled"][who] for r in all_ok), default=0)
@@ -252,6 +337,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                                            "--serve-raw", str(raw_port)])
             common.wait_for_port(raw_port, proc=raw_proc)
             raw = transfer.RawClient(f"127.0.0.1:{raw_port}")
+            touch = [first_touch_cost(work, options.first_touch_mib * MiB, options.settle_s)] \
+                if options.first_touch_mib > 0 else []
+            result["first_touch"] = touch
             try:
                 for clients, n_rounds, warmup in zip(options.clients, rounds, warmups):
                     print(f"network: reducer + 1 combiner + {clients} clients, {warmup}+{n_rounds} rounds",
@@ -259,13 +347,15 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                     folder = work / f"net-{clients}"
                     try:
                         result["runs"].append(run_clients(folder, seed, clients, n_rounds, warmup, raw,
-                                                          options.sample_ms / 1e3))
+                                                          raw_proc.pid, options.sample_ms / 1e3))
                     except Exception as exc:  # noqa: BLE001 - reported; the next client count still runs
                         traceback.print_exc()
                         result["errors"].append(f"{clients} clients: {exc}")
                     finally:
                         if not options.keep:
                             shutil.rmtree(folder / "data", ignore_errors=True)
+                if touch:
+                    touch.append(first_touch_cost(work, options.first_touch_mib * MiB, options.settle_s))
             finally:
                 raw.close()
     finally:
@@ -314,6 +404,24 @@ def report(result: dict[str, Any]) -> None:
                         "client download", "client train (copy)", "client upload"], rows)
     rows = []
     for r in result["runs"]:
+        if not r.get("cpu"):
+            continue
+        cpu = r["cpu"]
+        rows.append([r["clients"], *(f"{cpu[k][0]:.2f} + {cpu[k][1]:.2f}" for k in (*ROLES, "total")),
+                     f"{r['floor_cpu'][0]:.2f} + {r['floor_cpu'][1]:.2f}",
+                     common.ratio(sum(cpu["total"]), sum(r["floor_cpu"])), r["dirtied_bytes"] / GiB])
+    common.print_table("CPU per round (medians, user + system s, all processes of each role) against the "
+                       "raw floor's (its server and client), and GiB written into the page cache (/proc/vmstat)",
+                       ["clients", "reducer", "combiner", "clients", "total", "raw floor", "total / floor",
+                        "GiB written to files"], rows)
+    rows = [[when, *(f"{t[k]['wall_s_per_gib']:.2f} ({t[k]['system_s_per_gib']:.2f})"
+                     for k in ("anonymous_fresh", "anonymous_again", "new_file"))]
+            for when, t in zip(("before the networks", "after them"), result.get("first_touch", []))]
+    common.print_table("This machine's cost of writing 1 GiB into memory, s per GiB wall (system): memory "
+                       "mapped fresh, the same memory again, a new file",
+                       ["measured", "fresh memory", "the same memory again", "new file (page cache)"], rows)
+    rows = []
+    for r in result["runs"]:
         rows.append([r["clients"], r["combiner_peak_sampled_bytes"] / MiB,
                      (r["combiner_peak_hwm_bytes"] or 0) / MiB or "-", r["combiner_peak_vs_model"],
                      r["combiner_rss_between_rounds_bytes"] / MiB, r["reducer_peak_bytes"] / MiB,
@@ -343,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=lambda s: [int(v) for v in s.split(",")], default=[1, 0],
                    help="untimed rounds first, one value or one per client count (default 1,0)")
     p.add_argument("--sample-ms", type=float, default=50.0, help="RSS sampling interval in ms (default 50)")
+    p.add_argument("--first-touch-mib", type=int, default=1024,
+                   help="MiB written to measure the machine's cost of fresh memory, before and after the "
+                        "networks (default 1024; 0 skips it)")
+    p.add_argument("--settle-s", type=float, default=3.0,
+                   help="seconds to wait before each first-touch measurement, so memory freed just before "
+                        "is taken back by the host first (default 3)")
     common.add_output_options(p)
     return p
 

@@ -31,8 +31,8 @@ def test_help(script: str) -> None:
 def test_gigabyte_smoke(tmp_path: Path) -> None:
     out = tmp_path / "gigabyte.json"
     done = run_bench("gigabyte.py", "--size-mib", "32", "--clients", "2", "--rounds", "1", "--warmup", "1",
-                     "--json", str(out))
-    assert "round / floor" in done.stdout and "Peak RSS" in done.stdout
+                     "--first-touch-mib", "16", "--settle-s", "0", "--json", str(out))
+    assert "round / floor" in done.stdout and "Peak RSS" in done.stdout and "CPU per round" in done.stdout
     result = json.loads(out.read_text())
     assert result["ok"] is True and result["model_bytes"] >= 32 << 20
     (run,) = result["runs"]
@@ -50,6 +50,14 @@ def test_gigabyte_smoke(tmp_path: Path) -> None:
     # the combiner holds at least the running mean; its peak is a real, finite number of bytes
     assert run["combiner_peak_bytes"] > 0 and positive(run["combiner_peak_vs_model"])
     assert run["reducer_peak_bytes"] > 0 and run["client_max_peak_bytes"] > 0
+    # every role used CPU in the timed round, and so did the raw floor; each model a client
+    # downloads is written to a file, so the page cache took at least the clients' downloads
+    assert all(positive(sum(run["cpu"][role])) for role in ("reducer", "combiner", "clients", "total"))
+    assert positive(sum(run["floor_cpu"])) and record["dirtied_bytes"] >= 2 * result["model_bytes"]
+    before, after = result["first_touch"]
+    for measured in (before, after):
+        assert set(measured) == {"anonymous_fresh", "anonymous_again", "new_file"}
+        assert all(positive(v["wall_s_per_gib"]) for v in measured.values())
 
 
 @pytest.mark.timeout(90)
