@@ -3,16 +3,16 @@
     .venv/bin/python bench/transfer.py [--sizes-mib 64,512] [--repeats 5] [--json out.json]
 
 "ours" is the real path: a combiner process serves ModelTransfer, and this process
-uploads with ``CombinerClient.upload_model`` (file_chunks: read, sha256, data chunks
-encoded by fedtier/transport/wire.py) and downloads with ``CombinerClient.download_model``
-(receive_to_file: sha256, write, rename; no fsync, the reducer's copy is scratch). The baseline, measured in the same run and interleaved
+uploads with ``CombinerClient.upload_model`` (file_chunks: read, XXH3-128 checksum, data
+chunks encoded by fedtier/transport/wire.py) and downloads with ``CombinerClient.download_model``
+(receive_to_file: checksum, write, rename; no fsync, the reducer's copy is scratch). The baseline, measured in the same run and interleaved
 with it, is a minimal raw gRPC server in its own process (generic handlers, no
 serialization, i.e. identity) streaming the same number of bytes in chunks of the same
 size, with no hashing and no file I/O. Throughput is MiB/s of model bytes (median over
 the repeats); the figure to quote is ours / raw, the median of the ratios of transfers
 run back to back (1.0 means the framework costs nothing).
 
-The components (sha256, file write + fsync, protobuf's chunk handling and fedtier's) are also timed
+The components (sha256, xxh3, file write + fsync, protobuf's chunk handling and fedtier's) are also timed
 in this process, so the gap between ours and raw can be read against them.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from common import MiB  # noqa: E402
 from fedtier.helpers.format import write_model  # noqa: E402
 from fedtier.proto import fedtier_pb2 as pb  # noqa: E402
 from fedtier.reducer.combiner_client import CombinerClient  # noqa: E402
-from fedtier.transport.streams import CHUNK_SIZE  # noqa: E402
+from fedtier.transport.streams import CHUNK_SIZE, new_checksum, xxh3_file  # noqa: E402
 from fedtier.transport.wire import DataChunk, parse_chunk, serialize_chunk  # noqa: E402
 
 RAW_SERVICE = "rawbench.Raw"
@@ -133,6 +133,11 @@ def components(data: bytes, chunk_size: int, scratch: Path) -> dict[str, float]:
     t = time.perf_counter()
     hashlib.sha256(data).hexdigest()
     out["sha256_mib_s"] = mib / (time.perf_counter() - t)
+    t = time.perf_counter()
+    checksum = new_checksum()
+    checksum.update(data)
+    checksum.hexdigest()
+    out["xxh3_mib_s"] = mib / (time.perf_counter() - t)
 
     view = memoryview(data)
     blocks = [bytes(view[i:i + chunk_size]) for i in range(0, len(data), chunk_size)]
@@ -187,15 +192,11 @@ def components(data: bytes, chunk_size: int, scratch: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------- the run
 def make_model(path: Path, size: int) -> tuple[int, str]:
-    """A valid model file of about ``size`` bytes; returns its exact size and sha256."""
+    """A valid model file of about ``size`` bytes; returns its exact size and XXH3-128 checksum."""
     params = max(1, (size - 128) // 4)
     rng = np.random.default_rng(0)
     write_model(path, {"w": rng.standard_normal(params, dtype=np.float32)})
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return path.stat().st_size, digest.hexdigest()
+    return path.stat().st_size, xxh3_file(path)
 
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
@@ -234,7 +235,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
 def _one_size(ours: CombinerClient, rawc: RawClient, work: Path, combiner_dir: Path, size_mib: float,
               chunk_size: int, repeats: int) -> dict[str, Any]:
     source = work / f"model-{size_mib:g}MiB"
-    size, sha = make_model(source, int(size_mib * MiB))
+    size, checksum = make_model(source, int(size_mib * MiB))
     times: dict[str, list[float]] = {"raw_upload": [], "ours_upload": [], "raw_download": [], "ours_download": []}
     checks: list[bool] = []
     for _ in range(repeats):  # interleaved, so both see the same background load
@@ -246,7 +247,7 @@ def _one_size(ours: CombinerClient, rawc: RawClient, work: Path, combiner_dir: P
         t = time.perf_counter()
         reply = ours.upload_model(source, model_id, timeout=600)
         times["ours_upload"].append(time.perf_counter() - t)
-        checks.append(reply.sha256 == sha and reply.size == size)
+        checks.append(reply.xxh3 == checksum and reply.size == size)  # as a client's update: no sha256
 
         t = time.perf_counter()
         assert rawc.download(size, chunk_size) == size
@@ -256,7 +257,7 @@ def _one_size(ours: CombinerClient, rawc: RawClient, work: Path, combiner_dir: P
         t = time.perf_counter()
         received = ours.download_model(model_id, dest, timeout=600)
         times["ours_download"].append(time.perf_counter() - t)
-        checks.append(received.sha256 == sha and received.size == size)
+        checks.append(received.xxh3 == checksum == xxh3_file(dest) and received.size == size)
         dest.unlink()
         (combiner_dir / "models" / model_id).unlink(missing_ok=True)  # keep the disk footprint to one model
 
@@ -287,13 +288,13 @@ def report(result: dict[str, Any]) -> None:
     common.print_table(f"Model transfer: ModelTransfer vs raw gRPC loopback ({result['chunk_bytes'] // 1024} KiB "
                        f"chunks, {result['repeats']} interleaved repeats)",
                        ["model", "direction", "raw MiB/s", "ours MiB/s", "ours/raw", "ours min s", "ours max s",
-                        "sha256 ok"], rows)
-    rows = [[f"{s['size_mib']:.0f} MiB", c["sha256_mib_s"], c["protobuf_encode_mib_s"],
+                        "checksum ok"], rows)
+    rows = [[f"{s['size_mib']:.0f} MiB", c["sha256_mib_s"], c.get("xxh3_mib_s", "-"), c["protobuf_encode_mib_s"],
              c["protobuf_decode_mib_s"], c["wire_encode_mib_s"], c["wire_decode_mib_s"], c["write_mib_s"],
              c["write_fsync_mib_s"], c["read_cached_mib_s"]]
             for s in result["sizes"] for c in [s["components"]]]
     common.print_table("Transfer components, each alone in one process (MiB/s)",
-                       ["model", "sha256", "protobuf encode", "protobuf decode (+3x .data)",
+                       ["model", "sha256", "xxh3 (the transfer checksum)", "protobuf encode", "protobuf decode (+3x .data)",
                         "fedtier wire encode", "fedtier wire decode (+3x .data)", "write (no fsync)",
                         "write + fsync", "read (cached)"], rows)
     print("\n" + common.machine_line(result["machine"]))

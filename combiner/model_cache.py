@@ -10,25 +10,35 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.ids import check_model_id, new_id
 from fedtier.proto import fedtier_pb2 as pb
-from fedtier.transport.streams import Received, TransferError, file_chunks, receive_to_file
+from fedtier.transport.streams import Digests, Received, TransferError, file_chunks, receive_to_file
 from fedtier.transport.wire import Chunk
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    """What the cache knows of one model file besides its bytes."""
+
+    uploader: str | None = None       # the client that uploaded it
+    sha256: str = ""                  # its content hash, when known (a trail model, a sent aggregate)
+    xxh3: str = ""                    # its checksum as it arrived or was first sent: serving never re-reads it
+    check: UpdateCheck | None = None  # the check its bytes went through on arrival
+
 
 class ModelCache:
     def __init__(self, root: Path, max_model_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_model_bytes = max_model_bytes
-        self._uploader: dict[str, str] = {}  # model id -> client that uploaded it
-        self._sha256: dict[str, str] = {}    # model id -> digest, so serving a model never re-hashes it
-        self._checks: dict[str, UpdateCheck] = {}  # model id -> the check its bytes went through on arrival
+        self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
 
     def path(self, model_id: str) -> Path:
@@ -39,6 +49,11 @@ class ModelCache:
 
     def new_id(self) -> str:
         return new_id()
+
+    def held(self, model_id: str) -> Held:
+        """A copy of what is known of ``model_id`` (empty if nothing is)."""
+        with self._lock:
+            return replace(self._held.get(model_id) or Held())
 
     def receive(self, chunks: Iterable[Chunk],
                 check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None) -> Received:
@@ -58,10 +73,8 @@ class ModelCache:
         received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False,
                                    inspect=check)
         with self._lock:
-            self._uploader[received.path.name] = received.header.client_name
-            self._sha256[received.path.name] = received.sha256
-            if received.inspector is not None:
-                self._checks[received.path.name] = received.inspector
+            self._held[received.path.name] = Held(uploader=received.header.client_name, sha256=received.sha256,
+                                                  xxh3=received.xxh3, check=received.inspector)
         return received
 
     def adopt(self, model_id: str, sha256: str, size: int) -> bool:
@@ -69,15 +82,17 @@ class ModelCache:
 
         With one combiner, the global model a round commits is this combiner's aggregate
         (hashed when the reducer fetched it), so the next round's push would send back the
-        bytes it already holds: a hard link replaces the transfer, its hash and its write.
+        bytes it already holds: a hard link replaces the transfer, its checksum and its write.
         False means "send it": no such model, or ``model_id`` names other bytes.
         """
         target = self.path(model_id)
         with self._lock:
-            if self._sha256.get(model_id) == sha256 and target.is_file() and target.stat().st_size == size:
+            known = self._held.get(model_id)
+            if known and sha256 and known.sha256 == sha256 and target.is_file() and target.stat().st_size == size:
                 return True  # already adopted or uploaded
-            sources = [known for known, digest in self._sha256.items() if digest == sha256]
-        for source in sources:
+            sources = [(held_id, held.xxh3) for held_id, held in self._held.items()
+                       if sha256 and held.sha256 == sha256]
+        for source, xxh3 in sources:
             try:
                 if self.path(source).stat().st_size != size:
                     continue
@@ -86,41 +101,38 @@ class ModelCache:
                 log.debug("could not adopt %s as %s: %s", source, model_id, exc)
                 continue
             with self._lock:
-                self._sha256[model_id] = sha256
+                self._held[model_id] = Held(sha256=sha256, xxh3=xxh3)
             log.info("model %s adopted from %s (same sha256): not transferred again", model_id, source)
             return True
         return False
 
     def update_check(self, model_id: str) -> UpdateCheck | None:
         """The check this model's bytes went through as they arrived, if any."""
-        with self._lock:
-            return self._checks.get(model_id)
+        return self.held(model_id).check
 
     def uploader(self, model_id: str) -> str | None:
-        with self._lock:
-            return self._uploader.get(model_id)
+        return self.held(model_id).uploader
 
     def chunks(self, model_id: str) -> Iterator[Chunk]:
         path = self.path(model_id)
         if not path.is_file():
             raise KeyError(model_id)
-        with self._lock:
-            known = self._sha256.get(model_id)
-        # A model written here (an aggregate) is hashed while it is first sent, and the
-        # digest kept for later requests: no extra read of the whole file before sending.
-        return file_chunks(path, model_id=model_id, sha256=known,
-                           on_digest=None if known else lambda digest: self._remember(model_id, digest))
+        known = self.held(model_id)
+        # A model that arrived is sent with the checksum it arrived with. One written here (an
+        # aggregate) has its content hash and checksum computed while it is first sent, and
+        # kept for later requests: no extra read of the whole file before sending.
+        return file_chunks(path, model_id=model_id, sha256=known.sha256 or None, xxh3=known.xxh3 or None,
+                           on_digest=None if known.xxh3 else lambda digests: self._remember(model_id, digests))
 
-    def _remember(self, model_id: str, digest: str) -> None:
+    def _remember(self, model_id: str, digests: Digests) -> None:
         with self._lock:
             if self.path(model_id).is_file():  # not discarded while it was being sent
-                self._sha256[model_id] = digest
+                held = self._held.setdefault(model_id, Held())
+                held.sha256, held.xxh3 = digests.sha256, digests.xxh3
 
     def discard(self, model_id: str) -> None:
         with self._lock:
-            self._uploader.pop(model_id, None)
-            self._sha256.pop(model_id, None)
-            self._checks.pop(model_id, None)
+            self._held.pop(model_id, None)
         self.path(model_id).unlink(missing_ok=True)
 
     def prune(self, keep: set[str]) -> int:

@@ -85,7 +85,8 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
-        return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256)
+        return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256,
+                                 xxh3=received.xxh3)
 
     def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
         try:

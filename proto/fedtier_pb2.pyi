@@ -160,10 +160,12 @@ class TransferHeader(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., size: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class TransferTrailer(_message.Message):
-    __slots__ = ("sha256",)
+    __slots__ = ("sha256", "xxh3")
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    XXH3_FIELD_NUMBER: _ClassVar[int]
     sha256: str
-    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+    xxh3: str
+    def __init__(self, sha256: _Optional[str] = ..., xxh3: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data", "trailer")
@@ -176,14 +178,16 @@ class ModelChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[TransferHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[TransferTrailer, _Mapping]] = ...) -> None: ...
 
 class UploadResponse(_message.Message):
-    __slots__ = ("model_id", "size", "sha256")
+    __slots__ = ("model_id", "size", "sha256", "xxh3")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    XXH3_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     size: int
     sha256: str
-    def __init__(self, model_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    xxh3: str
+    def __init__(self, model_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., xxh3: _Optional[str] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("model_id", "client_name")

@@ -21,12 +21,14 @@ class CombinerClient:
         self.transfer = ModelTransferStub(self.channel)
 
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
-                     sha256: str | None = None) -> pb.UploadResponse:
+                     sha256: str | None = None, xxh3: str | None = None) -> pb.UploadResponse:
         """Push a model unless the combiner already has it (ids name immutable bytes).
-        ``sha256``, when the caller knows it, is sent instead of hashing the file again."""
+        ``sha256`` is the model's content hash, sent for the combiner to keep (the trail's);
+        ``xxh3`` its checksum as recorded when it arrived, sent as it is (else computed on
+        the way), so a file damaged since is refused."""
         try:
             return self.transfer.UploadModel(file_chunks(path, model_id=model_id, client_name="reducer",
-                                                         sha256=sha256), timeout=timeout)
+                                                         sha256=sha256, xxh3=xxh3), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "already exists" in (exc.details() or ""):
                 return pb.UploadResponse(model_id=model_id)
@@ -46,7 +48,7 @@ class CombinerClient:
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
                        durable: bool = False,
                        inspect: Callable[[pb.TransferHeader], Inspector | None] | None = None) -> Received:
-        """Fetch a model into ``dest``, verified. ``durable`` when ``dest`` will be committed to
+        """Fetch a model into ``dest``, its checksum verified. ``durable`` when ``dest`` will be committed to
         the store as it is (linked, then fsynced there): its disk writes start during the
         transfer instead of all waiting for the commit. ``inspect`` sees the bytes on the way
         (receive_to_file): the reducer checks a combiner model there, as it arrives."""

@@ -40,7 +40,7 @@ from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig, RoundConfigError
 from fedtier.storage.model_store import ModelStoreError
 from fedtier.storage.state_store import StateStore
-from fedtier.transport.streams import Received
+from fedtier.transport.streams import Digests, Received
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,11 @@ class Control:
             aggregator.start(base_path)  # first, so each combiner model is checked as it arrives
             fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, aggregator)
             out = scratch / "global"
-            out_sha256 = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
+            known = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
-                                      session_id=session_id, round_number=number, sha256=out_sha256,
+                                      session_id=session_id, round_number=number,
+                                      sha256=(known.sha256 or None) if known else None,
+                                      xxh3=(known.xxh3 or None) if known else None,
                                       take=True)  # round scratch: linked into the store, not copied
             round_doc["model_out"] = model["id"]
             if config.validate:
@@ -302,7 +304,7 @@ class Control:
         """The round's base model: the copy this reducer kept of the model it committed last,
         else a copy from the store, verified on the way (after a restart, or a new seed).
 
-        The kept copy is not re-hashed here; it is pushed with the trail's sha256, so a copy
+        The kept copy is not re-hashed here; it is pushed with the trail's checksum, so a copy
         damaged on disk is refused by the combiners, and a failed round drops it (_run_round)."""
         kept = self.work_dir / LATEST / model["id"]
         if kept.is_file() and kept.stat().st_size == model.get("size"):
@@ -325,12 +327,13 @@ class Control:
     def _push(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path) -> dict[str, str]:
         """Get a trail model to the combiners; returns how it reached each: "adopted" when the
         combiner held the same bytes (with one combiner, the last round's global model is its
-        own aggregate), else "uploaded" (its recorded sha256 spares hashing it again)."""
+        own aggregate), else "uploaded" (with the checksum the trail recorded, when it did:
+        a kept copy damaged on disk is then refused by the combiners)."""
         def push(name: str) -> str:
             handle = self.network.handle(name)
             if model.get("sha256") and handle.adopt_model(path, model["id"], model["sha256"], timeout=60):
                 return "adopted"
-            handle.upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"))
+            handle.upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"), xxh3=model.get("xxh3"))
             return "uploaded"
 
         reached = {}
@@ -388,7 +391,7 @@ class Control:
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
                                aggregator: Aggregator) -> dict[str, Received]:
-        """Each combiner's model in a scratch file, with the sha256 verified and the
+        """Each combiner's model in a scratch file, with its checksum verified and the
         aggregator's check run as it arrived (``Received.inspector``). A single combiner's
         model becomes the global one as it is (_aggregate), so it is received durably: its
         writes reach the disk during the fetch, not all in the commit's fsync."""
@@ -407,14 +410,16 @@ class Control:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
     def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Received],
-                   results: Mapping[str, pb.RoundResult], out: Path) -> str | None:
-        """Write the round's global model to ``out``; return its sha256 if already known, so
+                   results: Mapping[str, pb.RoundResult], out: Path) -> Digests | None:
+        """Write the round's global model to ``out``; return its hashes if already known, so
         the commit need not read a gigabyte to hash it, else None (the store hashes it)."""
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
             ((name, one),) = fetched.items()
             if aggregator.aggregate_one(one.path, float(results[name].num_examples), out,
                                         checked=one.inspector) is not None:
-                return one.sha256  # moved as it is, so the hash verified on arrival holds
+                # moved as it is: the combiner's sha256 of the bytes it sent, which the
+                # checksum verified on arrival are the bytes now at ``out``
+                return Digests(sha256=one.sha256, xxh3=one.xxh3)
         for name, model in fetched.items():
             aggregator.add(model.path, float(results[name].num_examples), checked=model.inspector)
             model.path.unlink()

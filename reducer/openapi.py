@@ -36,7 +36,7 @@ SCHEMAS: dict[str, Any] = {
     "Model": {"type": "object", "required": ["id", "parent_id", "round", "sha256", "size", "created_at"],
               "properties": {"id": STRING, "parent_id": OPT_STRING, "round_id": OPT_STRING,
                              "session_id": OPT_STRING, "round": INTEGER, "kind": STRING, "sha256": STRING,
-                             "size": INTEGER, "created_at": NUMBER}},
+                             "xxh3": STRING, "size": INTEGER, "created_at": NUMBER}},
     "Combiner": {"type": "object", "required": ["name", "address", "port", "online"], "properties": {
         "name": STRING, "address": STRING, "port": INTEGER, "online": {"type": "boolean"},
         "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING}},

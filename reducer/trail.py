@@ -28,7 +28,8 @@ class ModelTrail:
 
     def commit(self, path: Path, parent_id: str | None, round_id: str | None = None,
                session_id: str | None = None, round_number: int = 0,
-               kind: str = "global", sha256: str | None = None, take: bool = False) -> dict[str, Any]:
+               kind: str = "global", sha256: str | None = None, xxh3: str | None = None,
+               take: bool = False) -> dict[str, Any]:
         """Store the model at ``path`` under a new id and record it; returns the record.
 
         ``take=True`` hands a scratch file to the store (``link``: a hard link where it
@@ -37,13 +38,16 @@ class ModelTrail:
         file the caller owns (a seed) stays as it was. ``sha256`` is the file's hash when
         the caller verified it on arrival (a combiner's model taken as the global one),
         sparing the store a read to hash it; a wrong one would make the model read back
-        as corrupt, never be trusted.
+        as corrupt, never be trusted. ``xxh3`` is its transfer checksum as it arrived,
+        recorded so a push of this model sends it as it is (fedtier.transport.streams).
         """
         model_id = new_id()
         stored = self.models.put_file(model_id, path, sha256=sha256, link=take)
         record = {"id": model_id, "parent_id": parent_id, "round_id": round_id, "session_id": session_id,
                   "round": round_number, "kind": kind, "sha256": stored.sha256, "size": stored.size,
                   "created_at": time.time()}
+        if xxh3:
+            record["xxh3"] = xxh3
         self.state.insert(MODELS, record)
         log.info("model %s committed (parent %s, round %s, sha256 %s)", model_id, parent_id, round_number,
                  stored.sha256[:12])

@@ -51,7 +51,7 @@ def test_transfer_smoke(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["ok"] is True and len(result["sizes"]) == 2
     for size in result["sizes"]:
-        assert size["checksums_ok"] is True  # both directions: the sha256 the receiver computed matched
+        assert size["checksums_ok"] is True  # both directions: the checksum the receiver computed matched
         for key in ("raw_upload", "ours_upload", "raw_download", "ours_download"):
             assert positive(size[key]["mib_s"]) and stats_ok(size[key]["seconds"])
         assert positive(size["upload_ratio"]) and positive(size["download_ratio"])

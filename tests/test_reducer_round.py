@@ -24,7 +24,7 @@ from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig
 from fedtier.storage.local import LocalModelStore
 from fedtier.storage.sqlite import SQLiteStateStore
-from fedtier.transport.streams import Received
+from fedtier.transport.streams import Received, xxh3_file
 
 helper = get_helper("numpy")
 
@@ -44,12 +44,14 @@ class FakeCombiner:
     def __init__(self, name: str, model: Path, examples: int) -> None:
         self.name, self.model, self.examples = name, model, examples
         self.fetched_durably: list[bool] = []
+        self.pushed: list[tuple[str, str | None, str | None]] = []  # (model id, sha256, xxh3) sent with
 
     def adopt_model(self, path: Path, model_id: str, sha256: str, timeout: float | None = None) -> bool:
         return False  # holds nothing: every push is an upload
 
     def upload_model(self, path: Path, model_id: str, timeout: float | None = None,
-                     sha256: str | None = None) -> pb.UploadResponse:
+                     sha256: str | None = None, xxh3: str | None = None) -> pb.UploadResponse:
+        self.pushed.append((model_id, sha256, xxh3))
         return pb.UploadResponse(model_id=model_id)
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
@@ -70,7 +72,9 @@ class FakeCombiner:
             data = dest.read_bytes()
             for start in range(0, size, 4096):
                 inspector.feed(memoryview(data)[start:start + 4096])
-        return Received(path=dest, header=header, size=size, sha256=sha256_of(dest), inspector=inspector)
+        # as a combiner sends its aggregate: content hash and checksum computed on the way out
+        return Received(path=dest, header=header, size=size, sha256=sha256_of(dest), xxh3=xxh3_file(dest),
+                        inspector=inspector)
 
 
 class FakeNetwork:
@@ -151,7 +155,7 @@ def test_one_combiner_round_commits_its_model_with_the_hash_verified_on_arrival(
     assert combiner.fetched_durably == [True]  # its file is the trail's: on disk during the fetch
 
     record = trail.get(round_doc["model_out"])
-    assert record["sha256"] == sha256_of(combiner_model)
+    assert record["sha256"] == sha256_of(combiner_model) and record["xxh3"] == xxh3_file(combiner_model)
     assert record["parent_id"] == seed["id"]
     ((kwargs, hashed),) = spy.calls
     assert kwargs == {"sha256": record["sha256"], "link": True}
@@ -161,6 +165,20 @@ def test_one_combiner_round_commits_its_model_with_the_hash_verified_on_arrival(
     assert os.path.samefile(kept, store.root / "models" / record["id"] / "data")
     trail.fetch(record["id"], tmp_path / "read-back")  # verified against the recorded hash
     assert (tmp_path / "read-back").read_bytes() == combiner_model.read_bytes()
+
+
+def test_the_next_round_pushes_the_kept_model_with_the_checksum_it_arrived_with(reducer, monkeypatch):
+    """The kept copy is not read to be hashed again: the trail's checksum goes with it, so a
+    copy damaged on the reducer's disk would be refused by the combiner."""
+    _, trail, seed, tmp_path = reducer
+    combiner = FakeCombiner("c1", model_file(tmp_path / "combiner-model", 1.5), 10)
+    first, _ = run_round(trail, tmp_path / "work", [combiner], monkeypatch)
+    second, _ = run_round(trail, tmp_path / "work", [combiner], monkeypatch)
+    record = trail.get(first["model_out"])
+    # the seed went into the store from a file: no checksum recorded, computed on the way
+    assert combiner.pushed == [(seed["id"], seed["sha256"], None),
+                               (record["id"], record["sha256"], record["xxh3"])]
+    assert second["status"] == "success"
 
 
 def test_several_combiners_round_has_the_store_hash_the_average(reducer, monkeypatch):

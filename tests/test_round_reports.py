@@ -14,7 +14,7 @@ from fedtier.combiner.round import ActiveRound, RejectedReport
 from fedtier.combiner.runner import RoundRunner
 from fedtier.helpers import get_helper
 from fedtier.proto import fedtier_pb2 as pb
-from fedtier.transport.streams import TransferError, file_chunks
+from fedtier.transport.streams import TransferError, file_chunks, xxh3_file
 
 helper = get_helper("numpy")
 
@@ -206,14 +206,17 @@ def test_an_aggregate_is_hashed_while_first_sent_then_served_with_its_digest(tmp
     partial = cache.chunks(model_id)
     next(partial), next(partial)  # header, first data chunk, then the receiver goes away
     partial.close()
-    assert model_id not in cache._sha256
+    assert cache.held(model_id).sha256 == cache.held(model_id).xxh3 == ""
 
     first = list(cache.chunks(model_id))
-    assert first[-1].trailer.sha256 == expected and cache._sha256[model_id] == expected
+    checksum = xxh3_file(cache.path(model_id))
+    assert first[-1].trailer.sha256 == expected and first[-1].trailer.xxh3 == checksum
+    assert (cache.held(model_id).sha256, cache.held(model_id).xxh3) == (expected, checksum)
     cache.path(model_id).chmod(0o644)
     with open(cache.path(model_id), "r+b") as f:  # if the second send hashed again, it would
-        f.write(b"\0")                            # now disagree with the kept digest
-    assert list(cache.chunks(model_id))[-1].trailer.sha256 == expected
+        f.write(b"\0")                            # now disagree with the kept digests
+    again = list(cache.chunks(model_id))[-1].trailer
+    assert (again.sha256, again.xxh3) == (expected, checksum)  # so a receiver refuses the damaged bytes
 
 
 def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_path: Path) -> None:
@@ -240,4 +243,5 @@ def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_pa
     assert cache.path("trail-1").read_bytes() == data
     cache.prune({"trail-1"})  # the aggregate's own id goes; the adopted model stays whole
     assert not cache.exists(aggregate) and cache.path("trail-1").read_bytes() == data
-    assert list(cache.chunks("trail-1"))[-1].trailer.sha256 == digest
+    trailer = list(cache.chunks("trail-1"))[-1].trailer
+    assert trailer.sha256 == digest and trailer.xxh3 == xxh3_file(cache.path("trail-1"))

@@ -12,7 +12,7 @@ import pytest
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.combiner_client import CombinerClient
-from fedtier.transport.streams import TransferError, file_chunks, receive_to_file
+from fedtier.transport.streams import TransferError, file_chunks, receive_to_file, xxh3_file
 
 GiB = 1 << 30
 
@@ -44,16 +44,28 @@ def test_one_gib_model_uploads_and_downloads_intact(tmp_path: Path, combiner) ->
         for i in range(GiB // block.size):  # distinct blocks, so a reordered chunk changes the hash
             block[:8] = np.frombuffer(i.to_bytes(8, "little"), dtype=np.uint8)
             f.write(block.tobytes())
-    expected = sha256_of(source)
+    expected, checksum = sha256_of(source), xxh3_file(source)
 
-    uploaded = client.upload_model(source, "big-model", timeout=600)
-    assert uploaded.size == GiB and uploaded.sha256 == expected
+    # the content hash travels as the sender states it (the trail's, for the reducer's push)
+    uploaded = client.upload_model(source, "big-model", timeout=600, sha256=expected)
+    assert uploaded.size == GiB and uploaded.xxh3 == checksum and uploaded.sha256 == expected
     assert sha256_of(server.cache.path("big-model")) == expected
     source.unlink()  # keep disk use bounded: the combiner's copy is the reference now
 
     received = client.download_model("big-model", tmp_path / "back", timeout=600)
-    assert received.size == GiB and received.sha256 == expected
+    assert received.size == GiB and received.xxh3 == checksum and received.sha256 == expected
     assert sha256_of(tmp_path / "back") == expected
+
+
+def test_an_upload_without_a_content_hash_is_checked_and_kept_without_one(tmp_path: Path, combiner) -> None:
+    """A client's update carries only the checksum: nobody hashes it with sha256."""
+    server, client = combiner
+    source = tmp_path / "update"
+    source.write_bytes(os.urandom(3 << 20))
+    uploaded = client.transfer.UploadModel(file_chunks(source, client_name="alice"))
+    assert uploaded.sha256 == "" and uploaded.xxh3 == xxh3_file(source)
+    assert server.cache.held(uploaded.model_id).sha256 == ""
+    assert server.cache.path(uploaded.model_id).read_bytes() == source.read_bytes()
 
 
 def test_truncated_corrupted_and_oversized_streams_are_rejected(tmp_path: Path) -> None:
@@ -63,9 +75,12 @@ def test_truncated_corrupted_and_oversized_streams_are_rejected(tmp_path: Path) 
     cases = {
         "stream ended after": chunks[:-2] + chunks[-1:],                     # a data chunk lost
         "without a trailer": chunks[:-1],
-        "sha256 mismatch": chunks[:1] + [pb.ModelChunk(data=b"x" * len(chunks[1].data))] + chunks[2:],
+        "checksum mismatch": chunks[:1] + [pb.ModelChunk(data=b"x" * len(chunks[1].data))] + chunks[2:],
         "must start with a header": chunks[1:],
         "data after trailer": chunks + [pb.ModelChunk(data=b"x")],
+        "carries no xxh3": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer(sha256="0" * 64))],
+        "not 64 lowercase hex": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer(
+            sha256="../../etc", xxh3=chunks[-1].trailer.xxh3))],
     }
     for message, stream in cases.items():
         target = tmp_path / f"out-{len(message)}"
@@ -93,27 +108,35 @@ def test_upload_cannot_overwrite_an_existing_model(tmp_path: Path, combiner) -> 
 
 
 def test_served_models_are_hashed_once_and_corruption_is_still_caught(tmp_path: Path, combiner, monkeypatch) -> None:
-    """The combiner hashes a model once, not once per download; a receiver still verifies."""
+    """The combiner sends a model with the checksum it arrived with, never computed again per
+    download, so a file damaged on its disk since is refused by the receiver."""
     import fedtier.combiner.model_cache as cache_module
 
     server, client = combiner
     source = tmp_path / "m"
     source.write_bytes(os.urandom(3 << 20))
-    client.upload_model(source, "shared")
-    known = []  # the digest each download is sent with; None: hashed on the way
+    client.upload_model(source, "shared", sha256=sha256_of(source))
+    known = []  # the checksum each download is sent with; None: computed on the way
     real = cache_module.file_chunks
-    monkeypatch.setattr(cache_module, "file_chunks", lambda path, **kw: known.append(kw["sha256"]) or real(path, **kw))
+    monkeypatch.setattr(cache_module, "file_chunks", lambda path, **kw: known.append(kw["xxh3"]) or real(path, **kw))
     for i in range(3):
-        assert client.download_model("shared", tmp_path / f"copy{i}").sha256 == sha256_of(source)
-    assert known == [sha256_of(source)] * 3  # known since upload: never re-hashed
+        received = client.download_model("shared", tmp_path / f"copy{i}")
+        assert received.sha256 == sha256_of(source) and received.xxh3 == xxh3_file(source)
+    assert known == [xxh3_file(source)] * 3  # known since upload: never computed again
     # a model the combiner wrote itself is hashed on its first download only, on the way...
     written = server.cache.path("written")
     written.write_bytes(os.urandom(1 << 20))
     for i in range(2):
-        assert client.download_model("written", tmp_path / f"w{i}").sha256 == sha256_of(written)
-    assert known[3:] == [None, sha256_of(written)]
-    # ...and if its bytes change behind the cache's back, the receiver refuses them
-    written.write_bytes(os.urandom(1 << 20))
-    with pytest.raises(TransferError, match="sha256 mismatch"):
-        client.download_model("written", tmp_path / "w-bad")
-    assert not (tmp_path / "w-bad").exists()
+        received = client.download_model("written", tmp_path / f"w{i}")
+        assert received.sha256 == sha256_of(written) and received.xxh3 == xxh3_file(written)
+    assert known[3:] == [None, xxh3_file(written)]
+    assert server.cache.held("written").sha256 == sha256_of(written)  # what the reducer commits
+    # ...and if bytes change behind the cache's back, at rest, the receiver refuses them
+    for model_id in ("written", "shared"):
+        path = server.cache.path(model_id)
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2] ^= 1  # one bit, same size
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(TransferError, match="checksum mismatch"):
+            client.download_model(model_id, tmp_path / f"{model_id}-bad")
+        assert not (tmp_path / f"{model_id}-bad").exists()
