@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -66,3 +67,50 @@ def test_python_heap_bytes_only_while_tracing() -> None:
         del block
     finally:
         tracemalloc.stop()
+
+
+# Eight threads malloc and free 200 KB blocks at the same time through ctypes (which lets go
+# of the GIL), so glibc would give them arenas of their own; malloc_stats() lists the arenas.
+CONCURRENT_THREADS = textwrap.dedent("""
+    import ctypes, os, sys, threading
+    from fedtier.memory import tune_allocator
+
+    if sys.argv[1] == "tuned":
+        assert tune_allocator(arena_max=2)
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    start = threading.Barrier(8)
+
+    def work():
+        start.wait()
+        for _ in range(20_000):
+            libc.free(libc.malloc(200_000))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    libc.malloc_stats()  # to stderr: one "Arena N:" block per arena
+""")
+
+
+def _arenas(mode: str) -> int:
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_THREADS, mode], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt and malloc_stats are glibc's (Linux)")
+def test_tune_allocator_caps_the_arenas_concurrent_threads_get() -> None:
+    """Each arena keeps its own free chunk buffers, so a combiner's peak grew with its
+    concurrent uploads until the arenas were capped (fedtier/memory.py)."""
+    assert _arenas("plain") > 2  # glibc's default: up to 8 per core
+    assert _arenas("tuned") == 2
+    # an operator's own setting wins: the cap is not applied over it
+    env = {**os.environ, "MALLOC_ARENA_MAX": "3"}
+    done = subprocess.run([sys.executable, "-c", "from fedtier.memory import tune_allocator; "
+                           "print(tune_allocator())"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
