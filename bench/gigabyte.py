@@ -1,7 +1,7 @@
 """A gigabyte model through the whole network: round time against raw gRPC, and combiner memory.
 
     .venv/bin/python bench/gigabyte.py [--size-mib 1024] [--clients 2,10] [--rounds 3,1]
-                                       [--warmup 1,0] [--json out.json]
+                                       [--warmup 1,0] [--first-touch-mib 1024] [--json out.json]
 
 For each client count, a fresh network runs on loopback: ``fedtier reducer``, one
 ``fedtier combiner`` and N ``fedtier client`` processes with bench/projects/noop (train
@@ -30,6 +30,13 @@ own high-water mark (VmHWM, reset before each round through /proc/PID/clear_refs
 is read too, so a peak between two samples is not missed. The figures to quote are
 the combiner's peak / model size (target: at most 3) and its peak with 10 clients /
 with 2 (target: no growth, about 1).
+
+CPU: each round's user and system seconds of every process (reducer, combiner, clients),
+against the raw floor's (its server and this process), and the bytes the kernel took into
+its page cache during the round. With them, ``--first-touch-mib`` measures the machine's
+cost of writing into fresh memory, into the same memory again and into a new file: on a
+VM that hands free memory back to its host, the first touch of a page is what a round's
+files pay and the floor's reused buffers do not (docs/performance.md, issue 7, session 4).
 """
 from __future__ import annotations
 
