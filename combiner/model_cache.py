@@ -28,7 +28,7 @@ class Held:
     """What the cache knows of one model file besides its bytes."""
 
     uploader: str | None = None       # the client that uploaded it
-    sha256: str = ""                  # its content hash, when known (a trail model, a sent aggregate)
+    sha256: str = ""                  # its content hash, verified or computed here: adoption trusts it
     xxh3: str = ""                    # its checksum as it arrived or was first sent: serving never re-reads it
     check: UpdateCheck | None = None  # the check its bytes went through on arrival
 
@@ -69,9 +69,10 @@ class ModelCache:
                 raise TransferError(f"model {model_id} already exists and is never overwritten")
             return target
 
-        # the cache is scratch: the reducer keeps the trail, a client its update
+        # the cache is scratch: the reducer keeps the trail, a client its update. A stated
+        # sha256 is verified: adopt() links by it, so a claim alone must never name a model
         received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False,
-                                   inspect=check)
+                                   inspect=check, verify_sha256=True)
         with self._lock:
             self._held[received.path.name] = Held(uploader=received.header.client_name, sha256=received.sha256,
                                                   xxh3=received.xxh3, check=received.inspector)

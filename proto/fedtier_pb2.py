@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64tier/proto/fedtier.proto\x12\x07\x66\x65\x64tier\"\"\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x0e\x43onnectRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"c\n\x0f\x43onnectResponse\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x03 \x01(\x01\"\'\n\x10HeartbeatRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"(\n\x11TaskStreamRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\x85\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.fedtier.TaskType\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08round_id\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\"\x81\x02\n\x0bModelUpdate\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x17\n\x0fparent_model_id\x18\x05 \x01(\t\x12\x14\n\x0cnum_examples\x18\x06 \x01(\x03\x12\x15\n\rmetadata_json\x18\x07 \x01(\t\x12\x32\n\x07timings\x18\x08 \x03(\x0b\x32!.fedtier.ModelUpdate.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf1\x01\n\x10ValidationReport\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x06 \x01(\t\x12\x37\n\x07timings\x18\x07 \x03(\x0b\x32&.fedtier.ValidationReport.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"T\n\x0bTaskFailure\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"E\n\x0eTransferHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"/\n\x0fTransferTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04xxh3\x18\x02 \x01(\t\"|\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedtier.TransferHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12+\n\x07trailer\x18\x03 \x01(\x0b\x32\x18.fedtier.TransferTrailerH\x00\x42\x06\n\x04part\"N\n\x0eUploadResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04xxh3\x18\x04 \x01(\t\"8\n\x0f\x44ownloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\"<\n\x10\x43onfigureRequest\x12\x13\n\x0breducer_url\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\"}\n\x0cRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.fedtier.RoundKind\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\"\xc1\x01\n\x12\x43lientContribution\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x39\n\x07timings\x18\x04 \x03(\x0b\x32(.fedtier.ClientContribution.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbb\x02\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12,\n\x07updates\x18\x06 \x03(\x0b\x32\x1b.fedtier.ClientContribution\x12.\n\x0bvalidations\x18\x07 \x03(\x0b\x32\x19.fedtier.ValidationReport\x12\x10\n\x08\x66\x61ilures\x18\x08 \x03(\t\x12\x32\n\x07timings\x18\t \x03(\x0b\x32!.fedtier.RoundResult.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rStatusRequest\"b\n\nClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x1f\n\x17seconds_since_heartbeat\x18\x03 \x01(\x01\x12\x15\n\rrounds_joined\x18\x04 \x01(\x05\"\x8e\x01\n\x0e\x43ombinerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x13.fedtier.ClientInfo\x12\x19\n\x11round_in_progress\x18\x03 \x01(\t\x12\x15\n\rlast_model_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63tive_clients\x18\x05 \x01(\x05\"\x1f\n\x0bStopRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\">\n\x0c\x41\x64optRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03*>\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x0c\n\x08VALIDATE\x10\x02*E\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08TRAINING\x10\x01\x12\x0e\n\nVALIDATION\x10\x02\x32\xed\x02\n\x08\x43ombiner\x12<\n\x07\x43onnect\x12\x17.fedtier.ConnectRequest\x1a\x18.fedtier.ConnectResponse\x12\x42\n\tHeartbeat\x12\x19.fedtier.HeartbeatRequest\x1a\x1a.fedtier.HeartbeatResponse\x12\x39\n\nTaskStream\x12\x1a.fedtier.TaskStreamRequest\x1a\r.fedtier.Task0\x01\x12\x32\n\x0cReportUpdate\x12\x14.fedtier.ModelUpdate\x1a\x0c.fedtier.Ack\x12;\n\x10ReportValidation\x12\x19.fedtier.ValidationReport\x1a\x0c.fedtier.Ack\x12\x33\n\rReportFailure\x12\x14.fedtier.TaskFailure\x1a\x0c.fedtier.Ack2\x90\x01\n\rModelTransfer\x12=\n\x0bUploadModel\x12\x13.fedtier.ModelChunk\x1a\x17.fedtier.UploadResponse(\x01\x12@\n\rDownloadModel\x12\x18.fedtier.DownloadRequest\x1a\x13.fedtier.ModelChunk0\x01\x32\x94\x02\n\x07\x43ontrol\x12\x34\n\tConfigure\x12\x19.fedtier.ConfigureRequest\x1a\x0c.fedtier.Ack\x12\x39\n\nStartRound\x12\x15.fedtier.RoundRequest\x1a\x14.fedtier.RoundResult\x12\x39\n\x06Status\x12\x16.fedtier.StatusRequest\x1a\x17.fedtier.CombinerStatus\x12*\n\x04Stop\x12\x14.fedtier.StopRequest\x1a\x0c.fedtier.Ack\x12\x31\n\nAdoptModel\x12\x15.fedtier.AdoptRequest\x1a\x0c.fedtier.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64tier/proto/fedtier.proto\x12\x07\x66\x65\x64tier\"\"\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x0e\x43onnectRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"c\n\x0f\x43onnectResponse\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x03 \x01(\x01\"\'\n\x10HeartbeatRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"(\n\x11TaskStreamRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\x85\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x04type\x18\x02 \x01(\x0e\x32\x11.fedtier.TaskType\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08round_id\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\"\x81\x02\n\x0bModelUpdate\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x17\n\x0fparent_model_id\x18\x05 \x01(\t\x12\x14\n\x0cnum_examples\x18\x06 \x01(\x03\x12\x15\n\rmetadata_json\x18\x07 \x01(\t\x12\x32\n\x07timings\x18\x08 \x03(\x0b\x32!.fedtier.ModelUpdate.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf1\x01\n\x10ValidationReport\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x06 \x01(\t\x12\x37\n\x07timings\x18\x07 \x03(\x0b\x32&.fedtier.ValidationReport.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"T\n\x0bTaskFailure\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"]\n\x0eTransferHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\x12\x16\n\x0esha256_follows\x18\x04 \x01(\x08\"/\n\x0fTransferTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04xxh3\x18\x02 \x01(\t\"|\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedtier.TransferHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12+\n\x07trailer\x18\x03 \x01(\x0b\x32\x18.fedtier.TransferTrailerH\x00\x42\x06\n\x04part\"N\n\x0eUploadResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04xxh3\x18\x04 \x01(\t\"8\n\x0f\x44ownloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\"<\n\x10\x43onfigureRequest\x12\x13\n\x0breducer_url\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\"}\n\x0cRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.fedtier.RoundKind\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\"\xc1\x01\n\x12\x43lientContribution\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x39\n\x07timings\x18\x04 \x03(\x0b\x32(.fedtier.ClientContribution.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbb\x02\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12,\n\x07updates\x18\x06 \x03(\x0b\x32\x1b.fedtier.ClientContribution\x12.\n\x0bvalidations\x18\x07 \x03(\x0b\x32\x19.fedtier.ValidationReport\x12\x10\n\x08\x66\x61ilures\x18\x08 \x03(\t\x12\x32\n\x07timings\x18\t \x03(\x0b\x32!.fedtier.RoundResult.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rStatusRequest\"b\n\nClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x1f\n\x17seconds_since_heartbeat\x18\x03 \x01(\x01\x12\x15\n\rrounds_joined\x18\x04 \x01(\x05\"\x8e\x01\n\x0e\x43ombinerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x13.fedtier.ClientInfo\x12\x19\n\x11round_in_progress\x18\x03 \x01(\t\x12\x15\n\rlast_model_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63tive_clients\x18\x05 \x01(\x05\"\x1f\n\x0bStopRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\">\n\x0c\x41\x64optRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03*>\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x0c\n\x08VALIDATE\x10\x02*E\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08TRAINING\x10\x01\x12\x0e\n\nVALIDATION\x10\x02\x32\xed\x02\n\x08\x43ombiner\x12<\n\x07\x43onnect\x12\x17.fedtier.ConnectRequest\x1a\x18.fedtier.ConnectResponse\x12\x42\n\tHeartbeat\x12\x19.fedtier.HeartbeatRequest\x1a\x1a.fedtier.HeartbeatResponse\x12\x39\n\nTaskStream\x12\x1a.fedtier.TaskStreamRequest\x1a\r.fedtier.Task0\x01\x12\x32\n\x0cReportUpdate\x12\x14.fedtier.ModelUpdate\x1a\x0c.fedtier.Ack\x12;\n\x10ReportValidation\x12\x19.fedtier.ValidationReport\x1a\x0c.fedtier.Ack\x12\x33\n\rReportFailure\x12\x14.fedtier.TaskFailure\x1a\x0c.fedtier.Ack2\x90\x01\n\rModelTransfer\x12=\n\x0bUploadModel\x12\x13.fedtier.ModelChunk\x1a\x17.fedtier.UploadResponse(\x01\x12@\n\rDownloadModel\x12\x18.fedtier.DownloadRequest\x1a\x13.fedtier.ModelChunk0\x01\x32\x94\x02\n\x07\x43ontrol\x12\x34\n\tConfigure\x12\x19.fedtier.ConfigureRequest\x1a\x0c.fedtier.Ack\x12\x39\n\nStartRound\x12\x15.fedtier.RoundRequest\x1a\x14.fedtier.RoundResult\x12\x39\n\x06Status\x12\x16.fedtier.StatusRequest\x1a\x17.fedtier.CombinerStatus\x12*\n\x04Stop\x12\x14.fedtier.StopRequest\x1a\x0c.fedtier.Ack\x12\x31\n\nAdoptModel\x12\x15.fedtier.AdoptRequest\x1a\x0c.fedtier.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTCONTRIBUTION_TIMINGSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDRESULT_TIMINGSENTRY']._loaded_options = None
   _globals['_ROUNDRESULT_TIMINGSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKTYPE']._serialized_start=2524
-  _globals['_TASKTYPE']._serialized_end=2586
-  _globals['_ROUNDKIND']._serialized_start=2588
-  _globals['_ROUNDKIND']._serialized_end=2657
+  _globals['_TASKTYPE']._serialized_start=2548
+  _globals['_TASKTYPE']._serialized_end=2610
+  _globals['_ROUNDKIND']._serialized_start=2612
+  _globals['_ROUNDKIND']._serialized_end=2681
   _globals['_ACK']._serialized_start=40
   _globals['_ACK']._serialized_end=74
   _globals['_CONNECTREQUEST']._serialized_start=76
@@ -68,41 +68,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKFAILURE']._serialized_start=992
   _globals['_TASKFAILURE']._serialized_end=1076
   _globals['_TRANSFERHEADER']._serialized_start=1078
-  _globals['_TRANSFERHEADER']._serialized_end=1147
-  _globals['_TRANSFERTRAILER']._serialized_start=1149
-  _globals['_TRANSFERTRAILER']._serialized_end=1196
-  _globals['_MODELCHUNK']._serialized_start=1198
-  _globals['_MODELCHUNK']._serialized_end=1322
-  _globals['_UPLOADRESPONSE']._serialized_start=1324
-  _globals['_UPLOADRESPONSE']._serialized_end=1402
-  _globals['_DOWNLOADREQUEST']._serialized_start=1404
-  _globals['_DOWNLOADREQUEST']._serialized_end=1460
-  _globals['_CONFIGUREREQUEST']._serialized_start=1462
-  _globals['_CONFIGUREREQUEST']._serialized_end=1522
-  _globals['_ROUNDREQUEST']._serialized_start=1524
-  _globals['_ROUNDREQUEST']._serialized_end=1649
-  _globals['_CLIENTCONTRIBUTION']._serialized_start=1652
-  _globals['_CLIENTCONTRIBUTION']._serialized_end=1845
+  _globals['_TRANSFERHEADER']._serialized_end=1171
+  _globals['_TRANSFERTRAILER']._serialized_start=1173
+  _globals['_TRANSFERTRAILER']._serialized_end=1220
+  _globals['_MODELCHUNK']._serialized_start=1222
+  _globals['_MODELCHUNK']._serialized_end=1346
+  _globals['_UPLOADRESPONSE']._serialized_start=1348
+  _globals['_UPLOADRESPONSE']._serialized_end=1426
+  _globals['_DOWNLOADREQUEST']._serialized_start=1428
+  _globals['_DOWNLOADREQUEST']._serialized_end=1484
+  _globals['_CONFIGUREREQUEST']._serialized_start=1486
+  _globals['_CONFIGUREREQUEST']._serialized_end=1546
+  _globals['_ROUNDREQUEST']._serialized_start=1548
+  _globals['_ROUNDREQUEST']._serialized_end=1673
+  _globals['_CLIENTCONTRIBUTION']._serialized_start=1676
+  _globals['_CLIENTCONTRIBUTION']._serialized_end=1869
   _globals['_CLIENTCONTRIBUTION_TIMINGSENTRY']._serialized_start=700
   _globals['_CLIENTCONTRIBUTION_TIMINGSENTRY']._serialized_end=746
-  _globals['_ROUNDRESULT']._serialized_start=1848
-  _globals['_ROUNDRESULT']._serialized_end=2163
+  _globals['_ROUNDRESULT']._serialized_start=1872
+  _globals['_ROUNDRESULT']._serialized_end=2187
   _globals['_ROUNDRESULT_TIMINGSENTRY']._serialized_start=700
   _globals['_ROUNDRESULT_TIMINGSENTRY']._serialized_end=746
-  _globals['_STATUSREQUEST']._serialized_start=2165
-  _globals['_STATUSREQUEST']._serialized_end=2180
-  _globals['_CLIENTINFO']._serialized_start=2182
-  _globals['_CLIENTINFO']._serialized_end=2280
-  _globals['_COMBINERSTATUS']._serialized_start=2283
-  _globals['_COMBINERSTATUS']._serialized_end=2425
-  _globals['_STOPREQUEST']._serialized_start=2427
-  _globals['_STOPREQUEST']._serialized_end=2458
-  _globals['_ADOPTREQUEST']._serialized_start=2460
-  _globals['_ADOPTREQUEST']._serialized_end=2522
-  _globals['_COMBINER']._serialized_start=2660
-  _globals['_COMBINER']._serialized_end=3025
-  _globals['_MODELTRANSFER']._serialized_start=3028
-  _globals['_MODELTRANSFER']._serialized_end=3172
-  _globals['_CONTROL']._serialized_start=3175
-  _globals['_CONTROL']._serialized_end=3451
+  _globals['_STATUSREQUEST']._serialized_start=2189
+  _globals['_STATUSREQUEST']._serialized_end=2204
+  _globals['_CLIENTINFO']._serialized_start=2206
+  _globals['_CLIENTINFO']._serialized_end=2304
+  _globals['_COMBINERSTATUS']._serialized_start=2307
+  _globals['_COMBINERSTATUS']._serialized_end=2449
+  _globals['_STOPREQUEST']._serialized_start=2451
+  _globals['_STOPREQUEST']._serialized_end=2482
+  _globals['_ADOPTREQUEST']._serialized_start=2484
+  _globals['_ADOPTREQUEST']._serialized_end=2546
+  _globals['_COMBINER']._serialized_start=2684
+  _globals['_COMBINER']._serialized_end=3049
+  _globals['_MODELTRANSFER']._serialized_start=3052
+  _globals['_MODELTRANSFER']._serialized_end=3196
+  _globals['_CONTROL']._serialized_start=3199
+  _globals['_CONTROL']._serialized_end=3475
 # @@protoc_insertion_point(module_scope)

@@ -150,14 +150,16 @@ class TaskFailure(_message.Message):
     def __init__(self, client_name: _Optional[str] = ..., task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class TransferHeader(_message.Message):
-    __slots__ = ("model_id", "size", "client_name")
+    __slots__ = ("model_id", "size", "client_name", "sha256_follows")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FOLLOWS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     size: int
     client_name: str
-    def __init__(self, model_id: _Optional[str] = ..., size: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+    sha256_follows: bool
+    def __init__(self, model_id: _Optional[str] = ..., size: _Optional[int] = ..., client_name: _Optional[str] = ..., sha256_follows: _Optional[bool] = ...) -> None: ...
 
 class TransferTrailer(_message.Message):
     __slots__ = ("sha256", "xxh3")

@@ -219,6 +219,24 @@ def test_an_aggregate_is_hashed_while_first_sent_then_served_with_its_digest(tmp
     assert (again.sha256, again.xxh3) == (expected, checksum)  # so a receiver refuses the damaged bytes
 
 
+def test_a_client_cannot_name_its_upload_after_the_global_model(tmp_path: Path) -> None:
+    """The cache adopts by sha256, so it records only a sha256 it verified: an upload whose
+    trailer claims the hash of other bytes is refused, and nothing can be adopted from it."""
+    import hashlib
+
+    cache = ModelCache(tmp_path / "cache")
+    global_model, upload = tmp_path / "global", tmp_path / "upload"
+    helper.save({"w": np.ones(1000, np.float32)}, global_model)
+    helper.save({"w": np.full(1000, 9.0, np.float32)}, upload)  # same size, other values
+    digest, size = hashlib.sha256(global_model.read_bytes()).hexdigest(), global_model.stat().st_size
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        cache.receive(file_chunks(upload, model_id="squat", client_name="mallory", sha256=digest))
+    assert not cache.exists("squat") and not cache.adopt("trail-1", digest, size)
+    # the same claim, true this time (the reducer's push), is kept and adoptable
+    cache.receive(file_chunks(global_model, model_id="pushed", client_name="reducer", sha256=digest))
+    assert cache.held("pushed").sha256 == digest and cache.adopt("trail-1", digest, size)
+
+
 def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_path: Path) -> None:
     """With one combiner the reducer's next push is the combiner's own aggregate: it is
     linked under the trail's id on the digest the cache learnt when the aggregate was sent."""

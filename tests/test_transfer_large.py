@@ -78,9 +78,14 @@ def test_truncated_corrupted_and_oversized_streams_are_rejected(tmp_path: Path) 
         "checksum mismatch": chunks[:1] + [pb.ModelChunk(data=b"x" * len(chunks[1].data))] + chunks[2:],
         "must start with a header": chunks[1:],
         "data after trailer": chunks + [pb.ModelChunk(data=b"x")],
-        "carries no xxh3": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer(sha256="0" * 64))],
-        "not 64 lowercase hex": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer(
-            sha256="../../etc", xxh3=chunks[-1].trailer.xxh3))],
+        "carries no xxh3": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer())],
+        "did not announce": chunks[:-1] + [pb.ModelChunk(trailer=pb.TransferTrailer(
+            sha256="0" * 64, xxh3=chunks[-1].trailer.xxh3))],
+        "announced a sha256 the trailer does not state": [pb.ModelChunk(header=pb.TransferHeader(
+            model_id="m", size=3 << 20, sha256_follows=True))] + chunks[1:],
+        "not 64 lowercase hex": [pb.ModelChunk(header=pb.TransferHeader(model_id="m", size=3 << 20,
+                                                                        sha256_follows=True))] + chunks[1:-1]
+        + [pb.ModelChunk(trailer=pb.TransferTrailer(sha256="../../etc", xxh3=chunks[-1].trailer.xxh3))],
     }
     for message, stream in cases.items():
         target = tmp_path / f"out-{len(message)}"
@@ -90,6 +95,15 @@ def test_truncated_corrupted_and_oversized_streams_are_rejected(tmp_path: Path) 
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp files left behind"
     with pytest.raises(TransferError, match="over the limit"):
         receive_to_file(iter(chunks), lambda header: tmp_path / "x", max_size=1 << 20)
+    # a stated sha256 that is not the data's: taken as stated by default, refused when verified
+    wrong = hashlib.sha256(b"another model").hexdigest()
+    claimed = list(file_chunks(data, model_id="m", chunk_size=1 << 20, sha256=wrong))
+    assert receive_to_file(iter(claimed), lambda header: tmp_path / "trusted").sha256 == wrong
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        receive_to_file(iter(claimed), lambda header: tmp_path / "verified", verify_sha256=True)
+    assert not (tmp_path / "verified").exists()
+    right = list(file_chunks(data, model_id="m", sha256=sha256_of(data)))
+    assert receive_to_file(iter(right), lambda header: tmp_path / "ok", verify_sha256=True).sha256 == sha256_of(data)
 
 
 def test_upload_cannot_overwrite_an_existing_model(tmp_path: Path, combiner) -> None:

@@ -11,9 +11,13 @@ about 7 GB/s on this project's 2-core machine against sha256's 1.35 GB/s, so a 1
 model costs each end 0.15 s instead of 0.75 s (docs/performance.md, issue 7). The
 content hash, sha256, names a model in the trail and in the store; it is computed
 where a model is made (the store, a combiner's aggregate on its first way out) and
-travels in the trailer as the sender states it, never recomputed by a receiver. A
-sender passes the checksum recorded when it received or made the file (the combiner's
-cache, the trail), so damage at rest on the sender's disk is refused too.
+travels in the trailer, announced in the header. A receiver that keeps it as a fact
+(``verify_sha256``: a combiner, which adopts models by it, so a client must not be able
+to name its upload after the global model) hashes the stream and refuses a mismatch;
+that costs only streams that state one (the reducer's pushes), never clients' updates.
+The reducer takes its combiners' as stated. A sender passes the checksum recorded when
+it received or made the file (the combiner's cache, the trail), so damage at rest on the
+sender's disk is refused too.
 """
 from __future__ import annotations
 
@@ -96,7 +100,8 @@ def file_chunks(path: str | os.PathLike, model_id: str = "", client_name: str = 
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
     size = os.path.getsize(path)
-    yield pb.ModelChunk(header=pb.TransferHeader(model_id=model_id, size=size, client_name=client_name))
+    yield pb.ModelChunk(header=pb.TransferHeader(model_id=model_id, size=size, client_name=client_name,
+                                                 sha256_follows=bool(sha256) or on_digest is not None))
     checksum = None if xxh3 else new_checksum()
     content = hashlib.sha256() if on_digest is not None and not sha256 else None
     sent = 0
@@ -156,7 +161,8 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
 def receive_to_file(chunks: Iterable[Chunk],
                     destination: Callable[[pb.TransferHeader], Path],
                     max_size: int | None = None, durable: bool = True,
-                    inspect: Callable[[pb.TransferHeader], Inspector | None] | None = None) -> Received:
+                    inspect: Callable[[pb.TransferHeader], Inspector | None] | None = None,
+                    verify_sha256: bool = False) -> Received:
     """Write a chunk stream to the path ``destination(header)`` chooses, verified and atomic.
 
     ``destination`` sees the header first so a receiver can pick the model id, or
@@ -168,6 +174,10 @@ def receive_to_file(chunks: Iterable[Chunk],
     ``inspect(header)`` may return an ``Inspector`` that is fed every data byte while it
     is in memory anyway (an aggregator's check of an update: update_check.py). It comes
     back as ``Received.inspector``: what it saw is what the file holds. It must not raise.
+
+    ``verify_sha256`` hashes a stream whose header announces a sha256 and refuses it unless
+    the trailer's agrees, so ``Received.sha256`` is a fact about the file; without it, it is
+    what the sender stated.
     """
     stream = iter(chunks)
     first = next(stream, None)
@@ -180,6 +190,7 @@ def receive_to_file(chunks: Iterable[Chunk],
     inspector = inspect(header) if inspect is not None else None
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     checksum = new_checksum()
+    content = hashlib.sha256() if verify_sha256 and header.sha256_follows else None
     received = handed_to_disk = 0
     trailer: pb.TransferTrailer | None = None
     try:
@@ -194,6 +205,8 @@ def receive_to_file(chunks: Iterable[Chunk],
                     if received > header.size:
                         raise TransferError(f"more data than the declared {header.size} bytes")
                     checksum.update(data)
+                    if content is not None:
+                        content.update(data)
                     f.write(data)
                     if inspector is not None:
                         inspector.feed(data)
@@ -218,6 +231,11 @@ def receive_to_file(chunks: Iterable[Chunk],
             raise TransferError("xxh3 checksum mismatch: the data was damaged on the way or at the sender")
         if trailer.sha256 and not _SHA256_HEX.fullmatch(trailer.sha256):
             raise TransferError(f"the trailer's sha256 {trailer.sha256[:80]!r} is not 64 lowercase hex digits")
+        if bool(trailer.sha256) != header.sha256_follows:
+            raise TransferError("the header announced a sha256 the trailer does not state" if header.sha256_follows
+                                else "the trailer states a sha256 the header did not announce")
+        if content is not None and trailer.sha256 != content.hexdigest():
+            raise TransferError("sha256 mismatch: the data is not the model the sender named")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
