@@ -56,13 +56,19 @@ class ModelCache:
             return replace(self._held.get(model_id) or Held())
 
     def receive(self, chunks: Iterable[Chunk],
-                check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None) -> Received:
+                check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
+                may_name: bool = True) -> Received:
         """Store an uploaded model; the header's id is used if given, else one is made.
 
         ``check(header)`` may return an UpdateCheck to run on the bytes as they arrive (an
-        update in a training round); it is kept with the model for ``update_check``."""
+        update in a training round); it is kept with the model for ``update_check``.
+        ``may_name=False`` (a client's call, in a network with tokens) refuses a header that
+        names the id: trail ids are public once committed, and a client that took the next
+        global model's id before the reducer's push would have its bytes served as that model."""
 
         def destination(header: pb.TransferHeader) -> Path:
+            if header.model_id and not may_name:
+                raise TransferError("only the reducer names models: send the upload without a model id")
             model_id = header.model_id or self.new_id()
             target = self.path(model_id)
             if target.exists():

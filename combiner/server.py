@@ -50,7 +50,8 @@ class CombinerServer:
         self.server = make_server(settings.max_workers, interceptors=[self.auth])
         rpc.add_CombinerServicer_to_server(
             CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval), self.server)
-        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check), self.server)  # wire.py: fast chunks
+        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check,
+                                                          may_name=self.auth.admin_call), self.server)  # wire.py: fast chunks
         rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
         self.port = 0
 

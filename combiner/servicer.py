@@ -74,14 +74,16 @@ class CombinerServicer(rpc.CombinerServicer):
 
 class ModelTransferServicer(rpc.ModelTransferServicer):
     def __init__(self, cache: ModelCache,
-                 check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None) -> None:
+                 check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
+                 may_name: Callable[[grpc.ServicerContext], bool] = lambda context: True) -> None:
         self.cache = cache
         self.check = check  # the runner's: updates of a running round are checked as they arrive
+        self.may_name = may_name  # the reducer's calls (admin token) choose model ids; clients' get one
 
     def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
         try:
-            received = self.cache.receive(request_iterator, self.check)
+            received = self.cache.receive(request_iterator, self.check, may_name=self.may_name(context))
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")

@@ -145,6 +145,23 @@ def test_grpc_calls_need_tokens_on_every_kind_of_rpc(secured_combiner: str, tmp_
     assert code_of(calls(ADMIN)["control"]) is None
 
 
+def test_only_the_admin_token_names_an_uploaded_model(secured_combiner: str, tmp_path: Path) -> None:
+    """Trail ids are public once committed; a client that uploaded under the next global
+    model's id before the reducer's push would have its bytes served as that model."""
+    model = tmp_path / "m"
+    helper.save({"w": np.zeros(2, np.float32)}, model)
+    client = ModelTransferStub(make_channel(secured_combiner, token=NETWORK))
+    with pytest.raises(grpc.RpcError) as refused:
+        client.UploadModel(file_chunks(model, model_id="next-global-model"), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only the reducer names models" in (refused.value.details() or "")
+    assigned = client.UploadModel(file_chunks(model), timeout=5)  # an update: the combiner names it
+    assert assigned.model_id and assigned.model_id != "next-global-model"
+    reducer = ModelTransferStub(make_channel(secured_combiner, token=ADMIN))
+    assert reducer.UploadModel(file_chunks(model, model_id="next-global-model"), timeout=5).model_id == \
+        "next-global-model"
+
+
 # ---------------------------------------------------------------- TLS
 def test_tls_combiner_and_reducer_are_verified_against_the_ca(tmp_path: Path) -> None:
     certs = tmp_path / "certs"

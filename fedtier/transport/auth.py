@@ -50,6 +50,14 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     def enabled(self) -> bool:
         return bool(self.network_token or self.admin_token)
 
+    def admin_call(self, context: grpc.ServicerContext) -> bool:
+        """Whether this call may act as the reducer: it presented the admin token, or no
+        tokens are configured (then every caller may do everything, as the log says)."""
+        if not self.enabled:
+            return True
+        metadata = dict(context.invocation_metadata() or ())
+        return token_matches(parse_authorization(metadata.get(METADATA_KEY)), self.admin_token)
+
     def _allowed(self, method: str, token: str | None) -> bool:
         if token_matches(token, self.admin_token):
             return True
