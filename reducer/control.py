@@ -68,7 +68,6 @@ class RoundFailed(RuntimeError):
     """A round could not produce a model; the message is recorded on the round."""
 
 
-
 @dataclass(frozen=True)
 class SessionRequest:
     rounds: int
@@ -244,8 +243,7 @@ class Control:
             known = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
                                       session_id=session_id, round_number=number,
-                                      sha256=(known.sha256 or None) if known else None,
-                                      xxh3=(known.xxh3 or None) if known else None,
+                                      sha256=known.sha256 or None, xxh3=known.xxh3 or None,
                                       take=True)  # round scratch: linked into the store, not copied
             round_doc["model_out"] = model["id"]
             if config.validate:
@@ -410,9 +408,9 @@ class Control:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
     def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Received],
-                   results: Mapping[str, pb.RoundResult], out: Path) -> Digests | None:
-        """Write the round's global model to ``out``; return its hashes if already known, so
-        the commit need not read a gigabyte to hash it, else None (the store hashes it)."""
+                   results: Mapping[str, pb.RoundResult], out: Path) -> Digests:
+        """Write the round's global model to ``out``; return its hashes where already known, so
+        the commit need not read a gigabyte to hash it ("" where not: the store hashes it)."""
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
             ((name, one),) = fetched.items()
             if aggregator.aggregate_one(one.path, float(results[name].num_examples), out,
@@ -424,7 +422,7 @@ class Control:
             aggregator.add(model.path, float(results[name].num_examples), checked=model.inspector)
             model.path.unlink()
         aggregator.finish(out)
-        return None
+        return Digests(sha256="", xxh3="")
 
     def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
                   round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
