@@ -93,12 +93,13 @@ class ModelCache:
         False means "send it": no such model, or ``model_id`` names other bytes.
         """
         target = self.path(model_id)
+        if not sha256:
+            return False  # nothing to match: an empty hash names no bytes
         with self._lock:
             known = self._held.get(model_id)
-            if known and sha256 and known.sha256 == sha256 and target.is_file() and target.stat().st_size == size:
+            if known and known.sha256 == sha256 and target.is_file() and target.stat().st_size == size:
                 return True  # already adopted or uploaded
-            sources = [(held_id, held.xxh3) for held_id, held in self._held.items()
-                       if sha256 and held.sha256 == sha256]
+            sources = [(held_id, held.xxh3) for held_id, held in self._held.items() if held.sha256 == sha256]
         for source, xxh3 in sources:
             try:
                 if self.path(source).stat().st_size != size:

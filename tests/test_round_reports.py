@@ -255,6 +255,8 @@ def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_pa
     helper.save({"w": np.zeros(3, np.float32)}, other)
     cache.receive(file_chunks(other, model_id="taken", client_name="reducer"))
     assert not cache.adopt("taken", digest, size)  # an id never names other bytes
+    # "taken" arrived without a sha256: an empty hash must not match it (nor anything)
+    assert not cache.adopt("blank", "", cache.path("taken").stat().st_size) and not cache.exists("blank")
     assert cache.path("taken").read_bytes() == other.read_bytes()
 
     assert cache.adopt("trail-1", digest, size) and cache.adopt("trail-1", digest, size)  # idempotent
