@@ -96,7 +96,8 @@ class RoundRunner:
 
         # 2. tasks
         kind = request.kind
-        current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id)
+        current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id,
+                              policy=config.weight_policy())
         if kind == pb.TRAINING:
             current.aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
                                                 **dict(config.aggregator_kwargs))
@@ -129,6 +130,7 @@ class RoundRunner:
                 return self._failed(request, f"only {len(current.updates)} of {config.clients_required} "
                                              f"required updates arrived", timings, current)
             t = time.perf_counter()
+            current.settle(self.cache)  # the updates whose weight waited for the round's cap
             model_id = self.cache.new_id()
             assert current.aggregator is not None
             result.num_examples = int(current.aggregator.finish(self.cache.path(model_id)))
