@@ -153,4 +153,50 @@ class WeightCap:
         return {c: (w, cap) for c, w in self.weights.items() if w > cap}
 
 
-__all__ = ["WeightCap", "WeightPolicy", "lower_median", "median_lower_bound"]
+@dataclass(frozen=True)
+class Contribution:
+    """One client's update as a combiner reports it to the reducer."""
+    client: str
+    reported: int  # the examples the client reported
+    used: int      # the weight the combiner folded it with (0: not stated, taken as reported)
+
+
+@dataclass
+class CombinerWeights:
+    weights: dict[str, int]          # combiner -> the weight its model counts with at the reducer
+    cap: int | None                  # the cap over every client of the round
+    capped_clients: list[dict]       # {"client", "combiner", "reported", "used"}
+    capped_combiners: list[dict]     # {"combiner", "reported", "used"}
+
+
+def combiner_weights(policy: WeightPolicy, combiners: dict[str, tuple[int, list[Contribution]]]) -> CombinerWeights:
+    """The weight of each combiner's model at the reducer, given what each claims
+    (its total) and the contributions it lists.
+
+    The reducer cannot re-weight the clients inside a combiner's model, only the model as a
+    whole. A combiner counts with at most the sum over its clients of
+    min(reported, used by the combiner, the cap over all clients of the round): it cannot
+    claim more than its clients delivered, and a client alone on its combiner (which its
+    combiner's own cap cannot catch) is held to the round-wide cap. When nobody is capped
+    each combiner counts with what it claims, so two-tier FedAvg equals flat FedAvg."""
+    cap = policy.cap([c.reported for _, contributions in combiners.values() for c in contributions])
+    result = CombinerWeights({}, cap, [], [])
+    for name, (claimed, contributions) in combiners.items():
+        allowed = 0
+        for c in contributions:
+            used = min(c.reported, c.used) if c.used > 0 else c.reported
+            if cap is not None:
+                used = min(used, cap)
+            if used < c.reported:
+                result.capped_clients.append({"client": c.client, "combiner": name, "reported": c.reported,
+                                              "used": used})
+            allowed += used
+        weight = min(claimed, allowed)
+        if weight < claimed:
+            result.capped_combiners.append({"combiner": name, "reported": claimed, "used": weight})
+        result.weights[name] = weight
+    return result
+
+
+__all__ = ["CombinerWeights", "Contribution", "WeightCap", "WeightPolicy", "combiner_weights", "lower_median",
+           "median_lower_bound"]
