@@ -121,6 +121,8 @@ class RoundRunner:
             return self._failed(request, current.stop_reason, timings, current)
         if not all_answered:
             log.warning("round %s: timeout after %gs", request.round_id, config.round_timeout)
+        if kind == pb.TRAINING:
+            current.settle(self.cache)  # fold the updates whose weight waited for the round's cap
 
         # 3. result
         result = pb.RoundResult(round_id=request.round_id, updates=current.updates,
@@ -130,7 +132,6 @@ class RoundRunner:
                 return self._failed(request, f"only {len(current.updates)} of {config.clients_required} "
                                              f"required updates arrived", timings, current)
             t = time.perf_counter()
-            current.settle(self.cache)  # the updates whose weight waited for the round's cap
             model_id = self.cache.new_id()
             assert current.aggregator is not None
             result.num_examples = int(current.aggregator.finish(self.cache.path(model_id)))
