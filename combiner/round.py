@@ -140,6 +140,11 @@ class ActiveRound:
                 self.folding += 1
             try:
                 self._accept(update, cache)
+                with self._weights_lock:
+                    fold_now = self.weights.add(update.client_name, int(update.num_examples))
+                    if not fold_now:
+                        self._deferred[update.client_name] = update.model_id
+                        deferred = True
             except Exception as exc:
                 with self._changed:
                     self.failures.append(f"{update.client_name}: update rejected: {exc}")
@@ -147,11 +152,6 @@ class ActiveRound:
                     self.folding -= 1
                     self._changed.notify_all()
                 raise RejectedReport(f"update rejected: {exc}") from exc
-            with self._weights_lock:
-                fold_now = self.weights.add(update.client_name, int(update.num_examples))
-                if not fold_now:
-                    self._deferred[update.client_name] = update.model_id
-                    deferred = True
             with self._changed:
                 self.updates.append(pb.ClientContribution(
                     client_name=update.client_name, num_examples=update.num_examples,
@@ -160,7 +160,7 @@ class ActiveRound:
                 if fold_now:
                     self._fold(update.client_name, update.model_id, cache)
                 else:
-                    log.info("round %s: %s reports %d examples, over what the cap is known to allow "
+                    log.debug("round %s: %s reports %d examples, over what the cap is known to allow "
                              "yet: its update waits on disk", self.round_id, update.client_name,
                              update.num_examples)
                 self._fold_released(cache)

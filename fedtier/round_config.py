@@ -41,7 +41,7 @@ class RoundConfig:
     # over those that are on (0 = off), at the combiner over its clients and at the reducer
     # over all clients of the round. The *lower* median (the ceil(n/2)-th smallest weight):
     # with two clients the plain median is the mean of both, so one liar alone would move
-    # it; the lower median moves only when liars are at least half of the round.
+    # it; liars lift the lower median above every honest weight only as a majority.
     weight_cap_median: float = 10.0  # 0 or at least 1: a multiple of the lower median weight
     weight_cap: int = 0              # absolute maximum examples per client; 0 = off
 

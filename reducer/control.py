@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import grpc
 
 from fedtier.aggregators import Aggregator, get_aggregator
-from fedtier.aggregators.weight_policy import Contribution, combiner_weights
+from fedtier.aggregators.weight_policy import Contribution, WeightPolicy, combiner_weights
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
@@ -87,12 +87,17 @@ class SessionRequest:
         return cls(rounds, RoundConfig.from_dict({**defaults, **data}))
 
 
-def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]]) -> dict[str, float]:
-    """Mean of each numeric metric over clients, weighted by their number of examples."""
+def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]],
+                     policy: WeightPolicy | None = None) -> dict[str, float]:
+    """Mean of each numeric metric over clients, weighted by their number of examples, each
+    held to the round's weight cap: a client claiming 10**12 examples does not own the
+    reported accuracy any more than the model."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
+    positive = [examples for _, examples in reports if examples > 0]
+    cap = (policy or WeightPolicy()).cap(positive) if positive else None
     for metrics, examples in reports:
-        weight = float(examples) if examples > 0 else 1.0
+        weight = float(examples if cap is None else min(examples, cap)) if examples > 0 else 1.0
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
                     and key != "num_examples":
@@ -471,4 +476,4 @@ class Control:
                     "metrics": metrics, "num_examples": v.num_examples, "created_at": time.time()})
             if not result.success:
                 log.warning("validation on combiner %s failed: %s", name, result.error)
-        return weighted_metrics(reports)
+        return weighted_metrics(reports, config.weight_policy())

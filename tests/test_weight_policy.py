@@ -162,3 +162,12 @@ def test_stale_and_unnamed_parents_are_refused_and_the_task_fails(tmp_path: Path
     assert round_.wait(0.1)  # both tasks answered (failed): the round does not wait for them
     assert not round_.updates and round_.aggregator.num_updates == 0
     assert [f.split(":")[0] for f in round_.failures] == ["c0", "c1"]
+
+
+def test_validation_metrics_are_weighted_under_the_same_cap() -> None:
+    from fedtier.reducer.control import weighted_metrics
+
+    reports = [({"accuracy": 0.9}, 10), ({"accuracy": 0.8}, 20), ({"accuracy": 0.0}, 10**12)]
+    # reported [10, 20, 10**12]: cap 200
+    assert weighted_metrics(reports, WeightPolicy(10)) == {"accuracy": pytest.approx((9 + 16) / 230)}
+    assert weighted_metrics(reports, WeightPolicy(0)) == {"accuracy": pytest.approx(25 / (30 + 10**12))}

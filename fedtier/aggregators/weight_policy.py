@@ -10,8 +10,8 @@ over the settings that are on (``fedtier/round_config.py``), and each update cou
 with ``min(reported, cap)``. The *lower* median (the ceil(n/2)-th smallest) is used
 because with two clients the plain median is the mean of the two, half of which the
 liar chooses; the lower median of two is the honest one's weight whatever the other says.
-More generally, to raise the lower median above the honest weights, liars must be at
-least half of the round.
+More generally, to lift the lower median above every honest weight, liars must be a
+majority of the round (more than floor(n/2) of n).
 
 A combiner folds updates as they arrive and deletes them (O(model) memory), but the
 cap depends on weights that have not arrived yet. ``WeightCap`` keeps the exact result,
