@@ -27,6 +27,7 @@ def test_lower_median_is_the_honest_weight_of_two() -> None:
     assert policy.cap([10, 10**12]) == 100  # the plain median (5e11) would let the liar own the mean
     assert WeightPolicy(median_multiple=10, absolute=50).cap([10, 10**12]) == 50
     assert WeightPolicy(median_multiple=0, absolute=0).cap([10, 10**12]) is None
+    assert WeightPolicy(median_multiple=2.3).cap([100]) == 230  # the multiple as written, not 229.99...
 
 
 def test_the_median_bound_holds_for_every_completion() -> None:

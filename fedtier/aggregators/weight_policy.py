@@ -18,13 +18,14 @@ cap depends on weights that have not arrived yet. ``WeightCap`` keeps the exact 
 ``sum(min(w, cap) x) / sum(min(w, cap))`` with the cap over every update that arrived,
 without holding updates in memory: an update whose weight is provably at most the final
 cap is folded at once; any other is deferred (its file stays on disk) until the bound
-allows, at the latest when the round closes and the cap is known. ``lower_bound`` says
-what is provable.
+allows, at the latest when the round closes and the cap is known. ``median_lower_bound``
+says what is provable.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class WeightPolicy:
         """The cap when the round's lower median weight is ``median``."""
         caps = []
         if self.median_multiple:
-            # at least 1: a cap of 0 would leave nothing to divide by
-            caps.append(max(1, math.floor(self.median_multiple * median)))
+            # at least 1: a cap of 0 would leave nothing to divide by. The multiple as written
+            # (2.3, not 2.29999...): a cap of 2.3 x 100 is 230 examples, not 229
+            caps.append(max(1, math.floor(Fraction(repr(self.median_multiple)) * median)))
         if self.absolute:
             caps.append(self.absolute)
         return min(caps) if caps else None
