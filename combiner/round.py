@@ -3,7 +3,9 @@
 Reports arrive on gRPC threads; the round runner waits on this object. Every report
 is checked against the task it answers (right round, right client, not answered
 before, model uploaded by that client) so a forged or replayed report changes nothing.
-Training updates are folded into the aggregate as they arrive and then deleted.
+Training updates are folded into the aggregate as they arrive and then deleted; one
+whose weight the round's cap may still cut waits on disk until the cap is known
+(fedtier/aggregators/weight_policy.py), so the result is exactly the capped FedAvg.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from fedtier.aggregators.base import Aggregator
+from fedtier.aggregators.weight_policy import WeightCap, WeightPolicy
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.proto import fedtier_pb2 as pb
 
@@ -39,15 +42,21 @@ class ActiveRound:
     stop_reason: str = ""
     closed: bool = False
     folding: int = 0  # updates claimed whose fold has not finished: the round is not done until 0
+    policy: WeightPolicy = field(default_factory=WeightPolicy)
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
         self._fold_lock = threading.Lock()  # one update folded at a time
+        self.weights = WeightCap(self.policy, expected=0)
+        self._weights_lock = threading.Lock()  # never held while waiting for another lock
+        self._deferred: dict[str, str] = {}  # client -> model id of its accepted, not yet folded update
 
     # ---- set-up and waiting, called by the runner
     def expect(self, task_id: str, client: str) -> None:
         with self._changed:
             self.expected[task_id] = client
+        with self._weights_lock:
+            self.weights.expected += 1
 
     def expects(self, client: str) -> bool:
         """Whether ``client`` has a task in this round still open."""
@@ -60,6 +69,7 @@ class ActiveRound:
             if task_id in self.expected and task_id not in self.answered:
                 self.answered.add(task_id)
                 self.failures.append(f"{self.expected[task_id]}: {reason}")
+                self._drop()
                 self._changed.notify_all()
 
     def fail_client(self, client: str, reason: str) -> None:
@@ -68,6 +78,7 @@ class ActiveRound:
                 if owner == client and task_id not in self.answered and not self.closed:
                     self.answered.add(task_id)
                     self.failures.append(f"{client}: {reason}")
+                    self._drop()
                     log.warning("round %s: %s %s", self.round_id, client, reason)
             self._changed.notify_all()
 
@@ -116,16 +127,28 @@ class ActiveRound:
             raise RejectedReport(f"task {task_id} was already answered")
         self.answered.add(task_id)  # claimed: a second report for it is rejected
 
+    def _drop(self) -> None:
+        """A task ended without an accepted update: fewer weights can still arrive."""
+        with self._weights_lock:
+            self.weights.drop()
+
     def submit_update(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
+        deferred = False
         try:
             with self._changed:
                 self._claim(update.task_id, update.client_name, update.round_id, pb.TRAINING)
                 self.folding += 1
             try:
-                self._fold(update, cache)
+                self._accept(update, cache)
+                with self._weights_lock:
+                    fold_now = self.weights.add(update.client_name, int(update.num_examples))
+                    if not fold_now:
+                        self._deferred[update.client_name] = update.model_id
+                        deferred = True
             except Exception as exc:
                 with self._changed:
                     self.failures.append(f"{update.client_name}: update rejected: {exc}")
+                    self._drop()
                     self.folding -= 1
                     self._changed.notify_all()
                 raise RejectedReport(f"update rejected: {exc}") from exc
@@ -133,23 +156,88 @@ class ActiveRound:
                 self.updates.append(pb.ClientContribution(
                     client_name=update.client_name, num_examples=update.num_examples,
                     metadata_json=update.metadata_json, timings=dict(update.timings)))
-                self.folding -= 1
-                self._changed.notify_all()
+            try:
+                if fold_now:
+                    self._fold(update.client_name, update.model_id, cache)
+                else:
+                    log.debug("round %s: %s reports %d examples, over what the cap is known to allow "
+                             "yet: its update waits on disk", self.round_id, update.client_name,
+                             update.num_examples)
+                self._fold_released(cache)
+            except Exception as exc:  # checked, yet not folded: the aggregate is no longer known
+                self.stop(f"internal error folding an update: {exc}")
+                raise RejectedReport(f"update not folded: {exc}") from exc
+            finally:
+                with self._changed:
+                    self.folding -= 1
+                    self._changed.notify_all()
         finally:
-            if update.model_id and cache.uploader(update.model_id) == update.client_name:
+            if not deferred and update.model_id and cache.uploader(update.model_id) == update.client_name:
                 cache.discard(update.model_id)  # folded or rejected: the update is not kept
 
-    def _fold(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
+    def _accept(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
+        """Raise unless the update may count in this round: trained from this round's model,
+        uploaded by its sender, a positive weight, a model the aggregator accepts."""
+        if not update.parent_model_id:
+            raise ValueError("parent_model_id is empty: an update must name the model it was trained from")
+        if update.parent_model_id != self.model_id:
+            raise ValueError(f"stale update: trained from model {update.parent_model_id!r}, "
+                             f"but this round's model is {self.model_id!r}")
         if cache.uploader(update.model_id) != update.client_name:
             raise ValueError(f"model {update.model_id!r} was not uploaded by {update.client_name}")
         if update.num_examples <= 0:
             raise ValueError(f"num_examples must be positive, got {update.num_examples}")
         assert self.aggregator is not None
+        self.aggregator.check(cache.path(update.model_id), checked=cache.update_check(update.model_id))
+
+    def _fold(self, client: str, model_id: str, cache: ModelCache) -> None:
+        assert self.aggregator is not None
         with self._fold_lock:
+            with self._weights_lock:
+                weight = self.weights.weight_for(client)
             started = time.perf_counter()
-            self.aggregator.add(cache.path(update.model_id), float(update.num_examples),
-                                checked=cache.update_check(update.model_id))
+            self.aggregator.add(cache.path(model_id), float(weight), checked=cache.update_check(model_id))
             self.aggregation_seconds += time.perf_counter() - started
+
+    def _fold_released(self, cache: ModelCache) -> None:
+        """Fold the deferred updates the weights that arrived since have shown to be under the cap."""
+        while True:
+            with self._weights_lock:
+                ready = self.weights.releasable()
+                if not ready:
+                    return
+                models = {client: self._deferred.pop(client) for client in ready}
+            for client, model_id in models.items():
+                try:
+                    self._fold(client, model_id, cache)
+                finally:
+                    cache.discard(model_id)
+
+    def settle(self, cache: ModelCache) -> dict[str, tuple[int, int]]:
+        """After ``close``: fix the cap over the weights that arrived, fold the updates that
+        waited for it (one at a time, from disk), record the weight each update counted with,
+        and return the capped clients (client -> (reported, used)), each logged."""
+        with self._weights_lock:
+            rest = self.weights.close()
+            models = {client: self._deferred.pop(client) for client in rest}
+            cap = self.weights.final_cap()
+        for client, model_id in models.items():
+            try:
+                self._fold(client, model_id, cache)
+            finally:
+                cache.discard(model_id)
+        with self._weights_lock:
+            capped = self.weights.capped()
+            for contribution in self.updates:
+                used = self.weights.weight_for(contribution.client_name)
+                contribution.weight_used = used
+                contribution.capped = used < contribution.num_examples
+        for client, (reported, used) in capped.items():
+            log.warning("round %s: %s reported %d examples; counted as %d (the round's weight cap)",
+                        self.round_id, client, reported, used)
+        if capped:
+            log.info("round %s: weight cap %s over %d updates", self.round_id, cap, len(self.updates))
+        return capped
 
     def submit_validation(self, report: pb.ValidationReport) -> None:
         try:
@@ -167,4 +255,5 @@ class ActiveRound:
         with self._changed:
             self._claim(failure.task_id, failure.client_name, failure.round_id, self.kind)
             self.failures.append(f"{failure.client_name}: {failure.error or 'task failed'}")
+            self._drop()
             self._changed.notify_all()

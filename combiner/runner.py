@@ -96,7 +96,8 @@ class RoundRunner:
 
         # 2. tasks
         kind = request.kind
-        current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id)
+        current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id,
+                              policy=config.weight_policy())
         if kind == pb.TRAINING:
             current.aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
                                                 **dict(config.aggregator_kwargs))
@@ -120,6 +121,8 @@ class RoundRunner:
             return self._failed(request, current.stop_reason, timings, current)
         if not all_answered:
             log.warning("round %s: timeout after %gs", request.round_id, config.round_timeout)
+        if kind == pb.TRAINING:
+            current.settle(self.cache)  # fold the updates whose weight waited for the round's cap
 
         # 3. result
         result = pb.RoundResult(round_id=request.round_id, updates=current.updates,

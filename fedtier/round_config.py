@@ -11,6 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from fedtier.aggregators.weight_policy import WeightPolicy
+
+MAX_WEIGHT = 2 ** 53  # examples per client: a weight beyond this is no longer exact as a float
+MAX_MULTIPLE = 1e6
+
 
 class RoundConfigError(ValueError):
     """A round setting is invalid; ``field`` names it for the API's error response."""
@@ -31,6 +36,14 @@ class RoundConfig:
     helper: str = "numpy"            # how the network reads and checks model files
     validate: bool = True            # run validation tasks on each new global model
     task: Mapping[str, Any] = field(default_factory=dict)  # handed to the project's code
+    # The weight policy (fedtier/aggregators/weight_policy.py): no update counts with more
+    # examples than min(weight_cap_median x the round's lower median weight, weight_cap),
+    # over those that are on (0 = off), at the combiner over its clients and at the reducer
+    # over all clients of the round. The *lower* median (the ceil(n/2)-th smallest weight):
+    # with two clients the plain median is the mean of both, so one liar alone would move
+    # it; liars lift the lower median above every honest weight only as a majority.
+    weight_cap_median: float = 10.0  # 0 or at least 1: a multiple of the lower median weight
+    weight_cap: int = 0              # absolute maximum examples per client; 0 = off
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RoundConfig":
@@ -42,6 +55,10 @@ class RoundConfig:
         for name, kind in (("clients_required", int), ("clients_requested", int)):
             if name in data:
                 values[name] = _integer(name, data[name], minimum=1 if name == "clients_required" else 0)
+        if "weight_cap" in data:
+            values["weight_cap"] = _integer("weight_cap", data["weight_cap"], minimum=0, maximum=MAX_WEIGHT)
+        if "weight_cap_median" in data:
+            values["weight_cap_median"] = _multiple("weight_cap_median", data["weight_cap_median"])
         for name in ("round_timeout", "wait_for_clients"):
             if name in data:
                 values[name] = _number(name, data[name])
@@ -77,6 +94,9 @@ class RoundConfig:
             raise RoundConfigError("config", "must be a JSON object")
         return cls.from_dict(data)
 
+    def weight_policy(self) -> WeightPolicy:
+        return WeightPolicy(median_multiple=self.weight_cap_median, absolute=self.weight_cap)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["aggregator_kwargs"] = dict(self.aggregator_kwargs)
@@ -87,7 +107,7 @@ class RoundConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
+def _integer(name: str, value: Any, minimum: int, maximum: int = 1_000_000) -> int:
     if isinstance(value, bool):
         raise RoundConfigError(name, "must be an integer")
     if isinstance(value, str):
@@ -101,8 +121,8 @@ def _integer(name: str, value: Any, minimum: int) -> int:
         raise RoundConfigError(name, "must be an integer")
     if value < minimum:
         raise RoundConfigError(name, f"must be at least {minimum}, got {value}")
-    if value > 1_000_000:
-        raise RoundConfigError(name, f"must be at most 1000000, got {value}")
+    if value > maximum:
+        raise RoundConfigError(name, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -115,6 +135,19 @@ def _number(name: str, value: Any) -> float:
         raise RoundConfigError(name, f"must be a number of seconds, got {value!r}") from None
     if not math.isfinite(number) or number <= 0 or number > 7 * 24 * 3600:
         raise RoundConfigError(name, f"must be between 0 and one week of seconds, got {value!r}")
+    return number
+
+
+def _multiple(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise RoundConfigError(name, "must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RoundConfigError(name, f"must be a number, got {value!r}") from None
+    # below 1 the cap would cut the median client itself
+    if not math.isfinite(number) or not (number == 0 or 1 <= number <= MAX_MULTIPLE):
+        raise RoundConfigError(name, f"must be 0 (off) or from 1 to {MAX_MULTIPLE:g}, got {value!r}")
     return number
 
 

@@ -222,7 +222,7 @@ class RoundRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[str] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., model_id: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
 
 class ClientContribution(_message.Message):
-    __slots__ = ("client_name", "num_examples", "metadata_json", "timings")
+    __slots__ = ("client_name", "num_examples", "metadata_json", "timings", "weight_used", "capped")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -234,11 +234,15 @@ class ClientContribution(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_USED_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
     client_name: str
     num_examples: int
     metadata_json: str
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, client_name: _Optional[str] = ..., num_examples: _Optional[int] = ..., metadata_json: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    weight_used: int
+    capped: bool
+    def __init__(self, client_name: _Optional[str] = ..., num_examples: _Optional[int] = ..., metadata_json: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ..., weight_used: _Optional[int] = ..., capped: _Optional[bool] = ...) -> None: ...
 
 class RoundResult(_message.Message):
     __slots__ = ("round_id", "success", "error", "model_id", "num_examples", "updates", "validations", "failures", "timings")

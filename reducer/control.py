@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import grpc
 
 from fedtier.aggregators import Aggregator, get_aggregator
+from fedtier.aggregators.weight_policy import Contribution, WeightPolicy, combiner_weights
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
@@ -86,12 +87,17 @@ class SessionRequest:
         return cls(rounds, RoundConfig.from_dict({**defaults, **data}))
 
 
-def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]]) -> dict[str, float]:
-    """Mean of each numeric metric over clients, weighted by their number of examples."""
+def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]],
+                     policy: WeightPolicy | None = None) -> dict[str, float]:
+    """Mean of each numeric metric over clients, weighted by their number of examples, each
+    held to the round's weight cap: a client claiming 10**12 examples does not own the
+    reported accuracy any more than the model."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
+    positive = [examples for _, examples in reports if examples > 0]
+    cap = (policy or WeightPolicy()).cap(positive) if positive else None
     for metrics, examples in reports:
-        weight = float(examples) if examples > 0 else 1.0
+        weight = float(examples if cap is None else min(examples, cap)) if examples > 0 else 1.0
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
                     and key != "num_examples":
@@ -212,7 +218,8 @@ class Control:
         round_doc: dict[str, Any] = {
             "id": new_id(), "session_id": session_id, "round": number, "status": "running",
             "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
-            "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None}
+            "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None,
+            "capped": [], "capped_combiners": []}
         self.store.insert(ROUNDS, round_doc)
         scratch = self.work_dir / "rounds" / round_doc["id"]
         scratch.mkdir(parents=True, exist_ok=True)
@@ -235,12 +242,13 @@ class Control:
                                   "; ".join(f"{n}: {r.error}" for n, r in results.items()))
             if updates < config.clients_required:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
+            weights = self._weigh(succeeded, round_doc, config)
             aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
                                         **dict(config.aggregator_kwargs))
             aggregator.start(base_path)  # first, so each combiner model is checked as it arrives
             fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, aggregator)
             out = scratch / "global"
-            known = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, succeeded, out)
+            known = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, weights, out)
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
                                       session_id=session_id, round_number=number,
                                       sha256=known.sha256 or None, xxh3=known.xxh3 or None,
@@ -384,8 +392,8 @@ class Control:
         return {"name": name, "success": result.success, "error": result.error,
                 "num_examples": result.num_examples, "failures": list(result.failures),
                 "timings": dict(result.timings),
-                "updates": [{"client": u.client_name, "num_examples": u.num_examples, "timings": dict(u.timings)}
-                            for u in result.updates]}
+                "updates": [{"client": u.client_name, "num_examples": u.num_examples, "weight_used": u.weight_used,
+                             "capped": u.capped, "timings": dict(u.timings)} for u in result.updates]}
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
                                aggregator: Aggregator) -> dict[str, Received]:
@@ -407,19 +415,41 @@ class Control:
             except grpc.RpcError as exc:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
+    def _weigh(self, results: Mapping[str, pb.RoundResult], round_doc: dict[str, Any],
+               config: RoundConfig) -> dict[str, int]:
+        """The weight of each combiner's model: what it claims, held to what its clients
+        delivered under the round's weight cap over all clients (weight_policy.py); every
+        client and combiner cut down is named in the log and the round record."""
+        weighed = combiner_weights(config.weight_policy(), {
+            name: (int(r.num_examples), [Contribution(u.client_name, int(u.num_examples), int(u.weight_used))
+                                         for u in r.updates])
+            for name, r in results.items()})
+        round_doc["capped"] = weighed.capped_clients
+        round_doc["capped_combiners"] = weighed.capped_combiners
+        for c in weighed.capped_clients:
+            log.warning("round %d: client %s (combiner %s) reported %d examples; counted as %d (weight cap %s)",
+                        round_doc["round"], c["client"], c["combiner"], c["reported"], c["used"], weighed.cap)
+        for c in weighed.capped_combiners:
+            log.warning("round %d: combiner %s claimed %d examples; counted as %d, what its clients delivered "
+                        "under the weight cap", round_doc["round"], c["combiner"], c["reported"], c["used"])
+        empty = sorted(name for name, weight in weighed.weights.items() if weight <= 0)
+        if empty:
+            raise RoundFailed(f"combiners with no examples behind their model: {', '.join(empty)}")
+        return weighed.weights
+
     def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Received],
-                   results: Mapping[str, pb.RoundResult], out: Path) -> Digests:
+                   weights: Mapping[str, int], out: Path) -> Digests:
         """Write the round's global model to ``out``; return its hashes where already known, so
         the commit need not read a gigabyte to hash it ("" where not: the store hashes it)."""
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
             ((name, one),) = fetched.items()
-            if aggregator.aggregate_one(one.path, float(results[name].num_examples), out,
+            if aggregator.aggregate_one(one.path, float(weights[name]), out,
                                         checked=one.inspector) is not None:
                 # moved as it is: the combiner's sha256 of the bytes it sent, which the
                 # checksum verified on arrival are the bytes now at ``out``
                 return Digests(sha256=one.sha256, xxh3=one.xxh3)
         for name, model in fetched.items():
-            aggregator.add(model.path, float(results[name].num_examples), checked=model.inspector)
+            aggregator.add(model.path, float(weights[name]), checked=model.inspector)
             model.path.unlink()
         aggregator.finish(out)
         return Digests(sha256="", xxh3="")
@@ -446,4 +476,4 @@ class Control:
                     "metrics": metrics, "num_examples": v.num_examples, "created_at": time.time()})
             if not result.success:
                 log.warning("validation on combiner %s failed: %s", name, result.error)
-        return weighted_metrics(reports)
+        return weighted_metrics(reports, config.weight_policy())

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from fedtier import __version__
+from fedtier.round_config import MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
 
@@ -57,6 +58,14 @@ SCHEMAS: dict[str, Any] = {
         "metrics": {"type": "object", "additionalProperties": NUMBER},
         "pushed": {"type": "object", "additionalProperties": {"enum": ["uploaded", "adopted"]}},
         "combiners": {"type": "array", "items": OBJECT}, "participants": {"type": "array", "items": STRING},
+        "capped": {"type": "array", "description": "clients whose reported examples were cut to the weight cap",
+                   "items": {"type": "object", "required": ["client", "combiner", "reported", "used"], "properties": {
+                       "client": STRING, "combiner": STRING, "reported": INTEGER, "used": INTEGER}}},
+        "capped_combiners": {"type": "array",
+                             "description": "combiners counted with less than they claimed: what their clients "
+                                            "delivered under the weight cap",
+                             "items": {"type": "object", "required": ["combiner", "reported", "used"], "properties": {
+                                 "combiner": STRING, "reported": INTEGER, "used": INTEGER}}},
         "error": OPT_STRING}},
     "Validation": {"type": "object", "required": ["id", "round_id", "model_id", "client", "metrics"],
                    "properties": {"id": STRING, "round_id": STRING, "round": INTEGER, "model_id": STRING,
@@ -75,7 +84,14 @@ SCHEMAS: dict[str, Any] = {
         "round_timeout": {"type": "number", "exclusiveMinimum": 0},
         "wait_for_clients": {"type": "number", "exclusiveMinimum": 0},
         "aggregator": STRING, "aggregator_kwargs": OBJECT, "helper": STRING,
-        "validate": {"type": "boolean"}, "task": OBJECT}},
+        "validate": {"type": "boolean"}, "task": OBJECT,
+        "weight_cap_median": {"type": "number", "minimum": 0, "maximum": MAX_MULTIPLE,
+                              "default": RoundConfig.weight_cap_median,
+                              "description": "no client counts with more than this multiple of the round's lower "
+                                             "median examples; 0 (off) or at least 1"},
+        "weight_cap": {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT,
+                       "default": RoundConfig.weight_cap,
+                       "description": "no client counts with more examples than this; 0 = off"}}},
 }
 
 

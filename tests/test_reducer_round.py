@@ -7,6 +7,7 @@ under test is the reducer's side: which model it commits and how it commits it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -41,8 +42,12 @@ def sha256_of(path: Path) -> str:
 class FakeCombiner:
     """Trains nothing: its round result is a prepared model of ``examples`` examples."""
 
-    def __init__(self, name: str, model: Path, examples: int) -> None:
+    def __init__(self, name: str, model: Path, examples: int,
+                 updates: list[tuple[str, int, int]] | None = None) -> None:
         self.name, self.model, self.examples = name, model, examples
+        # (client, reported, weight used by the combiner); default: one client, all of it, weight not stated
+        self.updates = updates if updates is not None else [(f"{name}-client", examples, 0)]
+        self.requests: list[pb.RoundRequest] = []
         self.fetched_durably: list[bool] = []
         self.pushed: list[tuple[str, str | None, str | None]] = []  # (model id, sha256, xxh3) sent with
 
@@ -55,10 +60,12 @@ class FakeCombiner:
         return pb.UploadResponse(model_id=model_id)
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
+        self.requests.append(request)
         return pb.RoundResult(round_id=request.round_id, success=True, model_id=f"{self.name}-model",
                               num_examples=self.examples,
-                              updates=[pb.ClientContribution(client_name=f"{self.name}-client",
-                                                             num_examples=self.examples)])
+                              updates=[pb.ClientContribution(client_name=client, num_examples=reported,
+                                                             weight_used=used, capped=0 < used < reported)
+                                       for client, reported, used in self.updates])
 
     def download_model(self, model_id: str, dest: Path, timeout: float | None = None,
                        durable: bool = False, inspect: Any = None) -> Received:
@@ -137,10 +144,10 @@ def reducer(tmp_path: Path):
 
 
 def run_round(trail: ModelTrail, work_dir: Path, combiners: list[FakeCombiner],
-              monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], PutSpy]:
+              monkeypatch: pytest.MonkeyPatch, **config: Any) -> tuple[dict[str, Any], PutSpy]:
     spy = PutSpy(trail.models, monkeypatch)  # type: ignore[arg-type]
     control = Control(trail.state, trail, FakeNetwork(combiners), work_dir)  # type: ignore[arg-type]
-    round_doc = control._run_round("session-1", RoundConfig(validate=False, wait_for_clients=1.0))
+    round_doc = control._run_round("session-1", RoundConfig(validate=False, wait_for_clients=1.0, **config))
     assert round_doc["status"] == "success", round_doc["error"]
     return round_doc, spy
 
@@ -198,6 +205,41 @@ def test_several_combiners_round_has_the_store_hash_the_average(reducer, monkeyp
     assert record["sha256"] == sha256_of(kept)
     np.testing.assert_allclose(helper.load(kept)["w"], 3.0)
     trail.fetch(record["id"], tmp_path / "read-back")
+
+
+def test_each_combiner_counts_with_what_its_clients_delivered_under_the_cap(reducer, monkeypatch, caplog):
+    """A liar alone on its combiner (whose own cap, over one client, cannot catch it) and a
+    combiner claiming more than its clients delivered are both held down at the reducer."""
+    _, trail, _, tmp_path = reducer
+    combiners = [FakeCombiner("c1", model_file(tmp_path / "m1", 1.0), 30, [("a", 10, 10), ("b", 20, 20)]),
+                 FakeCombiner("c2", model_file(tmp_path / "m2", 100.0), 10**12, [("liar", 10**12, 10**12)]),
+                 FakeCombiner("c3", model_file(tmp_path / "m3", 4.0), 1000, [("d", 15, 15)])]
+    with caplog.at_level("WARNING", logger="fedtier.reducer.control"):
+        round_doc, _ = run_round(trail, tmp_path / "work", combiners, monkeypatch,
+                                 weight_cap_median=10, weight_cap=10**6)
+    # reported [10, 15, 20, 1e12]: lower median 15, cap 150
+    kept = tmp_path / "work" / LATEST / round_doc["model_out"]
+    np.testing.assert_allclose(helper.load(kept)["w"], (30 * 1.0 + 150 * 100.0 + 15 * 4.0) / 195, rtol=1e-6)
+    stored = trail.state.get("rounds", round_doc["id"])
+    assert stored["capped"] == [{"client": "liar", "combiner": "c2", "reported": 10**12, "used": 150}]
+    assert stored["capped_combiners"] == [{"combiner": "c2", "reported": 10**12, "used": 150},
+                                          {"combiner": "c3", "reported": 1000, "used": 15}]
+    assert "client liar (combiner c2) reported 1000000000000 examples; counted as 150" in caplog.text
+    assert "combiner c3 claimed 1000 examples; counted as 15" in caplog.text
+    # the weight settings reach each combiner as given, whatever else the reducer rewrites
+    for combiner in combiners:
+        sent = json.loads(combiner.requests[0].config_json)
+        assert (sent["weight_cap_median"], sent["weight_cap"]) == (10, 10**6)
+
+
+def test_nobody_capped_is_two_tier_fedavg_exactly(reducer, monkeypatch):
+    _, trail, _, tmp_path = reducer
+    combiners = [FakeCombiner("c1", model_file(tmp_path / "m1", 1.0), 30, [("a", 10, 10), ("b", 20, 20)]),
+                 FakeCombiner("c2", model_file(tmp_path / "m2", 7.0), 40, [("c", 40, 40)])]
+    round_doc, _ = run_round(trail, tmp_path / "work", combiners, monkeypatch)
+    kept = tmp_path / "work" / LATEST / round_doc["model_out"]
+    np.testing.assert_allclose(helper.load(kept)["w"], (30 * 1.0 + 40 * 7.0) / 70, rtol=1e-6)
+    assert round_doc["capped"] == [] and round_doc["capped_combiners"] == []
 
 
 @pytest.mark.parametrize("count", [1, 2])

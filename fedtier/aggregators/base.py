@@ -40,6 +40,12 @@ class Aggregator(ABC):
         as they were received into ``update``: its verdict stands in for reading the
         file to check it. Any other value is ignored and the file is checked."""
 
+    def check(self, update: Path, checked: UpdateCheck | None = None) -> None:
+        """Raise as ``add`` would if the update is not acceptable, folding nothing: a
+        combiner that must defer an update (its weight may be capped, fedtier/aggregators/
+        weight_policy.py) refuses a bad one on arrival, not when the round closes.
+        The default folds nothing and checks nothing; ``add`` still checks."""
+
     def arrival_check(self, size: int) -> UpdateCheck | None:
         """A check to feed an update's bytes as they arrive (``size`` of them), or None if
         this algorithm checks its updates only from the file. Made during a round,

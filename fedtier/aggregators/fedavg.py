@@ -55,6 +55,9 @@ class FedAvg(Aggregator):
         self.total_weight = total
         self.num_updates += 1
 
+    def check(self, update: Path, checked: UpdateCheck | None = None) -> None:
+        self._verdict(update, checked)
+
     def _verdict(self, update: Path, checked: UpdateCheck | None) -> ModelHeader:
         """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
         verdict of a check this round made on the update's bytes as they arrived, else a

@@ -3,7 +3,8 @@ import {
   $, getJSON, h, idCode, live, metricsNode, pill, primeRounds, replace, roundsById, seconds, showState, table, when,
 } from "./app.js";
 
-const SHOWN = ["clients_required", "clients_requested", "round_timeout", "wait_for_clients", "aggregator", "validate", "helper"];
+const SHOWN = ["clients_required", "clients_requested", "round_timeout", "wait_for_clients", "aggregator", "validate", "helper",
+  "weight_cap_median", "weight_cap"];
 
 function settings(config) {
   const chips = SHOWN.filter((k) => k in config).map((k) => h("span", { class: "chip" }, h("b", {}, k), ` ${config[k]}`));

@@ -21,7 +21,8 @@ def train(in_path, out_path, ctx):
     if ctx.config.get("wrong_shape_client") == ctx.client_name:
         out = {k: v.reshape(-1)[:1] for k, v in out.items()}
     helper.save(out, out_path)
-    return {"num_examples": 10 * shift, "client": ctx.client_name}
+    examples = 10**12 if ctx.config.get("liar_client") == ctx.client_name else 10 * shift  # claims to own the mean
+    return {"num_examples": examples, "client": ctx.client_name}
 
 
 def validate(in_path, ctx):
