@@ -285,9 +285,9 @@ class Control:
         """Online combiners with active clients, once they hold clients_required in total."""
         deadline = time.monotonic() + config.wait_for_clients
         while True:
-            self.network.refresh()
-            found = {c["name"]: int(c.get("active_clients", 0)) for c in self.network.online_combiners()
-                     if c.get("active_clients", 0) > 0}
+            # counted from the answers of this poll only (Network.refresh): a stored count may
+            # belong to a combiner process that has died since
+            found = {name: active for name, active in self.network.refresh().items() if active > 0}
             total = sum(found.values())
             if total >= config.clients_required:
                 return found
