@@ -215,5 +215,5 @@ def test_combiner_restart_clients_inactive_until_back(procs: ProcessGroup, tmp_p
     # well before the 6 s after which a silent combiner counts as offline
     wait_until(lambda: net.active_on("c0") == 0, timeout=4, what="c0's clients inactive", procs=procs)
     done = net.finished(session, timeout=60)
-    assert done["rounds_succeeded"] == 1, net.get("/api/v1/rounds")
+    assert (done["status"], done["rounds_succeeded"]) == ("succeeded", 1), net.get("/api/v1/rounds")
     assert net.active_on("c0") == 2
