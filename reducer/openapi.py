@@ -46,7 +46,8 @@ SCHEMAS: dict[str, Any] = {
                              "xxh3": STRING, "size": INTEGER, "created_at": NUMBER}},
     "Combiner": {"type": "object", "required": ["name", "address", "port", "online"], "properties": {
         "name": STRING, "address": STRING, "port": INTEGER, "online": {"type": "boolean"},
-        "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING}},
+        "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING,
+        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"}}},
     "Client": {"type": "object", "required": ["name"], "properties": {
         "name": STRING, "combiner": STRING, "active": {"type": "boolean"}, "last_heartbeat": NUMBER,
         "rounds_joined": INTEGER, "assigned_at": NUMBER}},
