@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import uuid
 from typing import Callable, Iterator
 
 import grpc
@@ -104,6 +105,7 @@ class ControlServicer(rpc.ControlServicer):
         self.registry = registry
         self.runner = runner
         self.reducer_url = ""
+        self.instance_id = uuid.uuid4().hex  # per process: the reducer sees a restart by its change
 
     def Configure(self, request: pb.ConfigureRequest, context: grpc.ServicerContext) -> pb.Ack:
         self.reducer_url = request.reducer_url
@@ -120,7 +122,8 @@ class ControlServicer(rpc.ControlServicer):
         return pb.CombinerStatus(name=self.name, clients=clients,
                                  round_in_progress=self.runner.round_in_progress,
                                  last_model_id=self.runner.last_model_id,
-                                 active_clients=sum(1 for c in clients if c.active))
+                                 active_clients=sum(1 for c in clients if c.active),
+                                 instance_id=self.instance_id)
 
     def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
         return self.runner.stop(request.round_id)

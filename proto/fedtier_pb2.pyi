@@ -290,18 +290,20 @@ class ClientInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., active: _Optional[bool] = ..., seconds_since_heartbeat: _Optional[float] = ..., rounds_joined: _Optional[int] = ...) -> None: ...
 
 class CombinerStatus(_message.Message):
-    __slots__ = ("name", "clients", "round_in_progress", "last_model_id", "active_clients")
+    __slots__ = ("name", "clients", "round_in_progress", "last_model_id", "active_clients", "instance_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     ROUND_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LAST_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     clients: _containers.RepeatedCompositeFieldContainer[ClientInfo]
     round_in_progress: str
     last_model_id: str
     active_clients: int
-    def __init__(self, name: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientInfo, _Mapping]]] = ..., round_in_progress: _Optional[str] = ..., last_model_id: _Optional[str] = ..., active_clients: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, name: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientInfo, _Mapping]]] = ..., round_in_progress: _Optional[str] = ..., last_model_id: _Optional[str] = ..., active_clients: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("round_id",)

@@ -12,6 +12,13 @@ States, as in FEDn: ``setup`` (no seed model yet) -> ``idle`` -> ``instructing``
   5. commit the result to the trail (parent: the model the round started from);
   6. if asked, validate the new model on the clients and record the metrics.
 A round that fails at any step leaves the trail as it was.
+
+A round ends ``success``, ``failed`` or ``stopped`` (the user aborted it, or stopped the
+session while it still waited for its clients). A session ends ``succeeded`` (every
+requested round succeeded), ``failed`` (it ended on its own with fewer: any round failed,
+or an internal error), ``stopped`` (the user's stop cut it short) or ``interrupted`` (the
+reducer restarted under it). One failed round fails the session: it was asked for N new
+models and did not make them; ``rounds_succeeded`` / ``rounds_failed`` say by how much.
 """
 from __future__ import annotations
 
@@ -49,6 +56,13 @@ SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "r
 LATEST = "latest"  # under the work dir: the last committed global model, the next round's base
 MAX_ROUNDS = 10_000
 
+# /stop's modes. after_round (the default) lets the round in progress finish and commit,
+# then ends the session; abort tells the combiners to drop the round at once.
+STOP_AFTER_ROUND, STOP_ABORT = "after_round", "abort"
+STOP_MODES = (STOP_AFTER_ROUND, STOP_ABORT)
+SESSION_OUTCOMES = ("running", "succeeded", "failed", "stopped", "interrupted")
+ROUND_STATUSES = ("running", "success", "failed", "stopped")
+
 
 class ReducerState(str, enum.Enum):
     SETUP = "setup"
@@ -67,6 +81,16 @@ class StateConflict(RuntimeError):
 
 class RoundFailed(RuntimeError):
     """A round could not produce a model; the message is recorded on the round."""
+
+
+class RoundStopped(RuntimeError):
+    """The user's stop ended the round: recorded as ``stopped``, which is not a failure."""
+
+
+def session_outcome(session: Mapping[str, Any]) -> str:
+    """How a session that ended on its own came out: every requested round a success, or not."""
+    return "succeeded" if session.get("rounds_succeeded", 0) >= session.get("rounds_requested", 1) \
+        and not session.get("rounds_failed") else "failed"
 
 
 @dataclass(frozen=True)
@@ -117,7 +141,9 @@ class Control:
         self._lock = threading.Lock()
         self._phase: ReducerState | None = None  # set while a session runs
         self._session_thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # no new round: set by either stop mode
+        self._abort = threading.Event()  # and the round in progress is dropped: STOP_ABORT
+        self._session_id: str | None = None
         self._recover()
 
     # ---- state
@@ -139,6 +165,9 @@ class Control:
         for round_doc in self.store.find(ROUNDS, where={"status": "running"}):
             self.store.update(ROUNDS, round_doc["id"], {"status": "failed", "error": "interrupted by a reducer restart",
                                                         "finished_at": time.time()})
+        # records of older versions said "finished" whatever the rounds did: give them their outcome
+        for session in self.store.find(SESSIONS, where={"status": "finished"}):
+            self.store.update(SESSIONS, session["id"], {"status": session_outcome(session)})
         self.store.upsert(REDUCER, "state", {"phase": None, "updated_at": time.time()})
 
     # ---- seed
@@ -157,10 +186,13 @@ class Control:
                 verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
                 raise StateConflict(self.state, f"cannot start: {verb}")
             session = {"id": new_id(), "status": "running", "rounds_requested": request.rounds,
-                       "rounds_succeeded": 0, "rounds_failed": 0, "config": request.config.to_dict(),
+                       "rounds_succeeded": 0, "rounds_failed": 0, "rounds_stopped": 0,
+                       "stop_requested": None, "config": request.config.to_dict(),
                        "round_ids": [], "started_at": time.time(), "finished_at": None}
             self.store.insert(SESSIONS, session)
             self._stop.clear()
+            self._abort.clear()
+            self._session_id = session["id"]
             self._set_phase(ReducerState.INSTRUCTING)
             self._session_thread = threading.Thread(target=self._run_session, args=(session, request),
                                                     name=f"session-{session['id'][:8]}", daemon=True)
@@ -168,17 +200,31 @@ class Control:
         log.info("session %s started: %d rounds", session["id"], request.rounds)
         return session
 
-    def stop_session(self) -> dict[str, Any]:
+    def stop_session(self, mode: str = STOP_AFTER_ROUND) -> dict[str, Any]:
+        """End the running session: after the round in progress, or (abort) now.
+
+        An abort after an after_round stop still aborts; an after_round stop after an
+        abort changes nothing (the round is already being dropped)."""
+        if mode not in STOP_MODES:
+            raise ValueError(f"unknown stop mode {mode!r}")
         with self._lock:
             if self._phase is None:
                 raise StateConflict(self.state, "no session is running")
             self._stop.set()
-        for combiner in self.network.online_combiners():
-            try:
-                self.network.handle(combiner["name"]).stop()
-            except grpc.RpcError:
-                pass
-        return {"stopping": True}
+            if mode == STOP_ABORT:
+                self._abort.set()
+            mode = STOP_ABORT if self._abort.is_set() else STOP_AFTER_ROUND
+            session_id = self._session_id
+        if session_id is not None:
+            self.store.update(SESSIONS, session_id, {"stop_requested": mode})
+        if mode == STOP_ABORT:
+            for combiner in self.network.online_combiners():
+                try:
+                    self.network.handle(combiner["name"]).stop()
+                except grpc.RpcError:
+                    pass
+        log.info("session %s: stop requested (%s)", session_id, mode)
+        return {"stopping": True, "mode": mode, "session_id": session_id}
 
     def wait(self, timeout: float | None = None) -> bool:
         thread = self._session_thread
@@ -188,22 +234,23 @@ class Control:
         return True
 
     def _run_session(self, session: dict[str, Any], request: SessionRequest) -> None:
-        status = "finished"
+        status = "failed"  # unless the loop below ends normally
         try:
             for _ in range(request.rounds):
                 if self._stop.is_set():
-                    status = "stopped"
                     break
                 round_doc = self._run_round(session["id"], request.config)
-                field = "rounds_succeeded" if round_doc["status"] == "success" else "rounds_failed"
+                field = {"success": "rounds_succeeded", "stopped": "rounds_stopped"}.get(round_doc["status"],
+                                                                                          "rounds_failed")
                 session[field] += 1
                 session["round_ids"].append(round_doc["id"])
                 self.store.update(SESSIONS, session["id"], {field: session[field], "round_ids": session["round_ids"]})
-            if self._stop.is_set():
-                status = "stopped"
+            # stopped only when the stop cut the session short: a stop that came while the
+            # last round finished leaves the outcome to the rounds
+            ran = session["rounds_succeeded"] + session["rounds_failed"]
+            status = "stopped" if self._stop.is_set() and ran < request.rounds else session_outcome(session)
         except Exception:
             log.exception("session %s failed", session["id"])
-            status = "failed"
         finally:
             self.store.update(SESSIONS, session["id"], {"status": status, "finished_at": time.time()})
             self._set_phase(None)
@@ -231,6 +278,8 @@ class Control:
             base_path = self._timed(timings, "transfer", self._fetch_from_trail, base, scratch)
             round_doc["pushed"] = self._timed(timings, "transfer", self._push, combiners, base, base_path)
             combiners = {name: combiners[name] for name in round_doc["pushed"]}
+            if self._abort.is_set():  # before any combiner starts the round the user aborted
+                raise RoundStopped("aborted by the user before training began")
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
             round_doc["combiners"] = [self._combiner_summary(name, r) for name, r in results.items()]
@@ -259,9 +308,16 @@ class Control:
                                                    out, round_doc, config)
             self._keep_latest(model["id"], out)
             round_doc["status"] = "success"
+        except RoundStopped as exc:
+            round_doc.update(status="stopped", error=str(exc))
+            log.info("round %d stopped: %s", number, exc)
         except RoundFailed as exc:
-            round_doc.update(status="failed", error=str(exc))
-            log.warning("round %d failed: %s", number, exc)
+            if self._abort.is_set():  # the combiners dropped it because the user aborted
+                round_doc.update(status="stopped", error=f"aborted by the user ({exc})")
+                log.info("round %d aborted by the user", number)
+            else:
+                round_doc.update(status="failed", error=str(exc))
+                log.warning("round %d failed: %s", number, exc)
         except ModelStoreError as exc:
             round_doc.update(status="failed", error=f"model store: {exc}")
             log.error("round %d failed, trail unchanged: model store: %s", number, exc)
@@ -293,14 +349,14 @@ class Control:
         """Online combiners with active clients, once they hold clients_required in total."""
         deadline = time.monotonic() + config.wait_for_clients
         while True:
-            self.network.refresh()
-            found = {c["name"]: int(c.get("active_clients", 0)) for c in self.network.online_combiners()
-                     if c.get("active_clients", 0) > 0}
+            # counted from the answers of this poll only (Network.refresh): a stored count may
+            # belong to a combiner process that has died since
+            found = {name: active for name, active in self.network.refresh().items() if active > 0}
             total = sum(found.values())
             if total >= config.clients_required:
                 return found
-            if self._stop.is_set():
-                raise RoundFailed("stopped")
+            if self._stop.is_set():  # nothing started yet: both stop modes end it here
+                raise RoundStopped("stopped by the user while waiting for clients")
             if time.monotonic() >= deadline:
                 raise RoundFailed(f"only {total} of {config.clients_required} required clients active "
                                   f"after {config.wait_for_clients:g}s")

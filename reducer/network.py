@@ -69,28 +69,43 @@ class Network:
         return [c for c in self.combiners() if c.get("online")]
 
     # ---- liveness
-    def refresh(self) -> None:
-        """Ask every combiner for its status; record who is online and which clients are active."""
+    def refresh(self) -> dict[str, int]:
+        """Ask every combiner for its status; record who is online and which clients are active.
+
+        Returns the active clients of each combiner that answered this poll. A client counts
+        as active only from its combiner's current answer: a combiner that does not answer
+        has no usable clients at once (its *online* flag waits ``offline_after_s``, so one
+        missed poll does not send clients elsewhere), and a restarted combiner (a new
+        ``instance_id``) or one that no longer lists a client has lost it. Stored flags from
+        an earlier poll are never counted, so a round cannot start on a dead process's clients.
+        """
+        answered: dict[str, int] = {}
         for doc in self.combiners():
             name = doc["name"]
             try:
                 status = self.handle(name).status(timeout=2.0)
             except grpc.RpcError as exc:
+                update: dict[str, Any] = {"active_clients": 0}
                 if doc.get("online") and time.time() - doc.get("last_seen", 0) > self.offline_after_s:
                     log.warning("combiner %s is offline (%s)", name, exc.code().name)
-                    self.state.update(COMBINERS, name, {"online": False, "active_clients": 0})
-                    for client in self.state.find(CLIENTS, where={"combiner": name, "active": True}):
-                        self.state.update(CLIENTS, client["id"], {"active": False})
+                    update["online"] = False
+                if doc.get("active_clients") or "online" in update:
+                    self.state.update(COMBINERS, name, update)
+                self._clients_inactive(name)
                 continue
             now = time.time()
+            if doc.get("instance_id") and status.instance_id != doc["instance_id"]:
+                log.warning("combiner %s restarted: its clients count again once they reconnect", name)
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
                                                 "active_clients": status.active_clients,
-                                                "round_in_progress": status.round_in_progress})
+                                                "round_in_progress": status.round_in_progress,
+                                                "instance_id": status.instance_id})
+            answered[name] = status.active_clients
             stored = {c["name"]: c for c in self.state.find(CLIENTS, where={"combiner": name})}
             for client in status.clients:
                 beat = now - client.seconds_since_heartbeat
                 self._last_heartbeat[client.name] = beat
-                known = stored.get(client.name)
+                known = stored.pop(client.name, None)
                 # a write only when what the store records changed: with a thousand clients,
                 # writing every client on every poll kept the reducer busy (bench/scale_out.py)
                 if known is None or (known.get("active"), known.get("rounds_joined")) != \
@@ -98,6 +113,14 @@ class Network:
                     self.state.upsert(CLIENTS, client.name, {
                         "name": client.name, "combiner": name, "active": client.active,
                         "last_heartbeat": beat, "rounds_joined": client.rounds_joined})
+            for gone in stored.values():  # assigned here, unknown to this combiner (process)
+                if gone.get("active"):
+                    self.state.update(CLIENTS, gone["id"], {"active": False})
+        return answered
+
+    def _clients_inactive(self, combiner: str) -> None:
+        for client in self.state.find(CLIENTS, where={"combiner": combiner, "active": True}):
+            self.state.update(CLIENTS, client["id"], {"active": False})
 
     def poll_forever(self, stop: threading.Event, interval_s: float = 2.0) -> None:
         while not stop.wait(interval_s):

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from fedtier import __version__
+from fedtier.reducer.control import ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.round_config import MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
@@ -21,6 +22,12 @@ STRING = {"type": "string"}
 OPT_STRING = {"type": ["string", "null"]}
 OPT_NUMBER = {"type": ["number", "null"]}
 OBJECT = {"type": "object"}
+SESSION_STATUS = ("running; succeeded: every requested round succeeded; failed: the session ended on its own "
+                  "with any round failed (or an internal error); stopped: the user's /stop cut it short; "
+                  "interrupted: the reducer restarted while it ran. Records of older versions saying finished "
+                  "are given succeeded or failed when the reducer starts.")
+ROUND_STATUS = ("running; success: the round committed a model; failed; stopped: the user aborted it, or "
+                "stopped the session while it waited for its clients (not a failure)")
 
 
 def ref(name: str) -> dict[str, str]:
@@ -40,19 +47,23 @@ SCHEMAS: dict[str, Any] = {
                              "xxh3": STRING, "size": INTEGER, "created_at": NUMBER}},
     "Combiner": {"type": "object", "required": ["name", "address", "port", "online"], "properties": {
         "name": STRING, "address": STRING, "port": INTEGER, "online": {"type": "boolean"},
-        "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING}},
+        "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING,
+        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"}}},
     "Client": {"type": "object", "required": ["name"], "properties": {
         "name": STRING, "combiner": STRING, "active": {"type": "boolean"}, "last_heartbeat": NUMBER,
         "rounds_joined": INTEGER, "assigned_at": NUMBER}},
     "Session": {"type": "object", "required": ["id", "status", "rounds_requested", "config", "started_at"],
                 "properties": {
                     "id": STRING, "rounds_requested": INTEGER, "rounds_succeeded": INTEGER,
-                    "rounds_failed": INTEGER, "config": OBJECT, "round_ids": {"type": "array", "items": STRING},
-                    "status": {"enum": ["running", "finished", "stopped", "failed", "interrupted"]},
+                    "rounds_failed": INTEGER, "rounds_stopped": INTEGER, "config": OBJECT,
+                    "round_ids": {"type": "array", "items": STRING},
+                    "status": {"enum": list(SESSION_OUTCOMES), "description": SESSION_STATUS},
+                    "stop_requested": {"enum": [*STOP_MODES, None],
+                                       "description": "the stop mode the user asked for, if any"},
                     "started_at": NUMBER, "finished_at": OPT_NUMBER}},
     "Round": {"type": "object", "required": ["id", "session_id", "round", "status", "model_in"], "properties": {
         "id": STRING, "session_id": STRING, "round": INTEGER,
-        "status": {"enum": ["running", "success", "failed"]}, "model_in": STRING, "model_out": OPT_STRING,
+        "status": {"enum": list(ROUND_STATUSES), "description": ROUND_STATUS}, "model_in": STRING, "model_out": OPT_STRING,
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
         "metrics": {"type": "object", "additionalProperties": NUMBER},
@@ -165,9 +176,19 @@ def document() -> dict[str, Any]:
                                             "properties": {"session_id": STRING, "session": ref("Session"),
                                                            "state": STRING}}, "started"),
                               **_errors(400, 401, 409, 413)}}},
-            "/stop": {"post": {"summary": "stop the running session (admin)", "responses": {
-                "202": _json({"type": "object", "properties": {"stopping": {"type": "boolean"}, "state": STRING}},
-                             "stopping"), **_errors(401, 409)}}},
+            "/stop": {"post": {
+                "summary": "stop the running session (admin)",
+                "description": "mode after_round (the default, also for an empty body) lets the round in "
+                               "progress finish and keeps its model, then ends the session; abort tells the "
+                               "combiners to drop the round now, which is recorded as stopped. Either way "
+                               "the session ends stopped.",
+                "requestBody": {"required": False, "content": {
+                    media: {"schema": {"type": "object", "additionalProperties": False, "properties": {
+                        "mode": {"enum": list(STOP_MODES), "default": STOP_AFTER_ROUND}}}}
+                    for media in ("application/json", "application/x-www-form-urlencoded")}},
+                "responses": {"202": _json({"type": "object", "required": ["stopping", "mode", "state"], "properties": {
+                    "stopping": {"type": "boolean"}, "mode": {"enum": list(STOP_MODES)},
+                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409)}}},
             "/add": {"post": {
                 "summary": "a combiner announces itself (network token)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

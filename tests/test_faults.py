@@ -93,9 +93,10 @@ class Network:
         proc = self.procs.start(name, "reducer", "--host", "127.0.0.1", "--port", str(self.port), env=self.env)
         wait_for_port(self.port, proc=proc)
 
-    def combiner(self, name: str) -> None:
+    def combiner(self, name: str, process: str | None = None) -> None:
+        """Start combiner ``name`` (again on the same port); ``process`` names a restart's log."""
         port = self.combiner_ports.setdefault(name, free_port())
-        self.procs.start(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(port),
+        self.procs.start(process or name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(port),
                          "--reducer", self.url, "--heartbeat-interval", "0.3", "--heartbeat-timeout", "10",
                          env=self.env)
 
@@ -193,3 +194,26 @@ def test_reducer_killed_mid_session_and_restarted(procs: ProcessGroup, tmp_path:
     assert first_round["pushed"] == {"c0": "uploaded"} and new_round["pushed"] == {"c0": "adopted"}
     final = net.get("/api/v1/models")
     assert final[:2] == trail and final[2]["parent_id"] == trail[-1]["id"]
+
+
+def test_combiner_restart_clients_inactive_until_back(procs: ProcessGroup, tmp_path: Path) -> None:
+    """A combiner that dies and comes back on the same port before the reducer would call it
+    offline: its clients are inactive in the reducer's view at once, and a round started right
+    then waits for them to reconnect instead of counting the dead process's clients."""
+    net = Network(procs, tmp_path)
+    net.reducer()
+    net.combiner("c0")
+    wait_until(lambda: net.get("/api/v1/combiners"), what="c0 registered")
+    net.seed()
+    for i in range(2):
+        net.client(i, 2)
+    wait_until(lambda: net.active_on("c0") == 2, what="clients", procs=procs)
+
+    procs.kill("c0")
+    session = net.start(rounds=1, clients_required=2, wait_for_clients=30)
+    net.combiner("c0", process="c0-restarted")
+    # well before the 6 s after which a silent combiner counts as offline
+    wait_until(lambda: net.active_on("c0") == 0, timeout=4, what="c0's clients inactive", procs=procs)
+    done = net.finished(session, timeout=60)
+    assert (done["status"], done["rounds_succeeded"]) == ("succeeded", 1), net.get("/api/v1/rounds")
+    assert net.active_on("c0") == 2

@@ -54,7 +54,7 @@ def test_restart_keeps_trail_and_continues_from_latest(procs: ProcessGroup, tmp_
     wait_until(lambda: requests.get(f"{url}/api/v1/status").json()["clients_active"] == 2, what="2 clients")
 
     first = run_session(url, rounds=1)
-    assert first["status"] == "finished" and first["rounds_succeeded"] == 1, first
+    assert first["status"] == "succeeded" and first["rounds_succeeded"] == 1, first
     trail_before = requests.get(f"{url}/api/v1/models").json()
     assert len(trail_before) == 2
 
@@ -64,7 +64,7 @@ def test_restart_keeps_trail_and_continues_from_latest(procs: ProcessGroup, tmp_
     status = requests.get(f"{url}/api/v1/status").json()
     assert status["state"] == "idle"
     assert requests.get(f"{url}/api/v1/models").json() == trail_before
-    assert requests.get(f"{url}/api/v1/sessions/{first['id']}").json()["status"] == "finished"
+    assert requests.get(f"{url}/api/v1/sessions/{first['id']}").json()["status"] == "succeeded"
     wait_until(lambda: requests.get(f"{url}/api/v1/status").json()["clients_active"] == 2,
                what="clients seen again through the combiner")
 

@@ -88,8 +88,8 @@ class FakeNetwork:
     def __init__(self, combiners: list[FakeCombiner]) -> None:
         self.combiners = {c.name: c for c in combiners}
 
-    def refresh(self) -> None:
-        pass
+    def refresh(self) -> dict[str, int]:  # each combiner answers, with one active client
+        return {name: 1 for name in self.combiners}
 
     def online_combiners(self) -> list[dict[str, Any]]:
         return [{"name": name, "active_clients": 1} for name in self.combiners]

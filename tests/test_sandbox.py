@@ -47,7 +47,7 @@ def test_sandbox_trains_digits_and_keeps_a_correct_trail(tmp_path: Path) -> None
         data = b"".join(store.iter_chunks(model["id"]))
         assert hashlib.sha256(data).hexdigest() == model["sha256"]
     sessions = state.find("sessions")
-    assert len(sessions) == 1 and sessions[0]["status"] == "finished" and sessions[0]["rounds_succeeded"] == 3
+    assert len(sessions) == 1 and sessions[0]["status"] == "succeeded" and sessions[0]["rounds_succeeded"] == 3
     # the reducer keeps the last committed model (the next round's base) and nothing older
     (kept,) = (work / "reducer" / "latest").iterdir()
     assert kept.name == trail[-1]["id"] and hashlib.sha256(kept.read_bytes()).hexdigest() == trail[-1]["sha256"]

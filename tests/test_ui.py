@@ -168,7 +168,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     # ---- start: a bad combination is named next to its field; then 2 rounds
     open_page(page, url, "/start")
     page.wait_for_function("!document.querySelector('#start-button').disabled")
-    assert page.is_disabled("#stop-button")
+    assert page.is_disabled("#stop-after-button") and page.is_disabled("#abort-button")
     page.fill("#f-clients_required", "2")
     page.fill("#f-clients_requested", "1")
     page.click("#start-button")
@@ -183,7 +183,8 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     page.click("#start-button")
     page.wait_for_selector("#started:not([hidden])")
     assert page.is_hidden("#error-clients_requested")
-    assert page.is_disabled("#start-button") and page.is_enabled("#stop-button")  # a session is running
+    assert page.is_disabled("#start-button") and page.is_enabled("#stop-after-button")  # a session is running
+    assert page.is_enabled("#abort-button")
 
     # ---- the dashboard gains its points as rounds finish, without a reload (how many at a
     # time depends on how fast the rounds are against its 2 s refresh)
@@ -203,21 +204,27 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     dashboard.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'idle'")
     shot(dashboard, "dashboard-desktop")
 
-    # ---- stop: a long session started from the form ends as 'stopped' after the stop button
+    # ---- stop: a long session started from the form ends as 'stopped' after "Stop after this
+    # round"; the round in progress finishes (no round fails) and only "Abort now" is left meanwhile
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     page.fill("#f-rounds", "500")
     page.click("#start-button")
-    page.wait_for_function("!document.querySelector('#stop-button').disabled")
+    page.wait_for_function("!document.querySelector('#stop-after-button').disabled")
     shot(page, "start-desktop")
-    page.click("#stop-button")
+    page.click("#stop-after-button")
+    page.wait_for_function("document.querySelector('#stop-reason').textContent.startsWith('Stopping after')")
     page.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'idle'", timeout=60_000)
     sessions = requests.get(f"{url}/api/v1/sessions", timeout=5).json()
-    assert [s["status"] for s in sessions] == ["finished", "stopped"], sessions
+    assert [s["status"] for s in sessions] == ["succeeded", "stopped"], sessions
+    assert sessions[1]["rounds_failed"] == 0 and sessions[1]["stop_requested"] == "after_round", sessions
 
     # ---- sessions history
     open_page(page, url, "/sessions")
     assert page.locator("tr[data-session]").count() == 2
     assert page.locator("tr[data-status=stopped]").count() == 1
+    assert page.locator("tr[data-status=succeeded] .pill-succeeded").count() == 1
+    colour = "(s) => getComputedStyle(document.querySelector(s)).backgroundColor"
+    assert page.evaluate(colour, "tr[data-status=succeeded] .pill") != page.evaluate(colour, "tr[data-status=stopped] .pill")
     assert "of 500 succeeded" in page.inner_text("tr[data-status=stopped]")
     shot(page, "sessions-desktop")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, render_template, request
 
 from fedtier.reducer.app import reducer
-from fedtier.reducer.control import SessionRequest
+from fedtier.reducer.control import STOP_AFTER_ROUND, STOP_MODES, SessionRequest
 from fedtier.reducer.auth import require_admin
 from fedtier.reducer.errors import APIError
 from fedtier.round_config import RoundConfig
@@ -36,5 +36,19 @@ def start_session():
 @bp.post("/stop")
 @require_admin
 def stop_session():
+    """``{"mode": "after_round"}`` (the default: the round in progress finishes and is kept)
+    or ``{"mode": "abort"}`` (the combiners drop it now); an empty body is the default."""
+    if request.is_json and request.get_data():
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise APIError(400, "the request body must be a JSON object")
+    else:
+        data = request.form.to_dict()
+    unknown = sorted(set(data) - {"mode"})
+    if unknown:
+        raise APIError(400, f"unknown field {unknown[0]!r}: /stop takes only mode", field=unknown[0])
+    mode = data.get("mode", STOP_AFTER_ROUND)
+    if mode not in STOP_MODES:
+        raise APIError(400, f"mode: must be one of {', '.join(STOP_MODES)}, got {mode!r}", field="mode")
     r = reducer()
-    return jsonify({**r.control.stop_session(), "state": r.control.state.value}), 202
+    return jsonify({**r.control.stop_session(mode), "state": r.control.state.value}), 202

@@ -307,3 +307,39 @@ export function enhance(form, onSuccess) {
     await onSuccess(reply);
   });
 }
+
+// ---- the two stop forms (templates/stop_forms.html), on the start page and the dashboard
+
+const RUNNING_STATES = new Set(["instructing", "monitoring"]);
+const STOP_TEXT = {
+  running: "Stop after this round: the round in progress finishes and its model is kept. Abort now: the round in progress is dropped.",
+  after_round: "Stopping after the round in progress… (Abort now drops it.)",
+  abort: "Aborting the round in progress…",
+  idle: "No session is running.",
+};
+
+// Wire both forms through `enhance`; returns sync(state), which enables the buttons
+// while a session runs and says what a stop already asked for is doing.
+export function stopControls(onStopped) {
+  let asked = null;  // the mode of a stop sent for the running session
+  const sync = (state) => {
+    const running = RUNNING_STATES.has(state);
+    if (!running) asked = null;
+    const after = $("#stop-after-button");
+    const abort = $("#abort-button");
+    if (!after || !abort) return;
+    after.disabled = !running || asked !== null;  // an abort, or the same stop again, is all that is left
+    abort.disabled = !running || asked === "abort";
+    $("#stop-reason").textContent = !running ? STOP_TEXT.idle : STOP_TEXT[asked || "running"];
+  };
+  for (const form of [$("#stop-after-form"), $("#abort-form")]) {
+    if (!form) continue;
+    enhance(form, (reply) => {
+      asked = reply.mode;
+      showState(reply.state);
+      sync(reply.state);
+      if (onStopped) onStopped(reply);
+    });
+  }
+  return sync;
+}

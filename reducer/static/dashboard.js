@@ -1,7 +1,7 @@
 // The dashboard: /api/v1/dashboard every 2 s, drawn into the cards, charts and tables.
 import {
   $, getJSON, h, idCode, live, metricKeys, metricsNode, now, num, pill, replace, roundIds, roundsById, seconds,
-  showState, table, validationsOf, when,
+  showState, stopControls, table, validationsOf, when,
 } from "./app.js";
 import { boxPlot, lineChart, stackedBars } from "./charts.js";
 
@@ -39,19 +39,20 @@ function renderSession(session, status) {
     bar.querySelector("span").style.width = "0";
     return;
   }
-  const done = session.rounds_succeeded + session.rounds_failed;
+  const stopped = session.rounds_stopped || 0;
+  const done = session.rounds_succeeded + session.rounds_failed + stopped;
   const requested = session.rounds_requested;
   replace(statusEl, pill(session.status), h("small", {}, idCode(session.id)));
   bar.querySelector("span").style.width = `${Math.min(100, (100 * done) / Math.max(1, requested))}%`;
   bar.setAttribute("aria-valuemax", requested);
   bar.setAttribute("aria-valuenow", done);
-  const clean = session.status === "finished" && !session.rounds_failed;
-  bar.classList.toggle("done", clean);
-  bar.classList.toggle("failed", session.status !== "running" && !clean);
+  bar.classList.toggle("done", session.status === "succeeded");
+  bar.classList.toggle("failed", session.status === "failed" || session.status === "interrupted");
   const took = session.finished_at ? ` · took ${seconds(session.finished_at - session.started_at)}` : "";
   replace($("#session-progress"),
     h("span", { id: "rounds-done" }, `${done} / ${requested} rounds`),
-    ` · ${session.rounds_succeeded} succeeded, ${session.rounds_failed} failed${took}`);
+    ` · ${session.rounds_succeeded} succeeded, ${session.rounds_failed} failed`,
+    stopped ? `, ${stopped} stopped` : "", took);
 }
 
 function renderRound(rounds, status, now) {
@@ -197,6 +198,7 @@ async function refresh() {
   const session = status.session || [...sessions].sort((a, b) => a.started_at - b.started_at).pop() || null;
   const t = now();
   showState(status.state);
+  syncStop(status.state);
   renderSession(session, status);
   renderRound(rounds, status, t);
   renderModel([...rounds].reverse(), status);
@@ -208,6 +210,7 @@ async function refresh() {
   document.body.dataset.loaded = "true";
 }
 
+const syncStop = stopControls(() => tick());
 const tick = live(refresh, 2000);
 $("#client-metric").addEventListener("change", (event) => {
   chosenMetric = event.target.value;

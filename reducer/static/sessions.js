@@ -23,9 +23,11 @@ async function refresh() {
   replace($("#sessions-summary"), `${sessions.length} session${sessions.length === 1 ? "" : "s"}`);
   replace($("#sessions"), table([
     { label: "Session", cell: (s) => idCode(s.id) },
-    { label: "Outcome", cell: (s) => pill(s.status) },
+    { label: "Outcome", cell: (s) => [pill(s.status),
+      s.stop_requested ? h("div", { class: "muted" }, s.stop_requested === "abort" ? "aborted" : "after a round") : null] },
     { label: "Rounds", cell: (s) => [h("span", { class: "nowrap" }, `${s.rounds_succeeded} of ${s.rounds_requested} succeeded`),
-      s.rounds_failed ? h("div", { class: "bad-text" }, `${s.rounds_failed} failed`) : null] },
+      s.rounds_failed ? h("div", { class: "bad-text" }, `${s.rounds_failed} failed`) : null,
+      s.rounds_stopped ? h("div", { class: "muted" }, `${s.rounds_stopped} stopped`) : null] },
     { label: "Final metrics", cell: (s) => {
       const good = (bySession.get(s.id) || []).filter((r) => r.status === "success");
       return metricsNode(good.length ? good[good.length - 1].metrics : {});

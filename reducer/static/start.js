@@ -1,9 +1,9 @@
-// /start: the settings form and the stop button, both through the one `api` function.
+// /start: the settings form and the stop forms, all through the one `api` function.
 // A 400 from the API names the field at fault; its message appears under that field.
-import { $, enhance, getJSON, h, idCode, live, pill, replace, showState } from "./app.js";
+import { $, enhance, getJSON, h, idCode, live, pill, replace, showState, stopControls } from "./app.js";
 
 const RUNNING = new Set(["instructing", "monitoring"]);
-let stopping = false;
+const syncStop = stopControls(() => refresh());
 
 function sync(status) {
   const state = status.state;
@@ -12,13 +12,10 @@ function sync(status) {
   $("#start-button").disabled = state !== "idle";
   $("#start-reason").textContent = state === "setup" ? "Seed the network first."
     : running ? "A session is running; stop it or wait for it to end." : "";
-  $("#stop-button").disabled = !running;
-  if (!running) stopping = false;
-  $("#stop-reason").textContent = stopping ? "Stopping after the round in progress…"
-    : running ? "Stops after the round in progress." : "No session is running.";
+  syncStop(state);
   const session = status.session;
   if (session) {
-    const done = session.rounds_succeeded + session.rounds_failed;
+    const done = session.rounds_succeeded + session.rounds_failed + (session.rounds_stopped || 0);
     replace($("#now-text"), "Session ", idCode(session.id), " ", pill(session.status), ` ${done} / ${session.rounds_requested} rounds done · `,
       h("a", { href: "/" }, "watch it on the dashboard"));
   } else {
@@ -39,12 +36,5 @@ enhance($("#start-form"), (reply) => {
     h("a", { href: "/" }, "Follow it on the dashboard"), ".");
   started.hidden = false;
   sync({ state: reply.state, session: reply.session });
-  refresh();
-});
-
-enhance($("#stop-form"), (reply) => {
-  stopping = true;
-  $("#stop-reason").textContent = "Stopping after the round in progress…";
-  showState(reply.state);
   refresh();
 });
