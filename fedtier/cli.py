@@ -155,7 +155,8 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
 def cmd_reducer(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.reducer.serve import serve
 
-    serve(settings, args.host, args.port or settings.reducer_port, args.helper, _stop_on_signals())
+    serve(settings, args.host, args.port or settings.reducer_port, args.helper, _stop_on_signals(),
+          instance_id=args.instance_id)
     return 0
 
 
@@ -164,6 +165,8 @@ def add_reducer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=0, help="HTTP port (default $FEDN_REDUCER_PORT or 8090)")
     p.add_argument("--helper", default="numpy", help="helper that validates models: numpy, pytorch or keras")
+    p.add_argument("--instance-id", default="", help="id reported as 'instance' in /api/v1/status (default: "
+                                                     "random); a launcher passes its own to recognise its reducer")
     p.set_defaults(run=cmd_reducer)
 
 
