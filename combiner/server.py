@@ -59,9 +59,13 @@ class CombinerServer:
     def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0 in tests)."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+        try:  # grpc raises, or returns 0 in older versions, when the address is taken
+            self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"combiner {self.settings.name} could not bind {address}")
+            raise RuntimeError(f"combiner {self.settings.name} cannot listen on {address} (is the port in use?); "
+                               f"it announced nothing: choose another with --port")
         self.server.start()
         log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext", "required" if self.auth.enabled else "OFF")

@@ -118,3 +118,19 @@ def test_running_the_parts_yourself_runs_as_written(tmp_path: Path) -> None:
             pass
         shell.wait(10)
         log.close()
+
+
+def test_one_command_network_synopsis_matches_the_cli() -> None:
+    """The sandbox synopsis shows its optional flags in [brackets], so it cannot run as written
+    (tests/test_sandbox.py runs the sandbox): every flag and path it names must exist."""
+    import shlex
+
+    from fedtier.cli import build_parser
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## The one-command network")
+    [block] = re.findall(r"```bash\n(.*?)```", text[start:text.index("\n## ", start + 3)], flags=re.S)
+    argv = shlex.split(block.replace("\\\n", " ").replace("[", "").replace("]", ""))
+    assert argv[0] == ".venv/bin/fedtier", argv
+    args = build_parser().parse_args(argv[1:])  # exits (fails the test) on an option the CLI lacks
+    assert args.command == "sandbox" and (ROOT / args.project / "fedn.yaml").is_file()

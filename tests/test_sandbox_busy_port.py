@@ -94,3 +94,15 @@ def test_reducer_on_a_busy_port_opens_no_store(running_network, procs: ProcessGr
     assert "cannot listen on 127.0.0.1:" in procs.log("second") and "--port" in procs.log("second")
     assert not data.exists(), "the reducer opened its stores before it knew it could serve"
     untouched(url, status, combiners)
+
+
+def test_combiner_on_a_busy_port_exits_without_announcing(running_network, procs: ProcessGroup,
+                                                          tmp_path: Path) -> None:
+    """gRPC would share a port (SO_REUSEPORT) unless told not to: a second combiner on a taken
+    port must fail before it announces itself, not take half of the first one's clients."""
+    url, status, combiners = running_network
+    second = procs.start("combiner-1", "combiner", "--name", "combiner-1", "--host", "127.0.0.1", "--port",
+                         str(combiners[0]["port"]), "--reducer", url, env={"FEDTIER_DATA_DIR": str(tmp_path / "c1")})
+    assert second.wait(60) != 0
+    assert f"cannot listen on 127.0.0.1:{combiners[0]['port']}" in procs.log("combiner-1"), procs.log("combiner-1")
+    untouched(url, status, combiners)
