@@ -4,7 +4,9 @@ It starts the reducer, N combiners and M clients exactly as a deployment would
 (each its own ``fedtier`` process, talking over real sockets, with the embedded
 stores), seeds the project's seed model, runs the rounds and prints one line per
 round. Every process logs to ``<work-dir>/logs``; whatever happens, every process it
-started is stopped when it exits.
+started is stopped when it exits. It starts nothing on a ``--port`` that is taken, and
+uses only the reducer that reports the instance id it gave it: combiners registered with
+some other network's reducer, under its combiners' names, broke that network.
 
 ``--partition SPEC`` (``iid``, ``dirichlet:alpha=0.5``, ``kclass:k=2``...; see
 ``fedtier.partition.parse_spec``) goes into the session's task config as

@@ -27,10 +27,14 @@ def serve(settings: Settings, host: str, port: int, helper: str, stop: threading
     except SystemExit:  # werkzeug has printed why, e.g. "Port 8090 is in use by another program"
         raise RuntimeError(f"the reducer cannot listen on {host}:{port}; it started nothing "
                            f"(choose another port with --port or FEDN_REDUCER_PORT)") from None
-    reducer = build_reducer(settings, helper)
-    if instance_id:
-        reducer.instance_id = instance_id
-    server.app = create_app(settings, helper=helper, reducer=reducer)
+    try:
+        reducer = build_reducer(settings, helper)
+        if instance_id:
+            reducer.instance_id = instance_id
+        server.app = create_app(settings, helper=helper, reducer=reducer)
+    except BaseException:
+        server.server_close()
+        raise
     log.info("reducer serving on %s://%s:%d (state: %s, helper: %s)", "https" if tls else "http", host,
              server.server_port, reducer.control.state.value, helper)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
