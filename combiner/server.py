@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from fedtier.combiner.runner import RoundRunner
 from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTransferServicer
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.auth import TokenAuthInterceptor
-from fedtier.transport.channel import add_port, make_server
+from fedtier.transport.channel import add_port, make_server, resolves
 from fedtier.transport.wire import add_model_transfer_servicer
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,13 @@ class CombinerServer:
     def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0 in tests)."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+        try:  # grpc raises, or returns 0 in older versions, when the address is taken
+            self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"combiner {self.settings.name} could not bind {address}")
+            raise RuntimeError(f"combiner {self.settings.name} cannot listen on {address} (is the port in use?); "
+                               f"it announced nothing: choose another with --port")
         self.server.start()
         log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext", "required" if self.auth.enabled else "OFF")
@@ -71,6 +76,38 @@ class CombinerServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+ALL_INTERFACES = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertised_host(bind_host: str, advertise_host: str, name: str) -> str:
+    """The host this combiner announces, which the reducer and its clients will connect to.
+
+    ``--advertise-host`` wins. A concrete ``--host`` is the address it serves on. Bound to
+    every interface, any name of this machine reaches it: its ``--name`` when that
+    resolves (a compose service name does), else the machine's host name, else, on a
+    machine that cannot resolve even that, 127.0.0.1, which only this machine can reach.
+    Announcing a name that does not resolve left every client unable to connect while
+    the combiner looked healthy, so such a name is logged here, at start-up.
+    """
+    if advertise_host:
+        if not resolves(advertise_host):
+            log.warning("--advertise-host %s does not resolve on this machine: the reducer and the clients can "
+                        "reach this combiner only if it resolves for them", advertise_host)
+        return advertise_host
+    if bind_host not in ALL_INTERFACES:
+        return bind_host
+    if resolves(name):
+        return name
+    hostname = socket.gethostname()
+    if hostname and resolves(hostname):
+        log.info("--name %s is not a host name here: announcing this machine's name %s (clients must resolve it; "
+                 "--advertise-host chooses another)", name, hostname)
+        return hostname
+    log.warning("neither --name %s nor this machine's name %r resolves: announcing 127.0.0.1, which only clients "
+                "on this machine can reach; pass --advertise-host for others", name, hostname)
+    return "127.0.0.1"
 
 
 def announce(reducer_url: str, name: str, address: str, port: int, token: str = "",

@@ -51,7 +51,7 @@ def _partition(text: str) -> tuple[int | None, int]:
 
 # ---------------------------------------------------------------- combiner
 def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
-    from fedtier.combiner.server import CombinerServer, CombinerSettings, announce
+    from fedtier.combiner.server import CombinerServer, CombinerSettings, advertised_host, announce
 
     server = CombinerServer(CombinerSettings(
         name=args.name, host=args.host, port=args.port,
@@ -62,7 +62,7 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signals()
     port = server.start()
     if args.reducer:
-        advertised = args.advertise_host or (args.host if args.host not in ("0.0.0.0", "[::]") else args.name)
+        advertised = advertised_host(args.host, args.advertise_host, args.name)
         threading.Thread(target=announce, daemon=True,
                          args=(args.reducer, args.name, advertised, port, settings.auth_token, stop),
                          kwargs={"verify": settings.tls_ca or True}).start()
@@ -76,8 +76,9 @@ def add_combiner(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="unique name in the network")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=12080, help="gRPC port (default 12080)")
-    p.add_argument("--advertise-host", default="", help="host name clients use to reach this combiner "
-                                                         "(default: --host, or --name when binding all interfaces)")
+    p.add_argument("--advertise-host", default="", help="host name clients use to reach this combiner (default: "
+                                                         "--host; binding all interfaces, --name if it resolves, "
+                                                         "else this machine's host name)")
     p.add_argument("--reducer", default="", help="reducer URL to announce to, e.g. http://reducer:8090")
     p.add_argument("--work-dir", default="", help="where models are kept (default $FEDTIER_DATA_DIR/combiners/NAME)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between client heartbeats")
@@ -155,7 +156,8 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
 def cmd_reducer(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.reducer.serve import serve
 
-    serve(settings, args.host, args.port or settings.reducer_port, args.helper, _stop_on_signals())
+    serve(settings, args.host, args.port or settings.reducer_port, args.helper, _stop_on_signals(),
+          instance_id=args.instance_id)
     return 0
 
 
@@ -164,6 +166,8 @@ def add_reducer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=0, help="HTTP port (default $FEDN_REDUCER_PORT or 8090)")
     p.add_argument("--helper", default="numpy", help="helper that validates models: numpy, pytorch or keras")
+    p.add_argument("--instance-id", default="", help="id reported as 'instance' in /api/v1/status (default: "
+                                                     "random); a launcher passes its own to recognise its reducer")
     p.set_defaults(run=cmd_reducer)
 
 

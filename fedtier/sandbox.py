@@ -4,7 +4,9 @@ It starts the reducer, N combiners and M clients exactly as a deployment would
 (each its own ``fedtier`` process, talking over real sockets, with the embedded
 stores), seeds the project's seed model, runs the rounds and prints one line per
 round. Every process logs to ``<work-dir>/logs``; whatever happens, every process it
-started is stopped when it exits.
+started is stopped when it exits. It starts nothing on a ``--port`` that is taken, and
+uses only the reducer that reports the instance id it gave it: combiners registered with
+some other network's reducer, under its combiners' names, broke that network.
 
 ``--partition SPEC`` (``iid``, ``dirichlet:alpha=0.5``, ``kclass:k=2``...; see
 ``fedtier.partition.parse_spec``) goes into the session's task config as
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,10 @@ from fedtier.partition import format_summary, parse_spec, partition_from_config,
 
 class SandboxError(RuntimeError):
     """The network could not be brought up or a round could not be run; says why."""
+
+
+class NotOurReducer(SandboxError):
+    """The reducer answering on the sandbox's port is not the one it started: waiting cannot help."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server already listens on ``host:port`` (a bind, as the reducer's, fails)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug: TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def say(message: str) -> None:
@@ -144,6 +162,8 @@ class Sandbox:
                 value = condition()
                 if value:
                     return value
+            except NotOurReducer:
+                raise
             except (requests.RequestException, SandboxError):
                 pass
             if time.monotonic() > deadline:
@@ -170,20 +190,26 @@ class Sandbox:
 
     def _bring_up_and_train(self) -> list[dict[str, Any]]:
         o = self.options
+        if o.port and port_in_use(o.port):
+            raise SandboxError(f"port {o.port} is in use (another reducer or program listens there); nothing was "
+                               f"started: choose another with --port, or leave --port out for a free one")
         port = o.port or _free_port()
         self.url = f"http://127.0.0.1:{port}"
         say(f"fedtier sandbox: {o.combiners} combiners, {o.clients} clients, project {self.project.root.name}; "
             f"work dir {self.work_dir}")
         self._show_partitions()
-        self._spawn("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", self.project.helper)
-        self._wait_for("the reducer", lambda: self._api("GET", "/api/v1/status"))
+        instance = uuid.uuid4().hex
+        self._spawn("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", self.project.helper,
+                    "--instance-id", instance)
+        self._wait_for("the reducer", lambda: self._own_reducer(instance))
         say(f"dashboard: {self.url}/")
-        for i in range(o.combiners):
-            name = f"combiner-{i}"
-            self._spawn(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(_free_port()),
+        ports = {f"combiner-{i}": _free_port() for i in range(o.combiners)}
+        for name, combiner_port in ports.items():
+            self._spawn(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(combiner_port),
                         "--reducer", self.url, "--heartbeat-interval", "1", "--heartbeat-timeout", "6")
-        self._wait_for("combiners to register",
-                       lambda: len(self._api("GET", "/api/v1/combiners")) >= o.combiners)
+        # ours by name AND port: a combiner of the same name elsewhere is not one of ours
+        self._wait_for("combiners to register", lambda: ports.items() <= {
+            (c["name"], c["port"]) for c in self._api("GET", "/api/v1/combiners")})
 
         seed = o.seed or self._make_seed()
         with open(seed, "rb") as f:
@@ -202,6 +228,19 @@ class Sandbox:
         start = self._api("POST", "/start", json={"rounds": o.rounds, "clients_required": o.clients,
                                                   "round_timeout": o.round_timeout, "task": self.task})
         return self._follow(start["session_id"])
+
+    def _own_reducer(self, instance: str) -> dict[str, Any]:
+        """The reducer's status, once the process answering is the one this sandbox started.
+
+        Anything else on the port (a network started earlier, whose reducer answers
+        before ours has failed to bind) must never see our combiners: they would
+        register with it, under names its own combiners may hold.
+        """
+        status = self._api("GET", "/api/v1/status")
+        if status.get("instance") != instance:
+            raise NotOurReducer(f"{self.url} is answered by another reducer, not the one this sandbox started; "
+                                f"nothing else was started: choose another port with --port, or leave it out")
+        return status
 
     def _show_partitions(self) -> None:
         """Partition the project's labels as the clients will, print the table, save it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class Reducer:
     control: Control
     work_dir: Path
     stop: threading.Event = field(default_factory=threading.Event)
+    # reported in /api/v1/status: tells a launcher whether the reducer answering on a port is the
+    # process it started (fedtier sandbox passes its own with --instance-id) or another one
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def close(self) -> None:
         self.stop.set()

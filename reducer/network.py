@@ -16,6 +16,7 @@ import grpc
 
 from fedtier.reducer.combiner_client import CombinerClient
 from fedtier.storage.state_store import StateStore
+from fedtier.transport.channel import resolves
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,12 @@ class Network:
             except grpc.RpcError as exc:
                 update: dict[str, Any] = {"active_clients": 0}
                 if doc.get("online") and time.time() - doc.get("last_seen", 0) > self.offline_after_s:
-                    log.warning("combiner %s is offline (%s)", name, exc.code().name)
+                    # the common cause on first set-up: a combiner announced a name nobody resolves
+                    hint = (f"; {doc['address']} does not resolve here: start the combiner with --advertise-host "
+                            f"set to a name or address the reducer and its clients resolve"
+                            if not resolves(doc["address"]) else "")
+                    log.warning("combiner %s registered at %s:%s is unreachable (%s: %s)%s", name, doc["address"],
+                                doc["port"], exc.code().name, exc.details(), hint)
                     update["online"] = False
                 if doc.get("active_clients") or "online" in update:
                     self.state.update(COMBINERS, name, update)

@@ -83,7 +83,7 @@ SCHEMAS: dict[str, Any] = {
                                   "client": STRING, "combiner": STRING, "metrics": OBJECT,
                                   "num_examples": INTEGER, "created_at": NUMBER}},
     "Status": {"type": "object", "required": ["state", "combiners", "clients"], "properties": {
-        "state": {"enum": ["setup", "idle", "instructing", "monitoring"]},
+        "state": {"enum": ["setup", "idle", "instructing", "monitoring"]}, "instance": STRING,
         "latest_model": nullable("Model"), "session": nullable("Session"), "last_round": nullable("Round"),
         "combiners_online": INTEGER, "combiners": INTEGER, "clients_active": INTEGER, "clients": INTEGER}},
     "Package": {"type": "object", "required": ["sha256", "size"], "properties": {

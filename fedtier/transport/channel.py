@@ -7,6 +7,7 @@ answers with GOAWAY ("too_many_pings").
 from __future__ import annotations
 
 import os
+import socket
 from concurrent import futures
 from pathlib import Path
 from typing import Sequence
@@ -69,3 +70,12 @@ def make_server(max_workers: int, interceptors: Sequence[grpc.ServerInterceptor]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                   thread_name_prefix="grpc"),
                        options=SERVER_OPTIONS, interceptors=list(interceptors))
+
+
+def resolves(host: str) -> bool:
+    """Whether this machine can turn ``host`` into an address (a combiner's announced host must)."""
+    try:
+        socket.getaddrinfo(host.strip("[]"), None)
+    except (OSError, UnicodeError):
+        return False
+    return True

@@ -39,6 +39,7 @@ def status():
     clients = r.network.clients()
     return jsonify({
         "state": r.control.state.value,
+        "instance": r.instance_id,
         "latest_model": latest,
         "session": running[0] if running else None,
         "last_round": last_round[0] if last_round else None,
