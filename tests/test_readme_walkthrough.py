@@ -100,7 +100,7 @@ def test_running_the_parts_yourself_runs_as_written(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert session is not None, f"no session finished within 90 s:\n{logs()}"
-        assert (session["status"], session["rounds_succeeded"]) == ("finished", 3), f"{session}\n{logs()}"
+        assert (session["status"], session["rounds_succeeded"]) == ("succeeded", 3), f"{session}\n{logs()}"
         rounds = requests.get(url + "/api/v1/rounds", params={"session_id": session["id"]}, timeout=5).json()
         assert [len(r["participants"]) for r in rounds] == [2, 2, 2], rounds  # both clients, every round
 
