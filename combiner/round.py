@@ -7,12 +7,12 @@ Training updates are folded into the aggregate as they arrive and then deleted.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
+from fedtier import strict_json
 from fedtier.aggregators.base import Aggregator
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.proto import fedtier_pb2 as pb
@@ -152,9 +152,9 @@ class ActiveRound:
             self.aggregation_seconds += time.perf_counter() - started
 
     def submit_validation(self, report: pb.ValidationReport) -> None:
-        try:
-            metrics = json.loads(report.metrics_json or "{}")
-        except json.JSONDecodeError:
+        try:  # a client's text: bounded depth, no NaN (fedtier/strict_json.py)
+            metrics = strict_json.loads(report.metrics_json or "{}")
+        except strict_json.JSONInputError:
             metrics = None
         if not isinstance(metrics, dict):
             raise RejectedReport("metrics_json must be a JSON object")
