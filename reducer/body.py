@@ -33,16 +33,21 @@ def _unsupported(expected: list[str]) -> APIError:
     return APIError(415, f"send the body as {' or '.join(expected)} (got {sent})", field="Content-Type")
 
 
-def fields(form: bool = True) -> dict[str, Any]:
+def fields(form: bool = True, required: bool = False) -> dict[str, Any]:
     """The request's fields: a JSON object, or (with ``form``) the form's fields as strings,
-    the first value of each. An empty body gives no fields.
+    the first value of each. An empty body gives no fields, or with ``required`` is refused:
+    a route that acts on defaults (``/start``) is asked for them explicitly, as ``{}``.
 
     A form whose text is JSON (curl ``-d '{...}'`` without ``-H 'Content-Type: ...'``) is
     a 415: read as a form it would be one field named by the whole text, or nothing."""
     expected = [JSON] + ([URLENCODED, MULTIPART] if form else [])
-    if request.is_json:
-        if not _has_body():
+    if not _has_body():
+        if not required:
             return {}
+        if request.is_json or (form and request.mimetype in (URLENCODED, MULTIPART)):
+            raise APIError(400, "the body is empty: send the settings ({} takes every default)")
+        raise _unsupported(expected)
+    if request.is_json:
         try:
             data = strict_json.loads(request.get_data(cache=True))
         except strict_json.JSONInputError as exc:
@@ -54,9 +59,7 @@ def fields(form: bool = True) -> dict[str, Any]:
         if request.mimetype == URLENCODED and request.get_data(cache=True).lstrip()[:1] in (b"{", b"["):
             raise APIError(415, f"the body is JSON: send it with 'Content-Type: {JSON}'", field="Content-Type")
         return {key: value for key, value in request.form.items()}
-    if _has_body():
-        raise _unsupported(expected)
-    return {}
+    raise _unsupported(expected)
 
 
 def require_multipart() -> None:

@@ -176,6 +176,9 @@ def test_a_body_without_its_content_type_never_starts_a_session(api: FlaskClient
     curl_d = api.post("/start", data='{"rounds": 3}', content_type="application/x-www-form-urlencoded")
     assert "application/json" in refused(api, curl_d, 415, "Content-Type")["error"]
     refused(api, api.post("/start", data="rounds=3", content_type="text/plain"), 415, "Content-Type")
+    refused(api, api.post("/start"), 415, "Content-Type")  # no body at all: no silent defaults either
+    assert "{} takes every default" in refused(api, post_json_text(api, "/start", ""), 400, None)["error"]
+    refused(api, api.post("/start", data="", content_type="application/x-www-form-urlencoded"), 400, None)
     for path in ("/add", "/login"):
         assert api.post(path, data=b'{"token": "x"}').status_code == 415, path
     for path, field in (("/seed", "seed"), ("/package", "package")):

@@ -15,7 +15,8 @@ from fedtier.round_config import integer_setting
 bp = Blueprint("network", __name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-HOST = re.compile(r"[A-Za-z0-9:\[][A-Za-z0-9.:\[\]-]{0,252}")  # a DNS name, IPv4, or IPv6 (bracketed or not)
+# a DNS name (with '_', which Docker's DNS serves), IPv4, or IPv6 (bracketed or not)
+HOST = re.compile(r"[A-Za-z0-9:\[][A-Za-z0-9._:\[\]-]{0,252}")
 
 
 def _name(value: object, field: str) -> str:

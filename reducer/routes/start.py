@@ -21,7 +21,7 @@ def start_form():
 @bp.post("/start")
 @require_admin
 def start_session():
-    data = fields()
+    data = fields(required=True)
     if not request.is_json:  # an empty form field means "the default"; an unknown one is still named
         known = SESSION_SETTINGS | set(setting_names())
         data = {k: v for k, v in data.items() if v != "" or k not in known}
