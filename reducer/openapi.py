@@ -6,6 +6,7 @@ cannot quietly drift from the code.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -14,6 +15,7 @@ from fedtier import __version__
 from fedtier.aggregators import AGGREGATORS
 from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS
+from fedtier.round_config import RoundConfig
 
 bp = Blueprint("openapi", __name__)
 
@@ -88,6 +90,10 @@ SCHEMAS: dict[str, Any] = {
         "helper": {"enum": known_helpers()},
         "validate": {"type": "boolean"}, "task": OBJECT}},
 }
+# a round setting without an entry above is still listed, typed from its declaration
+_TYPES = {"int": INTEGER, "float": NUMBER, "bool": {"type": "boolean"}, "str": STRING}
+for _field in fields(RoundConfig):
+    SCHEMAS["RoundSettings"]["properties"].setdefault(_field.name, _TYPES.get(str(_field.type), OBJECT))
 # the start page posts the same settings as form fields (strings; task and aggregator_kwargs as JSON text)
 SCHEMAS["RoundSettingsForm"] = {"type": "object", "additionalProperties": False,
                                 "properties": {name: STRING for name in SCHEMAS["RoundSettings"]["properties"]}}

@@ -13,9 +13,12 @@ from openapi_spec_validator import validate
 from schemathesis import GenerationMode, checks
 from werkzeug.serving import make_server
 
+from fedtier.aggregators import AGGREGATORS
 from fedtier.config import Settings
+from fedtier.helpers import known_helpers
 from fedtier.reducer.app import create_app
 from fedtier.reducer.openapi import document
+from fedtier.round_config import setting_names
 
 ADMIN, NETWORK = "fuzz-admin-token", "fuzz-network-token"
 
@@ -33,6 +36,10 @@ EXAMPLES = 6  # per operation, credential and generation mode: the whole fuzz st
 def test_document_is_valid_openapi_and_covers_every_route(tmp_path: Path) -> None:
     spec = document()
     validate(spec)
+    settings = spec["components"]["schemas"]["RoundSettings"]["properties"]
+    assert set(settings) == {"rounds", *setting_names()}  # every setting /start takes, rounds too
+    assert settings["aggregator"]["enum"] == sorted(AGGREGATORS)
+    assert settings["helper"]["enum"] == known_helpers()
     app = create_app(Settings(data_dir=tmp_path), poll_interval_s=None)
     try:
         for rule in app.url_map.iter_rules():
