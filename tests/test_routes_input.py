@@ -218,6 +218,13 @@ def test_login_with_a_token_that_is_not_a_string_is_a_401(tmp_path: Path) -> Non
         app.extensions["fedtier"].close()
 
 
+def test_query_limits_take_ascii_digits_only(api: FlaskClient) -> None:
+    for raw in ("²", "٣", "1e400", "1" + "0" * 400, "0", "-1"):
+        reply = api.get("/api/v1/sessions", query_string={"limit": raw})
+        assert reply.status_code == 400 and reply.get_json()["field"] == "limit", raw
+    assert api.get("/api/v1/rounds", query_string={"limit": "3"}).status_code == 200
+
+
 def test_input_errors_that_escape_the_checks_are_a_logged_400(app, caplog: pytest.LogCaptureFixture) -> None:
     def overflow():
         raise OverflowError("int too large to convert to float")
