@@ -115,7 +115,9 @@ def login() -> Any:
     session["admin"] = True
     if request.is_json:
         return jsonify({"logged_in": True})
-    return redirect(request.args.get("next") or "/")
+    target = request.args.get("next") or "/"
+    # only a path on this reducer: "//host" and "https://host" would send the browser elsewhere
+    return redirect(target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/")
 
 
 @bp.post("/logout")

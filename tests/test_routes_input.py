@@ -214,6 +214,10 @@ def test_login_with_a_token_that_is_not_a_string_is_a_401(tmp_path: Path) -> Non
             assert client.post("/login", json={"token": token}).status_code == 401
         assert post_json_text(client, "/login", '{"token": "\\ud800"}').status_code == 400
         assert client.post("/login", json={"token": "admin-t"}).get_json() == {"logged_in": True}
+        for target, landing in (("https://elsewhere.example/", "/"), ("//elsewhere.example", "/"),
+                                ("/\\elsewhere.example", "/"), ("/trail", "/trail")):
+            form = client.post("/login", query_string={"next": target}, data={"token": "admin-t"})
+            assert form.status_code == 302 and form.headers["Location"] == landing, target
     finally:
         app.extensions["fedtier"].close()
 
