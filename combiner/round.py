@@ -9,12 +9,12 @@ whose weight the round's cap may still cut waits on disk until the cap is known
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
+from fedtier import strict_json
 from fedtier.aggregators.base import Aggregator
 from fedtier.aggregators.weight_policy import WeightCap, WeightPolicy
 from fedtier.combiner.model_cache import ModelCache
@@ -240,9 +240,9 @@ class ActiveRound:
         return capped
 
     def submit_validation(self, report: pb.ValidationReport) -> None:
-        try:
-            metrics = json.loads(report.metrics_json or "{}")
-        except json.JSONDecodeError:
+        try:  # a client's text: bounded depth, no NaN (fedtier/strict_json.py)
+            metrics = strict_json.loads(report.metrics_json or "{}")
+        except strict_json.JSONInputError:
             metrics = None
         if not isinstance(metrics, dict):
             raise RejectedReport("metrics_json must be a JSON object")

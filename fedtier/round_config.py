@@ -2,19 +2,27 @@
 
 The reducer validates a ``/start`` request with this class before anything changes,
 and the combiner parses the JSON it receives with the same class, so a setting means
-the same thing at both tiers.
+the same thing at both tiers. Whatever a combiner would refuse (an aggregator or helper
+it does not have, a parameter the aggregator does not take) is refused here, so it is
+refused at ``/start`` and never accepted there to fail on every round afterwards.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from fedtier import strict_json
+from fedtier.aggregators import AGGREGATORS
+from fedtier.aggregators.params import ParamError, check_params
 from fedtier.aggregators.weight_policy import WeightPolicy
+from fedtier.helpers import known_helpers
 
 MAX_WEIGHT = 2 ** 53  # examples per client: a weight beyond this is no longer exact as a float
 MAX_MULTIPLE = 1e6
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 class RoundConfigError(ValueError):
@@ -62,26 +70,31 @@ class RoundConfig:
         for name in ("round_timeout", "wait_for_clients"):
             if name in data:
                 values[name] = _number(name, data[name])
-        for name in ("aggregator", "helper"):
+        for name, known_names in (("aggregator", sorted(AGGREGATORS)), ("helper", known_helpers())):
             if name in data:
                 value = data[name]
-                if not isinstance(value, str) or not value.strip():
-                    raise RoundConfigError(name, "must be a non-empty string")
-                values[name] = value.strip()
+                if not isinstance(value, str) or value.strip().lower() not in known_names:
+                    shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+                    raise RoundConfigError(name, f"unknown {name} {shown} (known: {', '.join(known_names)})")
+                values[name] = value.strip().lower()
         if "validate" in data:
             values["validate"] = _boolean("validate", data["validate"])
         for name in ("aggregator_kwargs", "task"):
             if name in data:
                 value = data[name]
-                if isinstance(value, str):
+                if isinstance(value, str):  # a form field holds the JSON text
                     try:
-                        value = json.loads(value) if value.strip() else {}
-                    except json.JSONDecodeError as exc:
-                        raise RoundConfigError(name, f"is not valid JSON ({exc.msg})") from None
+                        value = strict_json.loads(value) if value.strip() else {}
+                    except strict_json.JSONInputError as exc:
+                        raise RoundConfigError(f"{name}.{exc.field}" if exc.field else name, exc.message) from None
                 if not isinstance(value, Mapping):
                     raise RoundConfigError(name, "must be a JSON object")
                 values[name] = dict(value)
         config = cls(**values)
+        try:  # the aggregator's declared parameters (fedtier/aggregators/params.py)
+            check_params(config.aggregator, AGGREGATORS[config.aggregator].params, config.aggregator_kwargs)
+        except ParamError as exc:
+            raise RoundConfigError(f"aggregator_kwargs.{exc.name}", exc.message) from None
         if config.clients_requested and config.clients_requested < config.clients_required:
             raise RoundConfigError("clients_requested",
                                    f"({config.clients_requested}) is below clients_required ({config.clients_required})")
@@ -89,7 +102,10 @@ class RoundConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RoundConfig":
-        data = json.loads(text) if text else {}
+        try:
+            data = strict_json.loads(text) if text else {}
+        except strict_json.JSONInputError as exc:
+            raise RoundConfigError(exc.field or "config", exc.message) from None
         if not isinstance(data, dict):
             raise RoundConfigError("config", "must be a JSON object")
         return cls.from_dict(data)
@@ -107,32 +123,47 @@ class RoundConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _integer(name: str, value: Any, minimum: int, maximum: int = 1_000_000) -> int:
+def setting_names() -> list[str]:
+    """Every round setting, for error messages that list what is known."""
+    return sorted(f.name for f in fields(RoundConfig))
+
+
+def integer_setting(name: str, value: Any, minimum: int, maximum: int) -> int:
+    """An integer from ``minimum`` to ``maximum`` given as an int, an integral float or a
+    string of decimal digits (a form field). Nothing here converts an unbounded text or
+    value: ``int("1" + "0" * 400)``, ``int(float("inf"))`` and the like never run."""
     if isinstance(value, bool):
-        raise RoundConfigError(name, "must be an integer")
+        raise RoundConfigError(name, f"must be an integer from {minimum} to {maximum}, got {value!r}")
     if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise RoundConfigError(name, f"must be an integer, got {value!r}") from None
-    if isinstance(value, float) and value.is_integer():
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            raise RoundConfigError(name, f"must be an integer from {minimum} to {maximum}, got {value[:40]!r}")
+        value = int(text)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if not isinstance(value, int):
-        raise RoundConfigError(name, "must be an integer")
-    if value < minimum:
-        raise RoundConfigError(name, f"must be at least {minimum}, got {value}")
-    if value > maximum:
-        raise RoundConfigError(name, f"must be at most {maximum}, got {value}")
+        shown = repr(value)[:40] if isinstance(value, float) else type(value).__name__
+        raise RoundConfigError(name, f"must be an integer from {minimum} to {maximum}, got {shown}")
+    if not minimum <= value <= maximum:
+        shown = str(value) if abs(value) < 10**18 else "a larger number"
+        raise RoundConfigError(name, f"must be an integer from {minimum} to {maximum}, got {shown}")
     return value
+
+
+def _integer(name: str, value: Any, minimum: int, maximum: int = 1_000_000) -> int:
+    return integer_setting(name, value, minimum, maximum)
 
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool):
         raise RoundConfigError(name, "must be a number of seconds")
+    if isinstance(value, str) and len(value) > strict_json.MAX_NUMBER_CHARS:
+        raise RoundConfigError(name, f"must be a number of seconds, got a text of {len(value)} characters")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise RoundConfigError(name, f"must be a number of seconds, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # float(10**400) overflows
+        shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+        raise RoundConfigError(name, f"must be a number of seconds, got {shown}") from None
     if not math.isfinite(number) or number <= 0 or number > 7 * 24 * 3600:
         raise RoundConfigError(name, f"must be between 0 and one week of seconds, got {value!r}")
     return number

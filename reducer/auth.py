@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from flask import Blueprint, Flask, current_app, jsonify, redirect, render_template, request, session
 
+from fedtier.reducer.body import fields
 from fedtier.reducer.errors import APIError
 from fedtier.transport.auth import parse_authorization, token_matches
 
@@ -104,7 +105,8 @@ def login_form() -> Any:
 @bp.post("/login")
 def login() -> Any:
     admin, _ = _tokens()
-    token = request.form.get("token") or (request.get_json(silent=True) or {}).get("token")
+    token = fields().get("token")
+    token = token if isinstance(token, str) else None
     if not admin or not token_matches(token, admin):
         if request.is_json:
             raise APIError(401, "that is not the admin token")
@@ -113,7 +115,9 @@ def login() -> Any:
     session["admin"] = True
     if request.is_json:
         return jsonify({"logged_in": True})
-    return redirect(request.args.get("next") or "/")
+    target = request.args.get("next") or "/"
+    # only a path on this reducer: "//host" and "https://host" would send the browser elsewhere
+    return redirect(target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/")
 
 
 @bp.post("/logout")

@@ -45,7 +45,7 @@ from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
-from fedtier.round_config import RoundConfig, RoundConfigError
+from fedtier.round_config import RoundConfig, RoundConfigError, integer_setting, setting_names
 from fedtier.storage.model_store import ModelStoreError
 from fedtier.storage.state_store import StateStore
 from fedtier.transport.streams import Digests, Received
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "reducer"
 LATEST = "latest"  # under the work dir: the last committed global model, the next round's base
 MAX_ROUNDS = 10_000
+SESSION_SETTINGS = {"rounds"}  # a /start body's keys besides the round settings (RoundConfig)
 
 # /stop's modes. after_round (the default) lets the round in progress finish and commit,
 # then ends the session; abort tells the combiners to drop the round at once.
@@ -100,14 +101,12 @@ class SessionRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], defaults: Mapping[str, Any]) -> "SessionRequest":
+        known = sorted(SESSION_SETTINGS | set(setting_names()))
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise RoundConfigError(unknown[0][:100], f"unknown setting (known: {', '.join(known)})")
         data = dict(data)
-        raw = data.pop("rounds", 1)
-        try:
-            rounds = int(raw) if not isinstance(raw, bool) and float(raw) == int(float(raw)) else None
-        except (TypeError, ValueError):
-            rounds = None
-        if rounds is None or not 1 <= rounds <= MAX_ROUNDS:
-            raise RoundConfigError("rounds", f"must be an integer from 1 to {MAX_ROUNDS}, got {raw!r}")
+        rounds = integer_setting("rounds", data.pop("rounds", 1), 1, MAX_ROUNDS)
         return cls(rounds, RoundConfig.from_dict({**defaults, **data}))
 
 

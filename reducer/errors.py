@@ -7,6 +7,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from fedtier.helpers.format import ModelFormatError
+from fedtier.strict_json import JSONInputError
 from fedtier.reducer.control import StateConflict
 from fedtier.round_config import RoundConfigError
 
@@ -35,6 +36,10 @@ def register_error_handlers(app: Flask) -> None:
     def bad_setting(exc: RoundConfigError):
         return _body(400, str(exc), field=exc.field)
 
+    @app.errorhandler(JSONInputError)
+    def bad_json(exc: JSONInputError):
+        return _body(400, exc.message, field=exc.field or None)
+
     @app.errorhandler(ModelFormatError)
     def bad_model(exc: ModelFormatError):
         return _body(400, f"not a valid model: {exc}")
@@ -46,6 +51,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         return _body(exc.code or 500, exc.description or exc.name)
+
+    # The last resort: input the routes should have refused (reducer/body.py parses every
+    # body with bounds) but that reached Python's recursion or float limits, or a value
+    # check, is still the request's fault. Logged with its trace, since it means a check
+    # is missing at the edge.
+    @app.errorhandler(RecursionError)
+    @app.errorhandler(OverflowError)
+    @app.errorhandler(ValueError)
+    def escaped_bad_input(exc: Exception):
+        log.error("input error escaped the route's checks: %r", exc, exc_info=exc)
+        return _body(400, f"invalid input ({exc.__class__.__name__})")
 
     @app.errorhandler(Exception)
     def internal(exc: Exception):

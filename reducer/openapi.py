@@ -6,12 +6,15 @@ cannot quietly drift from the code.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from flask import Blueprint, jsonify
 
 from fedtier import __version__
-from fedtier.reducer.control import ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
+from fedtier.aggregators import AGGREGATORS
+from fedtier.helpers import known_helpers
+from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.round_config import MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
@@ -28,6 +31,7 @@ SESSION_STATUS = ("running; succeeded: every requested round succeeded; failed: 
                   "are given succeeded or failed when the reducer starts.")
 ROUND_STATUS = ("running; success: the round committed a model; failed; stopped: the user aborted it, or "
                 "stopped the session while it waited for its clients (not a failure)")
+WEEK = 7 * 24 * 3600
 
 
 def ref(name: str) -> dict[str, str]:
@@ -89,12 +93,19 @@ SCHEMAS: dict[str, Any] = {
     "Package": {"type": "object", "required": ["sha256", "size"], "properties": {
         "id": STRING, "sha256": STRING, "size": INTEGER, "files": INTEGER, "created_at": NUMBER}},
     "RoundSettings": {"type": "object", "additionalProperties": False, "properties": {
-        "rounds": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "clients_required": {"type": "integer", "minimum": 1},
-        "clients_requested": {"type": "integer", "minimum": 0},
-        "round_timeout": {"type": "number", "exclusiveMinimum": 0},
-        "wait_for_clients": {"type": "number", "exclusiveMinimum": 0},
-        "aggregator": STRING, "aggregator_kwargs": OBJECT, "helper": STRING,
+        "rounds": {"type": "integer", "minimum": 1, "maximum": MAX_ROUNDS},
+        "clients_required": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "clients_requested": {"type": "integer", "minimum": 0, "maximum": 1_000_000,
+                              "description": "0 asks every active client; else at least clients_required"},
+        "round_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},
+        "wait_for_clients": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},
+        "aggregator": {"enum": sorted(AGGREGATORS)},
+        "aggregator_kwargs": {
+            "type": "object", "additionalProperties": False,
+            "description": "the chosen aggregator's parameters: " + "; ".join(
+                f"{name}: {', '.join(sorted(cls.params)) or 'none'}" for name, cls in sorted(AGGREGATORS.items())),
+            "properties": {k: p.json_schema() for cls in AGGREGATORS.values() for k, p in cls.params.items()}},
+        "helper": {"enum": known_helpers()},
         "validate": {"type": "boolean"}, "task": OBJECT,
         "weight_cap_median": {"type": "number", "minimum": 0, "maximum": MAX_MULTIPLE,
                               "default": RoundConfig.weight_cap_median,
@@ -104,6 +115,13 @@ SCHEMAS: dict[str, Any] = {
                        "default": RoundConfig.weight_cap,
                        "description": "no client counts with more examples than this; 0 = off"}}},
 }
+# a round setting without an entry above is still listed, typed from its declaration
+_TYPES = {"int": INTEGER, "float": NUMBER, "bool": {"type": "boolean"}, "str": STRING}
+for _field in fields(RoundConfig):
+    SCHEMAS["RoundSettings"]["properties"].setdefault(_field.name, _TYPES.get(str(_field.type), OBJECT))
+# the start page posts the same settings as form fields (strings; task and aggregator_kwargs as JSON text)
+SCHEMAS["RoundSettingsForm"] = {"type": "object", "additionalProperties": False,
+                                "properties": {name: STRING for name in SCHEMAS["RoundSettings"]["properties"]}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -113,7 +131,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "invalid input; `field` names the culprit", 401: "missing or invalid token",
                404: "no such id", 409: "not allowed in the reducer's current state (named in `state`)",
-               413: "body too large", 503: "no combiner is online yet"}
+               413: "body too large", 415: "the body's Content-Type is not one the route takes (named in the error)",
+               503: "no combiner is online yet"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
 
@@ -168,14 +187,18 @@ def document() -> dict[str, Any]:
                     "properties": {"seed": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["model", "state"],
                                             "properties": {"model": ref("Model"), "state": STRING}}, "seeded"),
-                              **_errors(400, 401, 409, 413)}}},
+                              **_errors(400, 401, 409, 413, 415)}}},
             "/start": {"post": {
                 "summary": "start a session of rounds (admin)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("RoundSettings")}}},
+                "description": "Every setting is checked before anything changes: a 400 names the field "
+                               "(`rounds`, `aggregator_kwargs.<name>`) and lists the accepted values.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": ref("RoundSettings")},
+                    "application/x-www-form-urlencoded": {"schema": ref("RoundSettingsForm")}}},
                 "responses": {"201": _json({"type": "object", "required": ["session_id", "session", "state"],
                                             "properties": {"session_id": STRING, "session": ref("Session"),
                                                            "state": STRING}}, "started"),
-                              **_errors(400, 401, 409, 413)}}},
+                              **_errors(400, 401, 409, 413, 415)}}},
             "/stop": {"post": {
                 "summary": "stop the running session (admin)",
                 "description": "mode after_round (the default, also for an empty body) lets the round in "
@@ -188,26 +211,36 @@ def document() -> dict[str, Any]:
                     for media in ("application/json", "application/x-www-form-urlencoded")}},
                 "responses": {"202": _json({"type": "object", "required": ["stopping", "mode", "state"], "properties": {
                     "stopping": {"type": "boolean"}, "mode": {"enum": list(STOP_MODES)},
-                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409)}}},
+                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409, 415)}}},
             "/add": {"post": {
                 "summary": "a combiner announces itself (network token)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["name", "address", "port"], "properties": {
                         "name": STRING, "address": STRING, "port": INTEGER}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"combiner": ref("Combiner")}}, "added"),
-                              **_errors(400, 401, 413)}}},
+                              **_errors(400, 401, 413, 415)}}},
             "/package": {"post": {
                 "summary": "upload the compute package clients run (admin)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["package"],
                     "properties": {"package": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"package": ref("Package")}}, "stored"),
-                              **_errors(400, 401, 413)}}},
+                              **_errors(400, 401, 413, 415)}}},
             "/api/v1/package": {"get": {"summary": "the current compute package (network token)", "responses": {
                 "200": _json(ref("Package"), "package"), **_errors(401, 404)}}},
             "/api/v1/package/download": {"get": {"summary": "the current compute package's bytes", "responses": {
                 "200": {"description": "gzip'd tar", "content": {"application/gzip": {
                     "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 404)}}},
+            "/login": {"post": {
+                "summary": "log a browser in with the admin token (the UI's form posts it as a form field)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"token": STRING}}}}},
+                "responses": {"200": _json({"type": "object", "properties": {"logged_in": {"type": "boolean"}}},
+                                           "logged in: the session cookie is set"), **_errors(400, 401, 413, 415)}}},
+            "/logout": {"post": {"summary": "end the browser's session", "responses": {
+                "200": _json({"type": "object", "properties": {"logged_in": {"type": "boolean"}}},
+                             "logged out (a JSON request)"),
+                "302": {"description": "logged out (a form post): back to the dashboard"}}}},
             "/assign": {"get": {
                 "summary": "which combiner a client should connect to (network token)",
                 "parameters": [{"name": "name", "in": "query", "required": True, "schema": STRING}],

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+from fedtier.aggregators.params import Param, check_params
 from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.helpers.base import Helper
 
 
 class Aggregator(ABC):
     name: ClassVar[str]
+    # what ``aggregator_kwargs`` may hold for this algorithm; RoundConfig checks a session's
+    # settings against it at /start and on the combiner, before any round runs
+    params: ClassVar[Mapping[str, Param]] = {}
 
     def __init__(self, helper: Helper, **params: Any) -> None:
-        if params:
-            raise ValueError(f"aggregator {self.name!r} takes no parameters, got {sorted(params)}")
+        self.settings = {name: p.default for name, p in self.params.items()}
+        self.settings.update(check_params(self.name, self.params, params))
         self.helper = helper
         self.num_updates = 0
         self.total_weight = 0.0

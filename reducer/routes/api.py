@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.control import ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.reducer.errors import APIError
+from fedtier.round_config import integer_setting
 from fedtier.storage.model_store import ModelNotFoundError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -24,9 +25,7 @@ def _limit() -> int | None:
     raw = request.args.get("limit")
     if raw is None:
         return None
-    if not raw.isdigit() or not 0 < int(raw) <= 100_000:
-        raise APIError(400, "limit must be an integer from 1 to 100000", field="limit")
-    return int(raw)
+    return integer_setting("limit", raw, 1, 100_000)  # ASCII digits only: "²".isdigit() is true
 
 
 @bp.get("/status")

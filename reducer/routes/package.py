@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from fedtier.package import PackageError, check, sha256_hex
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin, require_network
+from fedtier.reducer.body import require_multipart
 from fedtier.reducer.errors import APIError
 from fedtier.storage.model_store import ModelExistsError
 
@@ -31,6 +32,7 @@ def current() -> dict | None:
 @bp.post("/package")
 @require_admin
 def upload_package():
+    require_multipart()
     upload = request.files.get("package")
     if upload is None:
         raise APIError(400, "send the compute package (fedtier package --project DIR) as multipart field "

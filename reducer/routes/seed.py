@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, render_template, request
 
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin
+from fedtier.reducer.body import require_multipart
 from fedtier.reducer.errors import APIError
 
 bp = Blueprint("seed", __name__)
@@ -23,6 +24,7 @@ def seed_form():
 @bp.post("/seed")
 @require_admin
 def seed_upload():
+    require_multipart()
     upload = request.files.get("seed")
     if upload is None or not upload.filename and upload.content_length == 0:
         raise APIError(400, "send the seed model as multipart field 'seed'", field="seed")

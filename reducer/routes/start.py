@@ -4,10 +4,11 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, render_template, request
 
 from fedtier.reducer.app import reducer
-from fedtier.reducer.control import STOP_AFTER_ROUND, STOP_MODES, SessionRequest
 from fedtier.reducer.auth import require_admin
+from fedtier.reducer.body import fields
 from fedtier.reducer.errors import APIError
-from fedtier.round_config import RoundConfig
+from fedtier.reducer.control import SESSION_SETTINGS, STOP_AFTER_ROUND, STOP_MODES, SessionRequest
+from fedtier.round_config import RoundConfig, setting_names
 
 bp = Blueprint("start", __name__)
 
@@ -21,12 +22,10 @@ def start_form():
 @bp.post("/start")
 @require_admin
 def start_session():
-    if request.is_json:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise APIError(400, "the request body must be a JSON object")
-    else:
-        data = {k: v for k, v in request.form.items() if v != ""}
+    data = fields(required=True)
+    if not request.is_json:  # an empty form field means "the default"; an unknown one is still named
+        known = SESSION_SETTINGS | set(setting_names())
+        data = {k: v for k, v in data.items() if v != "" or k not in known}
     r = reducer()
     session_request = SessionRequest.from_dict(data, defaults={"helper": r.control.helper_name})
     session = r.control.start_session(session_request)
@@ -38,12 +37,7 @@ def start_session():
 def stop_session():
     """``{"mode": "after_round"}`` (the default: the round in progress finishes and is kept)
     or ``{"mode": "abort"}`` (the combiners drop it now); an empty body is the default."""
-    if request.is_json and request.get_data():
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise APIError(400, "the request body must be a JSON object")
-    else:
-        data = request.form.to_dict()
+    data = fields()
     unknown = sorted(set(data) - {"mode"})
     if unknown:
         raise APIError(400, f"unknown field {unknown[0]!r}: /stop takes only mode", field=unknown[0])
