@@ -6,9 +6,9 @@ import re
 from flask import Blueprint, jsonify, request
 
 from fedtier.reducer.app import reducer
-from fedtier.reducer.auth import require_network
+from fedtier.reducer.auth import caller, require_name
 from fedtier.reducer.errors import APIError
-from fedtier.reducer.network import NoCombinerError
+from fedtier.reducer.network import CombinerRefused, NoCombinerError
 
 bp = Blueprint("network", __name__)
 
@@ -22,12 +22,15 @@ def _name(value: object, field: str) -> str:
 
 
 @bp.post("/add")
-@require_network
 def add_combiner():
+    """Register a combiner: only under the name its ``combiner`` credential gives (or by the
+    admin), and never moving a name a live combiner holds to another address."""
+    identity = caller(("combiner",))
     data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
     if not isinstance(data, dict):
         raise APIError(400, "send name, address and port as JSON or form fields")
     name = _name(data.get("name"), "name")
+    require_name(identity, name)
     address = data.get("address")
     if not isinstance(address, str) or not address.strip() or len(address) > 253:
         raise APIError(400, "address must be a host name or IP address", field="address")
@@ -37,14 +40,18 @@ def add_combiner():
         port = 0
     if not 0 < port < 65536:
         raise APIError(400, "port must be an integer from 1 to 65535", field="port")
-    doc = reducer().network.add_combiner(name, address.strip(), port)
+    try:
+        doc = reducer().network.add_combiner(name, address.strip(), port)
+    except CombinerRefused as exc:
+        raise APIError(exc.status, str(exc), field=exc.field) from None
     return jsonify({"combiner": doc}), 201
 
 
 @bp.get("/assign")
-@require_network
 def assign_client():
+    identity = caller(("client",))
     name = _name(request.args.get("name"), "name")
+    require_name(identity, name)
     try:
         assignment = reducer().network.assign(name)
     except NoCombinerError as exc:
