@@ -267,8 +267,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{signing}  (FEDTIER_TOKEN_SIGNING_KEY: the reducer and whoever issues credentials; keep it secret)")
         print(f"{verify}  (FEDTIER_TOKEN_VERIFY_KEY: the reducer and every combiner)")
         return 0
-    key_path = args.signing_key or settings.token_signing_key
     if args.token_command == "issue":
+        key_path = args.signing_key or settings.token_signing_key
         if not key_path:
             raise ConfigError("--signing-key (or FEDTIER_TOKEN_SIGNING_KEY) is required to issue credentials")
         try:

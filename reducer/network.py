@@ -82,7 +82,8 @@ class Network:
         try:
             answered = client.status(timeout=self.probe_timeout_s).name
         except grpc.RpcError as exc:
-            tls = " (with TLS its certificate must be valid for that address)" if self.ca_file else ""
+            tls = " (with TLS its certificate must be valid for that address)" \
+                if self.ca_file and exc.code() == grpc.StatusCode.UNAVAILABLE else ""
             raise CombinerRefused(422, f"combiner {name} at {address}:{port} did not answer as a combiner"
                                        f"{tls}: {exc.code().name} {exc.details() or ''}".rstrip(),
                                   field="address") from None
