@@ -263,11 +263,16 @@ def test_only_a_combiners_own_credential_registers_it(net: Net) -> None:
 
 def test_a_live_combiners_name_cannot_be_taken_to_another_address(net: Net) -> None:
     """The takeover of issue 14: a valid combiner credential for c0, held by someone else,
-    announcing c0 at its own address while the real c0 runs."""
-    thief = free_port()
-    reply = requests.post(f"{net.url}/add", json={"name": "c0", "address": "127.0.0.1", "port": thief},
-                          headers=auth(net.cred("combiner", "c0")), timeout=5)
+    announcing c0 at its own address (where a server answers as c0) while the real c0 runs."""
+    thief_control = CapturingControl("c0")
+    thief_server, thief = fake_combiner(thief_control)
+    try:
+        reply = requests.post(f"{net.url}/add", json={"name": "c0", "address": "127.0.0.1", "port": thief},
+                              headers=auth(net.cred("combiner", "c0")), timeout=5)
+    finally:
+        thief_server.stop(0)
     assert reply.status_code == 409, reply.text
+    assert thief_control.captured == []  # refused before the reducer called it
     assert f"combiner c0 is live at 127.0.0.1:{net.cport}" in reply.json()["error"]
     assert net.combiner_doc("c0")["port"] == net.cport
     assigned = requests.get(f"{net.url}/assign", params={"name": "site-a"},
@@ -331,22 +336,28 @@ def test_a_client_cannot_act_as_another(net: Net, tmp_path: Path) -> None:
 
 
 class CapturingControl(rpc.ControlServicer):
-    """A combiner that keeps the credential the reducer presents to it."""
+    """A combiner (an attacker's) that keeps the credential the reducer presents to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "c1") -> None:
+        self.name = name
         self.captured: list[str] = []
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.CombinerStatus:
         self.captured.append(dict(context.invocation_metadata())["authorization"].split(" ", 1)[1])
-        return pb.CombinerStatus(name="c1")
+        return pb.CombinerStatus(name=self.name)
 
 
-def test_the_reducers_credential_captured_by_one_combiner_opens_nothing_else(net: Net) -> None:
-    control = CapturingControl()
+def fake_combiner(control: CapturingControl) -> tuple[grpc.Server, int]:
     server = make_server(4)
     rpc.add_ControlServicer_to_server(control, server)
     port = add_port(server, "127.0.0.1:0")
     server.start()
+    return server, port
+
+
+def test_the_reducers_credential_captured_by_one_combiner_opens_nothing_else(net: Net) -> None:
+    control = CapturingControl()
+    server, port = fake_combiner(control)
     try:
         reply = requests.post(f"{net.url}/add", json={"name": "c1", "address": "127.0.0.1", "port": port},
                               headers=auth(net.cred("combiner", "c1")), timeout=10)
@@ -370,10 +381,7 @@ def test_the_reducers_credential_captured_by_one_combiner_opens_nothing_else(net
 
 
 def test_an_address_is_kept_only_if_the_combiner_there_gives_the_name(net: Net) -> None:
-    server = make_server(4)
-    rpc.add_ControlServicer_to_server(CapturingControl(), server)  # answers as c1
-    port = add_port(server, "127.0.0.1:0")
-    server.start()
+    server, port = fake_combiner(CapturingControl("c1"))
     try:
         reply = requests.post(f"{net.url}/add", json={"name": "c2", "address": "127.0.0.1", "port": port},
                               headers=auth(net.cred("combiner", "c2")), timeout=10)
