@@ -157,7 +157,8 @@ class Settings:
         if any(given.values()) and not all(given.values()):
             missing = ", ".join(k for k, v in given.items() if not v)
             raise ConfigError(f"the reducer checks identities only with {', '.join(given)} all set; "
-                              f"missing: {missing} (fedtier token keygen --out keys makes the key pair)")
+                              f"missing: {missing}. Make the key pair with `fedtier token keygen --out keys`, "
+                              f"then issue each client and combiner its credential with `fedtier token issue`")
 
     def check(self) -> None:
         """Fail at start-up, not mid-round, on settings that cannot work together."""
@@ -174,12 +175,6 @@ class Settings:
             raise ConfigError(f"FEDTIER_CREDENTIALS_DIR names {self.credentials_dir!r}, which is not a folder")
         if self.admin_auth_token and self.admin_auth_token == self.auth_token:
             raise ConfigError("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN must differ from FEDN_ALLIANCE_AUTH_TOKEN")
-        if self.admin_auth_token and not self.token_verify_key:
-            # the admin token alone once came with one shared network token; that scheme is gone
-            raise ConfigError("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN is set but FEDTIER_TOKEN_VERIFY_KEY is not: "
-                              "make keys with `fedtier token keygen --out keys`, set FEDTIER_TOKEN_VERIFY_KEY "
-                              "(and FEDTIER_TOKEN_SIGNING_KEY on the reducer), and issue each client and "
-                              "combiner its credential with `fedtier token issue`")
         if self.token_signing_key and not self.token_verify_key:
             raise ConfigError("FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not: set both "
                               "(fedtier token keygen writes the pair)")

@@ -126,8 +126,10 @@ def test_token_cli_keygen_issue_show(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_settings_refuse_an_admin_token_without_keys(keys) -> None:
     signing, verify_path, _, _ = keys
-    with pytest.raises(ConfigError, match="FEDTIER_TOKEN_VERIFY_KEY is not.*fedtier token keygen"):
-        Settings.from_env({"FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": "x"})
+    with pytest.raises(ConfigError, match="missing: FEDTIER_TOKEN_VERIFY_KEY, FEDTIER_TOKEN_SIGNING_KEY.*keygen"):
+        Settings.from_env({"FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": "x"}).check_reducer()
+    with pytest.raises(ConfigError, match="FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not"):
+        Settings.from_env({"FEDTIER_TOKEN_SIGNING_KEY": str(signing)})
     with pytest.raises(ConfigError, match="missing: FEDTIER_TOKEN_SIGNING_KEY"):
         Settings.from_env({"FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": "x",
                            "FEDTIER_TOKEN_VERIFY_KEY": str(verify_path)}).check_reducer()
