@@ -3,14 +3,16 @@
 Made for container healthchecks (``docker compose`` runs it inside the container):
 
     fedtier health --http http://localhost:8090/api/v1/status   # the reducer's REST API
-    fedtier health --grpc localhost:12080                       # a combiner's Control.Status RPC
+    fedtier health --grpc localhost:12080 --as combiner-0       # a combiner's Control.Status RPC
 
 An open port is not enough: the HTTP check needs a 2xx answer, the gRPC check a
 ``CombinerStatus`` reply. Exit status 0 means healthy, 1 unhealthy (Docker reserves 2).
-The check presents the tokens and trusts the CA of the process's own settings, as the
-service it checks does: the admin token (``FEDN_ALLIANCE_ADMIN_AUTH_TOKEN``, which the
-combiner's Control service requires; the network token over HTTP when no admin token
-is set) and ``FEDTIER_TLS_CA`` for https:// URLs and TLS combiners.
+The check presents the credentials and trusts the CA of the process's own settings, as
+the service it checks does: over HTTP the admin token (``FEDN_ALLIANCE_ADMIN_AUTH_TOKEN``),
+else ``FEDN_ALLIANCE_AUTH_TOKEN``; over gRPC the combiner's own credential
+(``FEDN_ALLIANCE_AUTH_TOKEN``, or ``NAME.token`` in ``FEDTIER_CREDENTIALS_DIR`` with
+``--as NAME``), which its ``Control.Status`` accepts; ``FEDTIER_TLS_CA`` for https:// URLs
+and TLS combiners.
 HTTP proxies from the environment are ignored: the check talks to the service directly.
 """
 from __future__ import annotations
