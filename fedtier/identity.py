@@ -39,6 +39,7 @@ LEEWAY_S = 30.0             # clock skew tolerated on exp/iat between machines
 REDUCER_LIFETIME_S = 3600.0  # the reducer's audience-bound credentials; re-minted before they expire
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the names /add and /assign accept
 SIGNING_FILE, VERIFY_FILE = "signing-key.pem", "verify-key.pem"
+REDUCER_NAME = "reducer"  # the name the reducer's own transfers carry (client_name); no participant may take it
 _REQUIRED = ["sub", "role", "iat", "exp", "jti", "iss"]
 
 
@@ -114,6 +115,8 @@ def issue(signing_key: Ed25519PrivateKey, role: str, name: str, lifetime_s: floa
         raise CredentialError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not NAME.match(name or ""):
         raise CredentialError(f"name must be 1-128 letters, digits, '.', '_' or '-', got {name!r}")
+    if role != "reducer" and name == REDUCER_NAME:
+        raise CredentialError(f"{REDUCER_NAME!r} is the reducer's own name: choose another")
     if (role == "reducer") != (audience is not None):
         raise CredentialError("a reducer credential names exactly one combiner as its audience; no other role has one")
     if not lifetime_s > 0:
@@ -155,7 +158,8 @@ def check_claims(claims: dict, roles: Collection[str], audience: str | None = No
                  now: float | None = None) -> Identity:
     """The checks after the signature: role, audience, name, expiry (again, for cached claims)."""
     role, name, aud = claims.get("role"), claims.get("sub"), claims.get("aud")
-    if role not in ROLES or not isinstance(name, str) or not NAME.match(name):
+    if role not in ROLES or not isinstance(name, str) or not NAME.match(name) or \
+            ((role == "reducer") != (name == REDUCER_NAME)):
         raise CredentialError("not a fedtier credential: bad role or name claim")
     if role not in roles:
         raise NotPermitted(f"wrong role {role} for {name}: {' or '.join(roles) or 'no credential'} needed here")
@@ -218,7 +222,7 @@ class SelfIssuer:
         with self._lock:
             token, expires = self._tokens.get(audience, ("", 0.0))
             if expires - now < self.lifetime_s / 4:
-                token = issue(self.key, "reducer", "reducer", self.lifetime_s, audience=audience, now=now)
+                token = issue(self.key, "reducer", REDUCER_NAME, self.lifetime_s, audience=audience, now=now)
                 self._tokens[audience] = (token, now + self.lifetime_s)
             return token
 

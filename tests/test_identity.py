@@ -94,6 +94,8 @@ def test_a_reducer_credential_is_bound_to_one_combiner(keys) -> None:
         verify(vk, token, roles=("client", "combiner"), audience="c0")  # the REST API's roles
     with pytest.raises(CredentialError):
         issue(sk, "client", "site-a", DAY, audience="c0")  # only the reducer's credentials have an audience
+    with pytest.raises(CredentialError, match="the reducer's own name"):
+        issue(sk, "client", "reducer", DAY)  # its transfers carry that name: no client may take it
 
 
 def test_the_verifier_cache_still_checks_expiry_and_role(keys) -> None:

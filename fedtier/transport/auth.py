@@ -89,7 +89,11 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         not checked. (The verifier's cache makes this a lookup, not a second signature check.)"""
         if self.verifier is None:
             return None
-        return self.verifier.verify(presented_token(context), audience=self.name)
+        try:
+            return self.verifier.verify(presented_token(context), audience=self.name)
+        except CredentialError as exc:  # it expired since the interceptor looked
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this keeps type checkers informed
 
     def may_name(self, context: grpc.ServicerContext) -> bool:
         """Whether this call may choose an uploaded model's id: only the reducer's (or anyone's
