@@ -393,3 +393,24 @@ def test_an_address_is_kept_only_if_the_combiner_there_gives_the_name(net: Net) 
         server.stop(0)
     assert reply.status_code == 422 and "calls itself 'c1', not 'c2'" in reply.json()["error"]
     assert "c2" not in {c["name"] for c in requests.get(f"{net.url}/api/v1/combiners", timeout=5).json()}
+
+
+def test_a_participant_with_the_wrong_credential_stops_at_start_up(keys, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Not at its first call, minutes later: a combiner handed a client's credential, another
+    combiner's, or a credential but no verify key to check its own clients with."""
+    _, verify_path, sk, _ = keys
+    argv = ["--env-file", "/nonexistent", "combiner", "--name", "c0", "--port", "0", "--reducer", "http://127.0.0.1:9"]
+    for var in ("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", "FEDTIER_TOKEN_SIGNING_KEY", "FEDTIER_CREDENTIALS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FEDTIER_TOKEN_VERIFY_KEY", str(verify_path))
+    for token, reason in ((issue(sk, "client", "c0", DAY), "wrong role client"),
+                          (issue(sk, "combiner", "c1", DAY), "for combiner 'c1', not 'c0'"), ("", "needs its combiner")):
+        monkeypatch.setenv("FEDN_ALLIANCE_AUTH_TOKEN", token)
+        caplog.clear()
+        assert main(argv) == 1
+        assert reason in caplog.text
+    monkeypatch.delenv("FEDTIER_TOKEN_VERIFY_KEY")
+    monkeypatch.setenv("FEDN_ALLIANCE_AUTH_TOKEN", issue(sk, "combiner", "c0", DAY))
+    caplog.clear()
+    assert main(argv) == 1 and "no FEDTIER_TOKEN_VERIFY_KEY" in caplog.text
