@@ -49,6 +49,7 @@ setup(
         "minio>=7.2",
         "pymongo>=4.6",
         "cryptography>=42",  # fedtier certs: the federation's CA and server certificates
+        "pyjwt>=2.8",  # signed credentials (fedtier/identity.py): EdDSA over cryptography
         "xxhash>=3.4",  # the transfer checksum (XXH3-128): a fifth of sha256's cost per byte
     ],
     extras_require={

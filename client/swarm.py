@@ -42,6 +42,7 @@ from typing import Any
 
 from fedtier.client.client import ClientSettings, FedClient
 from fedtier.client.project import Project
+from fedtier.identity import own_credential
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Swarm:
                  reducer_url: str | None = None, combiner: str | None = None,
                  work_dir: str | os.PathLike = "var/swarm", data_path: str | None = None,
                  partition_count: int | None = None, partition_offset: int = 0,
-                 task_slots: int = TASK_SLOTS, token: str = "", tls_ca: str = "",
+                 task_slots: int = TASK_SLOTS, token: str = "", tls_ca: str = "", credentials_dir: str = "",
                  start_interval: float = 0.01, backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
         if not 1 <= count <= MAX_CLIENTS:
             raise ValueError(f"a swarm runs 1 to {MAX_CLIENTS} clients, got {count}")
@@ -95,7 +96,9 @@ class Swarm:
             FedClient(ClientSettings(
                 name=f"{name_prefix}-{k}", project=self.project.root, combiner=combiner, reducer_url=reducer_url,
                 data_path=data_path, partition_index=(partition_offset + k) % partitions,
-                num_partitions=partitions, work_dir=self.work_dir / f"{name_prefix}-{k}", token=token,
+                num_partitions=partitions, work_dir=self.work_dir / f"{name_prefix}-{k}",
+                # each client presents its own credential (a credential names one client)
+                token=own_credential("", credentials_dir, f"{name_prefix}-{k}") if credentials_dir else token,
                 tls_ca=tls_ca, backoff_initial=backoff_initial, backoff_max=backoff_max),
                 project=self.project, task_slots=slots)
             for k in range(count)]
@@ -188,7 +191,7 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
                   work_dir=Path(args.work_dir or settings.data_dir / "swarms" / prefix),
                   data_path=args.data_path or None, partition_count=args.partition_count or None,
                   partition_offset=args.partition_offset, task_slots=args.task_slots, token=settings.auth_token,
-                  tls_ca=settings.tls_ca, start_interval=args.start_interval)
+                  tls_ca=settings.tls_ca, credentials_dir=settings.credentials_dir, start_interval=args.start_interval)
     swarm.start(wait=False)
     last: dict[str, int] = {}
     while not stop.wait(max(0.2, args.stats_interval)):

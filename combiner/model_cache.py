@@ -23,6 +23,10 @@ from fedtier.transport.wire import Chunk
 log = logging.getLogger(__name__)
 
 
+class NotTheUploader(TransferError):
+    """An upload's header names another client than the sender's verified credential."""
+
+
 @dataclass
 class Held:
     """What the cache knows of one model file besides its bytes."""
@@ -57,16 +61,21 @@ class ModelCache:
 
     def receive(self, chunks: Iterable[Chunk],
                 check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
-                may_name: bool = True) -> Received:
+                may_name: bool = True, uploader: str | None = None) -> Received:
         """Store an uploaded model; the header's id is used if given, else one is made.
 
         ``check(header)`` may return an UpdateCheck to run on the bytes as they arrive (an
         update in a training round); it is kept with the model for ``update_check``.
         ``may_name=False`` (a client's call, in a network with tokens) refuses a header that
         names the id: trail ids are public once committed, and a client that took the next
-        global model's id before the reducer's push would have its bytes served as that model."""
+        global model's id before the reducer's push would have its bytes served as that model.
+        ``uploader``: the sender's verified name (None: identities are not checked); the
+        header must give that name, and the model is recorded as that client's."""
 
         def destination(header: pb.TransferHeader) -> Path:
+            if uploader is not None and header.client_name != uploader:
+                raise NotTheUploader(f"client_name {header.client_name!r} is not the name in your credential "
+                                     f"({uploader!r})")
             if header.model_id and not may_name:
                 raise TransferError("only the reducer names models: send the upload without a model id")
             model_id = header.model_id or self.new_id()

@@ -78,7 +78,10 @@ class ClientRegistry:
             if not entry.stream_open and self._open_streams() >= self.max_streams:
                 raise CombinerFullError(f"combiner holds its maximum of {self.max_streams} clients")
             if entry.stream_open:
-                entry.tasks.put(END_OF_STREAM)  # the old stream of a reconnecting client ends
+                # the old stream of a reconnecting client ends (with identities checked, the
+                # servicer has let only the holder of this name's credential get here)
+                log.warning("client %s opened a new task stream; its previous one ends", name)
+                entry.tasks.put(END_OF_STREAM)
             entry.stream_generation += 1
             entry.stream_open = True
             entry.tasks = queue.Queue()

@@ -14,7 +14,8 @@ from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.runner import RoundRunner
 from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTransferServicer
 from fedtier.proto import fedtier_pb2_grpc as rpc
-from fedtier.transport.auth import TokenAuthInterceptor
+from fedtier.identity import Verifier, load_verify_key
+from fedtier.transport.auth import IdentityInterceptor
 from fedtier.transport.channel import add_port, make_server, resolves
 from fedtier.transport.wire import add_model_transfer_servicer
 
@@ -33,8 +34,7 @@ class CombinerSettings:
     heartbeat_timeout: float = 10.0
     max_workers: int = 1024
     max_model_bytes: int | None = None
-    network_token: str = ""   # FEDN_ALLIANCE_AUTH_TOKEN: clients must present it
-    admin_token: str = ""     # FEDN_ALLIANCE_ADMIN_AUTH_TOKEN: the reducer presents it
+    verify_key: str = ""      # FEDTIER_TOKEN_VERIFY_KEY: checks every caller's credential; unset: trust all
     tls_cert: str = ""        # serve over TLS when both are set
     tls_key: str = ""
 
@@ -47,12 +47,19 @@ class CombinerServer:
                                        max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
         self.runner = RoundRunner(settings.name, self.registry, self.cache)
         self.registry.on_disconnect = self.runner.client_gone
-        self.auth = TokenAuthInterceptor(settings.network_token, settings.admin_token)
+        verifier = Verifier(load_verify_key(settings.verify_key, "FEDTIER_TOKEN_VERIFY_KEY")) \
+            if settings.verify_key else None
+        self.auth = IdentityInterceptor(verifier, settings.name)
+        if verifier is None:
+            log.warning("IDENTITIES ARE NOT CHECKED on combiner %s: any caller may connect under any client "
+                        "name and run rounds. Set FEDTIER_TOKEN_VERIFY_KEY (fedtier token keygen) for any "
+                        "network reachable by others", settings.name)
         self.server = make_server(settings.max_workers, interceptors=[self.auth])
         rpc.add_CombinerServicer_to_server(
-            CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval), self.server)
+            CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval, self.auth),
+            self.server)
         add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check,
-                                                          may_name=self.auth.admin_call), self.server)  # wire.py: fast chunks
+                                                          auth=self.auth), self.server)  # wire.py: fast chunks
         rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
         self.port = 0
 
@@ -68,7 +75,8 @@ class CombinerServer:
                                f"it announced nothing: choose another with --port")
         self.server.start()
         log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
-                 "TLS" if self.settings.tls_cert else "plaintext", "required" if self.auth.enabled else "OFF")
+                 "TLS" if self.settings.tls_cert else "plaintext",
+                 "identities checked" if self.auth.enabled else "IDENTITIES NOT CHECKED")
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:
@@ -114,8 +122,10 @@ def announce(reducer_url: str, name: str, address: str, port: int, token: str = 
              stop: threading.Event | None = None, retry_s: float = 1.0, verify: str | bool = True) -> None:
     """Tell the reducer this combiner exists (POST /add), retrying until it answers.
 
-    Combiners often start before the reducer in a deployment, so a refused
-    connection is expected and retried; a 4xx answer is a configuration error.
+    ``token`` is this combiner's own ``combiner`` credential, for its name. Combiners often
+    start before the reducer in a deployment, so a refused connection is expected and
+    retried; a 409 (the name is held by a live combiner elsewhere) is retried too, since
+    it clears once that one is offline; any other 4xx is a configuration error.
     """
     stop = stop or threading.Event()
     url = reducer_url.rstrip("/") + "/add"
@@ -128,9 +138,12 @@ def announce(reducer_url: str, name: str, address: str, port: int, token: str = 
             if reply.status_code < 300:
                 log.info("announced to reducer at %s as %s (%s:%d)", reducer_url, name, address, port)
                 return
-            if 400 <= reply.status_code < 500:
+            if reply.status_code == 409:
+                log.warning("reducer refused combiner %s for now: %s", name, reply.text.strip()[:300])
+            elif 400 <= reply.status_code < 500:
                 raise RuntimeError(f"reducer refused combiner {name}: {reply.status_code} {reply.text.strip()}")
-            log.warning("reducer answered %s; retrying", reply.status_code)
+            else:
+                log.warning("reducer answered %s; retrying", reply.status_code)
         except requests.RequestException as exc:
             log.info("reducer at %s not reachable yet (%s); retrying in %.0fs",
                      reducer_url, exc.__class__.__name__, delay)

@@ -9,11 +9,12 @@ from typing import Callable, Iterator
 import grpc
 
 from fedtier.aggregators.update_check import UpdateCheck
-from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.model_cache import ModelCache, NotTheUploader
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
 from fedtier.combiner.runner import RoundRunner
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
+from fedtier.transport.auth import IdentityInterceptor
 from fedtier.transport.streams import TransferError
 from fedtier.transport.wire import Chunk
 
@@ -25,26 +26,51 @@ def _require_name(name: str, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_name must be 1-128 characters")
 
 
+OPEN = IdentityInterceptor(None, "")  # identities not checked: every name is taken as given
+
+
+def caller_name(auth: IdentityInterceptor, context: grpc.ServicerContext) -> str | None:
+    """The name the caller's verified client credential gives; None when identities are not
+    checked or the caller is the reducer (which names no client)."""
+    caller = auth.identity(context)
+    return caller.name if caller is not None and caller.role == "client" else None
+
+
+def require_own_name(auth: IdentityInterceptor, name: str, context: grpc.ServicerContext) -> None:
+    """Every client_name a request carries must be its sender's: a client acts only as itself."""
+    verified = caller_name(auth, context)
+    if verified is not None and name != verified:
+        log.warning("client %s sent a request as %r: refused", verified, name)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                      f"client_name {name!r} is not the name in your credential ({verified!r})")
+
+
 class CombinerServicer(rpc.CombinerServicer):
     def __init__(self, name: str, registry: ClientRegistry, runner: RoundRunner,
-                 heartbeat_interval: float) -> None:
+                 heartbeat_interval: float, auth: IdentityInterceptor = OPEN) -> None:
         self.name = name
         self.registry = registry
         self.runner = runner
         self.heartbeat_interval = heartbeat_interval
+        self.auth = auth
 
     def Connect(self, request: pb.ConnectRequest, context: grpc.ServicerContext) -> pb.ConnectResponse:
         _require_name(request.client_name, context)
+        require_own_name(self.auth, request.client_name, context)
         self.registry.connect(request.client_name)
         return pb.ConnectResponse(combiner_name=self.name, heartbeat_interval_s=self.heartbeat_interval,
                                   heartbeat_timeout_s=self.registry.heartbeat_timeout)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
+        require_own_name(self.auth, request.client_name, context)
         return pb.HeartbeatResponse(known=self.registry.heartbeat(request.client_name))
 
     def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.ServicerContext) -> Iterator[pb.Task]:
         _require_name(request.client_name, context)
+        require_own_name(self.auth, request.client_name, context)
         try:
+            # a second stream under a name replaces the first: with identities checked, only
+            # the holder of that name's credential gets here (a restarted client, say)
             generation, tasks = self.registry.open_stream(request.client_name)
         except KeyError:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "call Connect before TaskStream")
@@ -64,27 +90,34 @@ class CombinerServicer(rpc.CombinerServicer):
             self.registry.close_stream(request.client_name, generation)
 
     def ReportUpdate(self, request: pb.ModelUpdate, context: grpc.ServicerContext) -> pb.Ack:
+        require_own_name(self.auth, request.client_name, context)
         return self.runner.submit_update(request)
 
     def ReportValidation(self, request: pb.ValidationReport, context: grpc.ServicerContext) -> pb.Ack:
+        require_own_name(self.auth, request.client_name, context)
         return self.runner.submit_validation(request)
 
     def ReportFailure(self, request: pb.TaskFailure, context: grpc.ServicerContext) -> pb.Ack:
+        require_own_name(self.auth, request.client_name, context)
         return self.runner.submit_failure(request)
 
 
 class ModelTransferServicer(rpc.ModelTransferServicer):
     def __init__(self, cache: ModelCache,
                  check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
-                 may_name: Callable[[grpc.ServicerContext], bool] = lambda context: True) -> None:
+                 auth: IdentityInterceptor = OPEN) -> None:
         self.cache = cache
         self.check = check  # the runner's: updates of a running round are checked as they arrive
-        self.may_name = may_name  # the reducer's calls (admin token) choose model ids; clients' get one
+        self.auth = auth  # the reducer's calls choose model ids; clients' get one, recorded as theirs
 
     def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
         try:
-            received = self.cache.receive(request_iterator, self.check, may_name=self.may_name(context))
+            received = self.cache.receive(request_iterator, self.check, may_name=self.auth.may_name(context),
+                                          uploader=caller_name(self.auth, context))
+        except NotTheUploader as exc:
+            log.warning("upload refused: %s", exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
@@ -92,6 +125,7 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
                                  xxh3=received.xxh3)
 
     def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
+        require_own_name(self.auth, request.client_name, context)
         try:
             chunks = self.cache.chunks(request.model_id)
         except (KeyError, ValueError):

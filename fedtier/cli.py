@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,22 +51,51 @@ def _partition(text: str) -> tuple[int | None, int]:
     return index, count
 
 
+def _own_credential(settings: Settings, name: str, role: str) -> str:
+    """This participant's credential, checked at start-up (not at its first call) when this
+    process has the verify key: a credential for another name or role is a clear error now."""
+    from fedtier.identity import CredentialError, load_verify_key, own_credential, verify
+
+    try:
+        token = own_credential(settings.auth_token, settings.credentials_dir, name)
+        if token and settings.token_verify_key:
+            found = verify(load_verify_key(settings.token_verify_key, "FEDTIER_TOKEN_VERIFY_KEY"), token,
+                           roles=(role,))
+            if found.name != name:
+                raise CredentialError(f"the credential is for {role} {found.name!r}, not {name!r}")
+    except CredentialError as exc:
+        raise ConfigError(f"{role} {name}: FEDN_ALLIANCE_AUTH_TOKEN/FEDTIER_CREDENTIALS_DIR: {exc}") from None
+    if not token:
+        log.warning("%s %s presents no credential: it works only in a network that does not check identities",
+                    role, name)
+    return token
+
+
 # ---------------------------------------------------------------- combiner
 def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.combiner.server import CombinerServer, CombinerSettings, advertised_host, announce
 
+    credential = _own_credential(settings, args.name, "combiner")
+    if credential and not settings.identities:
+        raise ConfigError(f"combiner {args.name} has a credential (FEDN_ALLIANCE_AUTH_TOKEN or "
+                          "FEDTIER_CREDENTIALS_DIR) but no FEDTIER_TOKEN_VERIFY_KEY to check its clients' with: "
+                          "set FEDTIER_TOKEN_VERIFY_KEY")
+    if args.reducer and settings.identities and not credential:
+        raise ConfigError(f"combiner {args.name} needs its combiner credential to announce itself: set "
+                          f"FEDN_ALLIANCE_AUTH_TOKEN, or FEDTIER_CREDENTIALS_DIR holding {args.name}.token "
+                          f"(fedtier token issue --role combiner --name {args.name})")
     server = CombinerServer(CombinerSettings(
         name=args.name, host=args.host, port=args.port,
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        max_workers=args.max_clients + 32, network_token=settings.auth_token,
-        admin_token=settings.admin_auth_token, tls_cert=settings.tls_cert, tls_key=settings.tls_key))
+        max_workers=args.max_clients + 32, verify_key=settings.token_verify_key,
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key))
     stop = _stop_on_signals()
     port = server.start()
     if args.reducer:
         advertised = advertised_host(args.host, args.advertise_host, args.name)
         threading.Thread(target=announce, daemon=True,
-                         args=(args.reducer, args.name, advertised, port, settings.auth_token, stop),
+                         args=(args.reducer, args.name, advertised, port, credential, stop),
                          kwargs={"verify": settings.tls_ca or True}).start()
     stop.wait()
     server.stop()
@@ -99,7 +130,8 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
         name=name, project=Path(args.project) if args.project else None, combiner=args.combiner or None,
         reducer_url=args.reducer or None, data_path=args.data_path or None,
         partition_index=index, num_partitions=count,
-        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name), token=settings.auth_token, tls_ca=settings.tls_ca,
+        work_dir=Path(args.work_dir or settings.data_dir / "clients" / name),
+        token=_own_credential(settings, name, "client"), tls_ca=settings.tls_ca,
         package_sha256=args.package_sha256))
     client.run(_stop_on_signals())
     client.close()
@@ -230,6 +262,68 @@ def add_certs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_certs)
 
 
+# ---------------------------------------------------------------- token
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier import identity
+
+    if args.token_command == "keygen":
+        signing, verify = identity.generate_keypair(Path(args.out))
+        print(f"{signing}  (FEDTIER_TOKEN_SIGNING_KEY: the reducer and whoever issues credentials; keep it secret)")
+        print(f"{verify}  (FEDTIER_TOKEN_VERIFY_KEY: the reducer and every combiner)")
+        return 0
+    if args.token_command == "issue":
+        key_path = args.signing_key or settings.token_signing_key
+        if not key_path:
+            raise ConfigError("--signing-key (or FEDTIER_TOKEN_SIGNING_KEY) is required to issue credentials")
+        try:
+            lifetime = identity.parse_lifetime(args.expires)
+        except ValueError as exc:
+            raise ConfigError(f"--expires: {exc}") from None
+        key = identity.load_signing_key(key_path, "--signing-key")
+        for name in args.name:
+            if not identity.NAME.match(name):
+                raise ConfigError(f"--name must be 1-128 letters, digits, '.', '_' or '-', got {name!r}")
+        out = Path(args.out) if args.out else None
+        for name in args.name:
+            token = identity.issue(key, args.role, name, lifetime)
+            if out is None:
+                print(token)
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{name}.token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(token + "\n")
+            print(f"{path}  ({args.role} {name}, expires in {args.expires})")
+        return 0
+    # show
+    verify_path = args.verify_key or settings.token_verify_key
+    if not verify_path:
+        raise ConfigError("--verify-key (or FEDTIER_TOKEN_VERIFY_KEY) is required to check a credential")
+    found = identity.verify(identity.load_verify_key(verify_path, "--verify-key"), args.token.strip())
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found.expires_at))
+    print(f"{found.role} {found.name}  expires {expires}  id {found.token_id}"
+          + (f"  audience {found.audience}" if found.audience else ""))
+    return 0
+
+
+def add_token(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="make the federation's key pair and issue credentials to clients and combiners")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    k = tsub.add_parser("keygen", help="write a new signing key and verify key (refuses to overwrite)")
+    k.add_argument("--out", required=True, help="folder for signing-key.pem (mode 0600) and verify-key.pem")
+    i = tsub.add_parser("issue", help="issue a credential bound to a name (printed, or NAME.token in --out)")
+    i.add_argument("--role", required=True, choices=("client", "combiner"), help="what the holder may do")
+    i.add_argument("--name", required=True, action="append", help="the holder's name (repeatable: one each)")
+    i.add_argument("--expires", default="90d", help="lifetime: 90d, 12h, 30m or seconds (default 90d)")
+    i.add_argument("--signing-key", default="", help="signing key PEM (default $FEDTIER_TOKEN_SIGNING_KEY)")
+    i.add_argument("--out", default="", help="write NAME.token files into this folder (FEDTIER_CREDENTIALS_DIR)")
+    s = tsub.add_parser("show", help="check a credential and print whom it names")
+    s.add_argument("token", help="the credential")
+    s.add_argument("--verify-key", default="", help="verify key PEM (default $FEDTIER_TOKEN_VERIFY_KEY)")
+    p.set_defaults(run=cmd_token)
+
+
 # ---------------------------------------------------------------- package
 def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.package import pack, sha256_hex
@@ -250,7 +344,7 @@ def add_package(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
                                                                    add_sandbox, add_health, add_certs, add_package,
-                                                                   add_swarm]
+                                                                   add_swarm, add_token]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()  # every command moves models in 1 MiB chunks (fedtier/memory.py says why)
     try:
         return args.run(args, settings)
-    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:  # CredentialError is a ValueError
         log.error("%s", exc)
         return 1
 

@@ -104,6 +104,14 @@ class Settings:
     tls_key: str = ""
     public_read: bool = True  # read-only pages and GET /api/v1 without a token
     secret_key: str = ""      # signs the UI's session cookie; random per process when unset
+    token_verify_key: str = ""   # public key that checks participants' credentials (reducer, combiners)
+    token_signing_key: str = ""  # private key that signs them (the reducer, and `fedtier token issue`)
+    credentials_dir: str = ""    # folder of NAME.token credentials, for processes that share one environment
+
+    @property
+    def identities(self) -> bool:
+        """Whether callers' identities are checked (a verify key is set), or every caller is trusted."""
+        return bool(self.token_verify_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -133,9 +141,24 @@ class Settings:
             tls_key=env.get("FEDTIER_TLS_KEY", ""),
             public_read=_bool(env, "FEDTIER_PUBLIC_READ", True),
             secret_key=env.get("FEDTIER_SECRET_KEY", ""),
+            token_verify_key=env.get("FEDTIER_TOKEN_VERIFY_KEY", ""),
+            token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
+            credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
         )
         settings.check()
         return settings
+
+    def check_reducer(self) -> None:
+        """The reducer checks credentials only with all three set: the admin token for people,
+        the verify key for participants, the signing key for the credentials it presents."""
+        given = {"FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": self.admin_auth_token,
+                 "FEDTIER_TOKEN_VERIFY_KEY": self.token_verify_key,
+                 "FEDTIER_TOKEN_SIGNING_KEY": self.token_signing_key}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(k for k, v in given.items() if not v)
+            raise ConfigError(f"the reducer checks identities only with {', '.join(given)} all set; "
+                              f"missing: {missing}. Make the key pair with `fedtier token keygen --out keys`, "
+                              f"then issue each client and combiner its credential with `fedtier token issue`")
 
     def check(self) -> None:
         """Fail at start-up, not mid-round, on settings that cannot work together."""
@@ -144,11 +167,17 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("FEDTIER_TLS_CERT and FEDTIER_TLS_KEY must be set together")
         for name, path in (("FEDTIER_TLS_CA", self.tls_ca), ("FEDTIER_TLS_CERT", self.tls_cert),
-                           ("FEDTIER_TLS_KEY", self.tls_key)):
+                           ("FEDTIER_TLS_KEY", self.tls_key), ("FEDTIER_TOKEN_VERIFY_KEY", self.token_verify_key),
+                           ("FEDTIER_TOKEN_SIGNING_KEY", self.token_signing_key)):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name} names {path!r}, which is not a file")
+        if self.credentials_dir and not Path(self.credentials_dir).is_dir():
+            raise ConfigError(f"FEDTIER_CREDENTIALS_DIR names {self.credentials_dir!r}, which is not a folder")
         if self.admin_auth_token and self.admin_auth_token == self.auth_token:
             raise ConfigError("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN must differ from FEDN_ALLIANCE_AUTH_TOKEN")
+        if self.token_signing_key and not self.token_verify_key:
+            raise ConfigError("FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not: set both "
+                              "(fedtier token keygen writes the pair)")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

@@ -3,14 +3,16 @@
 Made for container healthchecks (``docker compose`` runs it inside the container):
 
     fedtier health --http http://localhost:8090/api/v1/status   # the reducer's REST API
-    fedtier health --grpc localhost:12080                       # a combiner's Control.Status RPC
+    fedtier health --grpc localhost:12080 --as combiner-0       # a combiner's Control.Status RPC
 
 An open port is not enough: the HTTP check needs a 2xx answer, the gRPC check a
 ``CombinerStatus`` reply. Exit status 0 means healthy, 1 unhealthy (Docker reserves 2).
-The check presents the tokens and trusts the CA of the process's own settings, as the
-service it checks does: the admin token (``FEDN_ALLIANCE_ADMIN_AUTH_TOKEN``, which the
-combiner's Control service requires; the network token over HTTP when no admin token
-is set) and ``FEDTIER_TLS_CA`` for https:// URLs and TLS combiners.
+The check presents the credentials and trusts the CA of the process's own settings, as
+the service it checks does: over HTTP the admin token (``FEDN_ALLIANCE_ADMIN_AUTH_TOKEN``),
+else ``FEDN_ALLIANCE_AUTH_TOKEN``; over gRPC the combiner's own credential
+(``FEDN_ALLIANCE_AUTH_TOKEN``, or ``NAME.token`` in ``FEDTIER_CREDENTIALS_DIR`` with
+``--as NAME``), which its ``Control.Status`` accepts; ``FEDTIER_TLS_CA`` for https:// URLs
+and TLS combiners.
 HTTP proxies from the environment are ignored: the check talks to the service directly.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import urllib.error
 import urllib.request
 
 from fedtier.config import Settings
+from fedtier.identity import CredentialError, own_credential
 
 HEALTHY, UNHEALTHY = 0, 1
 
@@ -66,8 +69,9 @@ def check_grpc(address: str, timeout: float = 5.0, token: str = "", ca_file: str
     try:
         status = client.status(timeout=timeout)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise Unhealthy(f"combiner at {address} refused the admin token (FEDN_ALLIANCE_ADMIN_AUTH_TOKEN): "
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise Unhealthy(f"combiner at {address} refused the credential presented (its own combiner "
+                            f"credential: FEDN_ALLIANCE_AUTH_TOKEN or FEDTIER_CREDENTIALS_DIR with --as): "
                             f"{exc.details()}") from None
         raise Unhealthy(f"combiner at {address} did not answer Control.Status: "
                         f"{exc.code().name} {exc.details() or ''}".rstrip()) from None
@@ -83,8 +87,11 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         if args.http:
             message = check_http(args.http, args.timeout, settings.admin_auth_token or settings.auth_token, ca_file)
         else:
-            message = check_grpc(args.grpc, args.timeout, settings.admin_auth_token, ca_file)
-    except Unhealthy as exc:
+            # a combiner's Control.Status answers the reducer and the combiner itself (its own credential)
+            token = own_credential(settings.auth_token, settings.credentials_dir, args.as_name) if args.as_name \
+                else settings.auth_token
+            message = check_grpc(args.grpc, args.timeout, token, ca_file)
+    except (Unhealthy, CredentialError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return UNHEALTHY
     print(f"healthy: {message}")
@@ -100,4 +107,6 @@ def add_health(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--grpc", default="", metavar="HOST:PORT",
                       help="call the combiner's Control.Status RPC (e.g. localhost:12080)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    p.add_argument("--as", dest="as_name", default="", metavar="NAME",
+                   help="with --grpc: present NAME's credential from FEDTIER_CREDENTIALS_DIR (the combiner's own)")
     p.set_defaults(run=cmd_health)

@@ -117,8 +117,11 @@ class Sandbox:
 
     # ---- processes
     def _env(self) -> dict[str, str]:
+        # the sandbox uses the embedded stores, and is one machine's open network (its processes
+        # log that identities are not checked): a deployment's tokens and keys are left out
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_"))}  # the sandbox uses the embedded stores
+               if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_", "FEDN_ALLIANCE_", "FEDTIER_TOKEN_",
+                                    "FEDTIER_CREDENTIALS_DIR"))}
         env.update(FEDTIER_DATA_DIR=str(self.work_dir), PYTHONUNBUFFERED="1")
         return env
 

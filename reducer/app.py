@@ -18,6 +18,7 @@ from fedtier.config import Settings
 from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
 from fedtier.reducer.errors import register_error_handlers
+from fedtier.identity import SelfIssuer, load_signing_key
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
 from fedtier.storage.factory import model_store_from_settings, state_store_from_settings
@@ -54,7 +55,10 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
     work_dir = settings.data_dir / "reducer"
     work_dir.mkdir(parents=True, exist_ok=True)
     trail = ModelTrail(models, state)
-    network = Network(state, token=settings.admin_auth_token, ca_file=settings.tls_ca or None)
+    settings.check_reducer()
+    issuer = SelfIssuer(load_signing_key(settings.token_signing_key, "FEDTIER_TOKEN_SIGNING_KEY")) \
+        if settings.token_signing_key else None
+    network = Network(state, issuer=issuer, ca_file=settings.tls_ca or None)
     control = Control(state, trail, network, work_dir, helper=helper)
     return Reducer(settings, models, state, trail, network, control, work_dir)
 

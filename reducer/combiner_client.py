@@ -14,7 +14,7 @@ from fedtier.transport.wire import ModelTransferStub
 
 
 class CombinerClient:
-    def __init__(self, address: str, token: str = "", ca_file: str | None = None) -> None:
+    def __init__(self, address: str, token: str | Callable[[], str] = "", ca_file: str | None = None) -> None:
         self.address = address
         self.channel = make_channel(address, token=token, ca_file=ca_file)
         self.control = rpc.ControlStub(self.channel)

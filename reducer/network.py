@@ -1,6 +1,10 @@
 """The reducer's view of the network: which combiners exist, which clients they hold.
 
-Combiners announce themselves (``/add``); a background poll asks each for its status
+Combiners announce themselves (``/add``). A name held by a live combiner is never moved
+to another address: that would send its clients, and the reducer's credential for it, to
+whoever asked. When identities or TLS are on, the reducer first calls the announced
+address, as that combiner, and keeps it only if the combiner answering there (its TLS
+certificate valid for that address) gives the name. A background poll asks each for its status
 so liveness is known without waiting for a round. Discovery (``/assign``) sends a
 client to the least loaded online combiner, and keeps it where it is while that
 combiner stays online, so clients are only moved when their combiner is gone.
@@ -14,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from fedtier.identity import SelfIssuer
 from fedtier.reducer.combiner_client import CombinerClient
 from fedtier.storage.state_store import StateStore
 from fedtier.transport.channel import resolves
@@ -28,12 +33,22 @@ class NoCombinerError(LookupError):
     """No combiner is online to take a client."""
 
 
+class CombinerRefused(ValueError):
+    """An announcement the reducer will not record; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
 class Network:
-    def __init__(self, state: StateStore, offline_after_s: float = 6.0, token: str = "",
-                 ca_file: str | None = None) -> None:
+    def __init__(self, state: StateStore, offline_after_s: float = 6.0, issuer: SelfIssuer | None = None,
+                 ca_file: str | None = None, probe_timeout_s: float = 5.0) -> None:
         self.state = state
-        self.token = token  # the admin token: Control calls need it
+        self.issuer = issuer  # mints the credential for each combiner (aud = its name); None: no identities
         self.ca_file = ca_file
+        self.probe_timeout_s = probe_timeout_s
         self.offline_after_s = offline_after_s
         self._handles: dict[str, CombinerClient] = {}
         self._lock = threading.RLock()
@@ -42,8 +57,54 @@ class Network:
         self._last_heartbeat: dict[str, float] = {}
 
     # ---- combiners
+    def _token_for(self, name: str) -> Any:
+        """What the reducer presents to combiner ``name``: a credential valid there only."""
+        issuer = self.issuer
+        return (lambda: issuer.token_for(name)) if issuer is not None else ""
+
+    def live(self, doc: dict[str, Any], now: float | None = None) -> bool:
+        """Online and seen within the liveness timeout: its name may not move."""
+        return bool(doc.get("online")) and (time.time() if now is None else now) - doc.get("last_seen", 0) \
+            <= self.offline_after_s
+
+    def _check_move(self, name: str, address: str, port: int) -> dict[str, Any] | None:
+        held = self.state.get(COMBINERS, name)
+        if held is not None and (held.get("address"), held.get("port")) != (address, port) and self.live(held):
+            seen = time.time() - held.get("last_seen", 0)
+            raise CombinerRefused(409, f"combiner {name} is live at {held['address']}:{held['port']} (last seen "
+                                       f"{seen:.0f}s ago): the name moves to {address}:{port} only once it has "
+                                       f"been offline for {self.offline_after_s:.0f}s", field="name")
+        return held
+
+    def _probe(self, name: str, address: str, port: int) -> None:
+        """Ask the announced address who answers there, as the reducer will from now on: over
+        TLS its certificate must be valid for ``address``, and it must call itself ``name``."""
+        client = CombinerClient(f"{address}:{port}", token=self._token_for(name), ca_file=self.ca_file)
+        try:
+            answered = client.status(timeout=self.probe_timeout_s).name
+        except grpc.RpcError as exc:
+            tls = " (with TLS its certificate must be valid for that address)" \
+                if self.ca_file and exc.code() == grpc.StatusCode.UNAVAILABLE else ""
+            raise CombinerRefused(422, f"combiner {name} at {address}:{port} did not answer as a combiner"
+                                       f"{tls}: {exc.code().name} {exc.details() or ''}".rstrip(),
+                                  field="address") from None
+        finally:
+            client.close()
+        if answered != name:
+            raise CombinerRefused(422, f"the combiner at {address}:{port} calls itself {answered!r}, not {name!r}",
+                                  field="name")
+
     def add_combiner(self, name: str, address: str, port: int) -> dict[str, Any]:
         with self._lock:
+            self._check_move(name, address, port)
+        if self.issuer is not None or self.ca_file:
+            self._probe(name, address, port)  # outside the lock: it waits on the network
+        with self._lock:
+            held = self._check_move(name, address, port)  # again: another may have come meanwhile
+            if held is not None and (held.get("address"), held.get("port")) != (address, port):
+                log.warning("combiner %s moves from %s:%s to %s:%d (the old one was offline since %.0fs)", name,
+                            held.get("address"), held.get("port"), address, port,
+                            time.time() - held.get("last_seen", 0))
             doc = self.state.upsert(COMBINERS, name, {"name": name, "address": address, "port": port,
                                                       "added_at": time.time(), "online": True,
                                                       "last_seen": time.time(), "active_clients": 0})
@@ -62,8 +123,8 @@ class Network:
                 doc = self.state.get(COMBINERS, name)
                 if doc is None:
                     raise KeyError(name)
-                self._handles[name] = CombinerClient(f"{doc['address']}:{doc['port']}", token=self.token,
-                                                     ca_file=self.ca_file)
+                self._handles[name] = CombinerClient(f"{doc['address']}:{doc['port']}",
+                                                     token=self._token_for(name), ca_file=self.ca_file)
             return self._handles[name]
 
     def online_combiners(self) -> list[dict[str, Any]]:

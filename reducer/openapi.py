@@ -130,8 +130,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "invalid input; `field` names the culprit", 401: "missing or invalid token",
-               404: "no such id", 409: "not allowed in the reducer's current state (named in `state`)",
+               403: "a valid credential, but for another role or another name",
+               404: "no such id", 409: "not allowed in the reducer's current state (named in `state`), or "
+                                      "(/add) the name is held by a live combiner at another address",
                413: "body too large", 415: "the body's Content-Type is not one the route takes (named in the error)",
+               422: "(/add) the announced address did not answer as that combiner",
                503: "no combiner is online yet"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
@@ -158,7 +161,8 @@ def document() -> dict[str, Any]:
                  "description": "Global state, the model trail, discovery, and sessions of rounds."},
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "token": {"type": "apiKey", "in": "header", "name": "Authorization",
-                      "description": "'Token <t>': the admin token for writes, the network token for /add and /assign"}}},
+                      "description": "'Token <t>': the admin token (writes), or a signed credential: a combiner's "
+                                     "for /add under its name, a client's for /assign and the package"}}},
         "security": [{"token": []}, {}],
         "paths": {
             "/api/v1/openapi.json": {"get": {"summary": "this document",
@@ -213,12 +217,13 @@ def document() -> dict[str, Any]:
                     "stopping": {"type": "boolean"}, "mode": {"enum": list(STOP_MODES)},
                     "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409, 415)}}},
             "/add": {"post": {
-                "summary": "a combiner announces itself (network token)",
+                "summary": "a combiner announces itself (its own combiner credential, or admin); a live "
+                           "combiner's name does not move to another address (409)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["name", "address", "port"], "properties": {
                         "name": STRING, "address": STRING, "port": INTEGER}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"combiner": ref("Combiner")}}, "added"),
-                              **_errors(400, 401, 413, 415)}}},
+                              **_errors(400, 401, 403, 409, 413, 415, 422)}}},
             "/package": {"post": {
                 "summary": "upload the compute package clients run (admin)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -226,11 +231,11 @@ def document() -> dict[str, Any]:
                     "properties": {"package": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"package": ref("Package")}}, "stored"),
                               **_errors(400, 401, 413, 415)}}},
-            "/api/v1/package": {"get": {"summary": "the current compute package (network token)", "responses": {
-                "200": _json(ref("Package"), "package"), **_errors(401, 404)}}},
+            "/api/v1/package": {"get": {"summary": "the current compute package (a client credential, or admin)", "responses": {
+                "200": _json(ref("Package"), "package"), **_errors(401, 403, 404)}}},
             "/api/v1/package/download": {"get": {"summary": "the current compute package's bytes", "responses": {
                 "200": {"description": "gzip'd tar", "content": {"application/gzip": {
-                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 404)}}},
+                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 403, 404)}}},
             "/login": {"post": {
                 "summary": "log a browser in with the admin token (the UI's form posts it as a form field)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -242,11 +247,11 @@ def document() -> dict[str, Any]:
                              "logged out (a JSON request)"),
                 "302": {"description": "logged out (a form post): back to the dashboard"}}}},
             "/assign": {"get": {
-                "summary": "which combiner a client should connect to (network token)",
+                "summary": "which combiner a client should connect to (its own client credential, or admin)",
                 "parameters": [{"name": "name", "in": "query", "required": True, "schema": STRING}],
                 "responses": {"200": _json({"type": "object", "required": ["combiner", "host", "port"],
                                             "properties": {"combiner": STRING, "host": STRING, "port": INTEGER}},
-                                           "assignment"), **_errors(400, 401, 503)}}},
+                                           "assignment"), **_errors(400, 401, 403, 503)}}},
         },
     }
 

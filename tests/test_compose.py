@@ -220,11 +220,20 @@ def readme_commands() -> list[str]:
 
 
 def created_by_readme() -> set[Path]:
+    """Paths the walkthrough makes: ``mkdir -p`` folders, and what ``fedtier token`` writes."""
     made = set()
     for line in readme_commands():
         argv = shlex.split(line, comments=True)
         if argv[:2] == ["mkdir", "-p"]:
             made.update((ROOT / p).resolve() for p in argv[2:])
+        if argv and argv[0].endswith("fedtier") and argv[1:2] == ["token"]:
+            args = parse_fedtier(argv[1:], line)
+            out = (ROOT / args.out).resolve()
+            made.add(out)
+            if args.token_command == "keygen":
+                made.update({out / "signing-key.pem", out / "verify-key.pem"})
+            elif args.out:
+                made.update(out / f"{name}.token" for name in args.name)
     return made
 
 
@@ -293,7 +302,7 @@ def test_bind_mounted_host_paths_exist_and_named_volumes_are_declared() -> None:
 
 def test_client_data_is_mounted_read_only_where_the_client_reads_it() -> None:
     client = services("client.yaml")["client"]
-    [data] = [m for _, svc, m in mounts() if svc == "client" and m["type"] == "bind"]
+    [data] = [m for _, svc, m in mounts() if svc == "client" and m["type"] == "bind" and m["target"] == "/data"]
     assert data["read_only"] is True
     assert (COMPOSE / ENV["FEDTIER_HOST_DATA_DIR"]).resolve() == (COMPOSE / data["source"]).resolve()
     assert option(command(client), "--data-path") == data["target"]
@@ -379,10 +388,18 @@ def test_clients_are_scaled_replicas_with_auto_name_and_partition() -> None:
     assert helper == ENV["FEDTIER_HELPER"] == option(command(all_services()["reducer"]), "--helper")
 
 
+CONTAINER_PATHS = ("FEDTIER_TOKEN_SIGNING_KEY", "FEDTIER_TOKEN_VERIFY_KEY", "FEDTIER_CREDENTIALS_DIR")
+
+
+def settings_of(svc: dict[str, Any]) -> Settings:
+    """A service's settings as its process parses them; paths inside the container (checked
+    against the mounts elsewhere) are left out, since they are not on this host."""
+    return Settings.from_env({k: str(v) for k, v in svc["environment"].items() if k not in CONTAINER_PATHS})
+
+
 def test_the_reducer_uses_minio_and_mongo_with_the_credentials_they_were_given() -> None:
     everything = all_services()
-    env = {k: str(v) for k, v in everything["reducer"]["environment"].items()}
-    settings = Settings.from_env(env)
+    settings = settings_of(everything["reducer"])
     assert settings.uses_minio and settings.uses_mongo
     assert settings.minio_host in everything and settings.mongo_host in everything
     minio, mongo = everything[settings.minio_host]["environment"], everything[settings.mongo_host]["environment"]
@@ -393,22 +410,44 @@ def test_the_reducer_uses_minio_and_mongo_with_the_credentials_they_were_given()
     assert express == f"mongodb://{settings.mongo_user}:{settings.mongo_password}@{settings.mongo_host}:{settings.mongo_port}/"
 
 
-def test_each_process_gets_the_tokens_its_role_needs() -> None:
+def mounted(svc: dict[str, Any]) -> dict[str, str]:
+    """target -> host source of a service's bind mounts."""
+    return {m["target"]: m["source"] for m in svc.get("volumes") or [] if isinstance(m, dict)}
+
+
+def test_each_process_gets_the_credentials_its_role_needs_and_no_more() -> None:
     everything = all_services()
-    network, admin = ENV["FEDN_ALLIANCE_AUTH_TOKEN"], ENV["FEDN_ALLIANCE_ADMIN_AUTH_TOKEN"]
-    assert network and admin and network != admin
-    needs = {"reducer": {"FEDN_ALLIANCE_AUTH_TOKEN": network, "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": admin},
-             # a combiner checks both; its healthcheck calls Control.Status, which wants the admin token
-             "combiner-0": {"FEDN_ALLIANCE_AUTH_TOKEN": network, "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": admin},
-             "combiner-1": {"FEDN_ALLIANCE_AUTH_TOKEN": network, "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": admin},
-             "client": {"FEDN_ALLIANCE_AUTH_TOKEN": network}}
-    for svc_name, expected in needs.items():
-        env = everything[svc_name]["environment"]
-        for var, value in expected.items():
-            assert env.get(var) == value, f"{svc_name} does not get {var}"
-    assert "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN" not in everything["client"]["environment"]  # clients never hold it
+    admin = ENV["FEDN_ALLIANCE_ADMIN_AUTH_TOKEN"]
+    keys = (COMPOSE / ENV["FEDTIER_HOST_KEYS_DIR"]).resolve()
+    creds = (COMPOSE / ENV["FEDTIER_HOST_CREDENTIALS_DIR"]).resolve()
+    assert admin
+    reducer = everything["reducer"]
+    env, mounts_ = reducer["environment"], mounted(reducer)
+    assert env["FEDN_ALLIANCE_ADMIN_AUTH_TOKEN"] == admin
+    assert (COMPOSE / mounts_["/keys"]).resolve() == keys  # the signing key lives only here
+    assert {env["FEDTIER_TOKEN_SIGNING_KEY"], env["FEDTIER_TOKEN_VERIFY_KEY"]} == \
+        {"/keys/signing-key.pem", "/keys/verify-key.pem"}
+    for name in ("combiner-0", "combiner-1"):
+        env, mounts_ = everything[name]["environment"], mounted(everything[name])
+        assert "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN" not in env and "FEDTIER_TOKEN_SIGNING_KEY" not in env
+        assert (COMPOSE / mounts_[env["FEDTIER_TOKEN_VERIFY_KEY"]]).resolve() == keys / "verify-key.pem"
+        own = f"{env['FEDTIER_CREDENTIALS_DIR']}/{name}.token"
+        assert [t for t in mounts_ if t.startswith(env["FEDTIER_CREDENTIALS_DIR"])] == [own]  # only its own
+        assert (COMPOSE / mounts_[own]).resolve() == creds / f"{name}.token"
+        assert everything[name]["healthcheck"]["test"][-2:] == ["--as", name]
+    client = everything["client"]
+    env, mounts_ = client["environment"], mounted(client)
+    assert not {"FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", "FEDTIER_TOKEN_SIGNING_KEY", "FEDTIER_TOKEN_VERIFY_KEY"} & set(env)
+    assert (COMPOSE / mounts_[env["FEDTIER_CREDENTIALS_DIR"]]).resolve() == creds / "clients"
+    assert not any("keys" in source for source in mounts_.values())
+    # the walkthrough issues every credential a service looks for, under the names they use
+    issued = created_by_readme()
+    assert {keys / "signing-key.pem", keys / "verify-key.pem", creds / "combiner-0.token",
+            creds / "combiner-1.token"} <= issued
+    assert {creds / "clients" / f"{ENV['CLIENT_NAME_BASE']}-{k}.token"
+            for k in range(1, int(ENV["FEDTIER_CLIENTS"]) + 1)} <= issued
     for svc_name in FEDTIER_SERVICES:
-        Settings.from_env({k: str(v) for k, v in everything[svc_name]["environment"].items()})
+        settings_of(everything[svc_name])
 
 
 # ---------------------------------------------------------------- Dockerfile and .dockerignore
@@ -442,7 +481,8 @@ def test_dockerignore_sends_what_the_image_needs_and_nothing_secret() -> None:
         assert not dockerignored(source), f"the Dockerfile copies {source}, but .dockerignore leaves it out"
     for package in ("fedtier", "proto", "reducer", "combiner", "client", "helpers"):  # setup.py's packages
         assert f"{package}/" in sources
-    for secret in (".env", ".venv", ".git", "data", "var", "tests", "seeds", "fedtier/__pycache__", "x/.env"):
+    for secret in (".env", ".venv", ".git", "data", "var", "tests", "seeds", "fedtier/__pycache__", "x/.env",
+                   "compose/keys", "compose/credentials"):
         assert dockerignored(secret), f".dockerignore lets {secret} into the build context"
 
 
@@ -576,7 +616,8 @@ def test_walkthrough_creates_the_data_folder_the_clients_mount() -> None:
 @pytest.fixture
 def quiet_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for var in ("FEDN_ALLIANCE_AUTH_TOKEN", "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", "FEDTIER_TLS_CA", "FEDTIER_TLS_CERT",
-                "FEDTIER_TLS_KEY", "FEDN_MONGO_HOST", "FEDN_MINIO_HOST"):
+                "FEDTIER_TLS_KEY", "FEDN_MONGO_HOST", "FEDN_MINIO_HOST", "FEDTIER_TOKEN_VERIFY_KEY",
+                "FEDTIER_TOKEN_SIGNING_KEY", "FEDTIER_CREDENTIALS_DIR"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -585,24 +626,38 @@ def health(*args: str) -> int:
     return main(["--env-file", os.devnull, "health", "--timeout", "3", *args])
 
 
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from fedtier.identity import generate_keypair
+
+    return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+def credential(keys: tuple[Path, Path], role: str, name: str) -> str:
+    from fedtier.identity import issue, load_signing_key
+
+    return issue(load_signing_key(keys[0]), role, name, 600)
+
+
 @pytest.fixture
-def combiner(tmp_path: Path) -> Iterator[int]:
+def combiner(tmp_path: Path, keys: tuple[Path, Path]) -> Iterator[int]:
     from fedtier.combiner.server import CombinerServer, CombinerSettings
 
     server = CombinerServer(CombinerSettings(name="combiner-h", host="127.0.0.1", port=0, work_dir=tmp_path / "c",
-                                             admin_token="admin-h", network_token="network-h"))
+                                             verify_key=str(keys[1])))
     port = server.start()
     yield port
     server.stop(0)
 
 
 @pytest.fixture
-def reducer(tmp_path: Path) -> Iterator[int]:
+def reducer(tmp_path: Path, keys: tuple[Path, Path]) -> Iterator[int]:
     from werkzeug.serving import make_server
 
     from fedtier.reducer.app import create_app
 
-    settings = Settings(data_dir=tmp_path / "r", admin_auth_token="admin-h", auth_token="network-h", public_read=False)
+    settings = Settings(data_dir=tmp_path / "r", admin_auth_token="admin-h", public_read=False,
+                        token_signing_key=str(keys[0]), token_verify_key=str(keys[1]))
     app = create_app(settings, poll_interval_s=None)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -620,18 +675,21 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_health_grpc_healthy_combiner(combiner: int, quiet_env: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    quiet_env.setenv("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", "admin-h")
-    assert health("--grpc", f"127.0.0.1:{combiner}") == 0
+def test_health_grpc_healthy_combiner(combiner: int, quiet_env: pytest.MonkeyPatch, keys: tuple[Path, Path],
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "combiner-h.token").write_text(credential(keys, "combiner", "combiner-h"))
+    quiet_env.setenv("FEDTIER_CREDENTIALS_DIR", str(tmp_path))  # as compose mounts it
+    assert health("--grpc", f"127.0.0.1:{combiner}", "--as", "combiner-h") == 0
     assert "healthy: combiner combiner-h" in capsys.readouterr().out
 
 
-def test_health_grpc_needs_the_admin_token(combiner: int, quiet_env: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    quiet_env.setenv("FEDN_ALLIANCE_ADMIN_AUTH_TOKEN", "wrong")
-    assert health("--grpc", f"127.0.0.1:{combiner}") == 1
-    assert "refused the admin token" in capsys.readouterr().err
+def test_health_grpc_needs_the_combiners_own_credential(combiner: int, quiet_env: pytest.MonkeyPatch,
+                                                        keys: tuple[Path, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for token in ("wrong", credential(keys, "combiner", "another"), credential(keys, "client", "combiner-h")):
+        quiet_env.setenv("FEDN_ALLIANCE_AUTH_TOKEN", token)
+        assert health("--grpc", f"127.0.0.1:{combiner}") == 1
+        assert "refused the credential" in capsys.readouterr().err
 
 
 def test_health_http_healthy_reducer(reducer: int, quiet_env: pytest.MonkeyPatch,
@@ -641,11 +699,11 @@ def test_health_http_healthy_reducer(reducer: int, quiet_env: pytest.MonkeyPatch
     assert "answered 200" in capsys.readouterr().out
 
 
-def test_health_http_sends_the_token_reading_needs(reducer: int, quiet_env: pytest.MonkeyPatch,
+def test_health_http_sends_the_token_reading_needs(reducer: int, quiet_env: pytest.MonkeyPatch, keys: tuple[Path, Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert health("--http", f"http://127.0.0.1:{reducer}/api/v1/status") == 1  # FEDTIER_PUBLIC_READ is false
     assert "401" in capsys.readouterr().err
-    quiet_env.setenv("FEDN_ALLIANCE_AUTH_TOKEN", "network-h")  # the network token may read too
+    quiet_env.setenv("FEDN_ALLIANCE_AUTH_TOKEN", credential(keys, "client", "c"))  # a participant may read too
     assert health("--http", f"http://127.0.0.1:{reducer}/api/v1/status") == 0
 
 

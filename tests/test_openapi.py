@@ -1,6 +1,9 @@
 """The OpenAPI document matches the routes, and a live reducer survives a fuzzer driven by it."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,18 +19,25 @@ from werkzeug.serving import make_server
 from fedtier.aggregators import AGGREGATORS
 from fedtier.config import Settings
 from fedtier.helpers import known_helpers
+from fedtier.identity import generate_keypair, issue, load_signing_key
 from fedtier.reducer.app import create_app
 from fedtier.reducer.openapi import document
 from fedtier.round_config import setting_names
 
-ADMIN, NETWORK = "fuzz-admin-token", "fuzz-network-token"
+ADMIN = "fuzz-admin-token"
+# the federation's key pair, made once for the module: the reducer verifies with it and the
+# participants' credentials below are signed with it
+_KEYS = Path(tempfile.mkdtemp(prefix="fuzz-keys-"))
+atexit.register(shutil.rmtree, _KEYS, True)
+SIGNING, VERIFY = generate_keypair(_KEYS)
+_signing_key = load_signing_key(SIGNING)
 
-# Every operation is fuzzed once per credential. Extend this list when the credential
-# scheme grows (signed client and combiner credentials): each entry is sent as headers.
+# Every operation is fuzzed once per credential; each entry is sent as headers.
 CREDENTIALS: list[tuple[str, dict[str, str]]] = [
     ("none", {}),
     ("wrong", {"Authorization": "Token not-a-token-of-this-network"}),
-    ("network", {"Authorization": f"Token {NETWORK}"}),
+    ("client", {"Authorization": f"Token {issue(_signing_key, 'client', 'fuzz-client', 3600)}"}),
+    ("combiner", {"Authorization": f"Token {issue(_signing_key, 'combiner', 'fuzz-combiner', 3600)}"}),
     ("admin", {"Authorization": f"Token {ADMIN}"}),
 ]
 EXAMPLES = 6  # per operation, credential and generation mode: the whole fuzz stays near 30 s on 2 cores
@@ -62,7 +72,8 @@ def live_reducer(tmp_path_factory: pytest.TempPathFactory):
     # in setup (never seeded: fuzzed bytes are not a model), so /start runs every check on
     # its body and then answers 409 instead of starting a session that would dial the
     # combiners a fuzzed /add registered
-    app = create_app(Settings(data_dir=tmp, admin_auth_token=ADMIN, auth_token=NETWORK),
+    app = create_app(Settings(data_dir=tmp, admin_auth_token=ADMIN, token_verify_key=str(VERIFY),
+                              token_signing_key=str(SIGNING)),
                      poll_interval_s=None, max_upload_mb=1)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

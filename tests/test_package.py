@@ -13,6 +13,7 @@ import requests
 
 from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
 from fedtier.helpers import get_helper
+from fedtier.identity import generate_keypair, issue, load_signing_key
 from fedtier.package import PackageError, check, pack, sha256_hex, unpack
 
 SHIFT = TEST_PROJECTS / "numpy_shift"
@@ -82,14 +83,22 @@ def test_links_and_non_archives_are_refused(tmp_path: Path) -> None:
 
 def test_clients_run_only_the_uploaded_package(procs: ProcessGroup, tmp_path: Path) -> None:
     admin = {"Authorization": "Token admin-token"}
-    env = {"FEDTIER_DATA_DIR": str(tmp_path / "data"), "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": "admin-token",
-           "FEDN_ALLIANCE_AUTH_TOKEN": "network-token"}
+    signing, verify = generate_keypair(tmp_path / "keys")
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name in ("client-0", "client-1", "pinned"):  # each client downloads the package with its own credential
+        (creds / f"{name}.token").write_text(issue(load_signing_key(signing), "client", name, 3600))
+    env = {"FEDTIER_DATA_DIR": str(tmp_path / "data"), "FEDTIER_CREDENTIALS_DIR": str(creds)}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), env=env)
+    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), env={
+        **env, "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN": "admin-token", "FEDTIER_TOKEN_SIGNING_KEY": str(signing),
+        "FEDTIER_TOKEN_VERIFY_KEY": str(verify)})
     wait_for_port(port, proc=reducer)
     procs.start("combiner", "combiner", "--name", "c0", "--host", "127.0.0.1", "--port", str(free_port()),
-                "--reducer", url, "--heartbeat-interval", "0.3", env=env)
+                "--reducer", url, "--heartbeat-interval", "0.3", env={
+                    **env, "FEDTIER_TOKEN_VERIFY_KEY": str(verify),
+                    "FEDN_ALLIANCE_AUTH_TOKEN": issue(load_signing_key(signing), "combiner", "c0", 3600)})
     data = pack(SHIFT)
     for i in range(2):  # no --project: they wait for the package, then verify and run it
         procs.start(f"client-{i}", "client", "--reducer", url, "--name", f"client-{i}", "--partition", f"{i}/2",
@@ -97,6 +106,7 @@ def test_clients_run_only_the_uploaded_package(procs: ProcessGroup, tmp_path: Pa
     procs.start("pinned", "client", "--reducer", url, "--name", "pinned", "--package-sha256", "f" * 64, env=env)
 
     assert requests.post(f"{url}/package", files={"package": ("p.tgz", data)}, timeout=10).status_code == 401
+    assert requests.get(f"{url}/api/v1/package/download", timeout=10).status_code == 401
     bad = requests.post(f"{url}/package", files={"package": ("p.tgz", b"not a package")}, headers=admin, timeout=10)
     assert bad.status_code == 400 and bad.json()["field"] == "package"
     stored = requests.post(f"{url}/package", files={"package": ("p.tgz", data)}, headers=admin, timeout=10)

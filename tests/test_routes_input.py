@@ -25,6 +25,7 @@ from fedtier.combiner.runner import RoundRunner
 from fedtier.config import Settings
 from fedtier.helpers import get_helper, known_helpers
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.identity import generate_keypair
 from fedtier.reducer.app import create_app
 from fedtier.reducer.control import MAX_ROUNDS, SessionRequest
 from fedtier.round_config import RoundConfig, RoundConfigError, setting_names
@@ -207,7 +208,9 @@ def test_json_and_form_bodies_that_are_valid_still_start_a_session(app, api: Fla
 
 
 def test_login_with_a_token_that_is_not_a_string_is_a_401(tmp_path: Path) -> None:
-    app = create_app(Settings(data_dir=tmp_path, admin_auth_token="admin-t"), poll_interval_s=None)
+    signing, verify = generate_keypair(tmp_path / "keys")
+    app = create_app(Settings(data_dir=tmp_path, admin_auth_token="admin-t", token_verify_key=str(verify),
+                              token_signing_key=str(signing)), poll_interval_s=None)
     try:
         client = app.test_client()
         for token in (5, None, ["admin-t"], {"a": 1}):

@@ -1,11 +1,18 @@
-"""Token authentication for gRPC, one rule on both sides.
+"""Who may call what on a combiner, one rule for every RPC.
 
-Clients and combiners present ``FEDN_ALLIANCE_AUTH_TOKEN`` (the network token); the
-reducer presents ``FEDN_ALLIANCE_ADMIN_AUTH_TOKEN`` (the admin token), which is also
-the only token that opens the ``Control`` service, so a client holding the network
-token cannot run rounds on a combiner. Tokens travel as ``authorization: Token <t>``
-metadata and are compared in constant time. With no tokens configured, the server
-lets every call through (a single-machine sandbox) and says so in its log.
+Every caller presents a signed credential (fedtier/identity.py) as ``authorization: Token
+<t>`` metadata, and the combiner checks it with the federation's verify key alone:
+
+- ``Combiner`` (Connect, heartbeats, tasks, reports): a ``client`` credential. The name a
+  client gives in a request must be the one its credential names (the servicers check
+  that with :meth:`IdentityInterceptor.identity`), so no client can act as another.
+- ``ModelTransfer``: a ``client`` credential, or the reducer's credential for this combiner.
+- ``Control`` (rounds, model adoption, configuration): only the reducer's credential whose
+  audience is this combiner, so a credential captured from one combiner opens no other.
+  ``Control.Status`` also takes this combiner's own ``combiner`` credential (its healthcheck).
+
+Without a verify key the combiner trusts every caller and every name (a single-machine
+sandbox) and says so loudly in its log at start-up.
 """
 from __future__ import annotations
 
@@ -15,10 +22,13 @@ from typing import Any, Callable
 
 import grpc
 
+from fedtier.identity import CredentialError, Identity, NotPermitted, Verifier
+
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "authorization"
-ADMIN_SERVICES = ("/fedtier.Control/",)
+CONTROL, COMBINER, TRANSFER = "/fedtier.Control/", "/fedtier.Combiner/", "/fedtier.ModelTransfer/"
+STATUS = CONTROL + "Status"
 
 
 def token_matches(presented: str | None, expected: str) -> bool:
@@ -38,53 +48,82 @@ def parse_authorization(value: str | None) -> str | None:
     return None
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, network_token: str, admin_token: str) -> None:
-        self.network_token = network_token
-        self.admin_token = admin_token
-        if not network_token and not admin_token:
-            log.warning("gRPC authentication is OFF: set FEDN_ALLIANCE_AUTH_TOKEN and "
-                        "FEDN_ALLIANCE_ADMIN_AUTH_TOKEN to require tokens")
+def presented_token(context: grpc.ServicerContext) -> str | None:
+    metadata = dict(context.invocation_metadata() or ())
+    return parse_authorization(metadata.get(METADATA_KEY))
+
+
+class IdentityInterceptor(grpc.ServerInterceptor):
+    """Checks every call's credential against the method's roles (the module docstring)."""
+
+    def __init__(self, verifier: Verifier | None, name: str) -> None:
+        self.verifier = verifier
+        self.name = name  # this combiner: the audience of the reducer's credentials for it
 
     @property
     def enabled(self) -> bool:
-        return bool(self.network_token or self.admin_token)
+        return self.verifier is not None
 
-    def admin_call(self, context: grpc.ServicerContext) -> bool:
-        """Whether this call may act as the reducer: it presented the admin token, or no
-        tokens are configured (then every caller may do everything, as the log says)."""
-        if not self.enabled:
-            return True
-        metadata = dict(context.invocation_metadata() or ())
-        return token_matches(parse_authorization(metadata.get(METADATA_KEY)), self.admin_token)
+    def _roles(self, method: str) -> tuple[str, ...]:
+        if method == STATUS:
+            return ("reducer", "combiner")
+        if method.startswith(CONTROL):
+            return ("reducer",)
+        if method.startswith(COMBINER):
+            return ("client",)
+        if method.startswith(TRANSFER):
+            return ("client", "reducer")
+        return ()
 
-    def _allowed(self, method: str, token: str | None) -> bool:
-        if token_matches(token, self.admin_token):
-            return True
-        if method.startswith(ADMIN_SERVICES):
-            return False
-        return token_matches(token, self.network_token)
+    def check(self, method: str, token: str | None) -> Identity:
+        """The caller's identity if it may call ``method``; CredentialError says why not."""
+        assert self.verifier is not None
+        roles = self._roles(method)
+        identity = self.verifier.verify(token, roles=roles, audience=self.name)
+        if method == STATUS and identity.role == "combiner" and identity.name != self.name:
+            raise NotPermitted(f"combiner credential for {identity.name} is not valid on combiner {self.name}")
+        return identity
+
+    def identity(self, context: grpc.ServicerContext) -> Identity | None:
+        """The verified caller of a call the interceptor let through; None when identities are
+        not checked. (The verifier's cache makes this a lookup, not a second signature check.)"""
+        if self.verifier is None:
+            return None
+        try:
+            return self.verifier.verify(presented_token(context), audience=self.name)
+        except CredentialError as exc:  # it expired since the interceptor looked
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this keeps type checkers informed
+
+    def may_name(self, context: grpc.ServicerContext) -> bool:
+        """Whether this call may choose an uploaded model's id: only the reducer's (or anyone's
+        when identities are not checked, as the start-up log says)."""
+        caller = self.identity(context)
+        return caller is None or caller.role == "reducer"
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or not self.enabled:
+        if handler is None or self.verifier is None:
             return handler
         metadata = dict(details.invocation_metadata or ())
         token = parse_authorization(metadata.get(METADATA_KEY))
-        if self._allowed(details.method, token):
-            return handler
-        which = "the admin token" if details.method.startswith(ADMIN_SERVICES) else "a valid network token"
-        message = (f"{details.method} requires {which} ('authorization: Token ...' metadata)" if token is None
-                   else f"{details.method}: the token presented is not valid here; {which} is required")
-        log.warning("rejected unauthenticated call to %s", details.method)
-        return _refusing(handler, message)
+        if token is None:
+            message = f"{details.method} requires a credential ('authorization: Token ...' metadata)"
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+        try:
+            self.check(details.method, token)
+        except CredentialError as exc:
+            log.warning("refused a call to %s: %s", details.method, exc)
+            return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED if isinstance(exc, NotPermitted)
+                             else grpc.StatusCode.UNAUTHENTICATED, f"{details.method}: {exc}")
+        return handler
 
 
-def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts with UNAUTHENTICATED."""
+def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` that aborts with ``code``."""
 
     def abort(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(code, message)
 
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
@@ -109,13 +148,15 @@ class _ClientCallDetails(grpc.ClientCallDetails):
 
 class TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds the token to every call made on a channel."""
+    """Adds the token to every call made on a channel; a callable is asked on each call (the
+    reducer's credentials are re-minted before they expire)."""
 
-    def __init__(self, token: str) -> None:
-        self.header = (METADATA_KEY, f"Token {token}")
+    def __init__(self, token: str | Callable[[], str]) -> None:
+        self.token = token
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return _ClientCallDetails(details, [*(details.metadata or ()), self.header])
+        token = self.token() if callable(self.token) else self.token
+        return _ClientCallDetails(details, [*(details.metadata or ()), (METADATA_KEY, f"Token {token}")])
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return continuation(self._details(details), request)

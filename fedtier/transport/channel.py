@@ -10,7 +10,7 @@ import os
 import socket
 from concurrent import futures
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 
@@ -39,9 +39,11 @@ SERVER_OPTIONS = [
 ]
 
 
-def make_channel(address: str, token: str = "", ca_file: str | os.PathLike | None = None) -> grpc.Channel:
-    """A channel with fedtier's options: TLS verified against ``ca_file`` when given,
-    and ``token`` sent with every call when given."""
+def make_channel(address: str, token: str | Callable[[], str] = "",
+                 ca_file: str | os.PathLike | None = None) -> grpc.Channel:
+    """A channel with fedtier's options: TLS verified against ``ca_file`` when given (the
+    server's certificate must name the host dialled: no target-name override is ever set),
+    and ``token`` sent with every call when given (a callable: asked on each call)."""
     if ca_file:
         credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
         channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)

@@ -6,10 +6,10 @@ import re
 from flask import Blueprint, jsonify, request
 
 from fedtier.reducer.app import reducer
-from fedtier.reducer.auth import require_network
+from fedtier.reducer.auth import caller, require_name
 from fedtier.reducer.body import fields
 from fedtier.reducer.errors import APIError
-from fedtier.reducer.network import NoCombinerError
+from fedtier.reducer.network import CombinerRefused, NoCombinerError
 from fedtier.round_config import integer_setting
 
 bp = Blueprint("network", __name__)
@@ -26,22 +26,29 @@ def _name(value: object, field: str) -> str:
 
 
 @bp.post("/add")
-@require_network
 def add_combiner():
+    """Register a combiner: only under the name its ``combiner`` credential gives (or by the
+    admin), and never moving a name a live combiner holds to another address."""
+    identity = caller(("combiner",))
     data = fields()
     name = _name(data.get("name"), "name")
+    require_name(identity, name)
     address = data.get("address")
     if not isinstance(address, str) or not HOST.fullmatch(address.strip()):
         raise APIError(400, "address must be a host name or IP address (at most 253 characters)", field="address")
     port = integer_setting("port", data.get("port"), 1, 65535)
-    doc = reducer().network.add_combiner(name, address.strip(), port)
+    try:
+        doc = reducer().network.add_combiner(name, address.strip(), port)
+    except CombinerRefused as exc:
+        raise APIError(exc.status, str(exc), field=exc.field) from None
     return jsonify({"combiner": doc}), 201
 
 
 @bp.get("/assign")
-@require_network
 def assign_client():
+    identity = caller(("client",))
     name = _name(request.args.get("name"), "name")
+    require_name(identity, name)
     try:
         assignment = reducer().network.assign(name)
     except NoCombinerError as exc:

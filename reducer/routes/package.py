@@ -1,8 +1,8 @@
 """``/package``: the compute package clients run, uploaded by the admin.
 
 Packages are stored like models (immutable, by content) and recorded in the
-``packages`` collection; the newest is the one clients get. Downloading one needs
-the network token even when reads are public: it is the federation's code.
+``packages`` collection; the newest is the one clients get. Downloading one needs a
+client credential (or the admin token) even when reads are public: it is the federation's code.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from fedtier.package import PackageError, check, sha256_hex
 from fedtier.reducer.app import reducer
-from fedtier.reducer.auth import require_admin, require_network
+from fedtier.reducer.auth import caller, require_admin
 from fedtier.reducer.body import require_multipart
 from fedtier.reducer.errors import APIError
 from fedtier.storage.model_store import ModelExistsError
@@ -57,8 +57,8 @@ def upload_package():
 
 
 @bp.get("/api/v1/package")
-@require_network
 def package_info():
+    caller(("client",))
     record = current()
     if record is None:
         raise APIError(404, "no compute package has been uploaded (POST /package)")
@@ -66,8 +66,8 @@ def package_info():
 
 
 @bp.get("/api/v1/package/download")
-@require_network
 def package_download():
+    caller(("client",))
     record = current()
     if record is None:
         raise APIError(404, "no compute package has been uploaded (POST /package)")
