@@ -19,6 +19,7 @@ from fedtier.reducer.control import Control
 from fedtier.reducer.errors import register_error_handlers
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
+from fedtier.storage.dirlock import DataDirLock
 from fedtier.storage.factory import model_store_from_settings, state_store_from_settings
 from fedtier.storage.model_store import ModelStore
 from fedtier.storage.state_store import StateStore
@@ -36,23 +37,32 @@ class Reducer:
     control: Control
     work_dir: Path
     stop: threading.Event = field(default_factory=threading.Event)
+    lock: DataDirLock | None = None  # this reducer's hold on settings.data_dir
 
     def close(self) -> None:
         self.stop.set()
         self.network.close()
         self.state.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore | None = None,
                   state: StateStore | None = None) -> Reducer:
-    models = models or model_store_from_settings(settings)
-    state = state or state_store_from_settings(settings)
-    work_dir = settings.data_dir / "reducer"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    trail = ModelTrail(models, state)
-    network = Network(state, token=settings.admin_auth_token, ca_file=settings.tls_ca or None)
-    control = Control(state, trail, network, work_dir, helper=helper)
-    return Reducer(settings, models, state, trail, network, control, work_dir)
+    # before any store is opened: a second reducer on this directory must not touch it (dirlock.py)
+    lock = DataDirLock(settings.data_dir).acquire()
+    try:
+        models = models or model_store_from_settings(settings)
+        state = state or state_store_from_settings(settings)
+        work_dir = settings.data_dir / "reducer"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        trail = ModelTrail(models, state)
+        network = Network(state, token=settings.admin_auth_token, ca_file=settings.tls_ca or None)
+        control = Control(state, trail, network, work_dir, helper=helper)
+    except BaseException:
+        lock.release()
+        raise
+    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock)
 
 
 def create_app(settings: Settings | None = None, helper: str = "numpy", reducer: Reducer | None = None,

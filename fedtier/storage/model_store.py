@@ -99,6 +99,12 @@ def is_full(exc: OSError) -> bool:
     return exc.errno in _FULL_ERRNOS
 
 
+def is_medium_failure(exc: BaseException) -> bool:
+    """Whether an exception is the disk failing (full, read-only, I/O error) rather than a bug:
+    what an operator must fix, so it is reported by name instead of as an internal error."""
+    return isinstance(exc, OSError) and (is_full(exc) or exc.errno in (errno.EROFS, errno.EIO))
+
+
 def describe_os_error(exc: OSError) -> str:
     """``no space left on device`` rather than ``[Errno 28] No space left on device: '/x'``."""
     if exc.errno:
