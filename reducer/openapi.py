@@ -86,7 +86,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "invalid input; `field` names the culprit", 401: "missing or invalid token",
                404: "no such id", 409: "not allowed in the reducer's current state (named in `state`)",
-               413: "body too large", 503: "no combiner is online yet"}
+               413: "body too large", 503: "no combiner is online yet",
+               500: "the stored bytes are damaged; `error` names the model (never sent as a 200)",
+               507: "the model store or state store has no room; `error` names which"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
 
@@ -128,11 +130,13 @@ def document() -> dict[str, Any]:
             "/api/v1/models": _list("Model"),
             "/api/v1/models/{model_id}": _one("Model", "model_id"),
             "/api/v1/models/{model_id}/download": {"get": {
-                "summary": "the model's bytes (safetensors layout); X-Model-SHA256 carries the hash",
+                "summary": "the model's bytes (safetensors layout); X-Model-SHA256 and Repr-Digest (RFC 9530) "
+                           "carry the hash; damage found while streaming breaks the transfer short of "
+                           "Content-Length",
                 "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": STRING}],
                 "responses": {"200": {"description": "model file", "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(401, 404)}}},
+                    **_errors(401, 404, 500)}}},
             "/api/v1/validations": _list("Validation", [LIMIT, {"name": "round_id", "in": "query", "schema": STRING}]),
             "/seed": {"post": {
                 "summary": "commit the seed model (admin)",
@@ -141,7 +145,7 @@ def document() -> dict[str, Any]:
                     "properties": {"seed": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["model", "state"],
                                             "properties": {"model": ref("Model"), "state": STRING}}, "seeded"),
-                              **_errors(400, 401, 409, 413)}}},
+                              **_errors(400, 401, 409, 413, 507)}}},
             "/start": {"post": {
                 "summary": "start a session of rounds (admin)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("RoundSettings")}}},
@@ -165,12 +169,12 @@ def document() -> dict[str, Any]:
                     "type": "object", "required": ["package"],
                     "properties": {"package": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"package": ref("Package")}}, "stored"),
-                              **_errors(400, 401, 413)}}},
+                              **_errors(400, 401, 413, 507)}}},
             "/api/v1/package": {"get": {"summary": "the current compute package (network token)", "responses": {
                 "200": _json(ref("Package"), "package"), **_errors(401, 404)}}},
             "/api/v1/package/download": {"get": {"summary": "the current compute package's bytes", "responses": {
                 "200": {"description": "gzip'd tar", "content": {"application/gzip": {
-                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 404)}}},
+                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 404, 500)}}},
             "/assign": {"get": {
                 "summary": "which combiner a client should connect to (network token)",
                 "parameters": [{"name": "name", "in": "query", "required": True, "schema": STRING}],

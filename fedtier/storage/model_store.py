@@ -8,7 +8,11 @@ enforces where it can, so backends cannot drift apart:
 * immutability: an id is written once; a second write is an error, never an
   overwrite, and a failed write leaves nothing visible under the id;
 * integrity: the sha256 recorded at write time is checked on every read, so a
-  model corrupted at rest is reported instead of being trained on.
+  model corrupted at rest is reported instead of being trained on, and a
+  stream of it stops short of its last chunk (iter_chunks), so no consumer
+  receives a damaged model whole;
+* failures are the store's: an OSError of the medium (a full disk...) comes
+  out as StorageIOError/StorageFullError naming the store and the model.
 
 Models can be many GiB, so nothing here holds a whole model in memory: data
 moves through iterators of bounded chunks and temporary files.
