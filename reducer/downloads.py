@@ -72,6 +72,9 @@ def stored_response(models: ModelStore, store_id: str, sha256: str, size: int, *
             log.error("%s %s: download aborted after %d of %d bytes, the receiver gets an incomplete "
                       "transfer (%s)", what, damaged, sent, size, exc)
             raise
+        finally:
+            # a receiver that went away: release the file or the S3 connection now, not at GC
+            getattr(chunks, "close", lambda: None)()
 
     return Response(body(), mimetype=mimetype, headers={
         **headers, "Content-Length": str(size), "Repr-Digest": repr_digest(sha256)})

@@ -9,7 +9,8 @@ directory.
 descriptor closes, also on ``kill -9`` or a crash, so there is no stale lock to clean up by hand
 and no pid file whose process may have been replaced by another. Locks are per open file, so a
 second reducer in the *same* process (tests, ``fedtier sandbox``) is refused too until the first
-is closed. The file keeps the holder's pid, host and start time for the refusal's message; it is
+is closed. The descriptor is close-on-exec (PEP 446), so a program the reducer starts does
+not inherit the lock. The file keeps the holder's pid, host and start time for the refusal's message; it is
 never deleted (deleting it would let a third process lock a new file while the second still holds
 the old one).
 
