@@ -40,7 +40,10 @@ def fetch_package(reducer_url: str, work_dir: Path, token: str = "", verify: str
     target = work_dir / "packages" / expected
     if target.is_dir():
         return target  # verified when it was extracted
-    reply = requests.get(f"{base}/api/v1/package/download", headers=headers, verify=verify, timeout=300)
+    try:
+        reply = requests.get(f"{base}/api/v1/package/download", headers=headers, verify=verify, timeout=300)
+    except requests.RequestException as exc:  # e.g. a transfer the reducer broke off: damaged in its store
+        raise PackageUnavailable(f"package download failed ({exc.__class__.__name__})") from None
     if reply.status_code != 200:
         raise PackageUnavailable(f"package download failed: {reply.status_code}")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from fedtier.reducer.errors import register_error_handlers
 from fedtier.identity import SelfIssuer, load_signing_key
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
+from fedtier.storage.dirlock import DataDirLock
 from fedtier.storage.factory import model_store_from_settings, state_store_from_settings
 from fedtier.storage.model_store import ModelStore
 from fedtier.storage.state_store import StateStore
@@ -41,26 +42,35 @@ class Reducer:
     # reported in /api/v1/status: tells a launcher whether the reducer answering on a port is the
     # process it started (fedtier sandbox passes its own with --instance-id) or another one
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lock: DataDirLock | None = None  # this reducer's hold on settings.data_dir
 
     def close(self) -> None:
         self.stop.set()
         self.network.close()
         self.state.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore | None = None,
                   state: StateStore | None = None) -> Reducer:
-    models = models or model_store_from_settings(settings)
-    state = state or state_store_from_settings(settings)
-    work_dir = settings.data_dir / "reducer"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    trail = ModelTrail(models, state)
     settings.check_reducer()
-    issuer = SelfIssuer(load_signing_key(settings.token_signing_key, "FEDTIER_TOKEN_SIGNING_KEY")) \
-        if settings.token_signing_key else None
-    network = Network(state, issuer=issuer, ca_file=settings.tls_ca or None)
-    control = Control(state, trail, network, work_dir, helper=helper)
-    return Reducer(settings, models, state, trail, network, control, work_dir)
+    # before any store is opened: a second reducer on this directory must not touch it (dirlock.py)
+    lock = DataDirLock(settings.data_dir).acquire()
+    try:
+        models = models or model_store_from_settings(settings)
+        state = state or state_store_from_settings(settings)
+        work_dir = settings.data_dir / "reducer"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        trail = ModelTrail(models, state)
+        issuer = SelfIssuer(load_signing_key(settings.token_signing_key, "FEDTIER_TOKEN_SIGNING_KEY")) \
+            if settings.token_signing_key else None
+        network = Network(state, issuer=issuer, ca_file=settings.tls_ca or None)
+        control = Control(state, trail, network, work_dir, helper=helper)
+    except BaseException:
+        lock.release()
+        raise
+    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock)
 
 
 def create_app(settings: Settings | None = None, helper: str = "numpy", reducer: Reducer | None = None,

@@ -46,8 +46,8 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig, RoundConfigError, integer_setting, setting_names
-from fedtier.storage.model_store import ModelStoreError
-from fedtier.storage.state_store import StateStore
+from fedtier.storage.model_store import ModelStoreError, describe_os_error, is_medium_failure
+from fedtier.storage.state_store import StateStore, StateStoreError
 from fedtier.transport.streams import Digests, Received
 
 log = logging.getLogger(__name__)
@@ -317,12 +317,18 @@ class Control:
             else:
                 round_doc.update(status="failed", error=str(exc))
                 log.warning("round %d failed: %s", number, exc)
-        except ModelStoreError as exc:
-            round_doc.update(status="failed", error=f"model store: {exc}")
-            log.error("round %d failed, trail unchanged: model store: %s", number, exc)
+        except (ModelStoreError, StateStoreError) as exc:
+            store = "model store" if isinstance(exc, ModelStoreError) else "state store"
+            round_doc.update(status="failed", error=f"{store}: {exc}")
+            log.error("round %d failed, trail unchanged: %s: %s", number, store, exc)
         except Exception as exc:
-            round_doc.update(status="failed", error=f"internal error: {exc}")
-            log.exception("round %d failed", number)
+            if is_medium_failure(exc):  # the round's scratch files under FEDTIER_DATA_DIR/reducer
+                round_doc.update(status="failed", error=f"reducer data directory: {describe_os_error(exc)} "
+                                                        f"({exc.filename or self.work_dir})")
+                log.error("round %d failed, trail unchanged: %s", number, round_doc["error"])
+            else:
+                round_doc.update(status="failed", error=f"internal error: {exc}")
+                log.exception("round %d failed", number)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             if round_doc["status"] != "success":

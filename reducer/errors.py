@@ -10,6 +10,10 @@ from fedtier.helpers.format import ModelFormatError
 from fedtier.strict_json import JSONInputError
 from fedtier.reducer.control import StateConflict
 from fedtier.round_config import RoundConfigError
+from fedtier.storage.model_store import (ModelCorruptError, ModelExistsError, ModelNotFoundError, ModelStoreError,
+                                         StorageFullError, describe_os_error, is_full,
+                                         is_medium_failure)
+from fedtier.storage.state_store import StateStoreError, StateStoreFullError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,30 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StateConflict)
     def conflict(exc: StateConflict):
         return _body(409, str(exc), state=exc.state.value)
+
+    # A store that fails is named as such, with a status a client can act on: 507 (Insufficient
+    # Storage) when the medium is full, 503 when the store is out of reach or broken, 500 only
+    # for data damaged at rest; never "internal error: [Errno 28]".
+    @app.errorhandler(ModelStoreError)
+    def model_store(exc: ModelStoreError):
+        status = (404 if isinstance(exc, ModelNotFoundError) else 409 if isinstance(exc, ModelExistsError)
+                  else 507 if isinstance(exc, StorageFullError) else 500 if isinstance(exc, ModelCorruptError)
+                  else 503)
+        log.error("model store: %s", exc)
+        return _body(status, f"model store: {exc}")
+
+    @app.errorhandler(StateStoreError)
+    def state_store(exc: StateStoreError):
+        log.error("state store: %s", exc)
+        return _body(507 if isinstance(exc, StateStoreFullError) else 503, f"state store: {exc}")
+
+    @app.errorhandler(OSError)
+    def disk(exc: OSError):
+        # the reducer's own files (uploads spooled under FEDTIER_DATA_DIR/reducer)
+        if not is_medium_failure(exc):
+            return internal(exc)
+        log.error("reducer data directory: %s (%s)", describe_os_error(exc), exc.filename)
+        return _body(507 if is_full(exc) else 503, f"reducer data directory: {describe_os_error(exc)}")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -135,7 +135,9 @@ def _errors(*codes: int) -> dict[str, Any]:
                                       "(/add) the name is held by a live combiner at another address",
                413: "body too large", 415: "the body's Content-Type is not one the route takes (named in the error)",
                422: "(/add) the announced address did not answer as that combiner",
-               503: "no combiner is online yet"}
+               503: "no combiner is online yet",
+               500: "the stored bytes are damaged; `error` names the model (never sent as a 200)",
+               507: "the model store or state store has no room; `error` names which"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
 
@@ -178,11 +180,13 @@ def document() -> dict[str, Any]:
             "/api/v1/models": _list("Model"),
             "/api/v1/models/{model_id}": _one("Model", "model_id"),
             "/api/v1/models/{model_id}/download": {"get": {
-                "summary": "the model's bytes (safetensors layout); X-Model-SHA256 carries the hash",
+                "summary": "the model's bytes (safetensors layout); X-Model-SHA256 and Repr-Digest (RFC 9530) "
+                           "carry the hash; damage found while streaming breaks the transfer short of "
+                           "Content-Length",
                 "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": STRING}],
                 "responses": {"200": {"description": "model file", "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(401, 404)}}},
+                    **_errors(401, 404, 500)}}},
             "/api/v1/validations": _list("Validation", [LIMIT, {"name": "round_id", "in": "query", "schema": STRING}]),
             "/seed": {"post": {
                 "summary": "commit the seed model (admin)",
@@ -191,7 +195,7 @@ def document() -> dict[str, Any]:
                     "properties": {"seed": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["model", "state"],
                                             "properties": {"model": ref("Model"), "state": STRING}}, "seeded"),
-                              **_errors(400, 401, 409, 413, 415)}}},
+                              **_errors(400, 401, 409, 413, 415, 507)}}},
             "/start": {"post": {
                 "summary": "start a session of rounds (admin)",
                 "description": "Every setting is checked before anything changes: a 400 names the field "
@@ -230,12 +234,12 @@ def document() -> dict[str, Any]:
                     "type": "object", "required": ["package"],
                     "properties": {"package": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "properties": {"package": ref("Package")}}, "stored"),
-                              **_errors(400, 401, 413, 415)}}},
+                              **_errors(400, 401, 413, 415, 507)}}},
             "/api/v1/package": {"get": {"summary": "the current compute package (a client credential, or admin)", "responses": {
                 "200": _json(ref("Package"), "package"), **_errors(401, 403, 404)}}},
             "/api/v1/package/download": {"get": {"summary": "the current compute package's bytes", "responses": {
                 "200": {"description": "gzip'd tar", "content": {"application/gzip": {
-                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 403, 404)}}},
+                    "schema": {"type": "string", "format": "binary"}}}}, **_errors(401, 403, 404, 500)}}},
             "/login": {"post": {
                 "summary": "log a browser in with the admin token (the UI's form posts it as a form field)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import logging
 import os
+import resource
 import socket
 import time
 import tracemalloc
@@ -24,11 +25,13 @@ from moto.server import ThreadedMotoServer
 
 from fedtier.storage import (
     LocalModelStore,
+    ModelCorruptError,
     ModelExistsError,
     ModelNotFoundError,
     ModelStore,
     ModelStoreError,
     S3ModelStore,
+    StorageFullError,
     StorageUnavailableError,
     StoredModel,
 )
@@ -81,14 +84,20 @@ def store(request, tmp_path) -> ModelStore:
     return _s3_store(endpoint, _new_bucket(), retries=1, backoff_s=0.01)
 
 
-def _corrupt(store: ModelStore, model_id: str) -> None:
-    """Change a stored model's bytes behind the store's back, keeping its size."""
+def _corrupt(store: ModelStore, model_id: str, offset: int = 0, truncate: int = 0) -> None:
+    """Change a stored model's bytes behind the store's back: flip the byte at
+    offset (the size stays), or cut ``truncate`` bytes off its end."""
     if isinstance(store, LocalModelStore):
         data = store.root / "models" / model_id / "data"
         os.chmod(data, 0o644)
         with open(data, "r+b") as fh:
+            if truncate:
+                fh.truncate(os.fstat(fh.fileno()).st_size - truncate)
+                return
+            fh.seek(offset, os.SEEK_SET if offset >= 0 else os.SEEK_END)
+            where = fh.tell()
             first = fh.read(1)
-            fh.seek(0)
+            fh.seek(where)
             fh.write(bytes([first[0] ^ 0xFF]))
         return
     assert isinstance(store, S3ModelStore)
@@ -99,7 +108,10 @@ def _corrupt(store: ModelStore, model_id: str) -> None:
     finally:
         original.close()
         original.release_conn()
-    body[0] ^= 0xFF
+    if truncate:
+        del body[-truncate:]
+    else:
+        body[offset] ^= 0xFF
     sha = store.stat(model_id).sha256  # keep the recorded hash: only the bytes change
     import io
     raw.put_object(store.bucket, model_id, io.BytesIO(bytes(body)), len(body), metadata={"sha256": sha})
@@ -385,6 +397,84 @@ def test_get_file_corruption_keeps_previous_dest(store, tmp_path):
     with pytest.raises(ModelStoreError):
         store.get_file("victim2", dest)
     assert dest.read_bytes() == b"previous good copy"
+
+
+def _drain(store: ModelStore, model_id: str) -> tuple[bytes, BaseException | None, bool]:
+    """What a consumer of iter_chunks gets: (the bytes, the error, whether the
+    error came before the first byte, i.e. from the iter_chunks call itself)."""
+    try:
+        chunks = store.iter_chunks(model_id, chunk_size=MiB)
+    except ModelStoreError as exc:
+        return b"", exc, True
+    received = bytearray()
+    try:
+        for chunk in chunks:
+            received += chunk
+    except ModelStoreError as exc:
+        return bytes(received), exc, False
+    return bytes(received), None, False
+
+
+@pytest.mark.parametrize("offset", [0, 2 * MiB, -1], ids=["first-byte", "middle", "last-byte"])
+def test_a_flipped_byte_never_streams_as_a_complete_model(store, tmp_path, offset):
+    """A consumer that trusts a byte count (HTTP Content-Length) must see a short
+    transfer, not the recorded size followed by an exception it may never look at."""
+    data = os.urandom(3 * MiB + 17)
+    stored = store.put_file("flipped", _write(tmp_path / "src", data))
+    _corrupt(store, "flipped", offset=offset)
+
+    received, error, _ = _drain(store, "flipped")
+
+    assert isinstance(error, ModelCorruptError) and "flipped" in str(error)
+    assert len(received) < stored.size
+    assert store.stat("flipped") == stored
+
+
+def test_a_truncated_model_is_refused_and_never_streams_whole(store, tmp_path):
+    data = os.urandom(2 * MiB + 5)
+    stored = store.put_file("short", _write(tmp_path / "src", data))
+    _corrupt(store, "short", truncate=7)
+
+    received, error, before_any_byte = _drain(store, "short")
+
+    assert isinstance(error, ModelCorruptError) and "short" in str(error)
+    assert len(received) < stored.size - 7
+    if isinstance(store, LocalModelStore):
+        # the file's size is known without reading it: refused before any byte goes out
+        assert before_any_byte
+        with pytest.raises(ModelCorruptError, match="2097150 bytes at rest, 2097157 recorded"):
+            store.get_file("short", tmp_path / "copy")
+    # (S3: the object's size is the store's record; a reader with the trail's
+    # record compares the two before sending, see reducer/downloads.py)
+
+
+class _FileSizeLimit:
+    """RLIMIT_FSIZE for this process: the kernel itself fails writes past the limit
+    (EFBIG; Python ignores SIGXFSZ), a real write failure without root or a mount."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> None:
+        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.saved[1]))
+
+    def __exit__(self, *exc: object) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+
+
+def test_a_write_the_medium_refuses_is_named_and_leaves_nothing(store, tmp_path):
+    store.put_stream("keep", [b"k"])
+    with _FileSizeLimit(MiB):
+        with pytest.raises(StorageFullError, match=r"file too large under .*(writing|spooling) model big") as info:
+            store.put_stream("big", [b"x" * MiB, b"y" * MiB])
+    assert info.value.errno == errno.EFBIG
+    assert "Errno" not in str(info.value)
+    assert not store.exists("big")
+    assert store.list_ids() == ["keep"]
+    if isinstance(store, LocalModelStore):
+        assert os.listdir(store.root / "tmp") == []  # nothing half-written left behind
+    assert store.put_stream("big", [b"fits now"]).size == 8  # the id is still free
 
 
 # ---- backend-specific -----------------------------------------------------
@@ -715,3 +805,23 @@ def test_default_put_file_accepts_link_and_checks_a_given_sha256(tmp_path):
     with pytest.raises(ModelStoreError, match="bad.*not the given"):
         store.put_file("bad", src, sha256=hashlib.sha256(b"other").hexdigest())
     assert store.list_ids() == ["ok"]
+
+
+def test_s3_full_bucket_is_named_and_not_retried(modelstore_moto_endpoint, monkeypatch):
+    """MinIO answers 507 XMinioStorageFull when its drives are full: retrying cannot
+    help, so it fails at once, as a StorageFullError naming the bucket."""
+    from minio.error import S3Error
+
+    store = _s3_store(modelstore_moto_endpoint, _new_bucket(), retries=3, backoff_s=0.01)
+    calls = itertools.count()
+
+    def full(*args, **kwargs):
+        next(calls)
+        raise S3Error(None, "XMinioStorageFull", "Storage backend has reached its minimum free drive threshold.",
+                      "/", "req", "host")
+
+    monkeypatch.setattr(store._client, "put_object", full)
+    with pytest.raises(StorageFullError, match=f"no space left in bucket '{store.bucket}'.*model full"):
+        store.put_stream("full", [b"data"])
+    assert next(calls) == 1
+    assert not store.exists("full")

@@ -10,10 +10,13 @@ from typing import Any
 
 from .local import LocalModelStore
 from .model_store import (
+    ModelCorruptError,
     ModelExistsError,
     ModelNotFoundError,
     ModelStore,
     ModelStoreError,
+    StorageFullError,
+    StorageIOError,
     StorageUnavailableError,
     StoredModel,
     validate_model_id,
@@ -30,6 +33,7 @@ __all__ = [
     "DocumentNotFoundError",
     "DuplicateIdError",
     "LocalModelStore",
+    "ModelCorruptError",
     "ModelExistsError",
     "ModelNotFoundError",
     "ModelStore",
@@ -39,6 +43,8 @@ __all__ = [
     "SQLiteStateStore",
     "StateStore",
     "StateStoreError",
+    "StorageFullError",
+    "StorageIOError",
     "StorageUnavailableError",
     "StoredModel",
     "validate_model_id",

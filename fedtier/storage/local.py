@@ -40,11 +40,13 @@ from .model_store import (
     ModelExistsError,
     ModelNotFoundError,
     ModelStore,
+    ModelCorruptError,
     ModelStoreError,
     StoredModel,
     copy_hashing,
     fsync_dir,
     iter_file,
+    named_os_errors,
     validate_model_id,
 )
 
@@ -64,8 +66,9 @@ class LocalModelStore(ModelStore):
         self.root = Path(root)
         self._models = self.root / "models"
         self._tmp = self.root / "tmp"
-        self._models.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        with named_os_errors(self.root, "creating the model store"):
+            self._models.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_temp()
 
     def __repr__(self) -> str:
@@ -103,19 +106,22 @@ class LocalModelStore(ModelStore):
         target = self._models / model_id
         if self._exists(model_id):
             raise ModelExistsError(f"model {model_id!r} already exists in {self.root}")
-        work = Path(tempfile.mkdtemp(dir=self._tmp, prefix=f"{model_id}."))
-        try:
-            sha256, size = write_data(work / _DATA)
-            stored = StoredModel(model_id=model_id, sha256=sha256, size=size)
-            with open(work / _META, "x", encoding="utf-8") as meta:
-                json.dump({"model_id": model_id, "sha256": sha256, "size": size}, meta)
-                meta.flush()
-                os.fsync(meta.fileno())
-            fsync_dir(work)
-            self._publish(work, target, model_id)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)  # with a link: only the store's name goes
-            raise
+        # A full disk, a quota, a read-only remount: named as this store's failure
+        # (StorageFullError / StorageIOError), and the work directory goes with it.
+        with named_os_errors(self.root, f"writing model {model_id}"):
+            work = Path(tempfile.mkdtemp(dir=self._tmp, prefix=f"{model_id}."))
+            try:
+                sha256, size = write_data(work / _DATA)
+                stored = StoredModel(model_id=model_id, sha256=sha256, size=size)
+                with open(work / _META, "x", encoding="utf-8") as meta:
+                    json.dump({"model_id": model_id, "sha256": sha256, "size": size}, meta)
+                    meta.flush()
+                    os.fsync(meta.fileno())
+                fsync_dir(work)
+                self._publish(work, target, model_id)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)  # with a link: only the store's name goes
+                raise
         fsync_dir(self._models)
         logger.info("stored model %s (%d bytes, sha256 %s)", model_id, size, sha256)
         return stored
@@ -217,20 +223,29 @@ class LocalModelStore(ModelStore):
                 ids.append(entry.name)
         return ids
 
-    def _raw_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
-        path = self._models / stored.model_id / _DATA
+    def _size_at_rest(self, stored: StoredModel) -> int | None:
         try:
-            fh = open(path, "rb")
+            return os.stat(self._models / stored.model_id / _DATA).st_size
         except FileNotFoundError:
-            raise ModelStoreError(
+            raise ModelCorruptError(
                 f"model {stored.model_id!r} is corrupt: metadata present but data file missing"
             ) from None
-        with fh:
-            while True:
-                chunk = fh.read(chunk_size)
-                if not chunk:
-                    return
-                yield chunk
+
+    def _raw_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
+        path = self._models / stored.model_id / _DATA
+        with named_os_errors(self.root, f"reading model {stored.model_id}"):
+            try:
+                fh = open(path, "rb")
+            except FileNotFoundError:
+                raise ModelCorruptError(
+                    f"model {stored.model_id!r} is corrupt: metadata present but data file missing"
+                ) from None
+            with fh:
+                while True:
+                    chunk = fh.read(chunk_size)
+                    if not chunk:
+                        return
+                    yield chunk
 
     # ---- housekeeping ---------------------------------------------------
 

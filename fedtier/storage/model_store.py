@@ -8,19 +8,25 @@ enforces where it can, so backends cannot drift apart:
 * immutability: an id is written once; a second write is an error, never an
   overwrite, and a failed write leaves nothing visible under the id;
 * integrity: the sha256 recorded at write time is checked on every read, so a
-  model corrupted at rest is reported instead of being trained on.
+  model corrupted at rest is reported instead of being trained on, and a
+  stream of it stops short of its last chunk (iter_chunks), so no consumer
+  receives a damaged model whole;
+* failures are the store's: an OSError of the medium (a full disk...) comes
+  out as StorageIOError/StorageFullError naming the store and the model.
 
 Models can be many GiB, so nothing here holds a whole model in memory: data
 moves through iterators of bounded chunks and temporary files.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -60,6 +66,69 @@ class ModelExistsError(ModelStoreError):
 
 class StorageUnavailableError(ModelStoreError):
     """Raised when the backing service cannot be reached even after retries."""
+
+
+class ModelCorruptError(ModelStoreError):
+    """The bytes at rest are not the ones recorded when the model was written.
+
+    Its own class so that a server can tell damage in its store (a fault to
+    report loudly, never to serve) from a store that is merely out of reach.
+    """
+
+
+class StorageIOError(ModelStoreError):
+    """The medium under the store refused an operation (I/O error, read-only...).
+
+    Carries the errno so callers can answer a full disk differently from a
+    broken one without parsing messages.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class StorageFullError(StorageIOError):
+    """No room left for the write: disk full, quota exceeded, file size limit."""
+
+
+# errno values meaning "no room": what an operator fixes by freeing space.
+_FULL_ERRNOS = frozenset(
+    code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG")) if code
+)
+
+
+def is_full(exc: OSError) -> bool:
+    """Whether an OSError says the medium has no room for the write."""
+    return exc.errno in _FULL_ERRNOS
+
+
+def is_medium_failure(exc: BaseException) -> bool:
+    """Whether an exception is the disk failing (full, read-only, I/O error) rather than a bug:
+    what an operator must fix, so it is reported by name instead of as an internal error."""
+    return isinstance(exc, OSError) and (is_full(exc) or exc.errno in (errno.EROFS, errno.EIO))
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``no space left on device`` rather than ``[Errno 28] No space left on device: '/x'``."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc)
+
+
+@contextmanager
+def named_os_errors(where: object, action: str) -> Iterator[None]:
+    """Turn an OSError from the medium into a StorageIOError that says where and what.
+
+    A bare ``[Errno 28]`` tells an operator neither which store filled up nor
+    what it was doing; callers also need one exception family (ModelStoreError)
+    for every failure of the store, whatever layer it came from.
+    """
+    try:
+        yield
+    except OSError as exc:
+        cls = StorageFullError if is_full(exc) else StorageIOError
+        raise cls(f"{describe_os_error(exc)} under {where} ({action})", exc.errno) from exc
 
 
 def validate_model_id(model_id: object) -> str:
@@ -220,7 +289,7 @@ class ModelStore(ABC):
         """
         validate_model_id(model_id)
         dest_path = Path(dest)
-        stored = self.stat(model_id)
+        stored = self._checked_stat(model_id)
         dest_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
             dir=dest_path.parent, prefix=f".{dest_path.name}.", suffix=".part"
@@ -242,17 +311,22 @@ class ModelStore(ABC):
         return stored
 
     def iter_chunks(self, model_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        """Stream a model, e.g. straight into a gRPC response.
+        """Stream a model, e.g. straight into an HTTP or gRPC response.
 
         The id is checked eagerly (ModelNotFoundError is raised by this call,
-        not by the first next()). Integrity can only be known at the end, so a
-        corrupt model raises ModelStoreError after the last chunk: consumers
-        must not treat the data as valid before the iterator is exhausted.
+        not by the first next()), and so is the size of the data at rest where
+        the backend can see it cheaply (ModelCorruptError: a truncated file is
+        refused before any byte goes out). The hash can only be known at the
+        end, so the last chunk is held back until the data has been verified:
+        a corrupt model raises ModelCorruptError *instead of* its last chunk,
+        and a consumer that counts bytes (HTTP Content-Length, a size in a
+        header) sees fewer than it was promised whatever it does with the
+        exception. Memory: one chunk more.
         """
         validate_model_id(model_id)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        return self._verified_chunks(self.stat(model_id), chunk_size)
+        return self._verified_chunks(self._checked_stat(model_id), chunk_size)
 
     def stat(self, model_id: str) -> StoredModel:
         """Return id, sha256 and size; ModelNotFoundError for an unknown id."""
@@ -300,27 +374,53 @@ class ModelStore(ABC):
     def _raw_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
         """Yield the stored bytes as-is; verification is done by the caller."""
 
+    def _size_at_rest(self, stored: StoredModel) -> int | None:
+        """The size of the stored data if the backend can tell without reading it
+        and it may differ from the recorded one (a file beside its metadata);
+        None where the recorded size *is* the data's size (an S3 object)."""
+        return None
+
     # ---- shared helpers -------------------------------------------------
+
+    def _checked_stat(self, model_id: str) -> StoredModel:
+        stored = self.stat(model_id)
+        actual = self._size_at_rest(stored)
+        if actual is not None and actual != stored.size:
+            logger.error("model %s is damaged in %r: %d bytes at rest, %d recorded",
+                         model_id, self, actual, stored.size)
+            raise ModelCorruptError(
+                f"model {model_id!r} is corrupt: {actual} bytes at rest, {stored.size} recorded"
+            )
+        return stored
 
     def _verified_chunks(self, stored: StoredModel, chunk_size: int) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = 0
+        held: bytes | None = None  # the last chunk, released only once the data is verified
         for chunk in self._raw_chunks(stored, chunk_size):
+            if not chunk:
+                continue
             size += len(chunk)
             if size > stored.size:
-                raise ModelStoreError(
+                logger.error("model %s is damaged in %r: more than the recorded %d bytes at rest",
+                             stored.model_id, self, stored.size)
+                raise ModelCorruptError(
                     f"model {stored.model_id!r} is corrupt: stored data is larger than "
                     f"the recorded {stored.size} bytes"
                 )
             digest.update(chunk)
-            yield chunk
+            if held is not None:
+                yield held
+            held = chunk
         actual = digest.hexdigest()
         if size != stored.size or actual != stored.sha256:
             logger.error(
-                "model %s failed verification: sha256 %s size %d, expected %s size %d",
-                stored.model_id, actual, size, stored.sha256, stored.size,
+                "model %s is damaged in %r: sha256 %s size %d, expected %s size %d",
+                stored.model_id, self, actual, size, stored.sha256, stored.size,
             )
-            raise ModelStoreError(
+            raise ModelCorruptError(
                 f"model {stored.model_id!r} is corrupt: sha256 {actual} ({size} bytes) does not "
                 f"match the recorded {stored.sha256} ({stored.size} bytes)"
             )
+        if held is not None:
+            yield held

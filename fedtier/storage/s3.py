@@ -49,10 +49,12 @@ from .model_store import (
     ModelNotFoundError,
     ModelStore,
     ModelStoreError,
+    StorageFullError,
     StorageUnavailableError,
     StoredModel,
     copy_hashing,
     iter_file,
+    named_os_errors,
     validate_model_id,
 )
 
@@ -65,6 +67,8 @@ _SHA256_HEADER = "x-amz-meta-sha256"
 _MIN_PART_SIZE = 5 << 20
 _MAX_PARTS = 10_000
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+# The service has no room: retrying cannot help, an operator must free space.
+_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded"}
 _TRANSIENT_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
     "RequestTimeTooSkewed", "XMinioServerNotInitialized",
@@ -203,10 +207,13 @@ class S3ModelStore(ModelStore):
 
     def _put_stream(self, model_id: str, chunks: Iterable[bytes]) -> StoredModel:
         self._refuse_existing(model_id)
-        fd, spool = tempfile.mkstemp(dir=self.spool_dir, prefix=f"fedtier-{model_id}.", suffix=".spool")
+        where = self.spool_dir or tempfile.gettempdir()
+        with named_os_errors(where, f"spooling model {model_id} for upload to {self.endpoint}/{self.bucket}"):
+            fd, spool = tempfile.mkstemp(dir=self.spool_dir, prefix=f"fedtier-{model_id}.", suffix=".spool")
         try:
-            with os.fdopen(fd, "wb") as out:
-                sha256, size = copy_hashing(chunks, out, model_id)
+            with named_os_errors(where, f"spooling model {model_id} for upload to {self.endpoint}/{self.bucket}"):
+                with os.fdopen(fd, "wb") as out:
+                    sha256, size = copy_hashing(chunks, out, model_id)
             return self._upload(model_id, Path(spool), sha256, size)
         finally:
             os.unlink(spool)
@@ -240,7 +247,16 @@ class S3ModelStore(ModelStore):
 
         try:
             reader = self._call(f"uploading model {model_id!r}", upload)
-        except (S3Error, InvalidResponseError, OSError) as exc:
+        except S3Error as exc:
+            if exc.code in _FULL_CODES:
+                raise StorageFullError(
+                    f"no space left in bucket {self.bucket!r} on {self.endpoint} (writing model "
+                    f"{model_id}): {_describe(exc)}"
+                ) from exc
+            raise ModelStoreError(
+                f"upload of model {model_id!r} to {self.endpoint}/{self.bucket} failed: {_describe(exc)}"
+            ) from exc
+        except (InvalidResponseError, OSError) as exc:
             raise ModelStoreError(
                 f"upload of model {model_id!r} to {self.endpoint}/{self.bucket} failed: {_describe(exc)}"
             ) from exc
@@ -363,7 +379,7 @@ def _is_transient(exc: BaseException) -> bool:
         return exc.status_code >= 500
     if isinstance(exc, S3Error):
         status = getattr(exc.response, "status", 0) or 0
-        return exc.code in _TRANSIENT_CODES or status >= 500
+        return exc.code not in _FULL_CODES and (exc.code in _TRANSIENT_CODES or status >= 500)
     if isinstance(exc, InvalidResponseError):
         # A proxy in front of the service answering 502/503 with HTML; the
         # status is only kept in a private attribute.

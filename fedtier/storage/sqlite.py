@@ -26,6 +26,7 @@ from .state_store import (
     DuplicateIdError,
     StateStore,
     StateStoreError,
+    StateStoreFullError,
     check_collection,
     check_field_name,
     check_id,
@@ -48,6 +49,14 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE INDEX IF NOT EXISTS documents_by_collection ON documents (collection, seq);
 """
+
+
+def _failure(exc: sqlite3.Error, path: Path, what: str) -> StateStoreError:
+    """Name the file and the operation; a full disk gets its own class (StateStoreFullError)
+    so the reducer can say so (HTTP 507) instead of a generic failure."""
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    cls = StateStoreFullError if full else StateStoreError
+    return cls(f"{what} failed in SQLite state store {path}: {exc}")
 
 
 def _path(field: str) -> str:
@@ -116,17 +125,21 @@ class SQLiteStateStore(StateStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (a full disk does), and a COMMIT that
+                # failed leaves the transaction open: end it either way, so the next
+                # BEGIN works once there is room again.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _read(self, collection: str, sql: str, params: list[Any]) -> list[tuple]:
         try:
             with self._lock:
                 return self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StateStoreError(f"query on collection {collection!r} in {self.path} failed: {exc}") from exc
+            raise _failure(exc, self.path, f"query on collection {collection!r}") from exc
 
     @staticmethod
     def _load(text: str) -> dict:
@@ -148,7 +161,7 @@ class SQLiteStateStore(StateStore):
                 f"document {clean['id']!r} already exists in collection {collection!r}"
             ) from None
         except sqlite3.Error as exc:
-            raise StateStoreError(f"insert into collection {collection!r} failed: {exc}") from exc
+            raise _failure(exc, self.path, f"insert into collection {collection!r}") from exc
 
     def get(self, collection: str, doc_id: str) -> dict | None:
         check_collection(collection)
@@ -186,7 +199,7 @@ class SQLiteStateStore(StateStore):
                     conn.execute("UPDATE documents SET doc = ? WHERE collection = ? AND id = ?",
                                  (json.dumps(doc), collection, doc_id))
         except sqlite3.Error as exc:
-            raise StateStoreError(f"update of {doc_id!r} in collection {collection!r} failed: {exc}") from exc
+            raise _failure(exc, self.path, f"update of {doc_id!r} in collection {collection!r}") from exc
         return doc
 
     def _where_sql(self, collection: str, where: dict | None) -> tuple[str, list[Any]]:

@@ -34,6 +34,10 @@ class StateStoreError(Exception):
     """Base class so the reducer can handle every state failure in one place."""
 
 
+class StateStoreFullError(StateStoreError):
+    """The medium under the state store has no room (SQLite: database or disk is full)."""
+
+
 class DuplicateIdError(StateStoreError):
     """Raised instead of overwriting: inserts never replace a document."""
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from fedtier.reducer.app import reducer
 from fedtier.reducer.control import ROUNDS, SESSIONS, VALIDATIONS
+from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
 from fedtier.round_config import integer_setting
 from fedtier.storage.model_store import ModelNotFoundError
@@ -93,14 +94,13 @@ def model(model_id: str):
 @bp.get("/models/<model_id>/download")
 def download(model_id: str):
     record = _one("models", model_id)
-    r = reducer()
     try:
-        chunks = r.models.iter_chunks(model_id)
+        return stored_response(reducer().models, model_id, record["sha256"], int(record["size"]),
+                               what=f"model {model_id}", mimetype="application/octet-stream", headers={
+                                   "Content-Disposition": f'attachment; filename="{model_id}.safetensors"',
+                                   "X-Model-SHA256": record["sha256"]})
     except ModelNotFoundError:
         raise APIError(404, f"model {model_id} is in the trail but its bytes are missing") from None
-    return Response(chunks, mimetype="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{model_id}.safetensors"',
-        "Content-Length": str(record["size"]), "X-Model-SHA256": record["sha256"]})
 
 
 @bp.get("/validations")

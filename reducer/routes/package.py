@@ -10,12 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from fedtier.package import PackageError, check, sha256_hex
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import caller, require_admin
 from fedtier.reducer.body import require_multipart
+from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
 from fedtier.storage.model_store import ModelExistsError
 
@@ -71,6 +72,6 @@ def package_download():
     record = current()
     if record is None:
         raise APIError(404, "no compute package has been uploaded (POST /package)")
-    chunks = reducer().models.iter_chunks(f"package-{record['sha256'][:40]}")
-    return Response(chunks, mimetype="application/gzip", headers={
-        "Content-Length": str(record["size"]), "X-Package-SHA256": record["sha256"]})
+    return stored_response(reducer().models, f"package-{record['sha256'][:40]}", record["sha256"],
+                           int(record["size"]), what=f"compute package {record['sha256'][:12]}",
+                           mimetype="application/gzip", headers={"X-Package-SHA256": record["sha256"]})
