@@ -24,6 +24,7 @@ The defaults, and why:
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from dataclasses import dataclass, field, fields
 
@@ -103,3 +104,22 @@ def configure(limits: Limits | None) -> None:
     global _configured
     with _lock:
         _configured = limits
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply arrays and objects nest in ``data`` (JSON text), found without parsing it.
+
+    Python's json module recurses once per level, so a body of ten thousand ``[`` fails
+    deep inside it (RecursionError, not ValueError); measured first, such a body gets a
+    400 naming FEDTIER_MAX_JSON_DEPTH. Strings are removed first, so brackets inside them
+    do not count; text that is not JSON gets a number that the parser then refuses anyway."""
+    import numpy as np  # every fedtier process has it; imported here to keep this module light
+
+    structure = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8)
+    if not structure.size:
+        return 0
+    steps = np.isin(structure, (0x5B, 0x7B)).astype(np.int64) - np.isin(structure, (0x5D, 0x7D))
+    return int(max(0, np.cumsum(steps).max()))

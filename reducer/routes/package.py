@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request
 
-from fedtier.package import PackageError, check, sha256_hex
+from fedtier.package import PackageError, PackageTooLarge, check, sha256_hex
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin, require_network
 from fedtier.reducer.errors import APIError
@@ -38,6 +38,9 @@ def upload_package():
     data = upload.read()
     try:
         names = check(data)
+    except PackageTooLarge as exc:  # refused while reading: nothing was unpacked or stored
+        raise APIError(413, f"not an acceptable compute package: {exc}", field="package",
+                       limit=exc.variable) from None
     except PackageError as exc:
         raise APIError(400, f"not a valid compute package: {exc}", field="package") from None
     digest = sha256_hex(data)
