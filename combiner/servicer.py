@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import grpc
 
 from fedtier.aggregators.update_check import UpdateCheck
-from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
 from fedtier.combiner.runner import RoundRunner
 from fedtier.proto import fedtier_pb2 as pb
@@ -84,6 +84,9 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
                     context: grpc.ServicerContext) -> pb.UploadResponse:
         try:
             received = self.cache.receive(request_iterator, self.check, may_name=self.may_name(context))
+        except UploadRefused as exc:  # at the header: nothing was written
+            log.warning("upload refused: %s", exc)
+            context.abort(exc.code, f"upload refused: {exc}")
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")

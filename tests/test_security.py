@@ -140,7 +140,7 @@ def test_grpc_calls_need_tokens_on_every_kind_of_rpc(secured_combiner: str, tmp_
     network = calls(NETWORK)
     assert code_of(network["unary"]) is None
     assert code_of(network["server-stream"]) == grpc.StatusCode.NOT_FOUND  # past auth, no such model
-    assert code_of(network["client-stream"]) is None
+    assert code_of(network["client-stream"]) == grpc.StatusCode.FAILED_PRECONDITION  # past auth, no open task
     assert code_of(network["control"]) == grpc.StatusCode.UNAUTHENTICATED  # clients cannot run rounds
     assert code_of(calls(ADMIN)["control"]) is None
 
@@ -155,8 +155,9 @@ def test_only_the_admin_token_names_an_uploaded_model(secured_combiner: str, tmp
         client.UploadModel(file_chunks(model, model_id="next-global-model"), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "only the reducer names models" in (refused.value.details() or "")
-    assigned = client.UploadModel(file_chunks(model), timeout=5)  # an update: the combiner names it
-    assert assigned.model_id and assigned.model_id != "next-global-model"
+    with pytest.raises(grpc.RpcError) as refused:  # an update, but this client holds no open task
+        client.UploadModel(file_chunks(model), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     reducer = ModelTransferStub(make_channel(secured_combiner, token=ADMIN))
     assert reducer.UploadModel(file_chunks(model, model_id="next-global-model"), timeout=5).model_id == \
         "next-global-model"
