@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass, field, fields
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MAX_ROUND_CONFIG_BYTES = 8 * MiB  # half of fedtier/transport/channel.py's MESSAGE_LIMIT
 
 
 def _bound(default: int, variable: str, unit: str) -> int:
@@ -58,6 +59,14 @@ class Limits:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{f.metadata['variable']} must be a positive integer, got {value!r}")
+        # a round config travels whole in every task message: past gRPC's message limit
+        # every round would fail, which is the failure these bounds exist to prevent
+        if self.round_config_bytes > MAX_ROUND_CONFIG_BYTES:
+            raise ValueError(f"FEDTIER_MAX_ROUND_CONFIG_BYTES must be at most {MAX_ROUND_CONFIG_BYTES} (gRPC's "
+                             f"message limit with room for the rest of a task), got {self.round_config_bytes}")
+        if self.task_bytes > self.round_config_bytes:
+            raise ValueError(f"FEDTIER_MAX_TASK_BYTES ({self.task_bytes}) must not exceed "
+                             f"FEDTIER_MAX_ROUND_CONFIG_BYTES ({self.round_config_bytes}): the task is part of it")
 
     @staticmethod
     def variable(name: str) -> str:

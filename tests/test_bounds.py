@@ -183,6 +183,7 @@ def test_a_seed_of_200k_zero_size_tensors_is_refused_fast_naming_the_bound(reduc
 
 def test_a_seed_over_the_model_bound_gets_413_before_it_is_read(tmp_path: Path) -> None:
     from fedtier.limits import Limits
+
     app = create_app(Settings(data_dir=tmp_path, limits=Limits(model_bytes=64 << 10)), poll_interval_s=None)
     try:
         data = helper.to_bytes({"w": np.zeros(100_000, np.float32)})  # 400 KB
@@ -234,6 +235,7 @@ def test_a_package_bomb_is_refused_at_upload_naming_the_bound_and_nothing_is_sto
 
 def test_a_bomb_is_refused_on_the_client_too_before_anything_is_extracted(tmp_path: Path, package_bomb) -> None:
     from fedtier.package import PackageTooLarge
+
     with pytest.raises(PackageTooLarge, match="FEDTIER_MAX_PACKAGE_UNPACKED_BYTES"):
         unpack(package_bomb, sha256_hex(package_bomb), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -244,6 +246,7 @@ def test_the_decompressed_stream_is_bounded_whatever_the_headers_say() -> None:
     a pax record is tar metadata that no member's size counts, yet it is unpacked too."""
     from fedtier.limits import Limits
     from fedtier.package import PackageTooLarge, check
+
     small = Limits(package_unpacked_bytes=1 * MiB)
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb") as gz:
@@ -261,6 +264,7 @@ def test_the_decompressed_stream_is_bounded_whatever_the_headers_say() -> None:
 def test_too_many_files_and_too_many_bytes_are_refused_naming_each_bound() -> None:
     from fedtier.limits import Limits
     from fedtier.package import PackageTooLarge, check
+
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         spec = tarfile.TarInfo("fedn.yaml")
@@ -301,13 +305,16 @@ def test_oversized_and_deeply_nested_json_bodies_are_refused_on_every_route(redu
 
 def test_json_depth_ignores_brackets_inside_strings() -> None:
     from fedtier.limits import json_depth
+
     assert json_depth(b'{"a": [1, {"b": "[[\\"[["}]}') == 3
     assert json_depth(b"[" * 50) == 50 and json_depth(b'"[["') == 0 and json_depth(b"") == 0
 
 
 # ---------------------------------------------------------------- settings
-def test_every_bound_has_a_setting_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedtier.limits import Limits, configure
+def test_every_bound_has_a_setting_read_and_checked() -> None:
+    from fedtier.limits import MAX_ROUND_CONFIG_BYTES, Limits, configure
+    from fedtier.transport.channel import MESSAGE_LIMIT
+
     settings = Settings.from_env({"FEDTIER_MAX_MODEL_TENSORS": "7", "FEDTIER_MAX_PACKAGE_FILES": "3"})
     assert settings.limits.model_tensors == 7 and settings.limits.package_files == 3
     assert settings.limits.json_body_bytes == Limits().json_body_bytes
@@ -315,6 +322,9 @@ def test_every_bound_has_a_setting_read_and_checked(monkeypatch: pytest.MonkeyPa
         Settings.from_env({"FEDTIER_MAX_JSON_DEPTH": "0"})
     with pytest.raises(ConfigError, match="FEDTIER_MAX_TASK_BYTES"):
         Settings.from_env({"FEDTIER_MAX_TASK_BYTES": "lots"})
+    assert 2 * MAX_ROUND_CONFIG_BYTES <= MESSAGE_LIMIT  # a task message always fits gRPC's limit
+    with pytest.raises(ConfigError, match="FEDTIER_MAX_ROUND_CONFIG_BYTES"):
+        Settings.from_env({"FEDTIER_MAX_ROUND_CONFIG_BYTES": str(20 << 20)})
     configure(Limits(model_tensors=1))  # the process's bounds are what it was configured with
     try:
         with pytest.raises(ValueError, match="FEDTIER_MAX_MODEL_TENSORS"):
