@@ -59,10 +59,7 @@ class RoundConfig:
             if name in data:
                 value = data[name]
                 if isinstance(value, str):
-                    try:
-                        value = json.loads(value) if value.strip() else {}
-                    except json.JSONDecodeError as exc:
-                        raise RoundConfigError(name, f"is not valid JSON ({exc.msg})") from None
+                    value = _loads(name, value) if value.strip() else {}
                 if not isinstance(value, Mapping):
                     raise RoundConfigError(name, "must be a JSON object")
                 values[name] = dict(value)
@@ -82,7 +79,7 @@ class RoundConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RoundConfig":
-        data = json.loads(text) if text else {}
+        data = _loads("config", text) if text else {}
         if not isinstance(data, dict):
             raise RoundConfigError("config", "must be a JSON object")
         return cls.from_dict(data)
@@ -95,6 +92,19 @@ class RoundConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _loads(name: str, text: str) -> Any:
+    """JSON text of a setting (a form field, the config a combiner receives), its nesting
+    measured first: Python's parser fails on deep nesting with RecursionError, not ValueError."""
+    bounds = limits.current()
+    depth = limits.json_depth(text.encode("utf-8", "surrogatepass"))
+    if depth > bounds.json_depth:
+        raise RoundConfigError(name, f"nests {depth} levels deep, over {bounds.describe('json_depth')}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RoundConfigError(name, f"is not valid JSON ({exc.msg})") from None
 
 
 def _json_bytes(value: Any) -> bytes:

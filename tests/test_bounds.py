@@ -289,6 +289,8 @@ def test_a_large_task_setting_is_refused_at_start_naming_task(reducer_app) -> No
     assert "FEDTIER_MAX_TASK_BYTES" in reply.json["error"]
     reply = client.post("/start", data={"rounds": "1", "task": json.dumps({"blob": "x" * (100 << 10)})})
     assert reply.status_code == 400 and reply.json["field"] == "task", reply.json  # the form says the same
+    reply = client.post("/start", data={"rounds": "1", "task": "[" * 10_000})  # JSON in a form field
+    assert reply.status_code == 400 and "FEDTIER_MAX_JSON_DEPTH" in reply.json["error"], reply.json
     assert reducer_app.extensions["fedtier"].state.find("sessions") == []
 
 
