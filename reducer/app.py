@@ -93,6 +93,8 @@ def bound_request_bodies(app: Flask, bounds: Limits, cap: int | None = None) -> 
     the bound (a chunked body). A JSON body is also refused, with a 400, when it nests deeper
     than FEDTIER_MAX_JSON_DEPTH: Python's parser would fail on it with a RecursionError."""
 
+    app.config["MAX_FORM_MEMORY_SIZE"] = bounds.json_body_bytes  # a form's text fields: the same bound
+
     @app.before_request
     def bound_body() -> None:
         bound, form_field = UPLOAD_BOUNDS.get(request.endpoint or "", ("json_body_bytes", None))
