@@ -32,7 +32,8 @@ def nullable(name: str) -> dict[str, Any]:
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "status"], "properties": {
-        "error": STRING, "status": INTEGER, "field": STRING, "state": STRING}},
+        "error": STRING, "status": INTEGER, "field": STRING, "state": STRING,
+        "limit": STRING}},  # the FEDTIER_MAX_ setting of the bound that was exceeded
     "Model": {"type": "object", "required": ["id", "parent_id", "round", "sha256", "size", "created_at"],
               "properties": {"id": STRING, "parent_id": OPT_STRING, "round_id": OPT_STRING,
                              "session_id": OPT_STRING, "round": INTEGER, "kind": STRING, "sha256": STRING,
@@ -86,7 +87,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "invalid input; `field` names the culprit", 401: "missing or invalid token",
                404: "no such id", 409: "not allowed in the reducer's current state (named in `state`)",
-               413: "body too large", 503: "no combiner is online yet"}
+               413: "too large; `limit` names the bound's setting", 503: "no combiner is online yet"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
 
