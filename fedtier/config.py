@@ -97,6 +97,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
             task_bytes=_int(env, "FEDTIER_MAX_TASK_BYTES", d.task_bytes),
             round_config_bytes=_int(env, "FEDTIER_MAX_ROUND_CONFIG_BYTES", d.round_config_bytes),
             report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
+            upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
         )
     except ValueError as exc:  # a bound below 1: the message names the variable
         if isinstance(exc, ConfigError):

@@ -21,7 +21,9 @@ The defaults, and why:
 * a JSON request body of 1 MiB nested at most 32 levels, the ``task`` settings 64 KiB
   and a whole round config 1 MiB: they travel in every task message, under gRPC's
   message limit (fedtier/transport/channel.py) with a wide margin;
-* a report's metadata or metrics 64 KiB: a few numbers per client and round.
+* a report's metadata or metrics 64 KiB: a few numbers per client and round;
+* an upload that sends nothing for 60 s is cancelled: a live sender sends a chunk of a
+  MiB far more often, even on a slow link.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class Limits:
     task_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_TASK_BYTES", "bytes")
     round_config_bytes: int = _bound(1 * MiB, "FEDTIER_MAX_ROUND_CONFIG_BYTES", "bytes")
     report_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_REPORT_BYTES", "bytes")
+    upload_idle_seconds: int = _bound(60, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", "seconds")
 
     def __post_init__(self) -> None:
         for f in fields(self):

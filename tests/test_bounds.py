@@ -48,7 +48,7 @@ def combiner(procs: ProcessGroup, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     work = tmp_path / "combiner"
     proc = procs.start("combiner", "combiner", "--name", "c", "--host", "127.0.0.1", "--port", str(port),
-                       "--work-dir", str(work))
+                       "--work-dir", str(work), env={"FEDTIER_MAX_UPLOAD_IDLE_SECONDS": "1"})
     wait_for_port(port, proc=proc)
     yield f"127.0.0.1:{port}", work / "models"
 
@@ -81,6 +81,27 @@ def test_an_upload_outside_any_round_is_refused_at_its_header_and_leaves_nothing
     assert "no training round is running" in error.details()
     assert sum(sent) < 64 * MiB, f"{sum(sent) >> 20} MiB of a refused upload were sent"
     assert files_in(models) == []
+
+
+def test_an_upload_that_stops_sending_is_cancelled_and_leaves_nothing(combiner, procs: ProcessGroup) -> None:
+    address, models = combiner
+    transfer = ModelTransferStub(make_channel(address))
+
+    def stalls() -> Iterator[pb.ModelChunk]:  # a named push (no tokens here), which a round does not gate
+        yield pb.ModelChunk(header=pb.TransferHeader(model_id="slow", size=8 * MiB, client_name="reducer"))
+        yield pb.ModelChunk(data=bytes(MiB))
+        time.sleep(4)  # FEDTIER_MAX_UPLOAD_IDLE_SECONDS is 1 for this combiner
+        yield pb.ModelChunk(data=bytes(MiB))
+
+    started = time.monotonic()
+    error = refusal(lambda: transfer.UploadModel(stalls(), timeout=30))
+    assert error.code() == grpc.StatusCode.CANCELLED and time.monotonic() - started < 4
+    # the sender learns of the cancel at once; the combiner's thread then deletes the partial file
+    deadline = time.monotonic() + 10
+    while files_in(models) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert files_in(models) == []
+    assert "FEDTIER_MAX_UPLOAD_IDLE_SECONDS" in procs.log("combiner")
 
 
 def test_during_a_round_only_an_open_task_uploads_and_only_what_an_update_can_be(combiner, tmp_path: Path) -> None:
