@@ -354,3 +354,21 @@ def test_every_bound_has_a_setting_read_and_checked() -> None:
             helper.from_bytes(helper.to_bytes({"a": np.zeros(1), "b": np.zeros(1)}))
     finally:
         configure(None)
+
+
+def test_connect_calls_with_ever_new_names_do_not_grow_the_registry() -> None:
+    from fedtier.combiner.registry import ClientRegistry, CombinerFullError
+
+    registry = ClientRegistry(10.0, max_streams=3)
+    for i in range(100):
+        registry.connect(f"name-{i}")
+    assert len(registry.snapshot()) == 6 and "name-99" in {c.name for c in registry.snapshot()}  # 2 x max_streams
+    for name in [c.name for c in registry.snapshot()]:
+        try:
+            registry.open_stream(name)
+        except CombinerFullError:  # three streams at most
+            pass
+    assert sum(1 for c in registry.snapshot() if c.active) == 3
+    registry.connect("another")  # displaces one of the three without a stream
+    streaming = {c.name for c in registry.snapshot() if c.active}
+    assert len(registry.snapshot()) == 6 and len(streaming) == 3
