@@ -282,7 +282,7 @@ def test_the_decompressed_stream_is_bounded_whatever_the_headers_say() -> None:
         check(raw.getvalue(), small)
 
 
-def test_too_many_files_and_too_many_bytes_are_refused_naming_each_bound() -> None:
+def test_too_many_files_and_too_many_bytes_are_refused_naming_each_bound(tmp_path: Path) -> None:
     from fedtier.limits import Limits
     from fedtier.package import PackageTooLarge, check
 
@@ -299,6 +299,13 @@ def test_too_many_files_and_too_many_bytes_are_refused_naming_each_bound() -> No
         check(data, Limits(package_files=10))
     with pytest.raises(PackageTooLarge, match="FEDTIER_MAX_PACKAGE_BYTES"):
         check(data, Limits(package_bytes=100))
+    app = create_app(Settings(data_dir=tmp_path, limits=Limits(package_files=10)), poll_interval_s=None)
+    try:  # the reducer applies its settings' bounds
+        reply = app.test_client().post("/package", data={"package": (io.BytesIO(data), "p.tgz")},
+                                       content_type="multipart/form-data")
+        assert reply.status_code == 413 and reply.json["limit"] == "FEDTIER_MAX_PACKAGE_FILES", reply.json
+    finally:
+        app.extensions["fedtier"].close()
 
 
 def test_a_large_task_setting_is_refused_at_start_naming_task(reducer_app) -> None:

@@ -37,7 +37,7 @@ def upload_package():
                             "'package'", field="package")
     data = upload.read()
     try:
-        names = check(data)
+        names = check(data, reducer().settings.limits)
     except PackageTooLarge as exc:  # refused while reading: nothing was unpacked or stored
         raise APIError(413, f"not an acceptable compute package: {exc}", field="package",
                        limit=exc.variable) from None
