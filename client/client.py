@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import requests
 
-from fedtier import __version__
+from fedtier import __version__, limits
 from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.project import Project
@@ -240,7 +240,8 @@ class FedClient:
         if target.is_file():
             return target
         stream = transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name=self.settings.name))
-        receive_to_file(stream, lambda header: target, durable=False)  # a scratch copy
+        receive_to_file(stream, lambda header: target, durable=False,  # a scratch copy
+                        max_size=limits.current().model_bytes)
         self._cached.append(model_id)
         while len(self._cached) > self.settings.models_kept:
             (self.work_dir / "models" / self._cached.pop(0)).unlink(missing_ok=True)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import requests
 
-from fedtier.package import PackageError, unpack
+from fedtier import limits
+from fedtier.limits import Limits
+from fedtier.package import PackageError, PackageTooLarge, unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,24 @@ def fetch_package(reducer_url: str, work_dir: Path, token: str = "", verify: str
     if target.is_dir():
         return target  # verified when it was extracted
     try:
-        reply = requests.get(f"{base}/api/v1/package/download", headers=headers, verify=verify, timeout=300)
+        data = _download(f"{base}/api/v1/package/download", headers, verify, limits.current())
     except requests.RequestException as exc:  # e.g. a transfer the reducer broke off: damaged in its store
         raise PackageUnavailable(f"package download failed ({exc.__class__.__name__})") from None
-    if reply.status_code != 200:
-        raise PackageUnavailable(f"package download failed: {reply.status_code}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    unpack(reply.content, expected, target)
+    unpack(data, expected, target)
     log.info("compute package %s... verified and extracted to %s", expected[:16], target)
     return target
+
+
+def _download(url: str, headers: dict[str, str], verify: str | bool, bounds: Limits) -> bytes:
+    """The package's bytes, refused as soon as they pass FEDTIER_MAX_PACKAGE_BYTES: the
+    client bounds what it holds in memory by its own setting, not the reducer's word."""
+    with requests.get(url, headers=headers, verify=verify, timeout=300, stream=True) as reply:
+        if reply.status_code != 200:
+            raise PackageUnavailable(f"package download failed: {reply.status_code}")
+        data = bytearray()
+        for block in reply.iter_content(1 << 20):
+            data += block
+            if len(data) > bounds.package_bytes:
+                raise PackageTooLarge("the package download", "package_bytes", bounds)
+    return bytes(data)

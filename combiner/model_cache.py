@@ -10,12 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import grpc
+
+from fedtier import limits
 from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.ids import check_model_id, new_id
+from fedtier.limits import Limits
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.transport.streams import Digests, Received, TransferError, file_chunks, receive_to_file
 from fedtier.transport.wire import Chunk
@@ -37,13 +42,27 @@ class Held:
     check: UpdateCheck | None = None  # the check its bytes went through on arrival
 
 
+class UploadRefused(TransferError):
+    """An upload refused at its header, before a byte of it is written; ``code`` is the
+    gRPC status to answer with (RESOURCE_EXHAUSTED for a bound, FAILED_PRECONDITION when
+    the sender has no open training task)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ModelCache:
     def __init__(self, root: Path, max_model_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.max_model_bytes = max_model_bytes
+        self.max_model_bytes = max_model_bytes  # None: FEDTIER_MAX_MODEL_BYTES (fedtier/limits.py)
         self._held: dict[str, Held] = {}
+        self._receiving: Counter[str] = Counter()  # client uploads in flight, by sender
         self._lock = threading.Lock()
+        # a process that died mid-transfer left its partial files: nothing will finish them
+        for stray in self.root.glob(".*.part"):
+            stray.unlink(missing_ok=True)
 
     def path(self, model_id: str) -> Path:
         return self.root / check_model_id(model_id)
@@ -70,28 +89,73 @@ class ModelCache:
         names the id: trail ids are public once committed, and a client that took the next
         global model's id before the reducer's push would have its bytes served as that model.
         ``uploader``: the sender's verified name (None: identities are not checked); the
-        header must give that name, and the model is recorded as that client's."""
+        header must give that name, and the model is recorded as that client's.
+
+        An upload without an id is a client's update. ``check(header)`` admits it, or refuses
+        it by raising UploadRefused (no open training task, larger than the round's model
+        allows); without a ``check`` (no round running) every client upload is refused. A
+        client may have at most FEDTIER_MAX_UPLOADS_PER_TASK uploads here at once, in flight
+        or held until reported. All of it is decided on the header, before a byte is written."""
+        bounds = limits.current()
+        max_size = self.max_model_bytes or bounds.model_bytes
+        sender: list[str] = []  # the client whose upload slot this transfer holds, once admitted
 
         def destination(header: pb.TransferHeader) -> Path:
             if uploader is not None and header.client_name != uploader:
                 raise NotTheUploader(f"client_name {header.client_name!r} is not the name in your credential "
                                      f"({uploader!r})")
+            if header.size > max_size:
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"the upload declares {header.size} bytes, over "
+                                    + (f"this combiner's limit of {max_size} bytes" if self.max_model_bytes
+                                       else bounds.describe("model_bytes")))
             if header.model_id and not may_name:
                 raise TransferError("only the reducer names models: send the upload without a model id")
+            if not header.model_id:
+                self._reserve(header.client_name, bounds)
+                sender.append(header.client_name)
             model_id = header.model_id or self.new_id()
             target = self.path(model_id)
             if target.exists():
                 raise TransferError(f"model {model_id} already exists and is never overwritten")
             return target
 
+        def inspect(header: pb.TransferHeader) -> UpdateCheck | None:
+            if header.model_id:
+                return None  # the reducer's push: the global model, checked by the reducer
+            if check is None:
+                raise UploadRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "this combiner takes a client's upload only for an open training task")
+            return check(header)
+
         # the cache is scratch: the reducer keeps the trail, a client its update. A stated
         # sha256 is verified: adopt() links by it, so a claim alone must never name a model
-        received = receive_to_file(chunks, destination, max_size=self.max_model_bytes, durable=False,
-                                   inspect=check, verify_sha256=True)
-        with self._lock:
-            self._held[received.path.name] = Held(uploader=received.header.client_name, sha256=received.sha256,
-                                                  xxh3=received.xxh3, check=received.inspector)
+        try:
+            received = receive_to_file(chunks, destination, max_size=max_size, durable=False,
+                                       inspect=inspect, verify_sha256=True)
+            with self._lock:
+                self._held[received.path.name] = Held(uploader=received.header.client_name,
+                                                      sha256=received.sha256, xxh3=received.xxh3,
+                                                      check=received.inspector)
+        finally:
+            if sender:
+                with self._lock:
+                    self._receiving[sender[0]] -= 1
+                    if self._receiving[sender[0]] <= 0:
+                        del self._receiving[sender[0]]
         return received
+
+    def _reserve(self, client: str, bounds: Limits) -> None:
+        """Take one of ``client``'s upload slots, or refuse: uploads held (not yet reported)
+        and in flight count, so neither many parallel streams nor uploads never reported
+        fill the disk."""
+        with self._lock:
+            held = sum(1 for known in self._held.values() if known.uploader == client)
+            if held + self._receiving[client] >= bounds.uploads_per_task:
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"{client} has {held} uploads held and {self._receiving[client]} in flight "
+                                    f"here, at {bounds.describe('uploads_per_task')}: report one first")
+            self._receiving[client] += 1
 
     def adopt(self, model_id: str, sha256: str, size: int) -> bool:
         """Hold a model this cache already has (same sha256 and size) under ``model_id`` too.

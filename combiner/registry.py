@@ -47,10 +47,19 @@ class ClientRegistry:
         self._changed = threading.Condition()
 
     def connect(self, name: str) -> None:
+        """Know ``name``. The names a combiner remembers are bounded, to twice ``max_streams``
+        (the --max-clients setting): past that, a new name displaces the longest-silent one
+        without a task stream (at most ``max_streams`` have one), so Connect calls with ever
+        new names cannot grow its memory or its Status reply."""
         now = self._clock()
         with self._changed:
             entry = self._clients.get(name)
             if entry is None:
+                if len(self._clients) >= 2 * self.max_streams:
+                    forgotten = min((e for e in self._clients.values() if not e.stream_open),
+                                    key=lambda e: e.last_seen)
+                    del self._clients[forgotten.name]
+                    log.info("client %s forgotten to make room for %s", forgotten.name, name)
                 self._clients[name] = ClientEntry(name=name, last_seen=now, connected_at=now)
                 log.info("client %s connected", name)
             else:

@@ -13,9 +13,13 @@ import threading
 import time
 import uuid
 
+import grpc
+from google.protobuf.message import Message
+
+from fedtier import limits
 from fedtier.aggregators import get_aggregator
 from fedtier.aggregators.update_check import UpdateCheck
-from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
 from fedtier.helpers import get_helper
@@ -36,6 +40,7 @@ class RoundRunner:
         self.last_model_id = ""
         self._one_round = threading.Lock()
         self._current: ActiveRound | None = None
+        self._model_size = 0  # bytes of the running round's global model
 
     @property
     def round_in_progress(self) -> str:
@@ -98,6 +103,7 @@ class RoundRunner:
         kind = request.kind
         current = ActiveRound(round_id=request.round_id, kind=kind, model_id=request.model_id,
                               policy=config.weight_policy())
+        self._model_size = self.cache.path(request.model_id).stat().st_size  # bounds the updates
         if kind == pb.TRAINING:
             current.aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
                                                 **dict(config.aggregator_kwargs))
@@ -158,17 +164,37 @@ class RoundRunner:
 
     # ---- reports from clients
     def arrival_check(self, header: pb.TransferHeader) -> UpdateCheck | None:
-        """An upload from a client of the running training round is checked as it arrives,
-        so folding it reads the file once (fedtier/aggregators/update_check.py)."""
+        """Admit a client's upload, or refuse it (UploadRefused) before a byte is written.
+
+        Only a client holding an open task of the running training round may upload, and
+        only as much as an update can be: it has the global model's layout, so its size is
+        the global model's plus FEDTIER_MAX_UPDATE_SLACK_BYTES for a different header. An
+        admitted upload is checked as it arrives, so folding it reads the file once
+        (fedtier/aggregators/update_check.py)."""
         current = self._current
-        if current is None or current.aggregator is None or not current.expects(header.client_name):
-            return None
+        if current is None or current.aggregator is None:
+            raise UploadRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"no training round is running on {self.name}: uploads are refused")
+        if not current.expects(header.client_name):
+            raise UploadRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{header.client_name!r} holds no open training task in round {current.round_id}")
+        bounds = limits.current()
+        allowed = self._model_size + bounds.update_slack_bytes
+        if header.size > allowed:
+            raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the update declares {header.size} bytes, over {allowed}: the round's global model "
+                                f"is {self._model_size} bytes and {bounds.describe('update_slack_bytes')} on top")
         return current.aggregator.arrival_check(header.size)
 
-    def _report(self, submit, what: str, client: str) -> pb.Ack:
+    def _report(self, submit, what: str, client: str, message: Message | None = None) -> pb.Ack:
         current = self._current
         if current is None:
             return pb.Ack(ok=False, message="no round is running")
+        bounds = limits.current()
+        if message is not None and message.ByteSize() > bounds.report_bytes:
+            log.warning("%s from %s refused: %d bytes", what, client, message.ByteSize())
+            return pb.Ack(ok=False, message=f"the {what} report is {message.ByteSize()} bytes, over "
+                                            f"{bounds.describe('report_bytes')}")
         try:
             submit(current)
         except RejectedReport as exc:
@@ -177,16 +203,16 @@ class RoundRunner:
         return pb.Ack(ok=True)
 
     def submit_update(self, update: pb.ModelUpdate) -> pb.Ack:
-        ack = self._report(lambda r: r.submit_update(update, self.cache), "update", update.client_name)
+        ack = self._report(lambda r: r.submit_update(update, self.cache), "update", update.client_name, update)
         if self._current is None and update.model_id and self.cache.uploader(update.model_id) == update.client_name:
             self.cache.discard(update.model_id)
         return ack
 
     def submit_validation(self, report: pb.ValidationReport) -> pb.Ack:
-        return self._report(lambda r: r.submit_validation(report), "validation", report.client_name)
+        return self._report(lambda r: r.submit_validation(report), "validation", report.client_name, report)
 
     def submit_failure(self, failure: pb.TaskFailure) -> pb.Ack:
-        return self._report(lambda r: r.submit_failure(failure), "failure", failure.client_name)
+        return self._report(lambda r: r.submit_failure(failure), "failure", failure.client_name, failure)
 
     def client_gone(self, client: str) -> None:
         """A client's task stream closed: its open tasks will not be answered."""

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+import time
 import uuid
 from typing import Callable, Iterator
 
 import grpc
 
+from fedtier import limits
 from fedtier.aggregators.update_check import UpdateCheck
-from fedtier.combiner.model_cache import ModelCache, NotTheUploader
+from fedtier.combiner.model_cache import ModelCache, NotTheUploader, UploadRefused
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
 from fedtier.combiner.runner import RoundRunner
 from fedtier.proto import fedtier_pb2 as pb
@@ -102,6 +105,51 @@ class CombinerServicer(rpc.CombinerServicer):
         return self.runner.submit_failure(request)
 
 
+class IdleUploads:
+    """Cancels an upload whose sender has sent nothing for FEDTIER_MAX_UPLOAD_IDLE_SECONDS.
+
+    An upload holds a worker thread (and its sender's upload slot) for as long as its
+    stream stays open, and the synchronous server cannot interrupt a thread blocked on the
+    next message; cancelling the call ends that wait, the receiver deletes its partial
+    file, and the slot is free again. One thread watches every upload."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[grpc.ServicerContext, float]] = {}
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self, context: grpc.ServicerContext, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        """``chunks``, each one restarting this upload's idle clock."""
+        key = id(context)
+        with self._lock:
+            self._last[key] = (context, time.monotonic())
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._cancel_idle, name="idle-uploads", daemon=True)
+                self._watcher.start()
+        try:
+            for chunk in chunks:
+                with self._lock:
+                    self._last[key] = (context, time.monotonic())
+                yield chunk
+        finally:
+            with self._lock:
+                self._last.pop(key, None)
+
+    def _cancel_idle(self) -> None:
+        while True:
+            bounds = limits.current()
+            time.sleep(min(1.0, bounds.upload_idle_seconds / 4))
+            now = time.monotonic()
+            with self._lock:
+                idle = [(key, context) for key, (context, last) in self._last.items()
+                        if now - last > bounds.upload_idle_seconds]
+                for key, _ in idle:
+                    self._last.pop(key)
+            for _, context in idle:
+                log.warning("upload cancelled: nothing received for %s", bounds.describe("upload_idle_seconds"))
+                context.cancel()  # the receiver sees its stream end early and deletes the partial file
+
+
 class ModelTransferServicer(rpc.ModelTransferServicer):
     def __init__(self, cache: ModelCache,
                  check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
@@ -109,18 +157,25 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
         self.cache = cache
         self.check = check  # the runner's: updates of a running round are checked as they arrive
         self.auth = auth  # the reducer's calls choose model ids; clients' get one, recorded as theirs
+        self.idle = IdleUploads()
 
     def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
+        chunks = self.idle.watch(context, request_iterator)
         try:
-            received = self.cache.receive(request_iterator, self.check, may_name=self.auth.may_name(context),
+            received = self.cache.receive(chunks, self.check, may_name=self.auth.may_name(context),
                                           uploader=caller_name(self.auth, context))
         except NotTheUploader as exc:
             log.warning("upload refused: %s", exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except UploadRefused as exc:  # at the header: nothing was written
+            log.warning("upload refused: %s", exc)
+            context.abort(exc.code, f"upload refused: {exc}")
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
+        finally:
+            chunks.close()  # stops the idle clock of this upload
         return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256,
                                  xxh3=received.xxh3)
 

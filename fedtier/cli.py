@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtier import __version__
+from fedtier import limits
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
 from fedtier.health import add_health
 from fedtier.memory import tune_allocator
@@ -367,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedtier: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or settings.log_level, name=f"[{args.command}]")
+    limits.configure(settings.limits)  # with the .env file's FEDTIER_MAX_ values, read above
     tune_allocator()  # every command moves models in 1 MiB chunks (fedtier/memory.py says why)
     try:
         return args.run(args, settings)

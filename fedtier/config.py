@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+
+from fedtier.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,33 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
+    """The bounds of fedtier/limits.py, each overridden by its FEDTIER_MAX_ variable when set."""
+    env = os.environ if environ is None else environ
+    d = Limits()
+    try:
+        return Limits(
+            model_bytes=_int(env, "FEDTIER_MAX_MODEL_BYTES", d.model_bytes),
+            model_tensors=_int(env, "FEDTIER_MAX_MODEL_TENSORS", d.model_tensors),
+            model_header_bytes=_int(env, "FEDTIER_MAX_MODEL_HEADER_BYTES", d.model_header_bytes),
+            update_slack_bytes=_int(env, "FEDTIER_MAX_UPDATE_SLACK_BYTES", d.update_slack_bytes),
+            uploads_per_task=_int(env, "FEDTIER_MAX_UPLOADS_PER_TASK", d.uploads_per_task),
+            package_bytes=_int(env, "FEDTIER_MAX_PACKAGE_BYTES", d.package_bytes),
+            package_unpacked_bytes=_int(env, "FEDTIER_MAX_PACKAGE_UNPACKED_BYTES", d.package_unpacked_bytes),
+            package_files=_int(env, "FEDTIER_MAX_PACKAGE_FILES", d.package_files),
+            json_body_bytes=_int(env, "FEDTIER_MAX_JSON_BODY_BYTES", d.json_body_bytes),
+            json_depth=_int(env, "FEDTIER_MAX_JSON_DEPTH", d.json_depth),
+            task_bytes=_int(env, "FEDTIER_MAX_TASK_BYTES", d.task_bytes),
+            round_config_bytes=_int(env, "FEDTIER_MAX_ROUND_CONFIG_BYTES", d.round_config_bytes),
+            report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
+            upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
+        )
+    except ValueError as exc:  # a bound below 1: the message names the variable
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """One deployment's settings; build with ``Settings.from_env()``."""
@@ -112,6 +141,7 @@ class Settings:
     def identities(self) -> bool:
         """Whether callers' identities are checked (a verify key is set), or every caller is trusted."""
         return bool(self.token_verify_key)
+    limits: Limits = field(default_factory=Limits)  # bounds on every input (fedtier/limits.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -144,6 +174,7 @@ class Settings:
             token_verify_key=env.get("FEDTIER_TOKEN_VERIFY_KEY", ""),
             token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
             credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
+            limits=limits_from_env(env),
         )
         settings.check()
         return settings

@@ -9,22 +9,36 @@ gives the same checksum and a user can verify what runs on the clients.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
+import zlib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-MAX_PACKAGE_BYTES = 512 << 20
-MAX_MEMBERS = 10_000
+from fedtier import limits
+from fedtier.limits import Limits
+
 SKIP_DIRS = {"__pycache__", ".git", ".venv", ".pytest_cache", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
 class PackageError(ValueError):
     """The archive is not an acceptable compute package; says why."""
+
+
+class PackageTooLarge(PackageError):
+    """The archive is over a bound (``bound``: a field of fedtier.limits.Limits)."""
+
+    def __init__(self, what: str, bound: str, bounds: Limits) -> None:
+        super().__init__(f"{what} is over {bounds.describe(bound)}")
+        self.bound = bound
+        self.variable = Limits.variable(bound)
 
 
 def pack(project: str | os.PathLike) -> bytes:
@@ -34,8 +48,6 @@ def pack(project: str | os.PathLike) -> bytes:
         raise PackageError(f"{root} has no fedn.yaml")
     buffer = io.BytesIO()
     # mtime=0 in the gzip header too, or the checksum would change every run
-    import gzip
-
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for path in sorted(root.rglob("*")):
@@ -59,35 +71,73 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check(data: bytes) -> list[str]:
-    """Validate an archive without extracting it; returns its file names."""
-    if len(data) > MAX_PACKAGE_BYTES:
-        raise PackageError(f"package is {len(data)} bytes, over the limit of {MAX_PACKAGE_BYTES}")
+class _Decompressed(io.RawIOBase):
+    """The archive's tar stream, refused the moment it grows past the unpacked bound.
+
+    A few KiB of gzip can expand to gigabytes; counting what comes out of the
+    decompressor, instead of trusting what the tar headers say, stops a bomb after the
+    bound's worth of work whatever its headers claim."""
+
+    def __init__(self, data: bytes, bounds: Limits) -> None:
+        self._gz = gzip.GzipFile(fileobj=io.BytesIO(data))
+        self._bounds = bounds
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._gz.readinto(buffer)
+        self.total += got
+        if self.total > self._bounds.package_unpacked_bytes:
+            raise PackageTooLarge("the package's unpacked archive", "package_unpacked_bytes", self._bounds)
+        return got
+
+
+def check(data: bytes, bounds: Limits | None = None) -> list[str]:
+    """Validate an archive without extracting it; returns its file names.
+
+    The archive is read once, as a stream, and refused at the first entry over a bound:
+    the number of entries, the running total of their sizes (known from each tar header,
+    before its data is read) and the bytes the decompressor has produced."""
+    bounds = bounds or limits.current()
+    if len(data) > bounds.package_bytes:
+        raise PackageTooLarge(f"the package ({len(data)} bytes)", "package_bytes", bounds)
+    names: list[str] = []
+    spec: Any = None
+    declared = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        with tarfile.open(fileobj=_Decompressed(data, bounds), mode="r|") as tar:
+            for member in tar:
+                if len(names) >= bounds.package_files:
+                    raise PackageTooLarge(f"the package's entry count (more than {len(names)})", "package_files",
+                                          bounds)
+                path = Path(member.name)
+                if member.name.startswith(("/", "\\")) or ".." in path.parts or path.is_absolute():
+                    raise PackageError(f"unsafe path in package: {member.name!r}")
+                if not (member.isfile() or member.isdir()):
+                    raise PackageError(f"package entry {member.name!r} is not a plain file or folder")
+                declared += member.size
+                if declared > bounds.package_unpacked_bytes:
+                    raise PackageTooLarge(f"the package's files (at least {declared} bytes unpacked)",
+                                          "package_unpacked_bytes", bounds)
+                name = path.as_posix()
+                names.append(name)
+                if name in ("fedn.yaml", "fedtier.yaml") and member.isfile() and spec is None:
+                    spec_file = tar.extractfile(member)
+                    spec = (name, spec_file.read() if spec_file else b"")
+    except PackageError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise PackageError(f"not a gzip'd tar archive: {exc}") from None
-    if len(members) > MAX_MEMBERS:
-        raise PackageError(f"package has {len(members)} entries, over the limit of {MAX_MEMBERS}")
-    names = []
-    for member in members:
-        path = Path(member.name)
-        if member.name.startswith(("/", "\\")) or ".." in path.parts or path.is_absolute():
-            raise PackageError(f"unsafe path in package: {member.name!r}")
-        if not (member.isfile() or member.isdir()):
-            raise PackageError(f"package entry {member.name!r} is not a plain file or folder")
-        names.append(path.as_posix())
-    spec_name = next((n for n in ("fedn.yaml", "fedtier.yaml") if n in names), None)
-    if spec_name is None:
+    if spec is None:
         raise PackageError("package has no fedn.yaml at its top level")
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        spec_file = tar.extractfile(spec_name)
-        try:
-            spec = yaml.safe_load(spec_file.read() if spec_file else b"")
-        except yaml.YAMLError as exc:
-            raise PackageError(f"{spec_name} is not valid YAML: {exc}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("entry_points"), dict):
+    spec_name, text = spec
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PackageError(f"{spec_name} is not valid YAML: {exc}") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("entry_points"), dict):
         raise PackageError(f"{spec_name} needs an 'entry_points' mapping")
     return names
 
@@ -98,15 +148,17 @@ def unpack(data: bytes, expected_sha256: str, dest: str | os.PathLike) -> Path:
     if actual != expected_sha256:
         raise PackageError(f"package checksum {actual[:16]}... does not match the expected "
                            f"{expected_sha256[:16]}...: refusing to run it")
-    check(data)
+    check(data)  # this process's own bounds: a client does not take the reducer's word for them
     target = Path(dest)
     tmp = target.with_name(f".{target.name}.partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(tmp, filter="data")  # refuses links, devices and escaping paths
-    tmp.rename(target)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")  # refuses links, devices and escaping paths
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target

@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from fedtier import strict_json
+from fedtier import limits, strict_json
 from fedtier.aggregators import AGGREGATORS
 from fedtier.aggregators.params import ParamError, check_params
 from fedtier.aggregators.weight_policy import WeightPolicy
@@ -90,11 +90,19 @@ class RoundConfig:
                 if not isinstance(value, Mapping):
                     raise RoundConfigError(name, "must be a JSON object")
                 values[name] = dict(value)
+        bounds = limits.current()
+        if "task" in values and len(_json_bytes(values["task"])) > bounds.task_bytes:
+            raise RoundConfigError("task", f"is {len(_json_bytes(values['task']))} bytes as JSON, over "
+                                           f"{bounds.describe('task_bytes')}")
         config = cls(**values)
         try:  # the aggregator's declared parameters (fedtier/aggregators/params.py)
             check_params(config.aggregator, AGGREGATORS[config.aggregator].params, config.aggregator_kwargs)
         except ParamError as exc:
             raise RoundConfigError(f"aggregator_kwargs.{exc.name}", exc.message) from None
+        # the whole config travels in every task message, under gRPC's message limit
+        if len(config.to_json().encode("utf-8")) > bounds.round_config_bytes:
+            raise RoundConfigError("config", f"is {len(config.to_json().encode('utf-8'))} bytes as JSON, over "
+                                             f"{bounds.describe('round_config_bytes')}")
         if config.clients_requested and config.clients_requested < config.clients_required:
             raise RoundConfigError("clients_requested",
                                    f"({config.clients_requested}) is below clients_required ({config.clients_required})")
@@ -121,6 +129,13 @@ class RoundConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _json_bytes(value: Any) -> bytes:
+    try:
+        return json.dumps(value, sort_keys=True).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RoundConfigError("task", f"is not JSON-serializable ({exc.__class__.__name__})") from None
 
 
 def setting_names() -> list[str]:

@@ -8,8 +8,8 @@ through ``loads`` here instead, so none of that reaches the code that reads the 
 
 The depth is checked before ``json`` sees the text, with regular expressions that run
 in C: strings are blanked out, everything but brackets dropped, and innermost ``[]``/``{}``
-pairs removed once per level, so a text deeper than the bound costs ``MAX_DEPTH``
-linear passes and never a Python frame per level.
+pairs removed once per level, so a text deeper than the bound (FEDTIER_MAX_JSON_DEPTH,
+``fedtier/limits.py``) costs that many linear passes and never a Python frame per level.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import math
 import re
 from typing import Any
 
-MAX_DEPTH = 32            # nesting levels of arrays and objects; no setting needs more than 3
+from fedtier import limits
+
 MAX_INT_DIGITS = 20       # a 64-bit integer has at most 20 digits
 MAX_NUMBER_CHARS = 40     # a float written with more characters than this is not a setting
 
@@ -34,10 +35,11 @@ class JSONInputError(ValueError):
     """Input that is not acceptable JSON; ``field`` is the dotted path of the value at
     fault (empty when the text as a whole is), for the API's error response."""
 
-    def __init__(self, message: str, field: str = "") -> None:
+    def __init__(self, message: str, field: str = "", limit: str = "") -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message
         self.field = field
+        self.limit = limit  # the setting of the bound that refused it, if one did
 
 
 class _Refused:
@@ -47,13 +49,17 @@ class _Refused:
         self.reason = reason
 
 
-def check_depth(text: str, max_depth: int = MAX_DEPTH) -> None:
-    """Raise JSONInputError if arrays and objects in ``text`` nest deeper than ``max_depth``."""
+def check_depth(text: str, max_depth: int | None = None) -> None:
+    """Raise JSONInputError if arrays and objects in ``text`` nest deeper than ``max_depth``
+    (the process's FEDTIER_MAX_JSON_DEPTH when None)."""
+    if max_depth is None:
+        max_depth = limits.current().json_depth
     skeleton = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
     depth = 0
     while skeleton:
         if depth >= max_depth:
-            raise JSONInputError(f"nested deeper than {max_depth} levels (the bound on arrays and objects)")
+            raise JSONInputError(f"nested deeper than {max_depth} levels of arrays and objects "
+                                 f"({limits.Limits.variable('json_depth')})", limit=limits.Limits.variable("json_depth"))
         reduced = _PAIRS.sub("", skeleton)
         if len(reduced) == len(skeleton):
             raise JSONInputError("not valid JSON: brackets do not match")
@@ -94,7 +100,7 @@ def _find_refused(value: Any, path: str) -> None:
             _find_refused(item, f"{path}[{index}]" if path else f"[{index}]")
 
 
-def loads(data: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+def loads(data: str | bytes, max_depth: int | None = None) -> Any:
     """Parse ``data`` as JSON within the bounds above; JSONInputError names what is wrong
     and, for a refused number, where it is (``task.lr``)."""
     if isinstance(data, (bytes, bytearray)):

@@ -100,7 +100,7 @@ class Helper(ABC):
                 except IncompatibleModelError as exc:
                     raise ModelFormatError(str(exc)) from None
         try:
-            self.from_weights(read_model(path))
+            self.from_weights(read_model(path, header))
         except ModelFormatError:
             raise
         except ImportError:

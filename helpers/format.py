@@ -29,6 +29,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fedtier import limits as _limits
+from fedtier.limits import Limits
+
 __all__ = [
     "Weights",
     "ModelFormatError",
@@ -48,13 +51,18 @@ __all__ = [
     "numpy_dtype",
     "SUPPORTED_DTYPES",
     "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
 ]
 
 Weights = dict[str, np.ndarray]
 
-# 100 MiB of JSON is far beyond any real model's header; the cap stops a hostile
-# length field from making us allocate gigabytes before we can reject the file.
-MAX_HEADER_BYTES = 100 << 20
+# The default caps on a header's bytes and tensors (fedtier/limits.py: the process's own
+# come from FEDTIER_MAX_MODEL_HEADER_BYTES and FEDTIER_MAX_MODEL_TENSORS). The byte cap
+# stops a hostile length field from making us allocate gigabytes before we can reject
+# the file; the tensor cap stops a header of many tiny entries (zero-size tensors cost
+# no data bytes) from costing seconds of parsing per read.
+MAX_HEADER_BYTES = Limits().model_header_bytes
+MAX_TENSORS = Limits().model_tensors
 # numpy's own dimension limit differs between versions; 32 is portable and no
 # model tensor comes close.
 MAX_NDIM = 32
@@ -327,8 +335,9 @@ def header_length(prefix: bytes, total_size: int) -> int:
             f"file is {total_size} bytes, too short for the 8-byte header length"
         )
     (n,) = _HEADER_LEN.unpack(prefix[: _HEADER_LEN.size])
-    if n > MAX_HEADER_BYTES:
-        raise ModelFormatError(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    bounds = _limits.current()
+    if n > bounds.model_header_bytes:
+        raise ModelFormatError(f"header length {n} exceeds {bounds.describe('model_header_bytes')}")
     if _HEADER_LEN.size + n > total_size:
         raise ModelFormatError(
             f"header length {n} is larger than the {total_size - _HEADER_LEN.size} bytes "
@@ -398,6 +407,13 @@ def parse_header(raw: bytes, n: int, total_size: int) -> ModelHeader:
     """Validate the ``n`` header bytes of a ``total_size``-byte file: every tensor's entry,
     and that the tensors cover the data section exactly. Shared by the file, buffer and
     streaming (fedtier.aggregators.update_check) readers so all refuse the same files."""
+    bounds = _limits.current()
+    # Counted in C before the JSON is parsed: parsing a header of many tiny entries costs
+    # far more than refusing it. Every tensor entry has one "data_offsets" key, and a quote
+    # inside a JSON string is escaped, so only a file built to be refused counts more.
+    listed = raw.count(b'"data_offsets"')
+    if listed > bounds.model_tensors:
+        raise ModelFormatError(f"header lists {listed} tensors, over {bounds.describe('model_tensors')}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -415,6 +431,8 @@ def parse_header(raw: bytes, n: int, total_size: int) -> ModelHeader:
     if not isinstance(obj, dict):
         raise ModelFormatError(f"header must be a JSON object, got {type(obj).__name__}")
     metadata = obj.pop(_METADATA_KEY, None)
+    if len(obj) > bounds.model_tensors:  # before any entry is parsed: the refusal costs nothing more
+        raise ModelFormatError(f"header lists {len(obj)} tensors, over {bounds.describe('model_tensors')}")
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -488,11 +506,19 @@ def _read_into(f: BinaryIO, spec: TensorSpec, out: np.ndarray) -> None:
         raise ModelFormatError(f"tensor {spec.name!r}: file ended early (truncated while reading?)")
 
 
-def read_model(path: str | os.PathLike[str]) -> Weights:
-    """Load a whole model; arrays are owned, writeable copies in file order."""
+def read_model(path: str | os.PathLike[str], header: ModelHeader | None = None) -> Weights:
+    """Load a whole model; arrays are owned, writeable copies in file order. Pass the
+    ``header`` from an earlier ``read_header`` to skip parsing it again (a header can be
+    most of a file's cost); the file size is still checked against it."""
     weights: Weights = {}
     with open(path, "rb") as f:
-        header = _read_header_from(f, os.fstat(f.fileno()).st_size)
+        size = os.fstat(f.fileno()).st_size
+        if header is None:
+            header = _read_header_from(f, size)
+        elif size != header.total_size:
+            raise ModelFormatError(
+                f"file is {size} bytes but its header describes {header.total_size} (changed on disk?)"
+            )
         f.seek(header.data_start)
         for spec in header.tensors:
             arr = np.empty(spec.shape, dtype=spec.dtype)

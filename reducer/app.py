@@ -12,13 +12,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from fedtier.config import Settings
+from fedtier.limits import Limits
 from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
-from fedtier.reducer.errors import register_error_handlers
 from fedtier.identity import SelfIssuer, load_signing_key
+from fedtier.reducer.errors import register_error_handlers
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
 from fedtier.storage.dirlock import DataDirLock
@@ -74,13 +76,14 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
 
 
 def create_app(settings: Settings | None = None, helper: str = "numpy", reducer: Reducer | None = None,
-               poll_interval_s: float | None = 2.0, max_upload_mb: int = 4096) -> Flask:
+               poll_interval_s: float | None = 2.0, max_upload_mb: int | None = None) -> Flask:
+    """``max_upload_mb``, when given, caps every request body below the settings' bounds."""
     settings = settings or Settings.from_env()
     reducer = reducer or build_reducer(settings, helper)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = max_upload_mb << 20
     app.extensions["fedtier"] = reducer
     register_error_handlers(app)
+    bound_request_bodies(app, settings.limits, None if max_upload_mb is None else max_upload_mb << 20)
     auth.install(app)
 
     from fedtier.reducer.routes import api, dashboard, network, pages, seed, start
@@ -95,6 +98,36 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
         threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
                          name="status-poll", daemon=True).start()
     return app
+
+
+# Routes whose body is an upload, and the bound of each; every other body is JSON or a form.
+UPLOAD_BOUNDS = {"seed.seed_upload": ("model_bytes", "seed"), "package.upload_package": ("package_bytes", "package")}
+MULTIPART_SLACK = 64 << 10  # the multipart envelope around an uploaded file
+
+
+def bound_request_bodies(app: Flask, bounds: Limits, cap: int | None = None) -> None:
+    """Give each request a body bound by what its route takes, and refuse a larger one with a
+    413 naming the bound, before any of it is read (Content-Length) or as soon as it passes
+    the bound (a chunked body). Nesting depth and number forms are the parser's to refuse
+    (reducer/body.py, fedtier/strict_json.py): every route reads its body through it."""
+
+    app.config["MAX_FORM_MEMORY_SIZE"] = bounds.json_body_bytes  # a form's text fields: the same bound
+
+    @app.before_request
+    def bound_body() -> None:
+        bound, form_field = UPLOAD_BOUNDS.get(request.endpoint or "", ("json_body_bytes", None))
+        g.body_bound, g.body_field = bound, form_field
+        limit = getattr(bounds, bound) + (MULTIPART_SLACK if form_field else 0)
+        request.max_content_length = min(limit, cap) if cap else limit
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        bound = g.get("body_bound", "json_body_bytes")
+        body = {"error": f"the request body is over {bounds.describe(bound)}", "status": 413,
+                "limit": Limits.variable(bound)}
+        if g.get("body_field"):
+            body["field"] = g.body_field
+        return jsonify(body), 413
 
 
 def reducer() -> Reducer:

@@ -51,7 +51,7 @@ def fields(form: bool = True, required: bool = False) -> dict[str, Any]:
         try:
             data = strict_json.loads(request.get_data(cache=True))
         except strict_json.JSONInputError as exc:
-            raise APIError(400, exc.message, field=exc.field or None) from None
+            raise APIError(400, exc.message, field=exc.field or None, limit=exc.limit or None) from None
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object")
         return data

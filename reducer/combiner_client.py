@@ -6,6 +6,7 @@ from typing import Callable
 
 import grpc
 
+from fedtier import limits
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
@@ -54,7 +55,8 @@ class CombinerClient:
         (receive_to_file): the reducer checks a combiner model there, as it arrives."""
         stream = self.transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name="reducer"),
                                              timeout=timeout)
-        return receive_to_file(stream, lambda header: dest, durable=durable, inspect=inspect)
+        return receive_to_file(stream, lambda header: dest, durable=durable, inspect=inspect,
+                               max_size=limits.current().model_bytes)
 
     def start_round(self, request: pb.RoundRequest, timeout: float | None = None) -> pb.RoundResult:
         return self.control.StartRound(request, timeout=timeout)

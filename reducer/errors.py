@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.limit = limit  # the FEDTIER_MAX_ variable of the bound that was exceeded
 
 
 def _body(status: int, message: str, **extra: object):
@@ -34,7 +35,7 @@ def _body(status: int, message: str, **extra: object):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(exc: APIError):
-        return _body(exc.status, exc.message, field=exc.field)
+        return _body(exc.status, exc.message, field=exc.field, limit=exc.limit)
 
     @app.errorhandler(RoundConfigError)
     def bad_setting(exc: RoundConfigError):

@@ -44,7 +44,8 @@ def nullable(name: str) -> dict[str, Any]:
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "status"], "properties": {
-        "error": STRING, "status": INTEGER, "field": STRING, "state": STRING}},
+        "error": STRING, "status": INTEGER, "field": STRING, "state": STRING,
+        "limit": STRING}},  # the FEDTIER_MAX_ setting of the bound that was exceeded
     "Model": {"type": "object", "required": ["id", "parent_id", "round", "sha256", "size", "created_at"],
               "properties": {"id": STRING, "parent_id": OPT_STRING, "round_id": OPT_STRING,
                              "session_id": OPT_STRING, "round": INTEGER, "kind": STRING, "sha256": STRING,
@@ -133,7 +134,7 @@ def _errors(*codes: int) -> dict[str, Any]:
                403: "a valid credential, but for another role or another name",
                404: "no such id", 409: "not allowed in the reducer's current state (named in `state`), or "
                                       "(/add) the name is held by a live combiner at another address",
-               413: "body too large", 415: "the body's Content-Type is not one the route takes (named in the error)",
+               413: "too large; `limit` names the bound's setting", 415: "the body's Content-Type is not one the route takes (named in the error)",
                422: "(/add) the announced address did not answer as that combiner",
                503: "no combiner is online yet",
                500: "the stored bytes are damaged; `error` names the model (never sent as a 200)",

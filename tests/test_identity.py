@@ -326,8 +326,9 @@ def test_a_client_cannot_act_as_another(net: Net, tmp_path: Path) -> None:
     for rpc_name, call in as_b.items():
         assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED, rpc_name
     assert code_of(lambda: combiner.Connect(pb.ConnectRequest(client_name="site-a"), timeout=5)) is None
-    uploaded = transfer.UploadModel(file_chunks(model, client_name="site-a"), timeout=5)
-    assert uploaded.model_id
+    # under its own name the upload passes the identity check and meets the next rule: no open task
+    assert code_of(lambda: transfer.UploadModel(file_chunks(model, client_name="site-a"), timeout=5)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
     # a client credential does not open Control, nor does the admin token open anything on a combiner
     assert code_of(lambda: rpc.ControlStub(channel).Status(pb.StatusRequest(), timeout=5)) == \
         grpc.StatusCode.PERMISSION_DENIED

@@ -8,7 +8,7 @@ import pytest
 
 import fedtier.aggregators.fedavg as fedavg_module
 from fedtier.aggregators import FedAvg
-from fedtier.combiner.model_cache import ModelCache
+from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
 from fedtier.combiner.runner import RoundRunner
@@ -34,7 +34,7 @@ def setup(tmp_path: Path):
 def upload(tmp_path: Path, cache: ModelCache, client: str, value: float, dtype=np.float32, shape=(4,)) -> str:
     path = tmp_path / f"{client}-{value}"
     helper.save({"w": np.full(shape, value, dtype=dtype)}, path)
-    return cache.receive(file_chunks(path, client_name=client)).path.name
+    return cache.receive(file_chunks(path, client_name=client), lambda header: None).path.name  # admitted
 
 
 def update(client: str, task: str, model_id: str, round_id: str = "r1", examples: int = 10,
@@ -102,8 +102,9 @@ def test_updates_of_a_running_round_are_checked_as_they_arrive(setup, monkeypatc
         helper.save({"w": np.full(4, value, np.float32)}, path)
         return cache.receive(file_chunks(path, client_name=client, chunk_size=5), runner.arrival_check).path.name
 
-    alices, bobs, strangers = arrive("alice", 3.0), arrive("bob", np.nan), arrive("mallory", 1.0)
-    assert cache.update_check(strangers) is None  # no task of this round: nothing to check it against
+    alices, bobs = arrive("alice", 3.0), arrive("bob", np.nan)
+    with pytest.raises(UploadRefused, match="'mallory' holds no open training task"):
+        arrive("mallory", 1.0)
     assert cache.update_check(alices).error is None and "NaN" in str(cache.update_check(bobs).error)
     round_.submit_update(update("alice", "t-a", alices), cache)
     with pytest.raises(RejectedReport, match=r"'w' contains 4 NaN and 0 inf values"):
@@ -115,7 +116,8 @@ def test_updates_of_a_running_round_are_checked_as_they_arrive(setup, monkeypatc
     round_.aggregator.finish(tmp_path / "out")
     np.testing.assert_array_equal(helper.load(tmp_path / "out")["w"], np.full(4, 3.0, np.float32))
     runner._current = None
-    assert cache.update_check(arrive("alice", 4.0)) is None  # between rounds nothing is checked
+    with pytest.raises(UploadRefused, match="no training round is running"):  # between rounds
+        arrive("alice", 4.0)
 
 
 def test_reports_after_close_and_nonpositive_examples(setup) -> None:

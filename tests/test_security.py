@@ -161,7 +161,7 @@ def test_grpc_calls_need_credentials_on_every_kind_of_rpc(secured_combiner: str,
     client = calls(credential(keys, "client", "x"))
     assert code_of(client["unary"]) is None
     assert code_of(client["server-stream"]) == grpc.StatusCode.NOT_FOUND  # past auth, no such model
-    assert code_of(client["client-stream"]) is None
+    assert code_of(client["client-stream"]) == grpc.StatusCode.FAILED_PRECONDITION  # past auth, no open task
     assert code_of(client["control"]) == grpc.StatusCode.PERMISSION_DENIED  # clients cannot run rounds
     reducer = SelfIssuer(load_signing_key(keys[0]))
     assert code_of(calls(reducer.token_for("c"))["control"]) is None
@@ -181,8 +181,9 @@ def test_only_the_reducer_names_an_uploaded_model(secured_combiner: str, tmp_pat
         client.UploadModel(file_chunks(model, model_id="next-global-model", client_name="x"), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "only the reducer names models" in (refused.value.details() or "")
-    assigned = client.UploadModel(file_chunks(model, client_name="x"), timeout=5)  # an update: the combiner names it
-    assert assigned.model_id and assigned.model_id != "next-global-model"
+    with pytest.raises(grpc.RpcError) as refused:  # an update, but this client holds no open task
+        client.UploadModel(file_chunks(model, client_name="x"), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     reducer = ModelTransferStub(make_channel(secured_combiner, token=SelfIssuer(load_signing_key(keys[0])).token_for("c")))
     assert reducer.UploadModel(file_chunks(model, model_id="next-global-model"), timeout=5).model_id == \
         "next-global-model"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from fedtier.package import PackageError, check, sha256_hex
+from fedtier.package import PackageError, PackageTooLarge, check, sha256_hex
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import caller, require_admin
 from fedtier.reducer.body import require_multipart
@@ -40,7 +40,10 @@ def upload_package():
                             "'package'", field="package")
     data = upload.read()
     try:
-        names = check(data)
+        names = check(data, reducer().settings.limits)
+    except PackageTooLarge as exc:  # refused while reading: nothing was unpacked or stored
+        raise APIError(413, f"not an acceptable compute package: {exc}", field="package",
+                       limit=exc.variable) from None
     except PackageError as exc:
         raise APIError(400, f"not a valid compute package: {exc}", field="package") from None
     digest = sha256_hex(data)
