@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import grpc
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,15 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def code_of(call: Callable[[], Any]) -> grpc.StatusCode | None:
+    """The gRPC status a call ends with (None: it succeeded), for tests of who is refused how."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return None
 
 
 # ---------------------------------------------------------------- the benchmarks' smoke tests

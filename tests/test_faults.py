@@ -124,6 +124,16 @@ class Network:
     def active_on(self, combiner: str) -> int:
         return sum(1 for c in self.get("/api/v1/clients") if c.get("combiner") == combiner and c.get("active"))
 
+    def seeded_with_clients(self, clients: int = 2) -> None:
+        """A reducer, combiner c0 and ``clients`` clients, seeded and all active: the start of most fault tests."""
+        self.reducer()
+        self.combiner("c0")
+        wait_until(lambda: self.get("/api/v1/combiners"), what="c0 registered")
+        self.seed()
+        for i in range(clients):
+            self.client(i, clients)
+        wait_until(lambda: self.active_on("c0") == clients, what="clients", procs=self.procs)
+
     def training_running(self) -> bool:
         rounds = self.get("/api/v1/rounds")
         return bool(rounds) and rounds[-1]["status"] == "running" and self.get("/api/v1/status")["state"] == "monitoring"
@@ -162,13 +172,7 @@ def test_combiner_killed_mid_round_then_clients_move(procs: ProcessGroup, tmp_pa
 
 def test_reducer_killed_mid_session_and_restarted(procs: ProcessGroup, tmp_path: Path) -> None:
     net = Network(procs, tmp_path)
-    net.reducer()
-    net.combiner("c0")
-    wait_until(lambda: net.get("/api/v1/combiners"), what="c0 registered")
-    net.seed()
-    for i in range(2):
-        net.client(i, 2)
-    wait_until(lambda: net.active_on("c0") == 2, what="clients", procs=procs)
+    net.seeded_with_clients(2)
     session = net.start(rounds=3, clients_required=2, task={"sleep": 2})
     wait_until(lambda: net.get(f"/api/v1/sessions/{session}")["rounds_succeeded"] == 1, what="round 1", procs=procs)
     wait_until(net.training_running, what="round 2 training", procs=procs)
@@ -201,13 +205,7 @@ def test_combiner_restart_clients_inactive_until_back(procs: ProcessGroup, tmp_p
     offline: its clients are inactive in the reducer's view at once, and a round started right
     then waits for them to reconnect instead of counting the dead process's clients."""
     net = Network(procs, tmp_path)
-    net.reducer()
-    net.combiner("c0")
-    wait_until(lambda: net.get("/api/v1/combiners"), what="c0 registered")
-    net.seed()
-    for i in range(2):
-        net.client(i, 2)
-    wait_until(lambda: net.active_on("c0") == 2, what="clients", procs=procs)
+    net.seeded_with_clients(2)
 
     procs.kill("c0")
     session = net.start(rounds=1, clients_required=2, wait_for_clients=30)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ProcessGroup, free_port, wait_for_port
+from conftest import ProcessGroup, code_of, free_port, wait_for_port
 from fedtier.certs import ServerSpec, issue_server_cert
 from fedtier.cli import main
 from fedtier.combiner.server import CombinerServer, CombinerSettings
@@ -295,14 +295,6 @@ def test_assign_and_the_package_take_the_clients_own_credential(net: Net) -> Non
                         timeout=5).status_code == 403
     assert requests.get(f"{net.url}/api/v1/package", headers=auth(net.cred("client", "site-a")),
                         timeout=5).status_code == 404  # past the check: no package uploaded
-
-
-def code_of(call) -> grpc.StatusCode | None:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return None
 
 
 def test_a_client_cannot_act_as_another(net: Net, tmp_path: Path) -> None:

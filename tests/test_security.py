@@ -14,7 +14,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
+from conftest import ProcessGroup, TEST_PROJECTS, code_of, free_port, wait_for_port
 from fedtier.certs import ServerSpec, issue_server_cert
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.config import ConfigError, Settings
@@ -127,14 +127,6 @@ def secured_combiner(tmp_path: Path, keys: tuple[Path, Path]):
     port = server.start()
     yield f"127.0.0.1:{port}"
     server.stop(0)
-
-
-def code_of(call) -> grpc.StatusCode | None:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return None
 
 
 def test_grpc_calls_need_credentials_on_every_kind_of_rpc(secured_combiner: str, tmp_path: Path, keys) -> None:

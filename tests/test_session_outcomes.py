@@ -19,13 +19,7 @@ def stop(net: Network, body: object) -> requests.Response:
 
 def test_stop_modes_and_outcomes(procs: ProcessGroup, tmp_path: Path) -> None:
     net = Network(procs, tmp_path)
-    net.reducer()
-    net.combiner("c0")
-    wait_until(lambda: net.get("/api/v1/combiners"), what="c0 registered")
-    net.seed()
-    for i in range(2):
-        net.client(i, 2)
-    wait_until(lambda: net.active_on("c0") == 2, what="clients", procs=procs)
+    net.seeded_with_clients(2)
 
     # /stop's body is checked before anything else: a bad mode is named, with the known ones
     reply = stop(net, {"mode": "later"})

@@ -104,7 +104,7 @@ def run_round(tmp_path: Path, values: list[float], weights: list[int], missing: 
             continue
         path = tmp_path / f"u{i}"
         helper.save({"w": np.full(3, values[i], np.float32)}, path)
-        model_id = cache.receive(file_chunks(path, client_name=f"c{i}")).path.name
+        model_id = cache.receive(file_chunks(path, client_name=f"c{i}"), lambda header: None).path.name  # admitted
         round_.submit_update(pb.ModelUpdate(client_name=f"c{i}", task_id=f"t{i}", round_id="r", model_id=model_id,
                                             parent_model_id="g", num_examples=weights[i]), cache)
     round_.close()
@@ -155,7 +155,7 @@ def test_stale_and_unnamed_parents_are_refused_and_the_task_fails(tmp_path: Path
     for task, client, parent, message in [("t0", "c0", "g1", "stale update: trained from model 'g1', but this "
                                                                "round's model is 'g2'"),
                                           ("t1", "c1", "", "parent_model_id is empty")]:
-        model_id = cache.receive(file_chunks(tmp_path / "global", client_name=client)).path.name
+        model_id = cache.receive(file_chunks(tmp_path / "global", client_name=client), lambda header: None).path.name
         with pytest.raises(RejectedReport, match=message):
             round_.submit_update(pb.ModelUpdate(client_name=client, task_id=task, round_id="r", model_id=model_id,
                                                 parent_model_id=parent, num_examples=10), cache)
