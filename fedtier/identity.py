@@ -66,7 +66,8 @@ def generate_keypair(out: Path) -> tuple[Path, Path]:
     """Write a new signing key (mode 0600) and its verify key into ``out``; never overwrite.
 
     Replacing a signing key silently would invalidate every credential in the federation,
-    so an existing file is an error and rotation is a deliberate act (docs/security-identity.md).
+    so an existing file is an error and rotation is a deliberate act
+    (docs/security.md#keys-expiry-rotation-revocation).
     """
     out.mkdir(parents=True, exist_ok=True)
     signing, verify = out / SIGNING_FILE, out / VERIFY_FILE
