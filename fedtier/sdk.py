@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import logging
 import os
 import sys
 import tempfile
@@ -34,8 +33,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
 import requests
-
-log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes read per step when streaming a model to or from the reducer
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for the reducer to answer a request (not for a whole download)

@@ -4,7 +4,6 @@ session flow, and one reducer that checks identities for credentials and damaged
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-import requests
 
 from conftest import ROOT, ProcessGroup, free_port, wait_for_port
 from fedtier.helpers import get_helper
@@ -85,6 +83,81 @@ def test_an_unreachable_reducer_is_one_typed_error_and_one_line() -> None:
     err = refused(cli("status", "--reducer", url))
     assert err.startswith(f"fedtier status: cannot reach the reducer at {url}"), err
     assert err.count("\n") == 1, err
+
+
+class FakeReducer:
+    """A stand-in for what sits between the SDK and a reducer (a proxy, a broken cache): it
+    answers one model record and sends ``body`` for its download with the given headers."""
+
+    def __init__(self, record: dict, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.endswith("/download"):
+                    self.send_response(outer.status)
+                    for name, value in {"Content-Length": str(len(outer.body)), **outer.headers}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(outer.body)
+                    return
+                data = json.dumps(outer.record).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.record, self.body, self.headers, self.status = record, body, headers, status
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_download_with_other_bytes_or_headers_is_refused_and_leaves_no_file(tmp_path: Path) -> None:
+    from fedtier.reducer.downloads import repr_digest
+
+    good = b"model bytes " * 1000
+    digest = hashlib.sha256(good).hexdigest()
+    record = {"id": "m1", "sha256": digest, "size": len(good)}
+    altered = bytearray(good)
+    altered[5000] ^= 1
+    cases = [  # (body, headers, the error's words)
+        (bytes(altered), {"X-Model-SHA256": digest, "Repr-Digest": repr_digest(digest)}, "received 12000 bytes with sha256"),
+        (good, {"X-Model-SHA256": "0" * 64}, "sends X-Model-SHA256 " + "0" * 64),
+        (good, {"Repr-Digest": repr_digest("1" * 64)}, "sends Repr-Digest " + "1" * 64),
+    ]
+    for body, headers, words in cases:
+        fake = FakeReducer(record, body, headers)
+        try:
+            with pytest.raises(IntegrityError, match=words):
+                Reducer(fake.url).download_model("m1", tmp_path / "m.bin")
+            assert list(tmp_path.iterdir()) == []
+        finally:
+            fake.close()
+    fake = FakeReducer(record, good, {"X-Model-SHA256": digest, "Repr-Digest": repr_digest(digest)})
+    try:
+        assert Reducer(fake.url).download_model("m1", tmp_path / "m.bin").read_bytes() == good
+    finally:
+        fake.close()
+    # a proxy's HTML error page is still a typed error, with the start of its text
+    fake = FakeReducer(record, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"}, status=502)
+    try:
+        with pytest.raises(ServerError, match="HTTP 502 .*Bad Gateway") as caught:
+            Reducer(fake.url).download_model("m1", tmp_path / "other.bin")
+        assert caught.value.status == 502 and not (tmp_path / "other.bin").exists()
+    finally:
+        fake.close()
 
 
 # ---------------------------------------------------------------- a live network
