@@ -432,6 +432,9 @@ class Reducer:
                     for chunk in response.iter_content(CHUNK):
                         digest.update(chunk)
                         size += len(chunk)
+                        if size > int(record["size"]):  # never more disk than the trail says the model takes
+                            raise IntegrityError(f"model {record['id']}: more than the recorded {record['size']} "
+                                                 f"bytes arrived; not saved")
                         out.write(chunk)
                 except requests.exceptions.RequestException as exc:
                     raise IntegrityError(f"model {record['id']}: the transfer broke off after {size} of "

@@ -134,6 +134,7 @@ def test_a_download_with_other_bytes_or_headers_is_refused_and_leaves_no_file(tm
     altered[5000] ^= 1
     cases = [  # (body, headers, the error's words)
         (bytes(altered), {"X-Model-SHA256": digest, "Repr-Digest": repr_digest(digest)}, "received 12000 bytes with sha256"),
+        (good + b"more", {}, "more than the recorded 12000 bytes arrived"),
         (good, {"X-Model-SHA256": "0" * 64}, "sends X-Model-SHA256 " + "0" * 64),
         (good, {"Repr-Digest": repr_digest("1" * 64)}, "sends Repr-Digest " + "1" * 64),
     ]
