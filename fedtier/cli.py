@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtier import __version__
-from fedtier import limits
+from fedtier import control_cli, limits
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
 from fedtier.health import add_health
 from fedtier.memory import tune_allocator
@@ -329,23 +329,31 @@ def add_token(sub: argparse._SubParsersAction) -> None:
 def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.package import pack, sha256_hex
 
+    if args.path and args.project:
+        raise ConfigError("give a PATH to upload or --project DIR to pack, not both")
+    if args.path:  # fedtier package PATH: upload (fedtier/control_cli.py)
+        return control_cli.cmd_package_upload(args, settings)
+    if not args.project:
+        raise ConfigError("--project DIR (pack it into --out) or a PATH to upload is required")
     data = pack(args.project)
     Path(args.out).write_bytes(data)
     print(f"{args.out}  {len(data)} bytes  sha256 {sha256_hex(data)}")
-    return 0
+    return control_cli.cmd_package_upload(args, settings) if args.upload else 0
 
 
 def add_package(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("package", help="pack a project folder into a compute package for POST /package")
-    p.add_argument("--project", required=True, help="project folder with fedn.yaml")
+    p = sub.add_parser("package", help="pack a project folder into a compute package (--project), or upload "
+                                       "one to the reducer (PATH)")
+    p.add_argument("--project", default="", help="project folder with fedn.yaml to pack into --out")
     p.add_argument("--out", default="package.tgz", help="archive to write (default package.tgz)")
+    control_cli.extend_package(p)
     p.set_defaults(run=cmd_package)
 
 
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
                                                                    add_sandbox, add_health, add_certs, add_package,
-                                                                   add_swarm, add_token]
+                                                                   add_swarm, add_token, control_cli.add_control]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,6 +112,7 @@ class Settings:
     alliance_uid: str = "fedtier"
     reducer_host: str = "127.0.0.1"
     reducer_port: int = 8090
+    reducer_url: str = ""     # where the control commands and the SDK reach the reducer (else host and port)
     data_dir: Path = Path("var")
     mongo_host: str = ""
     mongo_port: int = 27017
@@ -150,6 +151,7 @@ class Settings:
             alliance_uid=env.get("ALLIANCE_UID", "") or "fedtier",
             reducer_host=env.get("FEDN_REDUCER_HOST", "") or "127.0.0.1",
             reducer_port=_int(env, "FEDN_REDUCER_PORT", 8090),
+            reducer_url=env.get("FEDTIER_REDUCER_URL", "").rstrip("/"),
             data_dir=Path(env.get("FEDTIER_DATA_DIR", "") or "var"),
             mongo_host=env.get("FEDN_MONGO_HOST", ""),
             mongo_port=_int(env, "FEDN_MONGO_PORT", 27017),
