@@ -52,7 +52,7 @@ from fedtier.transport.streams import Digests, Received
 
 log = logging.getLogger(__name__)
 
-SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "reducer"
+from fedtier.storage.collections import REDUCER, ROUNDS, SESSIONS, VALIDATIONS  # noqa: F401 (re-exported)
 LATEST = "latest"  # under the work dir: the last committed global model, the next round's base
 MAX_ROUNDS = 10_000
 SESSION_SETTINGS = {"rounds"}  # a /start body's keys besides the round settings (RoundConfig)

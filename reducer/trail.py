@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from fedtier.ids import new_id
+from fedtier.storage.collections import MODELS, PROMOTIONS
 from fedtier.storage.model_store import ModelStore
 from fedtier.storage.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-MODELS = "models"
 
 
 class ModelTrail:

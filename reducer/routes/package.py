@@ -18,11 +18,11 @@ from fedtier.reducer.auth import caller, require_admin
 from fedtier.reducer.body import require_multipart
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
+from fedtier.storage.collections import PACKAGES
 from fedtier.storage.model_store import ModelExistsError
 
 bp = Blueprint("package", __name__)
 
-PACKAGES = "packages"
 
 
 def current() -> dict | None:
