@@ -41,6 +41,7 @@ def status():
         "state": r.control.state.value,
         "instance": r.instance_id,
         "latest_model": latest,
+        "production_model": r.trail.production(),
         "session": running[0] if running else None,
         "last_round": last_round[0] if last_round else None,
         "combiners_online": sum(1 for c in combiners if c.get("online")),

@@ -57,6 +57,7 @@ def upload_package():
     record = {"id": f"{digest}-{time.time_ns()}", "sha256": digest, "size": len(data), "files": len(names),
               "created_at": time.time()}
     r.state.insert(PACKAGES, record)
+    r.scheduler.package_uploaded(record)  # "on_package" schedules: each records its own outcome
     return jsonify({"package": record}), 201
 
 
