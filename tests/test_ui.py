@@ -333,6 +333,7 @@ def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> 
     console = Console()
     console.watch(page)
     page.on("dialog", lambda dialog: dialog.accept())
+    page.set_default_timeout(15_000)
     try:
         seed = get_helper("numpy").to_bytes({"w": np.zeros((2, 2), np.float32)})
         assert requests.post(f"{url}/seed", files={"seed": ("s", io.BytesIO(seed))}, timeout=10).status_code == 201
@@ -350,6 +351,7 @@ def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> 
         page.wait_for_selector(f"tr[data-model='{second['id']}'] [data-production]")
         assert page.locator("[data-production]").count() == 1
         assert requests.get(f"{url}/api/v1/models/production", timeout=5).json()["id"] == second["id"]
+        shot(page, "trail-production-desktop")
         open_page(page, url, "/")
         page.wait_for_function(f"document.querySelector('#model-production').textContent.includes('{second['id'][:8]}')")
 
@@ -365,6 +367,7 @@ def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> 
         page.click("#schedule-button")
         page.wait_for_selector("tr[data-schedule][data-state=active]")
         assert "0 2 * * *" in page.inner_text("tr[data-schedule]")
+        shot(page, "schedules-desktop")
         page.click("tr[data-schedule] [data-action=pause]")
         page.wait_for_selector("tr[data-schedule][data-state=paused]")
         page.click("tr[data-schedule] [data-action=resume]")
