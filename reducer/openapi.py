@@ -92,7 +92,8 @@ SCHEMAS: dict[str, Any] = {
                                   "num_examples": INTEGER, "created_at": NUMBER}},
     "Status": {"type": "object", "required": ["state", "combiners", "clients"], "properties": {
         "state": {"enum": ["setup", "idle", "instructing", "monitoring"]}, "instance": STRING,
-        "latest_model": nullable("Model"), "production_model": nullable("ProductionModel"), "session": nullable("Session"), "last_round": nullable("Round"),
+        "latest_model": nullable("Model"), "production_model": nullable("ProductionModel"),
+        "session": nullable("Session"), "last_round": nullable("Round"),
         "combiners_online": INTEGER, "combiners": INTEGER, "clients_active": INTEGER, "clients": INTEGER}},
     "Promotion": {"type": "object", "required": ["id", "model_id", "sha256", "promoted_by", "promoted_at"],
                   "properties": {"id": STRING, "model_id": STRING, "sha256": STRING, "round": INTEGER,

@@ -180,7 +180,8 @@ def test_only_the_admin_writes_schedules_and_promotions(tmp_path: Path) -> None:
     client = app.test_client()
     admin = {"Authorization": f"Token {ADMIN}"}
     try:
-        assert client.post("/seed", data={"seed": (io.BytesIO(_seed_bytes()), "seed")}, headers=admin).status_code == 201
+        seeded = client.post("/seed", data={"seed": (io.BytesIO(_seed_bytes()), "seed")}, headers=admin)
+        assert seeded.status_code == 201
         model = client.get("/api/v1/models").json[0]["id"]
         made = client.post("/api/v1/schedules", json={"name": "n", "on_package": True}, headers=admin)
         assert made.status_code == 201 and made.json["schedule"]["created_by"] == "admin (token)"
