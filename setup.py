@@ -52,6 +52,7 @@ setup(
         "pyjwt>=2.8",  # signed credentials (fedtier/identity.py): EdDSA over cryptography
         "xxhash>=3.4",  # the transfer checksum (XXH3-128): a fifth of sha256's cost per byte
         "rich>=13",  # fedtier.sdk: the progress bar of Reducer.wait and fedtier wait
+        "croniter>=6.0",  # schedules' cron expressions (reducer/schedules.py)
     ],
     extras_require={
         "torch": TORCH,

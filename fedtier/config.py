@@ -98,6 +98,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
             round_config_bytes=_int(env, "FEDTIER_MAX_ROUND_CONFIG_BYTES", d.round_config_bytes),
             report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
             upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
+            schedules=_int(env, "FEDTIER_MAX_SCHEDULES", d.schedules),
         )
     except ValueError as exc:  # a bound below 1: the message names the variable
         if isinstance(exc, ConfigError):
@@ -137,6 +138,7 @@ class Settings:
     token_verify_key: str = ""   # public key that checks participants' credentials (reducer, combiners)
     token_signing_key: str = ""  # private key that signs them (the reducer, and `fedtier token issue`)
     credentials_dir: str = ""    # folder of NAME.token credentials, for processes that share one environment
+    schedule_min_seconds: int = 10  # the shortest period a schedule may fire at (reducer/schedules.py)
 
     @property
     def identities(self) -> bool:
@@ -176,6 +178,7 @@ class Settings:
             token_verify_key=env.get("FEDTIER_TOKEN_VERIFY_KEY", ""),
             token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
             credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
+            schedule_min_seconds=_int(env, "FEDTIER_SCHEDULE_MIN_SECONDS", 10),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -211,6 +214,8 @@ class Settings:
         if self.token_signing_key and not self.token_verify_key:
             raise ConfigError("FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not: set both "
                               "(fedtier token keygen writes the pair)")
+        if self.schedule_min_seconds < 1:
+            raise ConfigError(f"FEDTIER_SCHEDULE_MIN_SECONDS must be at least 1, got {self.schedule_min_seconds}")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

@@ -22,6 +22,7 @@ from fedtier.reducer.control import Control
 from fedtier.identity import SelfIssuer, load_signing_key
 from fedtier.reducer.errors import register_error_handlers
 from fedtier.reducer.network import Network
+from fedtier.reducer.schedules import Scheduler
 from fedtier.reducer.trail import ModelTrail
 from fedtier.storage.dirlock import DataDirLock
 from fedtier.storage.factory import model_store_from_settings, state_store_from_settings
@@ -45,6 +46,7 @@ class Reducer:
     # process it started (fedtier sandbox passes its own with --instance-id) or another one
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     lock: DataDirLock | None = None  # this reducer's hold on settings.data_dir
+    scheduler: Scheduler | None = None  # continuous training (reducer/schedules.py)
 
     def close(self) -> None:
         self.stop.set()
@@ -72,7 +74,11 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
     except BaseException:
         lock.release()
         raise
-    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock)
+    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock,
+                   scheduler=Scheduler(state, control, settings))
+
+
+SCHEDULER_TICK_S = 0.5  # how late a schedule may fire: far below its shortest period
 
 
 def create_app(settings: Settings | None = None, helper: str = "numpy", reducer: Reducer | None = None,
@@ -86,9 +92,9 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     bound_request_bodies(app, settings.limits, None if max_upload_mb is None else max_upload_mb << 20)
     auth.install(app)
 
-    from fedtier.reducer.routes import api, dashboard, network, pages, seed, start
+    from fedtier.reducer.routes import api, dashboard, lifecycle, network, pages, seed, start
 
-    for module in (seed, start, network, api, dashboard, pages):
+    for module in (seed, start, network, api, dashboard, pages, lifecycle):
         app.register_blueprint(module.bp)
     app.register_blueprint(openapi.bp)
     from fedtier.reducer.routes import package  # routes import this module: load them last
@@ -97,6 +103,8 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     if poll_interval_s:
         threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
                          name="status-poll", daemon=True).start()
+        threading.Thread(target=reducer.scheduler.run_forever, args=(reducer.stop, SCHEDULER_TICK_S),
+                         name="scheduler", daemon=True).start()
     return app
 
 

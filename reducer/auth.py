@@ -53,6 +53,16 @@ def is_admin() -> bool:
     return bool(session.get("admin")) or token_matches(_presented(), _admin_token())
 
 
+def who() -> str:
+    """How the records of an admin's act (a promotion, a schedule) name the one who did it.
+    There is one admin token, so this says how it was presented, not which person held it."""
+    if is_open():
+        return "anyone (identities not checked)"
+    if token_matches(_presented(), _admin_token()):
+        return "admin (token)"
+    return "admin (browser login)" if session.get("admin") else "unknown"
+
+
 def participant(roles: tuple[str, ...] = PARTICIPANTS) -> Identity:
     """The caller's verified credential in one of ``roles``; CredentialError says why not."""
     verifier: Verifier = current_app.extensions["fedtier.verifier"]

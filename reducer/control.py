@@ -52,7 +52,7 @@ from fedtier.transport.streams import Digests, Received
 
 log = logging.getLogger(__name__)
 
-SESSIONS, ROUNDS, VALIDATIONS, REDUCER = "sessions", "rounds", "validations", "reducer"
+from fedtier.storage.collections import REDUCER, ROUNDS, SESSIONS, VALIDATIONS  # noqa: F401 (re-exported)
 LATEST = "latest"  # under the work dir: the last committed global model, the next round's base
 MAX_ROUNDS = 10_000
 SESSION_SETTINGS = {"rounds"}  # a /start body's keys besides the round settings (RoundConfig)
@@ -179,7 +179,9 @@ class Control:
             return self.trail.commit(path, parent_id=None, kind="seed")
 
     # ---- sessions
-    def start_session(self, request: SessionRequest) -> dict[str, Any]:
+    def start_session(self, request: SessionRequest, schedule_id: str | None = None) -> dict[str, Any]:
+        """Start a session now; StateConflict if one runs or the network has no seed.
+        ``schedule_id`` names the schedule that started it (reducer/schedules.py), if any."""
         with self._lock:
             if self.state != ReducerState.IDLE:
                 verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
@@ -188,6 +190,8 @@ class Control:
                        "rounds_succeeded": 0, "rounds_failed": 0, "rounds_stopped": 0,
                        "stop_requested": None, "config": request.config.to_dict(),
                        "round_ids": [], "started_at": time.time(), "finished_at": None}
+            if schedule_id is not None:
+                session["schedule_id"] = schedule_id
             self.store.insert(SESSIONS, session)
             self._stop.clear()
             self._abort.clear()

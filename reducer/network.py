@@ -20,13 +20,11 @@ import grpc
 
 from fedtier.identity import SelfIssuer
 from fedtier.reducer.combiner_client import CombinerClient
+from fedtier.storage.collections import CLIENTS, COMBINERS
 from fedtier.storage.state_store import StateStore
 from fedtier.transport.channel import resolves
 
 log = logging.getLogger(__name__)
-
-COMBINERS = "combiners"
-CLIENTS = "clients"
 
 
 class NoCombinerError(LookupError):

@@ -15,6 +15,8 @@ from fedtier import __version__
 from fedtier.aggregators import AGGREGATORS
 from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
+from fedtier.reducer.trail import MAX_NOTE_CHARS
+from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
 from fedtier.round_config import MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
@@ -65,7 +67,8 @@ SCHEMAS: dict[str, Any] = {
                     "status": {"enum": list(SESSION_OUTCOMES), "description": SESSION_STATUS},
                     "stop_requested": {"enum": [*STOP_MODES, None],
                                        "description": "the stop mode the user asked for, if any"},
-                    "started_at": NUMBER, "finished_at": OPT_NUMBER}},
+                    "started_at": NUMBER, "finished_at": OPT_NUMBER,
+                    "schedule_id": {"type": "string", "description": "the schedule that started it, if one did"}}},
     "Round": {"type": "object", "required": ["id", "session_id", "round", "status", "model_in"], "properties": {
         "id": STRING, "session_id": STRING, "round": INTEGER,
         "status": {"enum": list(ROUND_STATUSES), "description": ROUND_STATUS}, "model_in": STRING, "model_out": OPT_STRING,
@@ -89,8 +92,28 @@ SCHEMAS: dict[str, Any] = {
                                   "num_examples": INTEGER, "created_at": NUMBER}},
     "Status": {"type": "object", "required": ["state", "combiners", "clients"], "properties": {
         "state": {"enum": ["setup", "idle", "instructing", "monitoring"]}, "instance": STRING,
-        "latest_model": nullable("Model"), "session": nullable("Session"), "last_round": nullable("Round"),
+        "latest_model": nullable("Model"), "production_model": nullable("ProductionModel"),
+        "session": nullable("Session"), "last_round": nullable("Round"),
         "combiners_online": INTEGER, "combiners": INTEGER, "clients_active": INTEGER, "clients": INTEGER}},
+    "Promotion": {"type": "object", "required": ["id", "model_id", "sha256", "promoted_by", "promoted_at"],
+                  "properties": {"id": STRING, "model_id": STRING, "sha256": STRING, "round": INTEGER,
+                                 "promoted_by": {"type": "string", "description": "how the admin acted: its token, "
+                                                 "a browser logged in with it, or anyone on an open reducer"},
+                                 "promoted_at": NUMBER, "note": STRING}},
+    "ProductionModel": {"allOf": [ref("Model"), {"type": "object", "required": ["promotion"],
+                                                 "properties": {"promotion": ref("Promotion")}}]},
+    "Schedule": {"type": "object", "required": ["id", "name", "state", "settings", "on_package", "created_at"],
+                 "properties": {
+                     "id": STRING, "name": STRING, "every_seconds": {"type": ["integer", "null"]},
+                     "cron": {"type": ["string", "null"], "description": "five fields, read in UTC"},
+                     "on_package": {"type": "boolean"}, "settings": OBJECT,
+                     "state": {"enum": list(SCHEDULE_STATES)}, "created_by": STRING, "created_at": NUMBER,
+                     "next_at": {"type": ["number", "null"], "description": "when its timer next fires"},
+                     "last_fired_at": OPT_NUMBER,
+                     "last_outcome": {"enum": [*OUTCOMES, None], "description": "started: a session; skipped: one "
+                                      "was running, or no seed yet (last_error says); failed: see last_error"},
+                     "last_session_id": OPT_STRING, "last_error": OPT_STRING,
+                     "fired": INTEGER, "skipped": INTEGER}},
     "Package": {"type": "object", "required": ["sha256", "size"], "properties": {
         "id": STRING, "sha256": STRING, "size": INTEGER, "files": INTEGER, "created_at": NUMBER}},
     "RoundSettings": {"type": "object", "additionalProperties": False, "properties": {
@@ -188,6 +211,61 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "model file", "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                     **_errors(401, 404, 500)}}},
+            "/api/v1/models/{model_id}/promote": {"post": {
+                "summary": "make a trail model the production model (admin); the history keeps every promotion",
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": STRING}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}}}}},
+                "responses": {"201": _json({"type": "object", "required": ["promotion", "model"], "properties": {
+                    "promotion": ref("Promotion"), "model": ref("ProductionModel")}}, "promoted"),
+                    **_errors(400, 401, 404, 413, 415, 507)}}},
+            "/api/v1/models/production": {"get": {
+                "summary": "the production model's record and the promotion that made it so",
+                "responses": {"200": _json(ref("ProductionModel"), "the production model"), **_errors(401, 404)}}},
+            "/api/v1/models/production/download": {"get": {
+                "summary": "the production model's bytes, as /api/v1/models/{model_id}/download serves them",
+                "responses": {"200": {"description": "model file", "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    **_errors(401, 404, 500)}}},
+            "/api/v1/promotions": {"get": {
+                "summary": "every promotion, oldest first; the last names the production model",
+                "responses": {"200": _json({"type": "array", "items": ref("Promotion")}, "promotions"),
+                              **_errors(401)}}},
+            "/api/v1/schedules": {
+                "get": {"summary": "list schedules", "responses": {
+                    "200": _json({"type": "array", "items": ref("Schedule")}, "schedules"), **_errors(401)}},
+                "post": {
+                    "summary": "start sessions every N seconds, on a cron timetable (UTC) or when a compute "
+                               "package is uploaded (admin)",
+                    "description": "settings is a /start body, checked by the same rule: a 400 names the field "
+                                   "as settings.<name> with /start's message. A schedule due while a session "
+                                   "runs is skipped and records it; one missed while the reducer was down fires "
+                                   "once when it is up. 409 past FEDTIER_MAX_SCHEDULES.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                            "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                            "every_seconds": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_PERIOD_S,
+                                              "description": "at least FEDTIER_SCHEDULE_MIN_SECONDS"},
+                            "cron": {"type": ["string", "null"], "maxLength": MAX_CRON_CHARS},
+                            "on_package": {"type": "boolean", "default": False},
+                            "settings": ref("RoundSettings")}}}}},
+                    "responses": {"201": _json({"type": "object", "required": ["schedule"],
+                                                "properties": {"schedule": ref("Schedule")}}, "created"),
+                                  **_errors(400, 401, 409, 413, 415, 507)}}},
+            "/api/v1/schedules/{schedule_id}": {
+                "get": _one("Schedule", "schedule_id")["get"],
+                "delete": {"summary": "remove a schedule (admin)",
+                           "parameters": [{"name": "schedule_id", "in": "path", "required": True, "schema": STRING}],
+                           "responses": {"200": _json({"type": "object", "required": ["deleted"],
+                                                       "properties": {"deleted": STRING}}, "deleted"),
+                                         **_errors(401, 404)}}},
+            **{f"/api/v1/schedules/{{schedule_id}}/{verb}": {"post": {
+                "summary": f"{verb} a schedule (admin)" + (": its timer counts from now" if verb == "resume" else ""),
+                "parameters": [{"name": "schedule_id", "in": "path", "required": True, "schema": STRING}],
+                "responses": {"200": _json({"type": "object", "required": ["schedule"],
+                                            "properties": {"schedule": ref("Schedule")}}, f"{verb}d"),
+                              **_errors(401, 404)}}} for verb in ("pause", "resume")},
             "/api/v1/validations": _list("Validation", [LIMIT, {"name": "round_id", "in": "query", "schema": STRING}]),
             "/seed": {"post": {
                 "summary": "commit the seed model (admin)",

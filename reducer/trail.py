@@ -4,6 +4,12 @@ A model enters the trail in two steps: its bytes go to the ModelStore under a fr
 id (never overwriting), then its record goes to the StateStore. A failure in between
 leaves an unreferenced blob but never a record without bytes, and a record is never
 changed or deleted afterwards. ``latest`` is the head the next round starts from.
+
+``production`` is another pointer into the trail: the model an operator promoted for use
+outside the federation. The newest latest model is not necessarily a good one (a round can
+make a worse model), so production moves only when someone says so. Each promotion is a
+new record in ``promotions`` (who, when, why), never changed: the history says which model
+served when, and the newest record is the production model.
 """
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from fedtier.ids import new_id
+from fedtier.storage.collections import MODELS, PROMOTIONS
 from fedtier.storage.model_store import ModelStore
 from fedtier.storage.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-MODELS = "models"
+MAX_NOTE_CHARS = 1000  # a promotion's note: a line or two saying why
+
 
 
 class ModelTrail:
@@ -67,3 +75,27 @@ class ModelTrail:
         """Copy a model out of the store; the store verifies its sha256 on the way."""
         self.models.get_file(model_id, dest)
         return dest
+
+    # ---- production
+    def promote(self, model_id: str, by: str, note: str = "") -> dict[str, Any]:
+        """Make trail model ``model_id`` the production model; KeyError if it is not in the trail."""
+        model = self.get(model_id)
+        if model is None:
+            raise KeyError(model_id)
+        record = {"id": new_id(), "model_id": model_id, "sha256": model["sha256"], "round": model.get("round", 0),
+                  "promoted_by": by, "promoted_at": time.time(), "note": note}
+        self.state.insert(PROMOTIONS, record)
+        log.info("model %s promoted to production by %s", model_id, by)
+        return record
+
+    def promotions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The promotion history, oldest first (insertion order: clocks may step back)."""
+        return self.state.find(PROMOTIONS, limit=limit)
+
+    def production(self) -> dict[str, Any] | None:
+        """The production model's record with the promotion that made it so, or None."""
+        found = self.state.find(PROMOTIONS, descending=True, limit=1)
+        if not found:
+            return None
+        model = self.get(found[0]["model_id"])
+        return None if model is None else {**model, "promotion": found[0]}

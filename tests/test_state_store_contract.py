@@ -187,6 +187,18 @@ def test_update_cannot_change_id(store):
     assert store.get("rounds", "r1") == {"id": "r1"}
 
 
+def test_delete_removes_one_document_only(store):
+    store.insert("schedules", {"id": "a"})
+    store.insert("schedules", {"id": "b"})
+    store.insert("sessions", {"id": "a"})  # same id, other collection: untouched
+    assert store.delete("schedules", "a") is True
+    assert store.delete("schedules", "a") is False
+    assert store.get("schedules", "a") is None
+    assert _ids(store.find("schedules")) == ["b"] and store.get("sessions", "a") == {"id": "a"}
+    store.insert("schedules", {"id": "a"})  # the id is free again, and sorts as new
+    assert _ids(store.find("schedules")) == ["b", "a"]
+
+
 def test_upsert_inserts_then_merges(store):
     assert store.upsert("singletons", "controller", {"state": "idle"}) == {"id": "controller", "state": "idle"}
     assert store.upsert("singletons", "controller", {"round": 3}) == {

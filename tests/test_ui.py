@@ -40,7 +40,7 @@ SHOTS = Path(os.environ.get("FEDTIER_UI_SCREENSHOTS") or Path(tempfile.gettempdi
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
 PAGES = {"dashboard": "/", "seed": "/seed", "start": "/start", "network": "/network", "trail": "/trail",
-         "sessions": "/sessions"}
+         "sessions": "/sessions", "schedules": "/schedules"}
 BAD_REQUEST = "the server responded with a status of 400"
 
 
@@ -308,3 +308,75 @@ def test_pages_render_with_local_assets_only(tmp_path: Path) -> None:
         assert "@import" not in text and "url(" not in text.replace("url(#", ""), f"{name} loads something"
     calls = {name: len(re.findall(r"\b(fetch|XMLHttpRequest)\b\s*\(", text)) for name, text in scripts.items()}
     assert calls == {**{name: 0 for name in scripts}, "app.js": 1}, calls
+
+
+def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> None:
+    """The trail marks the production model and promotes another with a click; the dashboard
+    names it; the schedules page adds a schedule through its form (a bad setting first: the
+    message shows at the settings box), pauses, resumes and deletes it."""
+    import io
+    import threading
+
+    import numpy as np
+    from werkzeug.serving import make_server
+
+    from fedtier.config import Settings
+    from fedtier.helpers import get_helper
+    from fedtier.reducer.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path), helper="numpy", poll_interval_s=None)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    context = chromium.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.set_default_timeout(15_000)
+    try:
+        seed = get_helper("numpy").to_bytes({"w": np.zeros((2, 2), np.float32)})
+        assert requests.post(f"{url}/seed", files={"seed": ("s", io.BytesIO(seed))}, timeout=10).status_code == 201
+        r = app.extensions["fedtier"]
+        first = r.trail.latest()
+        (tmp_path / "m").write_bytes(seed)
+        second = r.trail.commit(tmp_path / "m", parent_id=first["id"], round_number=1)
+        assert requests.post(f"{url}/api/v1/models/{first['id']}/promote", json={"note": "baseline"},
+                             timeout=10).status_code == 201
+
+        open_page(page, url, "/trail")
+        assert page.locator(f"tr[data-model='{first['id']}'] [data-production]").count() == 1
+        assert "baseline" in page.inner_text("#production-line")
+        page.click(f"tr[data-model='{second['id']}'] button.promote")
+        page.wait_for_selector(f"tr[data-model='{second['id']}'] [data-production]")
+        assert page.locator("[data-production]").count() == 1
+        assert requests.get(f"{url}/api/v1/models/production", timeout=5).json()["id"] == second["id"]
+        shot(page, "trail-production-desktop")
+        open_page(page, url, "/")
+        page.wait_for_function(f"document.querySelector('#model-production').textContent.includes('{second['id'][:8]}')")
+
+        open_page(page, url, "/schedules")
+        page.fill("#s-name", "nightly")
+        page.fill("#s-cron", "0 2 * * *")
+        page.fill("#s-settings", '{"rounds": 0}')
+        page.click("#schedule-button")
+        page.wait_for_selector("#error-settings:not([hidden])")
+        assert "rounds" in page.inner_text("#error-settings")
+        console.consume(BAD_REQUEST)
+        page.fill("#s-settings", '{"rounds": 2}')
+        page.click("#schedule-button")
+        page.wait_for_selector("tr[data-schedule][data-state=active]")
+        assert "0 2 * * *" in page.inner_text("tr[data-schedule]")
+        shot(page, "schedules-desktop")
+        page.click("tr[data-schedule] [data-action=pause]")
+        page.wait_for_selector("tr[data-schedule][data-state=paused]")
+        page.click("tr[data-schedule] [data-action=resume]")
+        page.wait_for_selector("tr[data-schedule][data-state=active]")
+        page.click("tr[data-schedule] [data-action=delete]")
+        page.wait_for_selector("#schedules .empty")
+        assert requests.get(f"{url}/api/v1/schedules", timeout=5).json() == []
+        console.assert_clean()
+    finally:
+        context.close()
+        server.shutdown()
+        app.extensions["fedtier"].close()

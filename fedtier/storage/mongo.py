@@ -197,6 +197,12 @@ class MongoStateStore(StateStore):
                 continue
         raise StateStoreError(f"upsert of {doc_id!r} in collection {collection!r} kept racing with other writers")
 
+    def delete(self, collection: str, doc_id: str) -> bool:
+        check_collection(collection)
+        check_id(doc_id, collection)
+        with self._errors(collection, f"deleting {doc_id!r}"):
+            return self._coll(collection).delete_one({"_id": doc_id}).deleted_count > 0
+
     def find(
         self,
         collection: str,

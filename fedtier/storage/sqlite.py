@@ -202,6 +202,16 @@ class SQLiteStateStore(StateStore):
             raise _failure(exc, self.path, f"update of {doc_id!r} in collection {collection!r}") from exc
         return doc
 
+    def delete(self, collection: str, doc_id: str) -> bool:
+        check_collection(collection)
+        check_id(doc_id, collection)
+        try:
+            with self._transaction() as conn:
+                cursor = conn.execute("DELETE FROM documents WHERE collection = ? AND id = ?", (collection, doc_id))
+        except sqlite3.Error as exc:
+            raise _failure(exc, self.path, f"delete of {doc_id!r} in collection {collection!r}") from exc
+        return cursor.rowcount > 0
+
     def _where_sql(self, collection: str, where: dict | None) -> tuple[str, list[Any]]:
         clauses = ["collection = ?"]
         params: list[Any] = [collection]

@@ -155,6 +155,11 @@ class StateStore(ABC):
         """Insert ``{"id": doc_id, **fields}`` or merge into the existing document."""
 
     @abstractmethod
+    def delete(self, collection: str, doc_id: str) -> bool:
+        """Remove a document; False if there was none. Only for records whose collection is
+        not append-only (a schedule the admin removes); the trail and histories never call it."""
+
+    @abstractmethod
     def find(
         self,
         collection: str,

@@ -6,10 +6,10 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from fedtier.reducer.app import reducer
-from fedtier.reducer.control import ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
 from fedtier.round_config import integer_setting
+from fedtier.storage.collections import MODELS, ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.storage.model_store import ModelNotFoundError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -41,6 +41,7 @@ def status():
         "state": r.control.state.value,
         "instance": r.instance_id,
         "latest_model": latest,
+        "production_model": r.trail.production(),
         "session": running[0] if running else None,
         "last_round": last_round[0] if last_round else None,
         "combiners_online": sum(1 for c in combiners if c.get("online")),
@@ -88,12 +89,12 @@ def models():
 
 @bp.get("/models/<model_id>")
 def model(model_id: str):
-    return jsonify(_one("models", model_id))
+    return jsonify(_one(MODELS, model_id))
 
 
 @bp.get("/models/<model_id>/download")
 def download(model_id: str):
-    record = _one("models", model_id)
+    record = _one(MODELS, model_id)
     try:
         return stored_response(reducer().models, model_id, record["sha256"], int(record["size"]),
                                what=f"model {model_id}", mimetype="application/octet-stream", headers={

@@ -18,11 +18,11 @@ from fedtier.reducer.auth import caller, require_admin
 from fedtier.reducer.body import require_multipart
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
+from fedtier.storage.collections import PACKAGES
 from fedtier.storage.model_store import ModelExistsError
 
 bp = Blueprint("package", __name__)
 
-PACKAGES = "packages"
 
 
 def current() -> dict | None:
@@ -57,6 +57,7 @@ def upload_package():
     record = {"id": f"{digest}-{time.time_ns()}", "sha256": digest, "size": len(data), "files": len(names),
               "created_at": time.time()}
     r.state.insert(PACKAGES, record)
+    r.scheduler.package_uploaded(record)  # "on_package" schedules: each records its own outcome
     return jsonify({"package": record}), 201
 
 

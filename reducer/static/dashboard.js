@@ -92,6 +92,10 @@ function renderModel(rounds, status) {
   const rest = keys.slice(1, 3).map((k) => `${k} ${num(metrics[k])}`).join(" · ");
   replace($("#model-detail"), rest ? `${rest} · ` : "", idCode(model.id),
     model.kind === "seed" ? " (seed)" : ` (round ${model.round})`, " · ", h("a", { href: "/trail" }, "trail"));
+  const production = status.production_model;
+  replace($("#model-production"), production
+    ? [pill("production", "online"), " ", idCode(production.id), ` (round ${production.round}) · promoted ${when(production.promotion.promoted_at)}`]
+    : h("span", { class: "muted" }, "no production model yet: promote one on the trail"));
 }
 
 function renderNetwork(status) {
