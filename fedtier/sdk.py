@@ -351,6 +351,49 @@ class Reducer:
         ``abort`` drops it now. :class:`Conflict` when no session runs."""
         return self._json("POST", "/stop", json={"mode": mode})
 
+    # ---- continuous training: schedules
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/v1/schedules")
+
+    def schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/v1/schedules/{_segment(schedule_id)}")
+
+    def create_schedule(self, name: str, settings: RoundSettings | Mapping[str, Any] | None = None,
+                        rounds: int = 1, every_seconds: float | None = None, cron: str | None = None,
+                        on_package: bool = False) -> dict[str, Any]:
+        """A schedule that starts a session of ``rounds`` rounds with ``settings`` every
+        ``every_seconds``, at each ``cron`` time (five fields, UTC) and/or when a compute package
+        is uploaded. The reducer checks the settings as ``/start`` does (:class:`BadRequest`
+        names ``settings.<field>``)."""
+        body: dict[str, Any] = {"name": name, "settings": {
+            **(settings.to_dict() if isinstance(settings, RoundSettings) else dict(settings or {})),
+            "rounds": rounds}}
+        body.update(_params(every_seconds=every_seconds, cron=cron, on_package=on_package or None))
+        return self._json("POST", "/api/v1/schedules", json=body)["schedule"]
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/schedules/{_segment(schedule_id)}/pause")["schedule"]
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/schedules/{_segment(schedule_id)}/resume")["schedule"]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._json("DELETE", f"/api/v1/schedules/{_segment(schedule_id)}")
+
+    # ---- the model lifecycle: promotion
+    def promote(self, model_id: str, note: str = "") -> dict[str, Any]:
+        """Mark a trail model as the production model; returns the promotion record (who, when)."""
+        return self._json("POST", f"/api/v1/models/{_segment(model_id)}/promote",
+                          json={"note": note} if note else {})["promotion"]
+
+    def production(self) -> dict[str, Any]:
+        """The production model's record with its ``promotion``; :class:`NotFound` when none."""
+        return self._json("GET", "/api/v1/models/production")
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """Every promotion, oldest first (the history is append-only)."""
+        return self._json("GET", "/api/v1/promotions")
+
     def upload_package(self, path: str | os.PathLike) -> dict[str, Any]:
         """Upload the compute package clients run: a project folder (packed the way
         ``fedtier package --project`` packs it) or a ``.tgz`` already packed. Returns its record."""

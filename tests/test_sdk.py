@@ -379,3 +379,44 @@ def test_damage_found_before_the_first_byte_is_a_server_error(guarded: tuple[str
         reducer.download_model(model["id"], tmp_path / "m.bin")
     assert caught.value.status == 500 and "is corrupt: 1000 bytes at rest" in caught.value.message
     assert not [p for p in tmp_path.iterdir() if p.name != "big.bin"]  # neither the file nor a .part
+
+
+def test_schedules_and_promotion_through_the_sdk(tmp_path: Path) -> None:
+    """Issue 17: schedules are listed, paused and removed, and models promoted, through the SDK too
+    (firing is tested over real processes in tests/test_lifecycle.py)."""
+    from threading import Thread
+
+    from werkzeug.serving import make_server
+
+    from fedtier.config import Settings
+    from fedtier.reducer.app import create_app
+    from fedtier.sdk import NotFound
+
+    app = create_app(Settings(data_dir=tmp_path / "r"), poll_interval_s=None)  # no scheduler thread: nothing fires
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Reducer(f"http://127.0.0.1:{server.server_port}") as api:
+            seeded = api.seed(seed_file(tmp_path / "seed"))
+            with pytest.raises(BadRequest) as bad:
+                api.create_schedule("nightly", rounds=0, every_seconds=3600)
+            assert bad.value.field == "settings.rounds" and api.schedules() == []
+            made = api.create_schedule("nightly", RoundSettings(clients_required=2), rounds=3, every_seconds=3600,
+                                       on_package=True)
+            assert api.schedule(made["id"])["name"] == "nightly" and [s["id"] for s in api.schedules()] == [made["id"]]
+            assert api.pause_schedule(made["id"])["state"] == "paused"
+            assert api.resume_schedule(made["id"])["state"] == "active"
+            api.delete_schedule(made["id"])
+            assert api.schedules() == []
+            with pytest.raises(NotFound):
+                api.schedule(made["id"])
+
+            with pytest.raises(NotFound):
+                api.production()
+            promotion = api.promote(seeded["id"], note="baseline")
+            assert promotion["model_id"] == seeded["id"] and promotion["note"] == "baseline"
+            assert api.production()["id"] == seeded["id"]
+            assert [p["model_id"] for p in api.promotions()] == [seeded["id"]]
+    finally:
+        server.shutdown()
+        app.extensions["fedtier"].close()
