@@ -502,6 +502,7 @@ def test_pods_run_unprivileged_with_resource_bounds(overlay: str) -> None:
     for obj in rendered(overlay):
         for spec in pod_specs(obj):
             assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] > 0
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
             assert spec["automountServiceAccountToken"] is False
             for container in spec.get("initContainers", []) + spec["containers"]:
                 where = f"{obj['metadata']['name']}/{container['name']}"
@@ -643,6 +644,11 @@ def test_docs_manifests_validate() -> None:
         assert not errors, "\n".join(errors)
     combiners = find(rendered("dev"), "StatefulSet", "combiner")
     for doc in documents:
+        for spec in pod_specs(doc):  # the namespace enforces the restricted Pod Security Standard
+            assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]
+            for container in spec["containers"]:
+                assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}
         if doc["kind"] == "Service":
             pod = doc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
             assert re.fullmatch(rf"{combiners['metadata']['name']}-\d+", pod)
