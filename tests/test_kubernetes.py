@@ -731,3 +731,45 @@ def test_docs_variables_and_compose_file_for_a_combiner_host() -> None:
     [certs] = [line for line in map(fedtier_argv, docs_commands())
                if line and line[1:2] == ["certs"] and "k8s/certs" not in line]
     assert f"--server" in certs and any(a.startswith(f"{args.name}={args.advertise_host},") for a in certs)
+
+
+def test_the_wildcard_combiner_certificate_works_for_grpc(tmp_path: Path) -> None:
+    """gRPC's own hostname check accepts the documented wildcard for each pod's name, and
+    only for names one label below it: a live combiner serving that certificate."""
+    import grpc
+
+    from fedtier.certs import ServerSpec, ensure_ca, issue_server_cert
+    from fedtier.combiner.server import CombinerServer, CombinerSettings
+    from fedtier.proto import fedtier_pb2 as pb
+    from fedtier.proto import fedtier_pb2_grpc as rpc
+
+    [certs] = [line for line in map(fedtier_argv, docs_commands())
+               if line and line[1:2] == ["certs"] and "k8s/certs" in line]
+    [spec] = [certs[i + 1] for i, a in enumerate(certs) if a == "--server" and certs[i + 1].startswith("combiner=")]
+    ensure_ca(tmp_path)
+    cert, key = issue_server_cert(tmp_path, ServerSpec.parse(spec))
+    server = CombinerServer(CombinerSettings(name="combiner-1", host="127.0.0.1", port=0, work_dir=tmp_path / "w",
+                                             tls_cert=str(cert), tls_key=str(key)))
+    port = server.start()
+    try:
+        def status(name: str) -> bool:
+            credentials = grpc.ssl_channel_credentials((tmp_path / "ca.pem").read_bytes())
+            # the test dials 127.0.0.1 but checks the certificate as if it had dialled `name`
+            with grpc.secure_channel(f"127.0.0.1:{port}", credentials,
+                                     options=[("grpc.ssl_target_name_override", name)]) as channel:
+                try:
+                    return rpc.ControlStub(channel).Status(pb.StatusRequest(), timeout=5).name == "combiner-1"
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    return False
+
+        objects = rendered("tls")
+        combiners = find(objects, "StatefulSet", "combiner")
+        for ordinal in range(combiners["spec"]["replicas"] + 3):  # scaled up, too, without a new certificate
+            assert status(ADVERTISED["tls"].format(pod=f"combiner-{ordinal}", namespace=namespace_of(objects)))
+        assert status(ADVERTISED["external"].format(pod="combiner-7", namespace=""))
+        assert status("localhost")  # the probes
+        assert not status("x.combiner-1.combiner.fedtier.svc.cluster.local")  # one label only
+        assert not status("combiner-1.combiner.other.svc.cluster.local")  # another namespace
+    finally:
+        server.stop(0)
