@@ -451,6 +451,31 @@ def test_services_select_pods_that_exist_on_ports_they_open(overlay: str) -> Non
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_reducer_reaches_the_stores_and_nothing_reaches_a_client(overlay: str) -> None:
+    objects = rendered(overlay)
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"] for o in objects
+            if o["kind"] in WORKLOADS}
+
+    def selected(selector: dict[str, Any]) -> set[str]:
+        chosen = {name for name, labels in pods.items() if selector["matchLabels"].items() <= labels.items()}
+        assert chosen, f"the selector {selector} matches no pod"
+        return chosen
+
+    admitted: dict[str, set[str]] = {}
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        for target in selected(policy["spec"]["podSelector"]):
+            admitted[target] = {src for rule in policy["spec"].get("ingress", []) for peer in rule["from"]
+                                for src in selected(peer["podSelector"])}
+    assert admitted == {"mongo": {"reducer"}, "minio": {"reducer"}, "client": set()}
+    reducer = find(objects, "Deployment", "reducer")["spec"]["template"]["spec"]["containers"][0]
+    store_ports = {p["containerPort"] for o in objects if o["metadata"]["name"] in ("mongo", "minio")
+                   and o["kind"] == "StatefulSet" for p in o["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    env = environment(reducer, "reducer", "ns")
+    assert {int(env["FEDN_MONGO_PORT"]), int(env["FEDN_MINIO_PORT"])} <= store_ports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_combiner_advertises_its_own_headless_dns_name(overlay: str) -> None:
     objects = rendered(overlay)
     namespace = namespace_of(objects)
