@@ -136,6 +136,8 @@ def render(folder: Path) -> list[dict[str, Any]]:
             raise KustomizeError(f"patch options not implemented: {set(patch_entry) - {'path', 'patch'}}")
         patches = load_yaml_documents(folder / patch_entry["path"]) if "path" in patch_entry \
             else [yaml.safe_load(patch_entry["patch"])]
+        if len(patches) != 1:
+            raise KustomizeError(f"{patch_entry}: one patch per entry (kustomize's patches field takes one)")
         for patch in patches:
             targets = [i for i, o in enumerate(objects) if o["kind"] == patch["kind"]
                        and o["metadata"]["name"] == patch["metadata"]["name"]]
@@ -400,8 +402,8 @@ def test_the_reducer_keeps_its_data_on_a_persistent_volume() -> None:
     [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
     [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     find(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
-    assert "reducer" in (ROOT / "Dockerfile").read_text() and f"FEDTIER_DATA_DIR={data_dir}" in \
-        (ROOT / "Dockerfile").read_text(), "the image's data directory and the mount must agree"
+    assert f"FEDTIER_DATA_DIR={data_dir}" in (ROOT / "Dockerfile").read_text(), \
+        "the image's data directory (owned by its user) and the mount must agree"
 
 
 # ---------------------------------------------------------------- probes, services, names
@@ -695,7 +697,6 @@ def test_tls_certificates_made_as_documented_name_what_peers_dial(overlay: str, 
 
     [certs] = [line for line in map(fedtier_argv, docs_commands())
                if line and line[1:2] == ["certs"] and "k8s/certs" in line]
-    args = build_parser().parse_args(certs[1:])
     monkeypatch.chdir(tmp_path)
     assert main(["--env-file", "/dev/null"] + certs[1:]) == 0
     secrets = {argv[4]: argv for argv in docs_commands() if argv[:4] == ["kubectl", "create", "secret", "tls"]}
@@ -725,7 +726,6 @@ def test_tls_certificates_made_as_documented_name_what_peers_dial(overlay: str, 
         sans = names(secret)
         for host in hosts:
             assert any(matches(san, host) for san in sans), f"{secret} does not name {host} (it names {sans})"
-    assert Path(args.out).name  # the documented folder
     assert not any("ca-key.pem" in " ".join(argv) for argv in docs_commands() if argv[:2] == ["kubectl", "create"])
 
 
@@ -755,7 +755,7 @@ def test_docs_variables_and_compose_file_for_a_combiner_host() -> None:
     assert service["environment"]["FEDTIER_TLS_CERT"].endswith(f"/{args.name}.pem")
     [certs] = [line for line in map(fedtier_argv, docs_commands())
                if line and line[1:2] == ["certs"] and "k8s/certs" not in line]
-    assert f"--server" in certs and any(a.startswith(f"{args.name}={args.advertise_host},") for a in certs)
+    assert any(a.startswith(f"{args.name}={args.advertise_host},") for a in certs)
 
 
 def test_the_wildcard_combiner_certificate_works_for_grpc(tmp_path: Path) -> None:
