@@ -69,6 +69,7 @@ setup(
             "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
             "playwright>=1.45",  # tests/test_ui.py: only its driver, with Debian's chromium (no playwright install)
             "schemathesis>=4.0",  # fuzzes a live reducer against its OpenAPI document
+            "kubernetes-validate>=1.30",  # Kubernetes' schemas, offline: tests/test_kubernetes.py
         ],
     },
     entry_points={"console_scripts": ["fedtier=fedtier.cli:main"]},

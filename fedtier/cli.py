@@ -148,11 +148,13 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--combiner", default="", help="combiner HOST:PORT to connect to directly")
     where.add_argument("--reducer", default="", help="reducer URL; the client asks it which combiner to use")
     p.add_argument("--name", default="", help="unique client name (default $CLIENT_NAME_BASE-<random>); "
-                                              "'auto': $CLIENT_NAME_BASE-<docker compose replica number>")
+                                              "'auto': $CLIENT_NAME_BASE-<docker compose replica number, or "
+                                              "Kubernetes StatefulSet ordinal>")
     p.add_argument("--data-path", default="", help="where this client's data is (FEDN_DATA_PATH for the project)")
     p.add_argument("--partition", type=_partition, default=None, metavar="I/N",
                    help="use share I of N of a shared dataset (demos and tests); 'auto/N': share "
-                        "<docker compose replica number - 1>, for 'docker compose up --scale client=N'")
+                        "<docker compose replica number - 1>, for 'docker compose up --scale client=N' "
+                        "(in a Kubernetes StatefulSet: the pod's ordinal)")
     p.add_argument("--work-dir", default="", help="scratch space for models (default $FEDTIER_DATA_DIR/clients/NAME)")
     p.set_defaults(run=cmd_client)
 

@@ -1,4 +1,10 @@
-"""Which replica of a scaled docker compose service is this process? (``--name auto``, ``--partition auto/N``)
+"""Which replica of a scaled service is this process? (``--name auto``, ``--partition auto/N``)
+
+Two platforms scale one definition into numbered replicas: docker compose
+(``--scale client=N``, replicas numbered from 1) and a Kubernetes StatefulSet (pods
+``client-0`` ... ``client-N-1``). In Kubernetes the pod's host name is its pod name, so
+the ordinal is read from it (see ``kubernetes_replica``); everywhere else the compose
+lookup below applies.
 
 ``docker compose up --scale client=5`` starts five containers from one service
 definition: same command, same environment. Compose gives each a numbered name,
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 import re
 import socket
@@ -38,6 +45,7 @@ DOCKER_DNS: tuple[str, int] = ("127.0.0.11", 53)  # Docker's embedded DNS server
 AUTO = "auto"
 PTR, IN = 12, 1
 REPLICA = re.compile(r"^(?P<base>.+?)[-_](?P<number>[0-9]+)$")  # compose v2: proj-svc-3, v1: proj_svc_3
+ORDINAL = re.compile(r"^(?P<base>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<number>[0-9]+)$")  # StatefulSet pod: client-3
 
 
 class ReplicaError(ConfigError):
@@ -46,16 +54,18 @@ class ReplicaError(ConfigError):
 
 @dataclass(frozen=True)
 class Replica:
-    container: str  # e.g. "fedtier-client-3"
-    number: int     # e.g. 3 (compose counts from 1)
+    container: str  # e.g. "fedtier-client-3", or the pod "client-2"
+    number: int     # e.g. 3 (compose counts from 1), or 2 (a StatefulSet's ordinal, from 0)
+    first: int = 1  # the number of the first replica: 1 in compose, 0 in a StatefulSet
 
     def partition(self, count: int) -> int:
-        """This replica's share of ``count``: replica k takes partition k - 1."""
-        if self.number > count:
-            raise ReplicaError(f"container {self.container} is replica {self.number}, but --partition auto/{count} "
+        """This replica's share of ``count``: the first replica takes partition 0, and so on."""
+        index = self.number - self.first
+        if index >= count:
+            raise ReplicaError(f"{self.container} is replica {self.number}, but --partition auto/{count} "
                                f"splits the data into {count} shares: scale the service to at most {count} "
                                f"replicas, or raise the share count to match")
-        return self.number - 1
+        return index
 
 
 # ---------------------------------------------------------------- DNS wire format (RFC 1035)
@@ -186,13 +196,38 @@ def compose_replica(server: tuple[str, int] | None = None, addresses: list[str] 
         time.sleep(0.2)
 
 
+def kubernetes_replica(hostname: str | None = None) -> Replica:
+    """This pod's StatefulSet ordinal: a StatefulSet pod's host name is its pod name,
+    ``<statefulset>-<ordinal>``, stable across restarts and rescheduling, as the
+    partition must be. A Deployment's pods have random suffixes, so they are refused."""
+    host = socket.gethostname() if hostname is None else hostname
+    match = ORDINAL.match(host)
+    if not match:
+        raise ReplicaError(f"pod host name {host!r} does not end in a StatefulSet ordinal (-0, -1, ...); 'auto' "
+                           f"works for pods of a StatefulSet (deploy/kubernetes), not of a Deployment; "
+                           f"give the value explicitly")
+    return Replica(host, int(match["number"]), first=0)
+
+
+def this_replica() -> Replica:
+    """The replica this process is, in Kubernetes or docker compose.
+
+    Kubernetes sets ``KUBERNETES_SERVICE_HOST`` in every container it starts (a platform
+    variable, not a fedtier setting), which is how client libraries detect it too.
+    """
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kubernetes_replica()
+    return compose_replica()
+
+
 def resolve_client_identity(name: str, partition: tuple[int | None, int] | None, name_base: str,
-                            lookup: Callable[[], Replica] = compose_replica) -> tuple[str, int, int]:
+                            lookup: Callable[[], Replica] = this_replica) -> tuple[str, int, int]:
     """Turn the client's ``--name``/``--partition`` into (name, index, count), resolving ``auto``.
 
     ``--name auto`` becomes ``<name_base>-<replica number>`` ($CLIENT_NAME_BASE), so the
-    replicas of one service are ``client-1`` ... ``client-N`` and keep their names across
-    restarts. ``--partition auto/N`` becomes share ``replica number - 1`` of N.
+    replicas of one service are ``client-1`` ... ``client-N`` (in a StatefulSet ``client-0``
+    ... ``client-N-1``, its pod names) and keep their names across restarts.
+    ``--partition auto/N`` makes the first replica share 0 of N, and so on.
     """
     index, count = partition or (0, 1)
     if name != AUTO and index is not None:

@@ -185,6 +185,7 @@ def fake_container(dns: FakeDockerDNS, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setattr(replica, "DOCKER_DNS", dns.address)
     monkeypatch.setattr(client_module, "FedClient", RecordingClient)
     monkeypatch.delenv("CLIENT_NAME_BASE", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # as in a compose container
     RecordingClient.made = []
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
@@ -213,3 +214,32 @@ def test_cli_client_replica_beyond_the_partitions_fails(fake_container: None, mo
     assert _client_main(tmp_path, "--name", "auto", "--partition", "auto/5") == 1
     assert RecordingClient.made == []
     assert "replica 7" in caplog.text and "auto/5" in caplog.text
+
+
+# ---------------------------------------------------------------- Kubernetes: a StatefulSet pod's ordinal
+@pytest.mark.parametrize("host, number", [("client-0", 0), ("client-12", 12), ("site-a-client-3", 3)])
+def test_statefulset_ordinal_from_the_pod_host_name(host: str, number: int) -> None:
+    found = replica.kubernetes_replica(host)
+    assert (found.container, found.number, found.first) == (host, number, 0)
+    assert found.partition(number + 1) == number  # pod client-k takes share k
+
+
+@pytest.mark.parametrize("host", ["client-7d9f8b6c5-x2k4z", "client", "3", "Client-1"])
+def test_pods_without_an_ordinal_are_refused(host: str) -> None:
+    with pytest.raises(ReplicaError, match="StatefulSet"):
+        replica.kubernetes_replica(host)
+
+
+def test_statefulset_pod_beyond_the_partitions_fails() -> None:
+    with pytest.raises(ReplicaError, match="client-5 is replica 5.*auto/5.*at most 5"):
+        replica.kubernetes_replica("client-5").partition(5)
+
+
+def test_cli_client_in_a_statefulset(fake_container: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In a pod (KUBERNETES_SERVICE_HOST set) the host name decides, and Docker's DNS is not asked."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setattr(replica.socket, "gethostname", lambda: "client-2")
+    monkeypatch.setattr(replica, "compose_replica", lambda: pytest.fail("asked Docker's DNS inside Kubernetes"))
+    assert _client_main(tmp_path, "--name", "auto", "--partition", "auto/5") == 0
+    [settings] = RecordingClient.made
+    assert (settings.name, settings.partition_index, settings.num_partitions) == ("client-2", 2, 5)
