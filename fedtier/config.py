@@ -98,6 +98,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
             round_config_bytes=_int(env, "FEDTIER_MAX_ROUND_CONFIG_BYTES", d.round_config_bytes),
             report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
             upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
+            http_header_bytes=_int(env, "FEDTIER_MAX_HTTP_HEADER_BYTES", d.http_header_bytes),
         )
     except ValueError as exc:  # a bound below 1: the message names the variable
         if isinstance(exc, ConfigError):
@@ -136,6 +137,12 @@ class Settings:
     token_verify_key: str = ""   # public key that checks participants' credentials (reducer, combiners)
     token_signing_key: str = ""  # private key that signs them (the reducer, and `fedtier token issue`)
     credentials_dir: str = ""    # folder of NAME.token credentials, for processes that share one environment
+    # the reducer's HTTP server (reducer/serve.py): its threads, queue and timeouts
+    http_threads: int = 32
+    http_backlog: int = 1024
+    http_header_timeout_s: int = 10
+    http_idle_timeout_s: int = 60
+    http_shutdown_s: int = 8
 
     @property
     def identities(self) -> bool:
@@ -174,6 +181,11 @@ class Settings:
             token_verify_key=env.get("FEDTIER_TOKEN_VERIFY_KEY", ""),
             token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
             credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
+            http_threads=_int(env, "FEDTIER_HTTP_THREADS", 32),
+            http_backlog=_int(env, "FEDTIER_HTTP_BACKLOG", 1024),
+            http_header_timeout_s=_int(env, "FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", 10),
+            http_idle_timeout_s=_int(env, "FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", 60),
+            http_shutdown_s=_int(env, "FEDTIER_HTTP_SHUTDOWN_SECONDS", 8),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -209,6 +221,12 @@ class Settings:
         if self.token_signing_key and not self.token_verify_key:
             raise ConfigError("FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not: set both "
                               "(fedtier token keygen writes the pair)")
+        for name, value in (("FEDTIER_HTTP_THREADS", self.http_threads), ("FEDTIER_HTTP_BACKLOG", self.http_backlog),
+                            ("FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", self.http_header_timeout_s),
+                            ("FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", self.http_idle_timeout_s),
+                            ("FEDTIER_HTTP_SHUTDOWN_SECONDS", self.http_shutdown_s)):
+            if value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

@@ -23,7 +23,9 @@ The defaults, and why:
   message limit (fedtier/transport/channel.py) with a wide margin;
 * a report's metadata or metrics 64 KiB: a few numbers per client and round;
 * an upload that sends nothing for 60 s is cancelled: a live sender sends a chunk of a
-  MiB far more often, even on a slow link.
+  MiB far more often, even on a slow link;
+* a request line and headers of 64 KiB to the reducer: a credential and a session cookie
+  take a few hundred bytes.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class Limits:
     round_config_bytes: int = _bound(1 * MiB, "FEDTIER_MAX_ROUND_CONFIG_BYTES", "bytes")
     report_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_REPORT_BYTES", "bytes")
     upload_idle_seconds: int = _bound(60, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", "seconds")
+    http_header_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_HTTP_HEADER_BYTES", "bytes")
 
     def __post_init__(self) -> None:
         for f in fields(self):
