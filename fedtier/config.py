@@ -141,6 +141,7 @@ class Settings:
     http_threads: int = 32
     http_backlog: int = 1024
     http_header_timeout_s: int = 10
+    http_min_body_rate: int = 16384
     http_idle_timeout_s: int = 60
     http_shutdown_s: int = 8
 
@@ -184,6 +185,7 @@ class Settings:
             http_threads=_int(env, "FEDTIER_HTTP_THREADS", 32),
             http_backlog=_int(env, "FEDTIER_HTTP_BACKLOG", 1024),
             http_header_timeout_s=_int(env, "FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", 10),
+            http_min_body_rate=_int(env, "FEDTIER_HTTP_MIN_BODY_RATE", 16384),
             http_idle_timeout_s=_int(env, "FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", 60),
             http_shutdown_s=_int(env, "FEDTIER_HTTP_SHUTDOWN_SECONDS", 8),
             limits=limits_from_env(env),
@@ -223,6 +225,7 @@ class Settings:
                               "(fedtier token keygen writes the pair)")
         for name, value in (("FEDTIER_HTTP_THREADS", self.http_threads), ("FEDTIER_HTTP_BACKLOG", self.http_backlog),
                             ("FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", self.http_header_timeout_s),
+                            ("FEDTIER_HTTP_MIN_BODY_RATE", self.http_min_body_rate),
                             ("FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", self.http_idle_timeout_s),
                             ("FEDTIER_HTTP_SHUTDOWN_SECONDS", self.http_shutdown_s)):
             if value < 1:

@@ -11,8 +11,9 @@ What the server bounds, so that no client can hold the reducer's threads (settin
 fedtier/config.py, documented in .env.example):
 
 * a request's line and headers must all arrive within FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS
-  of its first byte, TLS handshake included (``HeaderDeadlines``): a per-read timeout
-  alone lets a client that sends one byte at a time hold a thread forever;
+  of its first byte, TLS handshake included, and its body at FEDTIER_HTTP_MIN_BODY_RATE
+  bytes per second (``ReadDeadlines``): a per-read timeout alone lets a client that sends
+  one byte at a time hold a thread forever;
 * silence on a connection, in a request or between keep-alive requests, ends it after
   FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS;
 * FEDTIER_HTTP_THREADS requests run at once; FEDTIER_HTTP_BACKLOG connections wait, in
@@ -45,41 +46,72 @@ from fedtier.reducer.app import MULTIPART_SLACK, UPLOAD_BOUNDS, build_reducer, c
 log = logging.getLogger(__name__)
 
 
-class HeaderDeadlines:
-    """One thread that cuts off connections whose request line and headers are late.
+class ReadDeadlines:
+    """One thread that cuts off connections whose request arrives too slowly.
 
-    A connection is armed when a worker starts reading a request from it and disarmed when
-    its headers are in; past the deadline its socket is shut down, which ends the worker's
-    blocked read at once."""
+    A per-read timeout never fires on a client that sends a byte at a time, and each such
+    client holds one of the server's threads. So a request's line and headers must be in
+    within ``header_s`` of the worker starting to read them, and its body must then keep
+    arriving at ``min_rate`` bytes per second on average (after the same ``header_s`` of
+    grace), as Apache's mod_reqtimeout does. The body is watched until it has all been
+    read or the response has begun: a handler that works on a complete body is never cut.
+    Past its deadline the socket is shut down, which ends the worker's blocked read at once."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, header_s: float, min_rate: int) -> None:
+        self.header_s = header_s
+        self.min_rate = min_rate
         self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, Any]] = {}
+        self._watched: dict[int, tuple[Any, Any, str, float, int]] = {}  # conn, request, phase, start, bytes
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="http-header-deadlines", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="http-read-deadlines", daemon=True)
         self._thread.start()
 
-    def arm(self, conn: Any) -> None:
+    def watch_headers(self, conn: Any, request: Any) -> None:
         with self._lock:
-            self._due[id(conn)] = (time.monotonic() + self.seconds, conn)
+            self._watched[id(conn)] = (conn, request, "headers", time.monotonic(), 0)
 
-    def disarm(self, conn: Any) -> None:
+    def watch_body(self, conn: Any, request: Any) -> None:
         with self._lock:
-            self._due.pop(id(conn), None)
+            self._watched[id(conn)] = (conn, request, "body", time.monotonic(), conn.rfile.bytes_read)
+
+    def forget(self, conn: Any) -> None:
+        with self._lock:
+            self._watched.pop(id(conn), None)
 
     def close(self) -> None:
         self._stop.set()
 
+    @staticmethod
+    def _body_done(request: Any) -> bool:
+        body = request.rfile
+        return request.sent_headers or getattr(body, "remaining", None) == 0 or getattr(body, "closed", False)
+
+    def _late(self, now: float) -> list[tuple[Any, str]]:
+        late = []
+        with self._lock:
+            for key, (conn, request, phase, start, base) in list(self._watched.items()):
+                if phase == "headers":
+                    due = start + self.header_s
+                elif self._body_done(request):
+                    del self._watched[key]
+                    continue
+                else:
+                    due = start + self.header_s + (conn.rfile.bytes_read - base) / self.min_rate
+                if due <= now:
+                    del self._watched[key]
+                    late.append((conn, phase))
+        return late
+
     def _run(self) -> None:
-        while not self._stop.wait(min(0.25, self.seconds / 4)):
-            now = time.monotonic()
-            with self._lock:
-                late = [key for key, (due, _) in self._due.items() if due <= now]
-                cut = [self._due.pop(key)[1] for key in late]
-            for conn in cut:
-                log.warning("closed the connection from %s: its request headers did not arrive within %gs "
-                            "(FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS)", getattr(conn, "remote_addr", "?"), self.seconds)
+        while not self._stop.wait(min(0.25, self.header_s / 4)):
+            for conn, phase in self._late(time.monotonic()):
+                if phase == "headers":
+                    log.warning("closed the connection from %s: its request headers did not arrive within %gs "
+                                "(FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS)", getattr(conn, "remote_addr", "?"),
+                                self.header_s)
+                else:
+                    log.warning("closed the connection from %s: its request body arrived slower than %d bytes/s "
+                                "(FEDTIER_HTTP_MIN_BODY_RATE)", getattr(conn, "remote_addr", "?"), self.min_rate)
                 try:  # the plain socket's shutdown, also under TLS: it only wakes the reader
                     socket.socket.shutdown(conn.socket, socket.SHUT_RDWR)
                 except OSError:
@@ -88,8 +120,8 @@ class HeaderDeadlines:
 
 class _Request(cheroot_server.HTTPRequest):
     def parse_request(self) -> None:
-        deadlines: HeaderDeadlines = self.server.header_deadlines
-        deadlines.arm(self.conn)
+        deadlines: ReadDeadlines = self.server.read_deadlines
+        deadlines.watch_headers(self.conn, self)
         try:
             super().parse_request()
         except ssl.SSLError as exc:  # the handshake runs here (_LazyHandshakeAdapter); the connection ends
@@ -98,7 +130,15 @@ class _Request(cheroot_server.HTTPRequest):
             else:
                 log.info("TLS with %s failed: %s", getattr(self.conn, "remote_addr", "?"), exc)
         finally:
-            deadlines.disarm(self.conn)
+            deadlines.forget(self.conn)
+
+    def respond(self) -> None:
+        deadlines: ReadDeadlines = self.server.read_deadlines
+        deadlines.watch_body(self.conn, self)
+        try:
+            super().respond()
+        finally:
+            deadlines.forget(self.conn)
 
     def _plain_http_on_https(self) -> None:
         body = b"This port speaks HTTPS only: use an https:// URL.\n"
@@ -169,7 +209,7 @@ class ReducerHTTPServer(wsgi.Server):
         self.body_bound = limits.describe(bound)
         self.max_request_body_size = max(getattr(limits, bound) + MULTIPART_SLACK, limits.json_body_bytes)
         self.keep_alive_conn_limit = settings.http_backlog  # parked idle, they hold no thread
-        self.header_deadlines = HeaderDeadlines(settings.http_header_timeout_s)
+        self.read_deadlines = ReadDeadlines(settings.http_header_timeout_s, settings.http_min_body_rate)
         self.shutdown_s = settings.http_shutdown_s
         if settings.tls_cert:
             self.ssl_adapter = _LazyHandshakeAdapter(settings.tls_cert, settings.tls_key)
@@ -191,14 +231,14 @@ class ReducerHTTPServer(wsgi.Server):
 
         cheroot waits ``shutdown_timeout`` for its workers, then cuts their reads but waits
         on for a response still being written: the stop runs aside and is waited for only
-        a little longer than the bound."""
+        as long as the bound (the workers are daemons: they do not hold the process)."""
         stopper = threading.Thread(target=self.stop, name="http-stop", daemon=True)
         stopper.start()
-        stopper.join(self.shutdown_s + 2)
+        stopper.join(self.shutdown_s + 0.5)
         if stopper.is_alive():
             log.warning("requests still running after %ds (FEDTIER_HTTP_SHUTDOWN_SECONDS) are cut off",
                         self.shutdown_s)
-        self.header_deadlines.close()
+        self.read_deadlines.close()
 
 
 def listen(settings: Settings, host: str, port: int) -> ReducerHTTPServer:
@@ -207,7 +247,7 @@ def listen(settings: Settings, host: str, port: int) -> ReducerHTTPServer:
     try:
         server.prepare()
     except OSError as exc:
-        server.header_deadlines.close()
+        server.read_deadlines.close()
         raise RuntimeError(f"the reducer cannot listen on {host}:{port} ({exc}); it started nothing "
                            f"(the port is in use? choose another with --port or FEDN_REDUCER_PORT)") from None
     return server
@@ -230,7 +270,7 @@ def serve(settings: Settings, host: str, port: int, helper: str, stop: threading
         server.wsgi_app = create_app(settings, helper=helper, reducer=reducer)
     except BaseException:
         server.stop()
-        server.header_deadlines.close()
+        server.read_deadlines.close()
         raise
     log.info("reducer serving on %s://%s:%d (state: %s, helper: %s; %d threads, cheroot)",
              "https" if settings.tls_cert else "http", host, server.port, reducer.control.state.value, helper,

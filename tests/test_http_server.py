@@ -92,13 +92,15 @@ def _closed_after(sock: socket.socket, trickle: bytes, every_s: float, limit_s: 
 
 @pytest.mark.timeout(60)
 def test_slow_clients_are_cut_off_and_block_nobody_over_https(procs: ProcessGroup, tmp_path: Path) -> None:
-    """A client that sends its headers a byte at a time is cut off after the header timeout
-    (a read timeout alone never fires: each byte resets it), and one that connects and says
-    nothing, not even a TLS hello, holds up no other client meanwhile."""
+    """A client that sends its headers, or its body, a byte at a time is cut off after the
+    header timeout or below the body rate (a read timeout alone never fires: each byte
+    resets it), and one that connects and says nothing, not even a TLS hello, holds up no
+    other client meanwhile."""
     certs = tmp_path / "certs"
     cert, key = issue_server_cert(certs, ServerSpec.parse("reducer=localhost,127.0.0.1"))
     _, port = start_reducer(procs, tmp_path, FEDTIER_TLS_CERT=str(cert), FEDTIER_TLS_KEY=str(key),
-                            FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS="2", FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS="30")
+                            FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS="2", FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS="30",
+                            FEDTIER_HTTP_MIN_BODY_RATE="100")
     ca = certs / "ca.pem"
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # no TLS hello
     try:
@@ -113,6 +115,13 @@ def test_slow_clients_are_cut_off_and_block_nobody_over_https(procs: ProcessGrou
         slow.close()
         assert 1.5 < took < 6, took  # the header timeout (2 s), far below the idle timeout (30 s)
         assert "its request headers did not arrive within 2s" in procs.log("reducer")
+        slow = _tls_socket(port, ca)  # headers at once, then the body at 5 bytes/s
+        slow.sendall(b"POST /start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        took = _closed_after(slow, b"{" + b" " * 998 + b"}", every_s=0.2, limit_s=15)
+        slow.close()
+        assert 1.5 < took < 6, took  # 2 s of grace, then 100 bytes/s: never reached
+        assert "its request body arrived slower than 100 bytes/s (FEDTIER_HTTP_MIN_BODY_RATE)" in procs.log("reducer")
         for sock in silent:  # the silent ones were cut off by the same deadline
             sock.settimeout(5)
             assert sock.recv(1) == b""
