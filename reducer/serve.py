@@ -26,6 +26,7 @@ fedtier/config.py, documented in .env.example):
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import ssl
@@ -182,9 +183,11 @@ class _DaemonWorkers(threadpool.ThreadPool):
     """cheroot's pool with daemon workers: a worker still writing to a client that stopped
     reading must not keep the process alive past the shutdown bound."""
 
+    _numbers = itertools.count()
+
     def _spawn_worker(self) -> threadpool.WorkerThread:
         worker = threadpool.WorkerThread(self.server)
-        worker.name = f"http-worker-{len(self._threads)}"
+        worker.name = f"http-worker-{next(self._numbers)}"
         worker.daemon = True
         worker.start()
         return worker
@@ -197,10 +200,8 @@ class ReducerHTTPServer(wsgi.Server):
 
     def __init__(self, settings: Settings, host: str, port: int) -> None:
         limits = settings.limits
-        super().__init__((host, port), None, numthreads=settings.http_threads, max=settings.http_threads,
-                         request_queue_size=settings.http_backlog, timeout=settings.http_idle_timeout_s,
-                         shutdown_timeout=settings.http_shutdown_s, accepted_queue_size=settings.http_backlog,
-                         accepted_queue_timeout=1)
+        super().__init__((host, port), None, request_queue_size=settings.http_backlog,
+                         timeout=settings.http_idle_timeout_s, shutdown_timeout=settings.http_shutdown_s)
         self.requests = _DaemonWorkers(self, min=settings.http_threads, max=settings.http_threads,
                                        accepted_queue_size=settings.http_backlog, accepted_queue_timeout=1)
         self.limits: Limits = limits
