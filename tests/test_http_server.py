@@ -170,6 +170,11 @@ def test_request_line_and_headers_over_the_bound_are_refused_naming_it(procs: Pr
     assert refused.status_code == 413 and "FEDTIER_MAX_HTTP_HEADER_BYTES" in refused.text, refused.text
     long_line = requests.get(f"{url}/api/v1/status?x={'a' * 5000}", timeout=5)
     assert long_line.status_code == 414 and "FEDTIER_MAX_HTTP_HEADER_BYTES" in long_line.text
+    # a body no route takes is refused by the server before the app sees it, naming the largest bound
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as raw:
+        raw.sendall(b"POST /seed HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (5 << 30))
+        reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413") and b"FEDTIER_MAX_MODEL_BYTES" in reply, reply
     # a JSON route's own bound is still the app's, named in its JSON error
     too_big = requests.post(f"{url}/start", data=b"{" + b" " * (2 * MiB) + b"}",
                             headers={"Content-Type": "application/json"}, timeout=10)
