@@ -53,6 +53,7 @@ setup(
         "xxhash>=3.4",  # the transfer checksum (XXH3-128): a fifth of sha256's cost per byte
         "rich>=13",  # fedtier.sdk: the progress bar of Reducer.wait and fedtier wait
         "croniter>=6.0",  # schedules' cron expressions (reducer/schedules.py)
+        "cheroot>=11.1",  # the reducer's HTTP server: threads in its process, TLS (reducer/serve.py)
     ],
     extras_require={
         "torch": TORCH,

@@ -99,6 +99,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
             report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
             upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
             schedules=_int(env, "FEDTIER_MAX_SCHEDULES", d.schedules),
+            http_header_bytes=_int(env, "FEDTIER_MAX_HTTP_HEADER_BYTES", d.http_header_bytes),
         )
     except ValueError as exc:  # a bound below 1: the message names the variable
         if isinstance(exc, ConfigError):
@@ -139,6 +140,13 @@ class Settings:
     token_signing_key: str = ""  # private key that signs them (the reducer, and `fedtier token issue`)
     credentials_dir: str = ""    # folder of NAME.token credentials, for processes that share one environment
     schedule_min_seconds: int = 10  # the shortest period a schedule may fire at (reducer/schedules.py)
+    # the reducer's HTTP server (reducer/serve.py): its threads, queue and timeouts
+    http_threads: int = 32
+    http_backlog: int = 1024
+    http_header_timeout_s: int = 10
+    http_min_body_rate: int = 16384
+    http_idle_timeout_s: int = 60
+    http_shutdown_s: int = 8
 
     @property
     def identities(self) -> bool:
@@ -179,6 +187,12 @@ class Settings:
             token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
             credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
             schedule_min_seconds=_int(env, "FEDTIER_SCHEDULE_MIN_SECONDS", 10),
+            http_threads=_int(env, "FEDTIER_HTTP_THREADS", 32),
+            http_backlog=_int(env, "FEDTIER_HTTP_BACKLOG", 1024),
+            http_header_timeout_s=_int(env, "FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", 10),
+            http_min_body_rate=_int(env, "FEDTIER_HTTP_MIN_BODY_RATE", 16384),
+            http_idle_timeout_s=_int(env, "FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", 60),
+            http_shutdown_s=_int(env, "FEDTIER_HTTP_SHUTDOWN_SECONDS", 8),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -216,6 +230,13 @@ class Settings:
                               "(fedtier token keygen writes the pair)")
         if self.schedule_min_seconds < 1:
             raise ConfigError(f"FEDTIER_SCHEDULE_MIN_SECONDS must be at least 1, got {self.schedule_min_seconds}")
+        for name, value in (("FEDTIER_HTTP_THREADS", self.http_threads), ("FEDTIER_HTTP_BACKLOG", self.http_backlog),
+                            ("FEDTIER_HTTP_HEADER_TIMEOUT_SECONDS", self.http_header_timeout_s),
+                            ("FEDTIER_HTTP_MIN_BODY_RATE", self.http_min_body_rate),
+                            ("FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", self.http_idle_timeout_s),
+                            ("FEDTIER_HTTP_SHUTDOWN_SECONDS", self.http_shutdown_s)):
+            if value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

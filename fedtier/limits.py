@@ -26,6 +26,8 @@ The defaults, and why:
   MiB far more often, even on a slow link;
 * 100 schedules: each is read by the scheduler every tick, and a federation retrains on
   a handful of timetables, not hundreds.
+* a request line and headers of 64 KiB to the reducer: a credential and a session cookie
+  take a few hundred bytes.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class Limits:
     report_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_REPORT_BYTES", "bytes")
     upload_idle_seconds: int = _bound(60, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", "seconds")
     schedules: int = _bound(100, "FEDTIER_MAX_SCHEDULES", "schedules")
+    http_header_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_HTTP_HEADER_BYTES", "bytes")
 
     def __post_init__(self) -> None:
         for f in fields(self):

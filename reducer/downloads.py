@@ -5,7 +5,7 @@ that check can only finish after the last byte has been read. Reading everything
 then send) would double the latency of every gigabyte download, so the response streams and the
 store holds the last chunk back until the hash is known (ModelStore.iter_chunks): on a mismatch
 the generator raises instead of sending it, and the WSGI server, which has already sent the
-status line, closes the connection (werkzeug answers every response with ``Connection: close``).
+status line, closes the connection (cheroot and werkzeug both end a connection whose response failed).
 The receiver then has fewer bytes than ``Content-Length`` promised, which every HTTP client
 reports as a failed transfer (requests: ChunkedEncodingError, curl: exit 18), never as a 200.
 
