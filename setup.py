@@ -51,6 +51,7 @@ setup(
         "cryptography>=42",  # fedtier certs: the federation's CA and server certificates
         "pyjwt>=2.8",  # signed credentials (fedtier/identity.py): EdDSA over cryptography
         "xxhash>=3.4",  # the transfer checksum (XXH3-128): a fifth of sha256's cost per byte
+        "prometheus-client>=0.20",  # /metrics of the reducer and each combiner (reducer/metrics.py, combiner/metrics.py)
     ],
     extras_require={
         "torch": TORCH,

@@ -136,6 +136,8 @@ class Settings:
     token_verify_key: str = ""   # public key that checks participants' credentials (reducer, combiners)
     token_signing_key: str = ""  # private key that signs them (the reducer, and `fedtier token issue`)
     credentials_dir: str = ""    # folder of NAME.token credentials, for processes that share one environment
+    metrics_token: str = ""      # opens the reducer's /metrics alone when FEDTIER_PUBLIC_READ is false
+    metrics_port: int = 0        # a combiner's Prometheus endpoint (--metrics-port); 0: none
 
     @property
     def identities(self) -> bool:
@@ -174,6 +176,8 @@ class Settings:
             token_verify_key=env.get("FEDTIER_TOKEN_VERIFY_KEY", ""),
             token_signing_key=env.get("FEDTIER_TOKEN_SIGNING_KEY", ""),
             credentials_dir=env.get("FEDTIER_CREDENTIALS_DIR", ""),
+            metrics_token=env.get("FEDTIER_METRICS_TOKEN", ""),
+            metrics_port=_int(env, "FEDTIER_METRICS_PORT", 0),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -209,6 +213,11 @@ class Settings:
         if self.token_signing_key and not self.token_verify_key:
             raise ConfigError("FEDTIER_TOKEN_SIGNING_KEY is set but FEDTIER_TOKEN_VERIFY_KEY is not: set both "
                               "(fedtier token keygen writes the pair)")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"FEDTIER_METRICS_PORT must be a port number from 0 (off) to 65535, got {self.metrics_port}")
+        if self.metrics_token and self.metrics_token in (self.admin_auth_token, self.auth_token):
+            raise ConfigError("FEDTIER_METRICS_TOKEN must differ from the admin token and FEDN_ALLIANCE_AUTH_TOKEN: "
+                              "it is handed to the monitoring system and opens /metrics only")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
