@@ -56,8 +56,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         wait_for_port(port, proc=procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port),
                                              env=env))
         combiner = procs.start("c0", "combiner", "--name", "c0", "--host", "127.0.0.1", "--port", str(grpc_port),
-                               "--reducer", url, "--heartbeat-interval", "0.3", "--metrics-port", str(metrics_port),
-                               env=env)
+                               "--reducer", url, "--heartbeat-interval", "0.3",
+                               env={**env, "FEDTIER_METRICS_PORT": str(metrics_port)})  # as compose sets it
         wait_for_port(metrics_port, proc=combiner)
         wait_until(lambda: requests.get(url + "/api/v1/combiners", timeout=5).json(), what="c0 registered",
                    procs=procs)
@@ -239,6 +239,16 @@ def test_store_error_kinds_are_a_fixed_set() -> None:
     assert store_error_labels(ModelNotFoundError("x")) == ("model", "not_found")
     assert store_error_labels(StateStoreFullError("x")) == ("state", "full")
     assert store_error_labels(ValueError("x")) is None
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "ninety"])
+def test_a_bad_metrics_port_is_refused_by_name(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedtier.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["combiner", "--name", "c", "--metrics-port", port])
+    assert "--metrics-port" in capsys.readouterr().err
+    assert build_parser().parse_args(["combiner", "--name", "c", "--metrics-port", "9464"]).metrics_port == 9464
 
 
 def test_a_taken_metrics_port_stops_the_combiner_before_it_serves(tmp_path: Path) -> None:
