@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -278,3 +279,32 @@ def test_two_combiners_in_one_process_keep_their_own_metrics(tmp_path: Path) -> 
     finally:
         for server in servers:
             server.stop(0)
+
+
+def test_a_model_found_damaged_mid_download_is_counted_once(tmp_path: Path) -> None:
+    """Damage found after the status line went out never reaches the error handlers
+    (reducer/downloads.py): it is counted where the download is cut; damage found before
+    the first byte is counted by the handler. Each once."""
+    from fedtier.reducer.app import create_app
+    from fedtier.storage.model_store import ModelCorruptError
+    from test_store_integrity import flip_byte, seeded
+
+    app = create_app(Settings(data_dir=tmp_path), helper="numpy", poll_interval_s=None)
+    metrics = app.extensions["fedtier"].metrics
+
+    def corrupt() -> float:
+        return metrics.registry.get_sample_value("fedtier_reducer_store_errors_total",
+                                                 {"store": "model", "kind": "corrupt"})
+    try:
+        model, data_file = seeded(app, 4)  # past the first two chunks: sent before it is verified whole
+        flip_byte(data_file, model["size"] - 10)
+        reply = app.test_client().get(f"/api/v1/models/{model['id']}/download", buffered=False)
+        assert reply.status_code == 200 and corrupt() == 0
+        with pytest.raises(ModelCorruptError):
+            reply.get_data()  # the stream breaks at its last chunk
+        assert corrupt() == 1
+        os.truncate(data_file, model["size"] - 1)  # now known before the first byte: the handler's
+        assert app.test_client().get(f"/api/v1/models/{model['id']}/download").status_code == 500
+        assert corrupt() == 2
+    finally:
+        app.extensions["fedtier"].close()
