@@ -128,7 +128,8 @@ def install(app: Flask) -> None:
         except CredentialError:
             pass
         if request.path.startswith("/api/") or request.path == "/metrics":  # a program: a 401, not /login
-            raise APIError(401, "reading needs the admin token or a client or combiner credential "
+            also = ", or FEDTIER_METRICS_TOKEN" if request.path == "/metrics" else ""
+            raise APIError(401, f"reading needs the admin token or a client or combiner credential{also} "
                                 "(FEDTIER_PUBLIC_READ is false)")
         return redirect("/login")
 

@@ -186,6 +186,7 @@ def test_metrics_follow_the_read_policy_and_the_metrics_token_opens_only_them(tm
         web = app.test_client()
         refused = web.get("/metrics")
         assert refused.status_code == 401 and "Location" not in refused.headers  # a program gets a 401, not /login
+        assert "FEDTIER_METRICS_TOKEN" in refused.get_json()["error"]
         assert web.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         for scheme in ("Bearer", "Token"):
             ok = web.get("/metrics", headers={"Authorization": f"{scheme} scrape-m"})
