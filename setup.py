@@ -54,6 +54,7 @@ setup(
         "rich>=13",  # fedtier.sdk: the progress bar of Reducer.wait and fedtier wait
         "croniter>=6.0",  # schedules' cron expressions (reducer/schedules.py)
         "cheroot>=11.1",  # the reducer's HTTP server: threads in its process, TLS (reducer/serve.py)
+        "prometheus-client>=0.20",  # /metrics of the reducer and each combiner (reducer/metrics.py, combiner/metrics.py)
     ],
     extras_require={
         "torch": TORCH,

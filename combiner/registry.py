@@ -145,6 +145,11 @@ class ClientRegistry:
                                   rounds_joined=e.rounds_joined)
                     for e in sorted(self._clients.values(), key=lambda e: e.name)]
 
+    def counts(self) -> tuple[int, int]:
+        """(clients with an open task stream, active clients): what the metrics show."""
+        with self._changed:
+            return self._open_streams(), sum(1 for e in self._clients.values() if self._is_active(e))
+
     def _is_active(self, entry: ClientEntry) -> bool:
         return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
 

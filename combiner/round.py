@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class RejectedReport(ValueError):
-    """A report that does not answer an open task of this round; nothing changed."""
+    """A report that does not answer an open task of this round; nothing changed.
+
+    ``reason`` is one word of a fixed set (combiner/metrics.py, REJECT_REASONS) for the
+    metrics, which must never carry the message: it names clients and models."""
+
+    def __init__(self, message: str, reason: str = "not_its_task") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -117,14 +124,14 @@ class ActiveRound:
         if self.kind != kind:
             raise RejectedReport("report type does not match the round's tasks")
         if self.closed:
-            raise RejectedReport(f"round {self.round_id} is closed")
+            raise RejectedReport(f"round {self.round_id} is closed", "round_closed")
         owner = self.expected.get(task_id)
         if owner is None:
             raise RejectedReport(f"unknown task {task_id!r}")
         if owner != client:
             raise RejectedReport(f"task {task_id} was sent to {owner}, not {client}")
         if task_id in self.answered:
-            raise RejectedReport(f"task {task_id} was already answered")
+            raise RejectedReport(f"task {task_id} was already answered", "duplicate")
         self.answered.add(task_id)  # claimed: a second report for it is rejected
 
     def _drop(self) -> None:
@@ -151,7 +158,7 @@ class ActiveRound:
                     self._drop()
                     self.folding -= 1
                     self._changed.notify_all()
-                raise RejectedReport(f"update rejected: {exc}") from exc
+                raise RejectedReport(f"update rejected: {exc}", getattr(exc, "reason", "invalid")) from exc
             with self._changed:
                 self.updates.append(pb.ClientContribution(
                     client_name=update.client_name, num_examples=update.num_examples,
@@ -166,7 +173,7 @@ class ActiveRound:
                 self._fold_released(cache)
             except Exception as exc:  # checked, yet not folded: the aggregate is no longer known
                 self.stop(f"internal error folding an update: {exc}")
-                raise RejectedReport(f"update not folded: {exc}") from exc
+                raise RejectedReport(f"update not folded: {exc}", "internal") from exc
             finally:
                 with self._changed:
                     self.folding -= 1
@@ -179,14 +186,16 @@ class ActiveRound:
         """Raise unless the update may count in this round: trained from this round's model,
         uploaded by its sender, a positive weight, a model the aggregator accepts."""
         if not update.parent_model_id:
-            raise ValueError("parent_model_id is empty: an update must name the model it was trained from")
+            raise RejectedReport("parent_model_id is empty: an update must name the model it was trained from",
+                                 "stale")
         if update.parent_model_id != self.model_id:
-            raise ValueError(f"stale update: trained from model {update.parent_model_id!r}, "
-                             f"but this round's model is {self.model_id!r}")
+            raise RejectedReport(f"stale update: trained from model {update.parent_model_id!r}, "
+                                 f"but this round's model is {self.model_id!r}", "stale")
         if cache.uploader(update.model_id) != update.client_name:
-            raise ValueError(f"model {update.model_id!r} was not uploaded by {update.client_name}")
+            raise RejectedReport(f"model {update.model_id!r} was not uploaded by {update.client_name}",
+                                 "not_uploader")
         if update.num_examples <= 0:
-            raise ValueError(f"num_examples must be positive, got {update.num_examples}")
+            raise RejectedReport(f"num_examples must be positive, got {update.num_examples}", "invalid")
         assert self.aggregator is not None
         self.aggregator.check(cache.path(update.model_id), checked=cache.update_check(update.model_id))
 
@@ -245,7 +254,7 @@ class ActiveRound:
         except strict_json.JSONInputError:
             metrics = None
         if not isinstance(metrics, dict):
-            raise RejectedReport("metrics_json must be a JSON object")
+            raise RejectedReport("metrics_json must be a JSON object", "invalid")
         with self._changed:
             self._claim(report.task_id, report.client_name, report.round_id, pb.VALIDATION)
             self.validations.append(report)

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from fedtier import limits
 from fedtier.aggregators import get_aggregator
 from fedtier.aggregators.update_check import UpdateCheck
+from fedtier.combiner.metrics import CombinerMetrics
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 class RoundRunner:
     def __init__(self, name: str, registry: ClientRegistry, cache: ModelCache,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, metrics: CombinerMetrics | None = None) -> None:
         self.name = name
+        self.metrics = metrics or CombinerMetrics()
         self.registry = registry
         self.cache = cache
         self.rng = rng or random.Random()
@@ -51,13 +53,17 @@ class RoundRunner:
         if not self._one_round.acquire(blocking=False):
             return self._failed(request, f"round {self.round_in_progress} is still running on {self.name}")
         result: pb.RoundResult | None = None
+        started = time.perf_counter()
         try:
             result = self._run(request)
             return result
         except Exception as exc:  # a round must end with a result, never a dropped RPC
             log.exception("round %s failed", request.round_id)
-            return self._failed(request, f"internal error: {exc}")
+            result = self._failed(request, f"internal error: {exc}")
+            return result
         finally:
+            self.metrics.round_finished("validation" if request.kind == pb.VALIDATION else "training",
+                                        bool(result and result.success), time.perf_counter() - started)
             self._current = None
             # bound disk use: keep the model this round used and the one it produced (the
             # reducer fetches it next); older global models and stray uploads go
@@ -128,7 +134,8 @@ class RoundRunner:
         if not all_answered:
             log.warning("round %s: timeout after %gs", request.round_id, config.round_timeout)
         if kind == pb.TRAINING:
-            current.settle(self.cache)  # fold the updates whose weight waited for the round's cap
+            capped = current.settle(self.cache)  # fold the updates whose weight waited for the round's cap
+            self.metrics.capped.inc(len(capped))
 
         # 3. result
         result = pb.RoundResult(round_id=request.round_id, updates=current.updates,
@@ -188,18 +195,27 @@ class RoundRunner:
 
     def _report(self, submit, what: str, client: str, message: Message | None = None) -> pb.Ack:
         current = self._current
+        counted = what == "update"  # the metrics count updates; validations and failures are not updates
         if current is None:
+            if counted:
+                self.metrics.reject("report", "no_round")
             return pb.Ack(ok=False, message="no round is running")
         bounds = limits.current()
         if message is not None and message.ByteSize() > bounds.report_bytes:
             log.warning("%s from %s refused: %d bytes", what, client, message.ByteSize())
+            if counted:
+                self.metrics.reject("report", "over_bound")
             return pb.Ack(ok=False, message=f"the {what} report is {message.ByteSize()} bytes, over "
                                             f"{bounds.describe('report_bytes')}")
         try:
             submit(current)
         except RejectedReport as exc:
             log.warning("%s from %s rejected: %s", what, client, exc)
+            if counted:
+                self.metrics.reject("report", exc.reason)
             return pb.Ack(ok=False, message=str(exc))
+        if counted:
+            self.metrics.accepted.inc()
         return pb.Ack(ok=True)
 
     def submit_update(self, update: pb.ModelUpdate) -> pb.Ack:

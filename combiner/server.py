@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from fedtier.combiner.metrics import CombinerMetrics
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.runner import RoundRunner
@@ -37,6 +38,7 @@ class CombinerSettings:
     verify_key: str = ""      # FEDTIER_TOKEN_VERIFY_KEY: checks every caller's credential; unset: trust all
     tls_cert: str = ""        # serve over TLS when both are set
     tls_key: str = ""
+    metrics_port: int | None = None  # serve Prometheus metrics on host:metrics_port; None: not served (0: any port)
 
 
 class CombinerServer:
@@ -45,7 +47,9 @@ class CombinerServer:
         self.cache = ModelCache(Path(settings.work_dir) / "models", settings.max_model_bytes)
         self.registry = ClientRegistry(settings.heartbeat_timeout,
                                        max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
-        self.runner = RoundRunner(settings.name, self.registry, self.cache)
+        self.metrics = CombinerMetrics()
+        self.metrics.watch(self.registry)
+        self.runner = RoundRunner(settings.name, self.registry, self.cache, metrics=self.metrics)
         self.registry.on_disconnect = self.runner.client_gone
         verifier = Verifier(load_verify_key(settings.verify_key, "FEDTIER_TOKEN_VERIFY_KEY")) \
             if settings.verify_key else None
@@ -58,10 +62,11 @@ class CombinerServer:
         rpc.add_CombinerServicer_to_server(
             CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval, self.auth),
             self.server)
-        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check,
-                                                          auth=self.auth), self.server)  # wire.py: fast chunks
+        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check, auth=self.auth,
+                                                          metrics=self.metrics), self.server)  # wire.py: fast chunks
         rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
         self.port = 0
+        self.metrics_port = 0
 
     def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0 in tests)."""
@@ -73,6 +78,10 @@ class CombinerServer:
         if not self.port:
             raise RuntimeError(f"combiner {self.settings.name} cannot listen on {address} (is the port in use?); "
                                f"it announced nothing: choose another with --port")
+        if self.settings.metrics_port is not None:  # before serving: a taken port starts nothing
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            log.info("combiner %s: Prometheus metrics on http://%s:%d/metrics", self.settings.name,
+                     self.settings.host, self.metrics_port)
         self.server.start()
         log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext",
@@ -81,6 +90,7 @@ class CombinerServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
+        self.metrics.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

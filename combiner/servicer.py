@@ -12,6 +12,7 @@ import grpc
 
 from fedtier import limits
 from fedtier.aggregators.update_check import UpdateCheck
+from fedtier.combiner.metrics import CombinerMetrics, counting
 from fedtier.combiner.model_cache import ModelCache, NotTheUploader, UploadRefused
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
 from fedtier.combiner.runner import RoundRunner
@@ -153,26 +154,37 @@ class IdleUploads:
 class ModelTransferServicer(rpc.ModelTransferServicer):
     def __init__(self, cache: ModelCache,
                  check: Callable[[pb.TransferHeader], UpdateCheck | None] | None = None,
-                 auth: IdentityInterceptor = OPEN) -> None:
+                 auth: IdentityInterceptor = OPEN, metrics: CombinerMetrics | None = None) -> None:
         self.cache = cache
+        self.metrics = metrics or CombinerMetrics()
         self.check = check  # the runner's: updates of a running round are checked as they arrive
         self.auth = auth  # the reducer's calls choose model ids; clients' get one, recorded as theirs
         self.idle = IdleUploads()
 
     def UploadModel(self, request_iterator: Iterator[Chunk],
                     context: grpc.ServicerContext) -> pb.UploadResponse:
-        chunks = self.idle.watch(context, request_iterator)
+        headers: list[pb.TransferHeader] = []
+        chunks = self.idle.watch(context, counting(request_iterator, self.metrics.model_bytes.labels("received").inc,
+                                                   headers))
+
+        def refused(reason: str) -> None:  # counted as an update refused unless the reducer's push
+            if not (headers and headers[0].model_id):
+                self.metrics.reject("upload", reason)
+
         try:
             received = self.cache.receive(chunks, self.check, may_name=self.auth.may_name(context),
                                           uploader=caller_name(self.auth, context))
         except NotTheUploader as exc:
             log.warning("upload refused: %s", exc)
+            refused("not_uploader")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except UploadRefused as exc:  # at the header: nothing was written
             log.warning("upload refused: %s", exc)
+            refused("over_bound" if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "no_task")
             context.abort(exc.code, f"upload refused: {exc}")
         except (TransferError, ValueError) as exc:
             log.warning("upload rejected: %s", exc)
+            refused("transfer")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
         finally:
             chunks.close()  # stops the idle clock of this upload
@@ -185,7 +197,7 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
             chunks = self.cache.chunks(request.model_id)
         except (KeyError, ValueError):
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_id!r} is not on this combiner")
-        yield from chunks
+        yield from counting(chunks, self.metrics.model_bytes.labels("sent").inc)
 
 
 class ControlServicer(rpc.ControlServicer):

@@ -52,6 +52,17 @@ def _partition(text: str) -> tuple[int | None, int]:
     return index, count
 
 
+def _port(text: str) -> int:
+    """A TCP port for an option: 0-65535 (0 turns the option's server off)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port number is an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port number is 0-65535, got {port}")
+    return port
+
+
 def _own_credential(settings: Settings, name: str, role: str) -> str:
     """This participant's credential, checked at start-up (not at its first call) when this
     process has the verify key: a credential for another name or role is a clear error now."""
@@ -90,7 +101,8 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         max_workers=args.max_clients + 32, verify_key=settings.token_verify_key,
-        tls_cert=settings.tls_cert, tls_key=settings.tls_key))
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key,
+        metrics_port=(args.metrics_port if args.metrics_port is not None else settings.metrics_port) or None))
     stop = _stop_on_signals()
     port = server.start()
     if args.reducer:
@@ -116,6 +128,8 @@ def add_combiner(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between client heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=10.0, help="silence after which a client is inactive")
     p.add_argument("--max-clients", type=int, default=1000, help="task streams this combiner holds at most")
+    p.add_argument("--metrics-port", type=_port, default=None,
+                   help="serve Prometheus metrics on --host:PORT/metrics (default $FEDTIER_METRICS_PORT; 0: off)")
     p.set_defaults(run=cmd_combiner)
 
 

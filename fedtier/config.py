@@ -147,6 +147,8 @@ class Settings:
     http_min_body_rate: int = 16384
     http_idle_timeout_s: int = 60
     http_shutdown_s: int = 8
+    metrics_token: str = ""      # opens the reducer's /metrics alone when FEDTIER_PUBLIC_READ is false
+    metrics_port: int = 0        # a combiner's Prometheus endpoint (--metrics-port); 0: none
 
     @property
     def identities(self) -> bool:
@@ -193,6 +195,8 @@ class Settings:
             http_min_body_rate=_int(env, "FEDTIER_HTTP_MIN_BODY_RATE", 16384),
             http_idle_timeout_s=_int(env, "FEDTIER_HTTP_IDLE_TIMEOUT_SECONDS", 60),
             http_shutdown_s=_int(env, "FEDTIER_HTTP_SHUTDOWN_SECONDS", 8),
+            metrics_token=env.get("FEDTIER_METRICS_TOKEN", ""),
+            metrics_port=_int(env, "FEDTIER_METRICS_PORT", 0),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -237,6 +241,11 @@ class Settings:
                             ("FEDTIER_HTTP_SHUTDOWN_SECONDS", self.http_shutdown_s)):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"FEDTIER_METRICS_PORT must be a port number from 0 (off) to 65535, got {self.metrics_port}")
+        if self.metrics_token and self.metrics_token in (self.admin_auth_token, self.auth_token):
+            raise ConfigError("FEDTIER_METRICS_TOKEN must differ from the admin token and FEDN_ALLIANCE_AUTH_TOKEN: "
+                              "it is handed to the monitoring system and opens /metrics only")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FEDTIER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

@@ -209,7 +209,8 @@ class Sandbox:
         ports = {f"combiner-{i}": _free_port() for i in range(o.combiners)}
         for name, combiner_port in ports.items():
             self._spawn(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(combiner_port),
-                        "--reducer", self.url, "--heartbeat-interval", "1", "--heartbeat-timeout", "6")
+                        "--reducer", self.url, "--heartbeat-interval", "1", "--heartbeat-timeout", "6",
+                        "--metrics-port", "0")  # off: a FEDTIER_METRICS_PORT in .env would be taken by the first
         # ours by name AND port: a combiner of the same name elsewhere is not one of ours
         self._wait_for("combiners to register", lambda: ports.items() <= {
             (c["name"], c["port"]) for c in self._api("GET", "/api/v1/combiners")})

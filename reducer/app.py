@@ -21,6 +21,7 @@ from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
 from fedtier.identity import SelfIssuer, load_signing_key
 from fedtier.reducer.errors import register_error_handlers
+from fedtier.reducer.metrics import ReducerMetrics, bp as metrics_bp
 from fedtier.reducer.network import Network
 from fedtier.reducer.schedules import Scheduler
 from fedtier.reducer.trail import ModelTrail
@@ -47,6 +48,7 @@ class Reducer:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     lock: DataDirLock | None = None  # this reducer's hold on settings.data_dir
     scheduler: Scheduler | None = None  # continuous training (reducer/schedules.py)
+    metrics: ReducerMetrics = field(default_factory=ReducerMetrics)  # GET /metrics (reducer/metrics.py)
 
     def close(self) -> None:
         self.stop.set()
@@ -70,11 +72,13 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
         issuer = SelfIssuer(load_signing_key(settings.token_signing_key, "FEDTIER_TOKEN_SIGNING_KEY")) \
             if settings.token_signing_key else None
         network = Network(state, issuer=issuer, ca_file=settings.tls_ca or None)
-        control = Control(state, trail, network, work_dir, helper=helper)
+        metrics = ReducerMetrics()
+        metrics.watch(network)
+        control = Control(state, trail, network, work_dir, helper=helper, metrics=metrics)
     except BaseException:
         lock.release()
         raise
-    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock,
+    return Reducer(settings, models, state, trail, network, control, work_dir, lock=lock, metrics=metrics,
                    scheduler=Scheduler(state, control, settings))
 
 
@@ -97,12 +101,13 @@ def create_app(settings: Settings | None = None, helper: str = "numpy", reducer:
     for module in (seed, start, network, api, dashboard, pages, lifecycle):
         app.register_blueprint(module.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics_bp)
     from fedtier.reducer.routes import package  # routes import this module: load them last
 
     app.register_blueprint(package.bp)
     if poll_interval_s:
         threading.Thread(target=reducer.network.poll_forever, args=(reducer.stop, poll_interval_s),
-                         name="status-poll", daemon=True).start()
+                         kwargs={"on_error": reducer.metrics.store_error}, name="status-poll", daemon=True).start()
         threading.Thread(target=reducer.scheduler.run_forever, args=(reducer.stop, SCHEDULER_TICK_S),
                          name="scheduler", daemon=True).start()
     return app

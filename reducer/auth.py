@@ -5,8 +5,9 @@
 - a combiner (its signed ``combiner`` credential): ``/add`` under the name it names, only;
 - a client (its signed ``client`` credential): ``/assign`` under the name it names, and the
   compute package;
-- reads (pages, GET ``/api/v1``): open when ``FEDTIER_PUBLIC_READ`` is true (default), else
-  the admin, a logged-in browser, or any valid client or combiner credential.
+- reads (pages, GET ``/api/v1``, ``/metrics``): open when ``FEDTIER_PUBLIC_READ`` is true (default),
+  else the admin, a logged-in browser, or any valid client or combiner credential; ``/metrics``
+  also opens to ``FEDTIER_METRICS_TOKEN``, which opens nothing else (a Prometheus server's).
 The reducer's own credentials (role ``reducer``, audience one combiner) open nothing here.
 A browser logs in once at ``/login`` with the admin token; the session cookie it gets is
 signed, HttpOnly, SameSite=Strict, and Secure when the reducer serves HTTPS.
@@ -128,13 +129,17 @@ def install(app: Flask) -> None:
             return None
         if is_admin():
             return None
+        if request.path == "/metrics" and settings.metrics_token and \
+                token_matches(_presented(), settings.metrics_token):
+            return None
         try:
             participant()
             return None
         except CredentialError:
             pass
-        if request.path.startswith("/api/"):
-            raise APIError(401, "reading needs the admin token or a client or combiner credential "
+        if request.path.startswith("/api/") or request.path == "/metrics":  # a program: a 401, not /login
+            also = ", or FEDTIER_METRICS_TOKEN" if request.path == "/metrics" else ""
+            raise APIError(401, f"reading needs the admin token or a client or combiner credential{also} "
                                 "(FEDTIER_PUBLIC_READ is false)")
         return redirect("/login")
 

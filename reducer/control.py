@@ -43,6 +43,7 @@ from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import RoundConfig, RoundConfigError, integer_setting, setting_names
@@ -131,8 +132,9 @@ def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]],
 
 class Control:
     def __init__(self, state: StateStore, trail: ModelTrail, network: Network, work_dir: Path,
-                 helper: str = "numpy") -> None:
+                 helper: str = "numpy", metrics: ReducerMetrics | None = None) -> None:
         self.store = state
+        self.metrics = metrics or ReducerMetrics()
         self.trail = trail
         self.network = network
         self.work_dir = Path(work_dir)
@@ -252,9 +254,11 @@ class Control:
             # last round finished leaves the outcome to the rounds
             ran = session["rounds_succeeded"] + session["rounds_failed"]
             status = "stopped" if self._stop.is_set() and ran < request.rounds else session_outcome(session)
-        except Exception:
+        except Exception as exc:
+            self.metrics.store_error(exc)
             log.exception("session %s failed", session["id"])
         finally:
+            self.metrics.session_finished(status)
             self.store.update(SESSIONS, session["id"], {"status": status, "finished_at": time.time()})
             self._set_phase(None)
             log.info("session %s %s: %d rounds succeeded, %d failed", session["id"], status,
@@ -322,6 +326,7 @@ class Control:
                 round_doc.update(status="failed", error=str(exc))
                 log.warning("round %d failed: %s", number, exc)
         except (ModelStoreError, StateStoreError) as exc:
+            self.metrics.store_error(exc)
             store = "model store" if isinstance(exc, ModelStoreError) else "state store"
             round_doc.update(status="failed", error=f"{store}: {exc}")
             log.error("round %d failed, trail unchanged: %s: %s", number, store, exc)
@@ -340,6 +345,7 @@ class Control:
             release_free_memory()  # the round's model-sized buffers: back to the system (fedtier/memory.py)
             round_doc["finished_at"] = time.time()
             timings["total"] = round_doc["finished_at"] - round_doc["started_at"]
+            self.metrics.round_finished(round_doc)
             self.store.update(ROUNDS, round_doc["id"], {k: v for k, v in round_doc.items() if k != "id"})
             self._set_phase(ReducerState.INSTRUCTING)
         log.info("round %d %s in %.2fs %s", number, round_doc["status"], timings["total"],
@@ -404,7 +410,9 @@ class Control:
             handle = self.network.handle(name)
             if model.get("sha256") and handle.adopt_model(path, model["id"], model["sha256"], timeout=60):
                 return "adopted"
-            handle.upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"), xxh3=model.get("xxh3"))
+            reply = handle.upload_model(path, model["id"], timeout=600, sha256=model.get("sha256"),
+                                        xxh3=model.get("xxh3"))
+            self.metrics.moved("pushed", reply.size)  # 0 when the combiner already held it
             return "uploaded"
 
         reached = {}
@@ -469,9 +477,11 @@ class Control:
         durable = len(results) == 1
 
         def fetch(name: str) -> Received:
-            return self.network.handle(name).download_model(
+            received = self.network.handle(name).download_model(
                 results[name].model_id, scratch / f"combiner-{name}", timeout=600, durable=durable,
                 inspect=lambda header: aggregator.arrival_check(header.size))
+            self.metrics.moved("fetched", received.size)
+            return received
 
         with ThreadPoolExecutor(max_workers=max(1, len(results))) as pool:
             futures = {name: pool.submit(fetch, name) for name in results}

@@ -22,7 +22,7 @@ import base64
 import logging
 from typing import Iterator
 
-from flask import Response
+from flask import Response, current_app
 
 from fedtier.storage.model_store import ModelCorruptError, ModelStore, ModelStoreError
 
@@ -42,6 +42,7 @@ def stored_response(models: ModelStore, store_id: str, sha256: str, size: int, *
     Raises (before any byte: a JSON error via reducer/errors.py) ModelNotFoundError,
     ModelCorruptError if the store's record or the data at rest disagree with ``sha256``/``size``,
     or another ModelStoreError if the store cannot be read."""
+    count = current_app.extensions["fedtier"].metrics.store_error  # an error mid-stream, outside the handlers
     stored = models.stat(store_id)
     if stored.sha256 != sha256 or stored.size != size:
         log.error("%s is damaged in the model store: it holds sha256 %s (%d bytes), recorded %s (%d bytes)",
@@ -65,6 +66,7 @@ def stored_response(models: ModelStore, store_id: str, sha256: str, size: int, *
                 sent += len(chunk)
                 yield chunk
         except ModelStoreError as exc:
+            count(exc)
             # Raising here, with the status line already sent, is what breaks the transfer: the
             # server closes the connection short of Content-Length and the receiver sees a failure.
             damaged = "is damaged in the model store" if isinstance(exc, ModelCorruptError) \

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from fedtier.helpers.format import ModelFormatError
@@ -32,6 +32,13 @@ def _body(status: int, message: str, **extra: object):
     return jsonify(body), status
 
 
+def count_store_error(exc: Exception) -> None:
+    """Count a store error the reducer reports in its metrics (reducer/metrics.py)."""
+    reducer = current_app.extensions.get("fedtier")
+    if reducer is not None:
+        reducer.metrics.store_error(exc)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(exc: APIError):
@@ -58,6 +65,7 @@ def register_error_handlers(app: Flask) -> None:
     # for data damaged at rest; never "internal error: [Errno 28]".
     @app.errorhandler(ModelStoreError)
     def model_store(exc: ModelStoreError):
+        count_store_error(exc)
         status = (404 if isinstance(exc, ModelNotFoundError) else 409 if isinstance(exc, ModelExistsError)
                   else 507 if isinstance(exc, StorageFullError) else 500 if isinstance(exc, ModelCorruptError)
                   else 503)
@@ -66,6 +74,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(StateStoreError)
     def state_store(exc: StateStoreError):
+        count_store_error(exc)
         log.error("state store: %s", exc)
         return _body(507 if isinstance(exc, StateStoreFullError) else 503, f"state store: {exc}")
 

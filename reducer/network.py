@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -187,12 +187,16 @@ class Network:
         for client in self.state.find(CLIENTS, where={"combiner": combiner, "active": True}):
             self.state.update(CLIENTS, client["id"], {"active": False})
 
-    def poll_forever(self, stop: threading.Event, interval_s: float = 2.0) -> None:
+    def poll_forever(self, stop: threading.Event, interval_s: float = 2.0,
+                     on_error: Callable[[Exception], None] | None = None) -> None:
+        """Refresh every ``interval_s`` until ``stop``; ``on_error`` sees each failure (the metrics)."""
         while not stop.wait(interval_s):
             try:
                 self.refresh()
-            except Exception:  # the poll must outlive any one bad answer
+            except Exception as exc:  # the poll must outlive any one bad answer
                 log.exception("status poll failed")
+                if on_error is not None:
+                    on_error(exc)
 
     # ---- clients
     def assign(self, client_name: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 ORDER = ["docker-compose.yaml", "reducer.yaml", "combiner.yaml", "client.yaml"]  # as the README uses them
-FILES = ORDER + ["tls.yaml"]  # tls.yaml is an optional override added last
+OVERLAYS = ["tls.yaml", "monitoring.yaml"]  # optional overrides added after ORDER, in this order
+FILES = ORDER + OVERLAYS
 ENV = parse_env_file(ROOT / ".env.example")
 FEDTIER_SERVICES = {"reducer", "combiner-0", "combiner-1", "client"}
 
@@ -535,8 +536,13 @@ def test_walkthrough_names_files_and_services_that_exist() -> None:
     assert len(invocations) >= 5
     started: set[str] = set()
     for files, subcommand, args in invocations:
-        assert files == [f"compose/{n}" for n in FILES[:len(files)]], \
-            f"compose files must be given cumulatively, in order {FILES}: got {files}"
+        names_ = [Path(f).name for f in files]
+        base = [n for n in names_ if n in ORDER]
+        extra = names_[len(base):]
+        assert names_[:len(base)] == base == ORDER[:len(base)] and (not extra or base == ORDER) \
+            and extra == [n for n in OVERLAYS if n in extra], \
+            f"compose files must be given cumulatively, in order {ORDER}, then overrides in order {OVERLAYS}: " \
+            f"got {files}"
         for file in files:
             assert (ROOT / file).is_file(), f"the README names {file}, which does not exist"
         known = set().union(*(services(Path(f).name).keys() for f in files))
@@ -557,7 +563,8 @@ def test_walkthrough_names_files_and_services_that_exist() -> None:
         if subcommand == "up":
             started.update(names or known)
     assert set(FILES) == {Path(f).name for files, _, _ in invocations for f in files}
-    assert started == set(all_services()), f"the walkthrough never starts {set(all_services()) - started}"
+    everything = set(all_services()) | set(services("monitoring.yaml"))
+    assert started == everything, f"the walkthrough never starts {everything - started}"
     assert "--scale client=5" in readme_section() and ENV["FEDTIER_CLIENTS"] == "5"
 
 
@@ -569,7 +576,8 @@ def test_walkthrough_urls_and_requests_match_the_reducer(tmp_path: Path) -> None
     try:
         routes = app.url_map.bind("localhost")
         published = {ENV["FEDN_REDUCER_PORT"]: "reducer", ENV["MONGO_EXPRESS_PORT"]: "mongo-express",
-                     ENV["MINIO_CONSOLE_PORT"]: "minio"}
+                     ENV["MINIO_CONSOLE_PORT"]: "minio", ENV["GRAFANA_PORT"]: "grafana",
+                     ENV["PROMETHEUS_PORT"]: "prometheus"}
         for port in re.findall(r"https?://localhost:(\d+)", readme_section()):
             assert port in published, f"the README points at localhost:{port}, which compose does not publish"
         curls = [shlex.split(l) for l in readme_commands() if l.startswith("curl ")]
@@ -776,3 +784,143 @@ def test_tls_override_certificates_really_work_with_the_names_used(tmp_path: Pat
                     .get_values_for_type(x509.DNSName))
         service = spec.split("=")[0]
         assert {service, "localhost"} <= names  # peers dial the service name; healthchecks dial localhost
+
+
+# ---------------------------------------------------------------- monitoring: Prometheus and Grafana
+PROMETHEUS = COMPOSE / "prometheus" / "prometheus.yml"
+GRAFANA = COMPOSE / "grafana"
+DURATION = r"^[0-9]+(ms|s|m|h|d|w|y)$"
+# the part of Prometheus' configuration file format this deployment uses; promtool is not
+# installed here, so its structure is held to this schema and the cross-checks below
+PROMETHEUS_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["scrape_configs"],
+    "properties": {
+        "global": {"type": "object", "additionalProperties": False, "properties": {
+            "scrape_interval": {"type": "string", "pattern": DURATION},
+            "scrape_timeout": {"type": "string", "pattern": DURATION},
+            "evaluation_interval": {"type": "string", "pattern": DURATION}}},
+        "scrape_configs": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["job_name", "static_configs"],
+            "properties": {
+                "job_name": {"type": "string", "minLength": 1},
+                "metrics_path": {"type": "string", "pattern": "^/"},
+                "scheme": {"enum": ["http", "https"]},
+                "scrape_interval": {"type": "string", "pattern": DURATION},
+                "authorization": {"type": "object", "additionalProperties": False, "properties": {
+                    "type": {"type": "string"}, "credentials_file": {"type": "string"}}},
+                "tls_config": {"type": "object"},
+                "static_configs": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["targets"],
+                    "properties": {"targets": {"type": "array", "minItems": 1,
+                                               "items": {"type": "string", "pattern": r"^[a-z0-9.-]+:[0-9]+$"}},
+                                   "labels": {"type": "object"}}}}}}}}}
+
+
+def prometheus_config() -> dict[str, Any]:
+    return yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+
+
+def scrape_targets() -> dict[str, list[tuple[str, int, str]]]:
+    """job -> (host, port, metrics path) of each target."""
+    return {job["job_name"]: [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1]), job.get("metrics_path", "/metrics"))
+                              for static in job["static_configs"] for t in static["targets"]]
+            for job in prometheus_config()["scrape_configs"]}
+
+
+def test_prometheus_config_has_the_structure_prometheus_reads() -> None:
+    from jsonschema import Draft7Validator
+
+    validator = Draft7Validator(PROMETHEUS_SCHEMA)
+    config = prometheus_config()
+    assert not list(validator.iter_errors(config)), [e.message for e in validator.iter_errors(config)]
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert len(jobs) == len(set(jobs)), "job names must be unique"
+    broken = copy.deepcopy(config)  # the schema would catch a typo and a target without a port
+    broken["scrape_configs"][0]["static_config"] = broken["scrape_configs"][0].pop("static_configs")
+    broken["scrape_configs"][1]["static_configs"][0]["targets"] = ["combiner-0"]
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+def test_prometheus_scrapes_every_fedtier_server_where_it_serves_metrics(tmp_path: Path) -> None:
+    from fedtier.reducer.app import create_app
+
+    everything = {**services("monitoring.yaml"), **all_services()}  # the fedtier services as defined
+    monitoring = services("monitoring.yaml")
+    targets = [t for ts in scrape_targets().values() for t in ts]
+    assert {host for host, _, _ in targets} == {"reducer", "combiner-0", "combiner-1"}  # every server, once
+    assert len(targets) == 3
+    app = create_app(Settings(data_dir=tmp_path), poll_interval_s=None)
+    try:
+        routes = app.url_map.bind("localhost")
+        for host, port, path in targets:
+            assert host in everything, f"Prometheus scrapes {host}, which is no compose service"
+            args = parse_fedtier(command(everything[host]), host)
+            if args.command == "reducer":
+                assert str(port) == option(command(everything[host]), "--port") == ENV["FEDN_REDUCER_PORT"]
+                routes.match(path, method="GET")  # raises if the reducer has no such route
+            else:  # a combiner serves its metrics on FEDTIER_METRICS_PORT, set for it by monitoring.yaml
+                assert args.metrics_port is None  # the compose command leaves it to the environment
+                env = {**all_services()[host]["environment"], **monitoring[host]["environment"]}
+                settings = Settings.from_env({k: str(v) for k, v in env.items() if k not in CONTAINER_PATHS})
+                assert settings.metrics_port == port and path == "/metrics"
+                assert args.host == "0.0.0.0"  # bound where Prometheus, on the compose network, reaches it
+                assert not any(str(port) in str(p) for p in everything[host].get("ports") or [])  # never published
+    finally:
+        app.extensions["fedtier"].close()
+    # every combiner of combiner.yaml is scraped
+    assert {n for n in services("combiner.yaml")} == {h for h, _, _ in targets if h.startswith("combiner")}
+
+
+def test_monitoring_services_are_pinned_healthy_and_local() -> None:
+    monitoring = services("monitoring.yaml")
+    assert set(monitoring) == {"prometheus", "grafana", "reducer", "combiner-0", "combiner-1"}
+    assert set(monitoring["reducer"]) == set(monitoring["combiner-0"]) == {"environment"}  # overrides only
+    for name in ("prometheus", "grafana"):
+        svc = monitoring[name]
+        image, _, tag = svc["image"].rpartition(":")
+        assert image and tag and tag != "latest" and re.match(r"^v?\d+\.\d+\.\d+$", tag), f"{name}: pin {svc['image']}"
+        assert svc["restart"] == "unless-stopped" and svc["healthcheck"]["test"][0] == "CMD"
+        assert all(str(p).startswith("127.0.0.1:") for p in svc["ports"]), f"{name} published beyond this machine"
+        for mount in svc["volumes"]:
+            if isinstance(mount, dict):
+                assert mount["read_only"] and (COMPOSE / mount["source"]).is_dir(), mount
+    assert monitoring["prometheus"]["depends_on"] == {"reducer": {"condition": "service_healthy"}}
+    assert monitoring["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    declared = set(loaded("monitoring.yaml")["volumes"])
+    assert {"prometheus-data", "grafana-data"} <= declared
+    assert "change" in ENV["GRAFANA_ADMIN_PASSWORD"].lower()
+    [config] = [m for m in monitoring["prometheus"]["volumes"] if isinstance(m, dict)]
+    command_line = " ".join(monitoring["prometheus"]["command"])
+    assert f"--config.file={config['target']}/{PROMETHEUS.name}" in command_line
+    assert (COMPOSE / config["source"]).resolve() == PROMETHEUS.parent
+
+
+def test_grafana_provisioning_finds_prometheus_and_the_dashboard() -> None:
+    grafana = services("monitoring.yaml")["grafana"]
+    mounts_ = {Path(m["target"]): (COMPOSE / m["source"]).resolve() for m in grafana["volumes"] if isinstance(m, dict)}
+    assert mounts_[Path("/etc/grafana/provisioning")] == GRAFANA / "provisioning"
+    [datasource] = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    url = urlsplit(datasource["url"])
+    prometheus = services("monitoring.yaml")["prometheus"]
+    assert datasource["type"] == "prometheus" and url.hostname == "prometheus"
+    assert any(str(p).endswith(f":{url.port}") for p in prometheus["ports"])  # the port Prometheus listens on
+    [provider] = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "fedtier.yaml").read_text())["providers"]
+    folder = mounts_[Path(provider["options"]["path"])]  # the provider reads a mounted folder
+    dashboards = sorted(folder.glob("*.json"))
+    assert dashboards, f"no dashboard in {folder}"
+    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounts_[home.parent] == folder and (folder / home.name).is_file()
+    for path in dashboards:
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+            assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+            refs = [t["refId"] for t in panel["targets"]]
+            assert refs and len(refs) == len(set(refs)) and all(t["expr"].strip() for t in panel["targets"])
+            for target in panel["targets"]:
+                assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+    # which metric names the panels may ask for is checked against a live reducer and combiner
+    # in tests/test_metrics.py (test_the_dashboard_asks_only_for_exported_metrics)
