@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, session
 
 from fedtier.aggregators import AGGREGATORS
+from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
 
 bp = Blueprint("pages", __name__)
@@ -19,7 +20,10 @@ bp = Blueprint("pages", __name__)
 @bp.app_context_processor
 def ui_context() -> dict[str, Any]:
     r = reducer()
-    return {"ui": {"helper": r.control.helper_name, "aggregators": sorted(AGGREGATORS)}}
+    # who the header says is here: "admin" (a login session, with a logout), "anonymous" (a
+    # login link) or "open" (no admin token: nothing to log in to)
+    who = "open" if auth.is_open() else "admin" if session.get("admin") else "anonymous"
+    return {"ui": {"helper": r.control.helper_name, "aggregators": sorted(AGGREGATORS), "who": who}}
 
 
 def _page(template: str) -> str:

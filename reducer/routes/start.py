@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, render_template, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin
 from fedtier.reducer.body import fields
+from fedtier.reducer.browser import form_reply, wants_page
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.control import SESSION_SETTINGS, STOP_AFTER_ROUND, STOP_MODES, SessionRequest
 from fedtier.round_config import RoundConfig, setting_names
@@ -29,6 +30,8 @@ def start_session():
     r = reducer()
     session_request = SessionRequest.from_dict(data, defaults={"helper": r.control.helper_name})
     session = r.control.start_session(session_request)
+    if wants_page():
+        return form_reply(f"Session {session['id']} started: {session['rounds_requested']} rounds.", to="/")
     return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value}), 201
 
 
@@ -45,4 +48,8 @@ def stop_session():
     if mode not in STOP_MODES:
         raise APIError(400, f"mode: must be one of {', '.join(STOP_MODES)}, got {mode!r}", field="mode")
     r = reducer()
-    return jsonify({**r.control.stop_session(mode), "state": r.control.state.value}), 202
+    stopping = r.control.stop_session(mode)
+    if wants_page():
+        return form_reply("Stopping after the round in progress." if mode == STOP_AFTER_ROUND
+                          else "Aborting the round in progress.")
+    return jsonify({**stopping, "state": r.control.state.value}), 202
