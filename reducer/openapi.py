@@ -53,7 +53,11 @@ SCHEMAS: dict[str, Any] = {
     "Combiner": {"type": "object", "required": ["name", "address", "port", "online"], "properties": {
         "name": STRING, "address": STRING, "port": INTEGER, "online": {"type": "boolean"},
         "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING,
-        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"}}},
+        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"},
+        "unreachable_since": {**OPT_NUMBER, "description": "when the reducer's status calls to it began failing; "
+                                                           "null while it answers"},
+        "last_error": {**OPT_STRING, "description": "what the last failed status call got (gRPC code: details)"},
+        "last_error_hint": {**OPT_STRING, "description": "the likely cause, when one is known"}}},
     "Client": {"type": "object", "required": ["name"], "properties": {
         "name": STRING, "combiner": STRING, "active": {"type": "boolean"}, "last_heartbeat": NUMBER,
         "rounds_joined": INTEGER, "assigned_at": NUMBER}},
@@ -67,7 +71,11 @@ SCHEMAS: dict[str, Any] = {
                                        "description": "the stop mode the user asked for, if any"},
                     "started_at": NUMBER, "finished_at": OPT_NUMBER}},
     "Round": {"type": "object", "required": ["id", "session_id", "round", "status", "model_in"], "properties": {
-        "id": STRING, "session_id": STRING, "round": INTEGER,
+        "id": STRING, "session_id": STRING,
+        "round": {**INTEGER, "description": "the number of the model this round builds: a failed round builds "
+                                            "none, so the next round has the same one"},
+        "seq": {**INTEGER, "description": "this round's own number on this reducer: distinct and increasing, "
+                                          "failed rounds included"},
         "status": {"enum": list(ROUND_STATUSES), "description": ROUND_STATUS}, "model_in": STRING, "model_out": OPT_STRING,
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
