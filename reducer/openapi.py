@@ -214,7 +214,11 @@ def document() -> dict[str, Any]:
                     "application/x-www-form-urlencoded": {"schema": ref("RoundSettingsForm")}}},
                 "responses": {"201": _json({"type": "object", "required": ["session_id", "session", "state"],
                                             "properties": {"session_id": STRING, "session": ref("Session"),
-                                                           "state": STRING}}, "started"),
+                                                           "state": STRING,
+                                                           "warnings": {"type": "array", "items": STRING,
+                                                                        "description": "e.g. fewer active "
+                                                                        "clients than a round requires"}}},
+                                      "started"),
                               **_errors(400, 401, 409, 413, 415)}}},
             "/stop": {"post": {
                 "summary": "stop the running session (admin)",

@@ -17,7 +17,8 @@ bp = Blueprint("start", __name__)
 @bp.get("/start")
 def start_form():
     r = reducer()
-    return render_template("start.html", state=r.control.state.value, defaults=RoundConfig().to_dict())
+    return render_template("start.html", state=r.control.state.value, defaults=RoundConfig().to_dict(),
+                           clients_active=sum(1 for c in r.network.clients() if c.get("active")))
 
 
 @bp.post("/start")
@@ -29,10 +30,24 @@ def start_session():
         data = {k: v for k, v in data.items() if v != "" or k not in known}
     r = reducer()
     session_request = SessionRequest.from_dict(data, defaults={"helper": r.control.helper_name})
+    warnings = too_few_clients(session_request.config)
     session = r.control.start_session(session_request)
     if wants_page():
-        return form_reply(f"Session {session['id']} started: {session['rounds_requested']} rounds.", to="/")
-    return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value}), 201
+        return form_reply(" ".join([f"Session {session['id']} started: {session['rounds_requested']} rounds.",
+                                    *warnings]), to="/")
+    return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value,
+                    "warnings": warnings}), 201
+
+
+def too_few_clients(config: RoundConfig) -> list[str]:
+    """What the session will meet at once, said when it starts rather than after rounds fail:
+    fewer active clients than a round requires. (The page warns before posting; an API
+    client learns it from the reply.) Not a refusal: clients may still be connecting."""
+    active = sum(1 for c in reducer().network.clients() if c.get("active"))
+    if active >= config.clients_required:
+        return []
+    return [f"Only {active} client{'' if active == 1 else 's'} active now, {config.clients_required} required: "
+            f"each round waits up to {config.wait_for_clients:g} s for them, then fails."]
 
 
 @bp.post("/stop")

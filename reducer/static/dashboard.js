@@ -1,4 +1,4 @@
-// The dashboard: /api/v1/dashboard every 2 s, drawn into the cards, charts and tables.
+// The dashboard: /api/v1/status, the sessions and their rounds every 2 s, drawn into the cards, charts and tables.
 import {
   $, getJSON, h, idCode, live, metricKeys, metricsNode, now, num, pill, replace, roundIds, roundsById, seconds,
   showState, stopControls, table, validationsOf, when,
