@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+AXE_CORE ?= 4.14.1
 
 .PHONY: demo test bench venv clean proto
 
@@ -15,6 +16,9 @@ $(STAMP): setup.py
 	# bytecode once, on every core (pip compiles on one: 109 s against 89 s for the whole install);
 	# a few packages ship files that do not compile, which pip skips too, hence the '-'
 	-$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
+	# axe-core (MPL-2.0), for the UI tests' accessibility audit: from npm into the venv, not
+	# the repository; tests/test_ui_truth.py injects it into the page and skips, saying so, without it
+	-command -v npm > /dev/null && npm install --prefix $(VENV)/node --no-audit --no-fund --silent axe-core@$(AXE_CORE)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -150,7 +150,8 @@ class Network:
                 update: dict[str, Any] = {"active_clients": 0}
                 # why it is (or will be) offline, kept for the network page: the address called,
                 # what the call got, since when; written when it changes, not on every poll
-                error = f"{exc.code().name}: {exc.details() or 'no details'}"
+                details = exc.details() if callable(getattr(exc, "details", None)) else ""
+                error = f"{exc.code().name}: {details or 'no details'}"
                 if doc.get("unreachable_since") is None or doc.get("last_error") != error:
                     update.update(last_error=error, unreachable_since=doc.get("unreachable_since") or time.time())
                 # the common cause on first set-up: a combiner announced a name nobody resolves
@@ -160,8 +161,8 @@ class Network:
                 if hint and doc.get("last_error_hint") != hint.lstrip("; "):
                     update["last_error_hint"] = hint.lstrip("; ")
                 if doc.get("online") and time.time() - doc.get("last_seen", 0) > self.offline_after_s:
-                    log.warning("combiner %s registered at %s:%s is unreachable (%s: %s)%s", name, doc["address"],
-                                doc["port"], exc.code().name, exc.details(), hint)
+                    log.warning("combiner %s registered at %s:%s is unreachable (%s)%s", name, doc["address"],
+                                doc["port"], error, hint)
                     update["online"] = False
                 if doc.get("active_clients") or len(update) > 1:
                     self.state.update(COMBINERS, name, update)
