@@ -110,11 +110,15 @@ def app(data_dir: Path) -> Iterator[object]:
                     content_type="multipart/form-data").status_code == 201
     started = web.post("/start", json={"rounds": 2, "wait_for_clients": 0.3})
     assert started.status_code == 201
-    warnings = started.get_json()["warnings"]
-    assert len(warnings) == 1 and "Only 0 clients active now, 1 required" in warnings[0], warnings
+    app.config["test.started"] = started.get_json()
     wait_idle(web)
     yield app
     app.extensions["fedtier"].close()
+
+
+def test_start_says_when_too_few_clients_are_active(app) -> None:
+    warnings = app.config["test.started"].get("warnings")
+    assert warnings and "Only 0 clients active now, 1 required" in warnings[0], warnings
 
 
 def test_failed_rounds_keep_distinct_numbers(app, data_dir: Path) -> None:
