@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 
 from flask import Response, flash, redirect, render_template, request
 
+# a flashed message rides in the session cookie (4 KB at most in browsers): longer ones are cut
+FLASH_CHARS = 600
+
 # where a browser's form post lands: its own form page, or for /stop the page it came from
 FORM_PAGES = {"/seed": "/seed", "/start": "/start", "/stop": "/start", "/login": "/login"}
 
@@ -35,8 +38,8 @@ def back_to() -> str:
 
 def form_reply(message: str, to: str | None = None, error: bool = False, field: str | None = None) -> Response:
     """Flash ``message`` and send the browser to ``to`` (default: back where it came from)."""
-    flash(f"{field}: {message}" if field and not message.startswith(f"{field}:") else message,
-          "error" if error else "ok")
+    text = f"{field}: {message}" if field and not message.startswith(f"{field}:") else message
+    flash(text if len(text) <= FLASH_CHARS else text[:FLASH_CHARS - 1] + "…", "error" if error else "ok")
     return redirect(to or back_to(), code=303)
 
 

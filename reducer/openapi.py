@@ -150,6 +150,12 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
 
 
+# a form posted by a browser itself (Accept: text/html, reducer/browser.py) gets this instead of
+# the JSON answers, success or error alike
+BROWSER_FORM = {"303": {"description": "to a browser posting the form without JavaScript (it asks for text/html): "
+                                       "see the page in Location, which shows the outcome or the error"}}
+
+
 def _list(name: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"get": {"summary": f"list {name.lower()}s", "parameters": params or [],
                     "responses": {"200": _json({"type": "array", "items": ref(name)}, f"{name.lower()}s"),
@@ -204,7 +210,7 @@ def document() -> dict[str, Any]:
                     "properties": {"seed": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["model", "state"],
                                             "properties": {"model": ref("Model"), "state": STRING}}, "seeded"),
-                              **_errors(400, 401, 409, 413, 415, 507)}}},
+                              **BROWSER_FORM, **_errors(400, 401, 409, 413, 415, 507)}}},
             "/start": {"post": {
                 "summary": "start a session of rounds (admin)",
                 "description": "Every setting is checked before anything changes: a 400 names the field "
@@ -219,7 +225,7 @@ def document() -> dict[str, Any]:
                                                                         "description": "e.g. fewer active "
                                                                         "clients than a round requires"}}},
                                       "started"),
-                              **_errors(400, 401, 409, 413, 415)}}},
+                              **BROWSER_FORM, **_errors(400, 401, 409, 413, 415)}}},
             "/stop": {"post": {
                 "summary": "stop the running session (admin)",
                 "description": "mode after_round (the default, also for an empty body) lets the round in "
@@ -232,7 +238,7 @@ def document() -> dict[str, Any]:
                     for media in ("application/json", "application/x-www-form-urlencoded")}},
                 "responses": {"202": _json({"type": "object", "required": ["stopping", "mode", "state"], "properties": {
                     "stopping": {"type": "boolean"}, "mode": {"enum": list(STOP_MODES)},
-                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409, 415)}}},
+                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **BROWSER_FORM, **_errors(400, 401, 409, 415)}}},
             "/add": {"post": {
                 "summary": "a combiner announces itself (its own combiner credential, or admin); a live "
                            "combiner's name does not move to another address (409)",
