@@ -284,7 +284,8 @@ export function live(refresh, ms = 2000) {
       if (!(err instanceof ApiError)) console.error(err);  // a bug, not an outage: let it be seen
       const down = unreachable(err) ? showUnreachable(err) : null;
       if (banner) {
-        replace(banner, down ? `The reducer is not answering since ${down} (${err.message}). Retrying every ${ms / 1000} s.`
+        const why = err.status ? `HTTP ${err.status}: ${err.message}` : "no connection";
+        replace(banner, down ? `The reducer is not answering since ${down} (${why}). Retrying every ${ms / 1000} s.`
           : `Cannot refresh: ${err.message}`, err.status === 401
           ? [" ", h("a", { href: `/login?next=${encodeURIComponent(location.pathname)}` }, "Log in")] : "");
         banner.hidden = false;
