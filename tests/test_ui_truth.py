@@ -187,7 +187,8 @@ def test_unknown_pages_answer_html_to_browsers_and_json_to_the_api(app) -> None:
     page = web.get("/no-such-page", headers=BROWSER)
     assert page.status_code == 404 and page.mimetype == "text/html" and b"Page not found" in page.data
     assert b'href="/"' in page.data
-    for path, headers in (("/api/v1/no-such", BROWSER), ("/no-such-page", {}), ("/no-such-page", {"Accept": "application/json"})):
+    for path, headers in (("/api/v1/no-such", BROWSER), ("/no-such-page", {}),
+                          ("/no-such-page", {"Accept": "application/json"})):
         reply = web.get(path, headers=headers)
         assert reply.status_code == 404 and reply.mimetype == "application/json", (path, headers)
 
@@ -203,9 +204,10 @@ def test_login_page_has_a_label_and_the_header_says_who(tmp_path: Path) -> None:
         field = re.search(r'<input id="([^"]+)" type="password" name="token"', login)
         assert field and f'<label for="{field.group(1)}">Admin token</label>' in login
         assert 'action="/login?next=/sessions"' in login  # a login keeps where it was going
-        assert 'id="login-link"' in web.get("/").get_data(as_text=True)  # not logged in: a way to
+        assert 'id="login-link"' in web.get("/").get_data(as_text=True)  # not logged in: a way to log in
         wrong = web.post("/login", data={"token": "nope"})
-        assert wrong.status_code == 401 and b'aria-invalid="true"' in wrong.data and b"not the admin token" in wrong.data
+        assert wrong.status_code == 401 and b'aria-invalid="true"' in wrong.data
+        assert b"not the admin token" in wrong.data
         assert web.post("/login?next=/sessions", data={"token": admin}).headers["Location"] == "/sessions"
         for path in PAGES.values():
             page = web.get(path).get_data(as_text=True)
