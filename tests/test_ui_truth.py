@@ -1,6 +1,8 @@
 """The web UI tells the truth when something is wrong (issue 18).
 
 - Colours: every status pill and text colour meets WCAG AA (4.5:1), computed from app.css.
+- Network: an offline combiner says where it was called, what it got and since when; a client
+  why it is not active.
 - Rounds: two rounds that fail (no client anywhere) keep distinct numbers (``seq``), in the
   API and on the page, and a restart goes on counting; ``/start`` says there are too few
   clients when it starts them, not only after they fail.
@@ -314,3 +316,33 @@ def test_ui_pages_fit_pass_axe_warn_and_show_the_reducer_down(chromium, app) -> 
         served.down()
     if not audited:
         pytest.skip(f"axe-core is missing at {AXE} (make venv installs it from npm): the pages were not audited")
+
+
+def test_network_page_says_why_a_combiner_or_client_is_offline(tmp_path: Path) -> None:
+    """A combiner registered at a port where nothing listens (a real socket, refused): the
+    network records the address, the error and since when; the page and the API show them;
+    its client says its combiner is offline, another client since when its heartbeat is silent."""
+    app = create_app(Settings(data_dir=tmp_path), helper="numpy", poll_interval_s=None)
+    try:
+        reducer = app.extensions["fedtier"]
+        port = free_port()  # nothing listens there
+        reducer.network.add_combiner("c0", "127.0.0.1", port)
+        reducer.state.update("combiners", "c0", {"last_seen": time.time() - 60})  # silent for a minute
+        reducer.state.upsert("clients", "a", {"name": "a", "combiner": "c0", "active": True, "last_heartbeat": 1.0})
+        reducer.state.upsert("clients", "b", {"name": "b", "combiner": "gone", "active": False,
+                                              "last_heartbeat": 1_700_000_000.0})
+        before = time.time()
+        reducer.network.refresh()
+        web = app.test_client()
+        combiner = web.get("/api/v1/combiners").get_json()[0]
+        assert combiner["online"] is False and combiner["last_error"].startswith("UNAVAILABLE")
+        assert before <= combiner["unreachable_since"] <= time.time()
+        page = web.get("/network", headers=BROWSER).get_data(as_text=True)
+        why = re.findall(r"<div class=\"muted wrap\" data-why>([^<]*)</div>", page)
+        assert why[0].startswith(f"unreachable at 127.0.0.1:{port} since ") and "(UNAVAILABLE" in why[0], why
+        assert why[1:] == ["its combiner c0 is offline", "heartbeat silent since 2023-11-14 22:13:20 UTC"], why
+        since = combiner["unreachable_since"]
+        reducer.network.refresh()  # still failing the same way: "since" stays the first failure
+        assert web.get("/api/v1/combiners").get_json()[0]["unreachable_since"] == since
+    finally:
+        app.extensions["fedtier"].close()
