@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from fedtier.config import Settings
@@ -20,7 +20,7 @@ from fedtier.limits import Limits
 from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
 from fedtier.identity import SelfIssuer, load_signing_key
-from fedtier.reducer.errors import register_error_handlers
+from fedtier.reducer.errors import error_reply, register_error_handlers
 from fedtier.reducer.metrics import ReducerMetrics, bp as metrics_bp
 from fedtier.reducer.network import Network
 from fedtier.reducer.schedules import Scheduler
@@ -136,11 +136,8 @@ def bound_request_bodies(app: Flask, bounds: Limits, cap: int | None = None) -> 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
         bound = g.get("body_bound", "json_body_bytes")
-        body = {"error": f"the request body is over {bounds.describe(bound)}", "status": 413,
-                "limit": Limits.variable(bound)}
-        if g.get("body_field"):
-            body["field"] = g.body_field
-        return jsonify(body), 413
+        return error_reply(413, f"the request body is over {bounds.describe(bound)}", limit=Limits.variable(bound),
+                           field=g.get("body_field") or None)
 
 
 def reducer() -> Reducer:

@@ -19,7 +19,7 @@ import functools
 import logging
 import secrets
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, session
 
@@ -141,7 +141,8 @@ def install(app: Flask) -> None:
             also = ", or FEDTIER_METRICS_TOKEN" if request.path == "/metrics" else ""
             raise APIError(401, f"reading needs the admin token or a client or combiner credential{also} "
                                 "(FEDTIER_PUBLIC_READ is false)")
-        return redirect("/login")
+        here = request.full_path.rstrip("?")
+        return redirect("/login" if here == "/" else f"/login?next={quote(here)}")  # back here after it
 
     app.register_blueprint(bp)
 
@@ -161,7 +162,7 @@ def local_path(target: str | None) -> str:
 
 @bp.get("/login")
 def login_form() -> Any:
-    return render_template("login.html", state="", error=None)
+    return render_template("login.html", state="", error=None, next=local_path(request.args.get("next")))
 
 
 @bp.post("/login")
@@ -172,7 +173,8 @@ def login() -> Any:
     if not admin or not token_matches(token, admin):
         if request.is_json:
             raise APIError(401, "that is not the admin token")
-        return render_template("login.html", state="", error="That is not the admin token."), 401
+        return render_template("login.html", state="", error="That is not the admin token.",
+                               next=local_path(request.args.get("next"))), 401
     session.clear()
     session["admin"] = True
     if request.is_json:

@@ -264,13 +264,23 @@ class Control:
             log.info("session %s %s: %d rounds succeeded, %d failed", session["id"], status,
                      session["rounds_succeeded"], session["rounds_failed"])
 
+    def _next_seq(self) -> int:
+        """The round's own number: distinct and increasing across this reducer's life. ``round``
+        counts the models the trail built (a failed round builds none, so the next one shares
+        its number); people and the API need to tell those rounds apart. Kept in the state
+        store so a restart goes on counting; records from before it count as the rounds held."""
+        held = self.store.get(REDUCER, "round_seq")
+        seq = int(held["last"]) + 1 if held else self.store.count(ROUNDS) + 1
+        self.store.upsert(REDUCER, "round_seq", {"last": seq})
+        return seq
+
     # ---- one round
     def _run_round(self, session_id: str, config: RoundConfig) -> dict[str, Any]:
         base = self.trail.latest()
         assert base is not None
         number = int(base.get("round", 0)) + 1
         round_doc: dict[str, Any] = {
-            "id": new_id(), "session_id": session_id, "round": number, "status": "running",
+            "id": new_id(), "session_id": session_id, "round": number, "seq": self._next_seq(), "status": "running",
             "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
             "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None,
             "capped": [], "capped_combiners": []}
@@ -278,7 +288,7 @@ class Control:
         scratch = self.work_dir / "rounds" / round_doc["id"]
         scratch.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = round_doc["timings"]
-        log.info("round %d (%s) starting from model %s", number, round_doc["id"], base["id"])
+        log.info("round %d (#%d, %s) starting from model %s", number, round_doc["seq"], round_doc["id"], base["id"])
         try:
             self._set_phase(ReducerState.INSTRUCTING)
             combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)

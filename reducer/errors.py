@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, jsonify
+from urllib.parse import quote
+
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from fedtier.helpers.format import ModelFormatError
+from fedtier.reducer.browser import FORM_PAGES, back_to, form_reply, html_error, wants_page
 from fedtier.strict_json import JSONInputError
 from fedtier.reducer.control import StateConflict
 from fedtier.round_config import RoundConfigError
@@ -28,6 +31,14 @@ class APIError(Exception):
 
 
 def _body(status: int, message: str, **extra: object):
+    """The error as JSON; to a browser without JavaScript, a page saying it (reducer/browser.py)."""
+    if wants_page():
+        if request.method == "POST" and request.path in FORM_PAGES:
+            to = f"/login?next={quote(back_to())}" if status == 401 and request.path != "/login" else None
+            field = extra.get("field")
+            return form_reply(message, to=to, error=True, field=field if isinstance(field, str) else None)
+        if request.method in ("GET", "HEAD"):
+            return html_error(status, message)
     body = {"error": message, "status": status, **{k: v for k, v in extra.items() if v is not None}}
     return jsonify(body), status
 
@@ -37,6 +48,9 @@ def count_store_error(exc: Exception) -> None:
     reducer = current_app.extensions.get("fedtier")
     if reducer is not None:
         reducer.metrics.store_error(exc)
+
+
+error_reply = _body  # for handlers registered elsewhere (app.py's 413)
 
 
 def register_error_handlers(app: Flask) -> None:

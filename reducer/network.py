@@ -146,15 +146,23 @@ class Network:
                 status = self.handle(name).status(timeout=2.0)
             except grpc.RpcError as exc:
                 update: dict[str, Any] = {"active_clients": 0}
+                # why it is (or will be) offline, kept for the network page: the address called,
+                # what the call got, since when; written when it changes, not on every poll
+                details = exc.details() if callable(getattr(exc, "details", None)) else ""
+                error = f"{exc.code().name}: {details or 'no details'}"
+                if doc.get("unreachable_since") is None or doc.get("last_error") != error:
+                    update.update(last_error=error, unreachable_since=doc.get("unreachable_since") or time.time())
+                # the common cause on first set-up: a combiner announced a name nobody resolves
+                hint = (f"; {doc['address']} does not resolve here: start the combiner with --advertise-host "
+                        f"set to a name or address the reducer and its clients resolve"
+                        if not resolves(doc["address"]) else "")
+                if hint and doc.get("last_error_hint") != hint.lstrip("; "):
+                    update["last_error_hint"] = hint.lstrip("; ")
                 if doc.get("online") and time.time() - doc.get("last_seen", 0) > self.offline_after_s:
-                    # the common cause on first set-up: a combiner announced a name nobody resolves
-                    hint = (f"; {doc['address']} does not resolve here: start the combiner with --advertise-host "
-                            f"set to a name or address the reducer and its clients resolve"
-                            if not resolves(doc["address"]) else "")
-                    log.warning("combiner %s registered at %s:%s is unreachable (%s: %s)%s", name, doc["address"],
-                                doc["port"], exc.code().name, exc.details(), hint)
+                    log.warning("combiner %s registered at %s:%s is unreachable (%s)%s", name, doc["address"],
+                                doc["port"], error, hint)
                     update["online"] = False
-                if doc.get("active_clients") or "online" in update:
+                if doc.get("active_clients") or len(update) > 1:
                     self.state.update(COMBINERS, name, update)
                 self._clients_inactive(name)
                 continue
@@ -164,7 +172,9 @@ class Network:
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
                                                 "active_clients": status.active_clients,
                                                 "round_in_progress": status.round_in_progress,
-                                                "instance_id": status.instance_id})
+                                                "instance_id": status.instance_id,
+                                                "unreachable_since": None, "last_error": None,
+                                                "last_error_hint": None})
             answered[name] = status.active_clients
             stored = {c["name"]: c for c in self.state.find(CLIENTS, where={"combiner": name})}
             for client in status.clients:

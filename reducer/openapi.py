@@ -55,7 +55,11 @@ SCHEMAS: dict[str, Any] = {
     "Combiner": {"type": "object", "required": ["name", "address", "port", "online"], "properties": {
         "name": STRING, "address": STRING, "port": INTEGER, "online": {"type": "boolean"},
         "active_clients": INTEGER, "last_seen": NUMBER, "added_at": NUMBER, "round_in_progress": STRING,
-        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"}}},
+        "instance_id": {"type": "string", "description": "drawn when the combiner process starts: it changes on a restart"},
+        "unreachable_since": {**OPT_NUMBER, "description": "when the reducer's status calls to it began failing; "
+                                                           "null while it answers"},
+        "last_error": {**OPT_STRING, "description": "what the last failed status call got (gRPC code: details)"},
+        "last_error_hint": {**OPT_STRING, "description": "the likely cause, when one is known"}}},
     "Client": {"type": "object", "required": ["name"], "properties": {
         "name": STRING, "combiner": STRING, "active": {"type": "boolean"}, "last_heartbeat": NUMBER,
         "rounds_joined": INTEGER, "assigned_at": NUMBER}},
@@ -70,7 +74,11 @@ SCHEMAS: dict[str, Any] = {
                     "started_at": NUMBER, "finished_at": OPT_NUMBER,
                     "schedule_id": {"type": "string", "description": "the schedule that started it, if one did"}}},
     "Round": {"type": "object", "required": ["id", "session_id", "round", "status", "model_in"], "properties": {
-        "id": STRING, "session_id": STRING, "round": INTEGER,
+        "id": STRING, "session_id": STRING,
+        "round": {**INTEGER, "description": "the number of the model this round builds: a failed round builds "
+                                            "none, so the next round has the same one"},
+        "seq": {**INTEGER, "description": "this round's own number on this reducer: distinct and increasing, "
+                                          "failed rounds included"},
         "status": {"enum": list(ROUND_STATUSES), "description": ROUND_STATUS}, "model_in": STRING, "model_out": OPT_STRING,
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
@@ -163,6 +171,12 @@ def _errors(*codes: int) -> dict[str, Any]:
                500: "the stored bytes are damaged; `error` names the model (never sent as a 200)",
                507: "the model store or state store has no room; `error` names which"}
     return {str(code): _json(ref("Error"), reasons[code]) for code in codes}
+
+
+# a form posted by a browser itself (Accept: text/html, reducer/browser.py) gets this instead of
+# the JSON answers, success or error alike
+BROWSER_FORM = {"303": {"description": "to a browser posting the form without JavaScript (it asks for text/html): "
+                                       "see the page in Location, which shows the outcome or the error"}}
 
 
 def _list(name: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -274,7 +288,7 @@ def document() -> dict[str, Any]:
                     "properties": {"seed": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _json({"type": "object", "required": ["model", "state"],
                                             "properties": {"model": ref("Model"), "state": STRING}}, "seeded"),
-                              **_errors(400, 401, 409, 413, 415, 507)}}},
+                              **BROWSER_FORM, **_errors(400, 401, 409, 413, 415, 507)}}},
             "/start": {"post": {
                 "summary": "start a session of rounds (admin)",
                 "description": "Every setting is checked before anything changes: a 400 names the field "
@@ -284,8 +298,12 @@ def document() -> dict[str, Any]:
                     "application/x-www-form-urlencoded": {"schema": ref("RoundSettingsForm")}}},
                 "responses": {"201": _json({"type": "object", "required": ["session_id", "session", "state"],
                                             "properties": {"session_id": STRING, "session": ref("Session"),
-                                                           "state": STRING}}, "started"),
-                              **_errors(400, 401, 409, 413, 415)}}},
+                                                           "state": STRING,
+                                                           "warnings": {"type": "array", "items": STRING,
+                                                                        "description": "e.g. fewer active "
+                                                                        "clients than a round requires"}}},
+                                      "started"),
+                              **BROWSER_FORM, **_errors(400, 401, 409, 413, 415)}}},
             "/stop": {"post": {
                 "summary": "stop the running session (admin)",
                 "description": "mode after_round (the default, also for an empty body) lets the round in "
@@ -298,7 +316,7 @@ def document() -> dict[str, Any]:
                     for media in ("application/json", "application/x-www-form-urlencoded")}},
                 "responses": {"202": _json({"type": "object", "required": ["stopping", "mode", "state"], "properties": {
                     "stopping": {"type": "boolean"}, "mode": {"enum": list(STOP_MODES)},
-                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **_errors(400, 401, 409, 415)}}},
+                    "session_id": OPT_STRING, "state": STRING}}, "stopping"), **BROWSER_FORM, **_errors(400, 401, 409, 415)}}},
             "/add": {"post": {
                 "summary": "a combiner announces itself (its own combiner credential, or admin); a live "
                            "combiner's name does not move to another address (409)",

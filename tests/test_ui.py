@@ -7,7 +7,7 @@ setting first: the message shows next to that field), watches the dashboard's ac
 plot gain its points as the rounds finish without a reload, stops a second session,
 checks the network page, downloads a model from the trail and checks its hash, and
 saves a screenshot of every page at desktop and phone widths in $FEDTIER_UI_SCREENSHOTS
-(default: a folder in the system's temporary directory, so a test run leaves the work tree
+(default: a folder in the system's temporary directory, never tracked, so a test run leaves the work tree
 as it was; FEDTIER_UI_SCREENSHOTS=docs/screenshots refreshes the committed ones).
 Any console error or uncaught page error that the test did not provoke fails it.
 
@@ -261,14 +261,17 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
         shot(phone, f"{name}-narrow")
     narrow.close()
 
-    # ---- without JavaScript the forms still post to the API (which answers in JSON)
+    # ---- without JavaScript the forms still post, and the browser lands on a page saying what happened
     plain = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
     no_js = plain.new_page()
-    open_page(no_js, url, "/start")
+    no_js.goto(url + "/start")
     no_js.fill("#f-rounds", "0")
     with no_js.expect_navigation():
         no_js.click("#start-button")
-    assert no_js.url == f"{url}/start" and '"field":"rounds"' in no_js.content().replace(" ", "")
+    assert no_js.url == f"{url}/start"
+    assert "rounds: must be an integer" in no_js.inner_text("[data-flash=error]")
+    no_js.goto(url + "/")  # the rounds are listed without JavaScript too
+    assert no_js.locator("#round-table tr[data-round-id]").count() == len(requests.get(f"{url}/api/v1/rounds", timeout=5).json())
     plain.close()
 
     context.close()

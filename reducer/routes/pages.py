@@ -1,17 +1,23 @@
 """The web UI's read-only pages: ``/network``, ``/trail`` (also ``/models``) and ``/sessions``.
 
-Each page is a shell that its script in ``reducer/static/`` fills from the JSON API
-and refreshes every few seconds. The context processor gives every template (the
-dashboard, seed and start pages too) what the navigation and the forms need.
+Each page is rendered with its data (the latest ``SHOWN`` rows), so it is true without
+JavaScript too; its script in ``reducer/static/`` then redraws it from the JSON API every few
+seconds. The context processor gives every template (the dashboard, seed and start pages
+too) what the navigation and the forms need.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, session
 
 from fedtier.aggregators import AGGREGATORS
+from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
+from fedtier.reducer.control import SESSIONS
+
+SHOWN = 100  # rows a page renders by itself; the script shows them all, the API has them all
 
 bp = Blueprint("pages", __name__)
 
@@ -19,24 +25,45 @@ bp = Blueprint("pages", __name__)
 @bp.app_context_processor
 def ui_context() -> dict[str, Any]:
     r = reducer()
-    return {"ui": {"helper": r.control.helper_name, "aggregators": sorted(AGGREGATORS)}}
+    # who the header says is here: "admin" (a login session, with a logout), "anonymous" (a
+    # login link) or "open" (no admin token: nothing to log in to)
+    who = "open" if auth.is_open() else "admin" if session.get("admin") else "anonymous"
+    return {"ui": {"helper": r.control.helper_name, "aggregators": sorted(AGGREGATORS), "who": who}}
 
 
-def _page(template: str) -> str:
-    return render_template(template, state=reducer().control.state.value)
+@bp.app_template_filter("utc")
+def utc(epoch: float | None) -> str:
+    """A time for a page without JavaScript (the scripts show local time)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "–"
+
+
+@bp.app_template_filter("metrics")
+def metrics_text(metrics: dict[str, Any] | None) -> str:
+    shown = [(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k != "num_examples"]
+    return " · ".join(f"{k} {v:.4g}" for k, v in sorted(shown)) or "–"
+
+
+def _page(template: str, **data: Any) -> str:
+    return render_template(template, state=reducer().control.state.value, shown=SHOWN, **data)
 
 
 @bp.get("/network")
 def network_page():
-    return _page("network.html")
+    r = reducer()
+    return _page("network.html", combiners=sorted(r.network.combiners(), key=lambda c: c["name"]),
+                 clients=sorted(r.network.clients(), key=lambda c: c["name"]), now=time.time())
 
 
 @bp.get("/trail")
 @bp.get("/models")
 def trail_page():
-    return _page("trail.html")
+    models = reducer().trail.all()
+    return _page("trail.html", models=sorted(models, key=lambda m: m.get("created_at", 0), reverse=True)[:SHOWN],
+                 total=len(models))
 
 
 @bp.get("/sessions")
 def sessions_page():
-    return _page("sessions.html")
+    r = reducer()
+    return _page("sessions.html", sessions=r.state.find(SESSIONS, order_by="started_at", descending=True,
+                                                        limit=SHOWN), total=r.state.count(SESSIONS))

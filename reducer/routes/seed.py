@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, render_template, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin
 from fedtier.reducer.body import require_multipart
+from fedtier.reducer.browser import form_reply, wants_page
 from fedtier.reducer.errors import APIError
 
 bp = Blueprint("seed", __name__)
@@ -35,4 +36,6 @@ def seed_upload():
         if path.stat().st_size == 0:
             raise APIError(400, "the seed file is empty", field="seed")
         record = r.control.seed(path)
+    if wants_page():
+        return form_reply(f"Seed model {record['id']} accepted (sha256 {record['sha256']}).", to="/seed")
     return jsonify({"model": record, "state": r.control.state.value}), 201

@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, render_template, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.auth import require_admin
 from fedtier.reducer.body import fields
+from fedtier.reducer.browser import form_reply, wants_page
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.control import SESSION_SETTINGS, STOP_AFTER_ROUND, STOP_MODES, SessionRequest
 from fedtier.round_config import RoundConfig, setting_names
@@ -16,7 +17,8 @@ bp = Blueprint("start", __name__)
 @bp.get("/start")
 def start_form():
     r = reducer()
-    return render_template("start.html", state=r.control.state.value, defaults=RoundConfig().to_dict())
+    return render_template("start.html", state=r.control.state.value, defaults=RoundConfig().to_dict(),
+                           clients_active=sum(1 for c in r.network.clients() if c.get("active")))
 
 
 @bp.post("/start")
@@ -28,8 +30,24 @@ def start_session():
         data = {k: v for k, v in data.items() if v != "" or k not in known}
     r = reducer()
     session_request = SessionRequest.from_dict(data, defaults={"helper": r.control.helper_name})
+    warnings = too_few_clients(session_request.config)
     session = r.control.start_session(session_request)
-    return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value}), 201
+    if wants_page():
+        return form_reply(" ".join([f"Session {session['id']} started: {session['rounds_requested']} rounds.",
+                                    *warnings]), to="/")
+    return jsonify({"session_id": session["id"], "session": session, "state": r.control.state.value,
+                    "warnings": warnings}), 201
+
+
+def too_few_clients(config: RoundConfig) -> list[str]:
+    """What the session will meet at once, said when it starts rather than after rounds fail:
+    fewer active clients than a round requires. (The page warns before posting; an API
+    client learns it from the reply.) Not a refusal: clients may still be connecting."""
+    active = sum(1 for c in reducer().network.clients() if c.get("active"))
+    if active >= config.clients_required:
+        return []
+    return [f"Only {active} client{'' if active == 1 else 's'} active now, {config.clients_required} required: "
+            f"each round waits up to {config.wait_for_clients:g} s for them, then fails."]
 
 
 @bp.post("/stop")
@@ -45,4 +63,8 @@ def stop_session():
     if mode not in STOP_MODES:
         raise APIError(400, f"mode: must be one of {', '.join(STOP_MODES)}, got {mode!r}", field="mode")
     r = reducer()
-    return jsonify({**r.control.stop_session(mode), "state": r.control.state.value}), 202
+    stopping = r.control.stop_session(mode)
+    if wants_page():
+        return form_reply("Stopping after the round in progress." if mode == STOP_AFTER_ROUND
+                          else "Aborting the round in progress.")
+    return jsonify({**stopping, "state": r.control.state.value}), 202

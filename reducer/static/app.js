@@ -223,8 +223,51 @@ export function showState(state) {
   document.body.dataset.state = state;
 }
 
+// ---- when the reducer does not answer
+
+// The buttons that act on the reducer; while it does not answer they are disabled with the
+// reason next to them. The page's refresh re-enables the ones with a reason slot from the state
+// it reads (start.js, stopControls); the others (seed) are re-enabled here.
+const ACTIONS = [["#start-button", "#start-reason"], ["#stop-after-button", "#stop-reason"],
+  ["#abort-button", "#stop-reason"], ["#seed-form [type=submit]", null]];
+let downSince = null;  // when the first refresh in a row failed to reach the reducer
+
+// A network error, or a 5xx (a proxy's 502, a reducer failing): the reducer is not answering.
+// A 4xx is the reducer answering (a 401 asks for a login), not an outage.
+export const unreachable = (err) => err instanceof ApiError && (err.status === 0 || err.status >= 500);
+
+function showUnreachable(err) {
+  downSince = downSince || new Date();
+  const since = when(downSince.getTime() / 1000).slice(11);
+  const el = $("[data-bind=state]");
+  if (el) { el.textContent = "unreachable"; el.className = "pill pill-unreachable"; }
+  document.body.dataset.state = "unreachable";
+  document.body.dataset.reachable = "false";
+  const label = $("#updated");
+  if (label) { label.textContent = `not live · reducer not answering since ${since}`; label.dataset.live = "false"; }
+  for (const [button, reason] of ACTIONS) {
+    const b = $(button);
+    if (!b) continue;
+    if (!reason && !b.disabled) b.dataset.down = "true";
+    b.disabled = true;
+    const r = reason && $(reason);
+    if (r) r.textContent = `The reducer is not answering (since ${since}); this is disabled until it does.`;
+  }
+  return since;
+}
+
+function showReachable() {
+  downSince = null;
+  document.body.dataset.reachable = "true";
+  const label = $("#updated");
+  if (label) label.dataset.live = "true";
+  for (const b of document.querySelectorAll("button[data-down]")) { b.disabled = false; delete b.dataset.down; }
+}
+
 // Run `refresh` now and then every `ms` milliseconds (never overlapping; paused while
-// the tab is hidden). A failed refresh shows a banner instead of throwing.
+// the tab is hidden). A failed refresh shows a banner instead of throwing; one that did not
+// reach the reducer also turns the state pill to "unreachable", the live label off and the
+// action buttons off, until a refresh succeeds again (which redraws them from the real state).
 export function live(refresh, ms = 2000) {
   let timer = null;
   let running = false;
@@ -235,11 +278,15 @@ export function live(refresh, ms = 2000) {
     running = true;
     try {
       await refresh();
+      showReachable();
       if (banner) banner.hidden = true;
     } catch (err) {
       if (!(err instanceof ApiError)) console.error(err);  // a bug, not an outage: let it be seen
+      const down = unreachable(err) ? showUnreachable(err) : null;
       if (banner) {
-        replace(banner, `Cannot refresh: ${err.message}`, err.status === 401
+        const why = err.status ? `HTTP ${err.status}: ${err.message}` : "no connection";
+        replace(banner, down ? `The reducer is not answering since ${down} (${why}). Retrying every ${ms / 1000} s.`
+          : `Cannot refresh: ${err.message}`, err.status === 401
           ? [" ", h("a", { href: `/login?next=${encodeURIComponent(location.pathname)}` }, "Log in")] : "");
         banner.hidden = false;
       }

@@ -1,4 +1,4 @@
-// The dashboard: /api/v1/dashboard every 2 s, drawn into the cards, charts and tables.
+// The dashboard: /api/v1/status, the sessions and their rounds every 2 s, drawn into the cards, charts and tables.
 import {
   $, getJSON, h, idCode, live, metricKeys, metricsNode, now, num, pill, replace, roundIds, roundsById, seconds,
   showState, stopControls, table, validationsOf, when,
@@ -55,6 +55,9 @@ function renderSession(session, status) {
     stopped ? `, ${stopped} stopped` : "", took);
 }
 
+// A round's own number (distinct, failed rounds too); older records have only the model's.
+const roundNo = (r) => (Number.isInteger(r.seq) ? r.seq : r.round);
+
 function renderRound(rounds, status, now) {
   const last = rounds[rounds.length - 1];
   if (!last) {
@@ -64,11 +67,11 @@ function renderRound(rounds, status, now) {
   }
   if (last.status === "running") {
     const phase = PHASE_OF_STATE[status.state] || status.state;
-    replace($("#round-status"), `Round ${last.round}`, pill("running"));
+    replace($("#round-status"), `Round #${roundNo(last)}`, pill("running"));
     replace($("#round-detail"), `${phase} · ${seconds(now - last.started_at)} so far`);
     return;
   }
-  replace($("#round-status"), `Round ${last.round}`, pill(last.status));
+  replace($("#round-status"), `Round #${roundNo(last)}`, pill(last.status));
   replace($("#round-detail"), last.status === "success"
     ? `took ${seconds(last.timings.total)} · ${plural((last.participants || []).length, "client")} · finished ${when(last.finished_at)}`
     : last.error || "");
@@ -133,7 +136,7 @@ function renderCharts(rounds, validations) {
         if (p.key !== "other" && r.timings[p.key]) { parts[p.key] = r.timings[p.key]; known += r.timings[p.key]; }
       }
       if (r.timings.total - known > 0.001) parts.other = r.timings.total - known;
-      return { label: r.round, note: r.status === "success" ? "" : ` (${r.status})`, parts };
+      return { label: `#${roundNo(r)}`, note: r.status === "success" ? "" : ` (${r.status})`, parts };
     }),
   });
 
@@ -179,7 +182,8 @@ function renderClientTable(rounds, validations) {
 function renderRoundTable(rounds, now) {
   const rows = [...rounds].reverse();
   replace($("#round-table"), table([
-    { label: "Round", class: "num", cell: (r) => r.round },
+    { label: "Round", class: "num", cell: (r) => h("span", { "data-seq": roundNo(r) }, `#${roundNo(r)}`) },
+    { label: "Model round", class: "num", cell: (r) => (r.status === "success" ? r.round : h("span", { class: "muted" }, "–")) },
     { label: "Status", cell: (r) => [pill(r.status), r.error ? h("div", { class: "muted wrap" }, r.error) : null] },
     { label: "Metrics", cell: (r) => metricsNode(r.metrics) },
     { label: "Time", class: "num nowrap", cell: (r) => (r.status === "running" ? `${seconds(now - r.started_at)}…` : seconds(r.timings.total)) },

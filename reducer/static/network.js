@@ -1,6 +1,7 @@
 // /network: combiners and clients, each client with its latest validation; every 2 s.
 import {
   $, ago, getJSON, h, live, metricsNode, now, num, pill, replace, roundIds, roundsById, showState, table, validationsOf,
+  when,
 } from "./app.js";
 
 const LOOK_BACK = 10;  // rounds searched for each client's latest validation
@@ -10,6 +11,24 @@ function clientState(c) {
   if (c.active === false) return ["offline", "offline"];
   return ["connecting", "waiting"];  // assigned a combiner, not yet seen on it
 }
+
+// Why a combiner is offline, or not answering yet: the address the reducer calls, what the call
+// got and since when (reducer/network.py records it).
+function combinerWhy(c) {
+  if (!c.unreachable_since) return c.online ? null : `not seen since ${when(c.last_seen)}`;
+  return [`unreachable at ${c.address}:${c.port} since ${when(c.unreachable_since)}`,
+    c.last_error ? ` (${c.last_error})` : "", c.last_error_hint ? `; ${c.last_error_hint}` : ""].join("");
+}
+
+function clientWhy(c, combiners) {
+  if (c.active === true) return null;
+  const home = combiners.find((x) => x.name === c.combiner);
+  if (home && !home.online) return `its combiner ${home.name} is offline`;
+  if (!c.last_heartbeat) return c.combiner ? `assigned to ${c.combiner}, no heartbeat yet` : "no heartbeat yet";
+  return `heartbeat silent since ${when(c.last_heartbeat)}`;
+}
+
+const why = (text) => (text ? h("div", { class: "muted wrap", "data-why": "" }, text) : null);
 
 async function refresh() {
   const [combinerList, clientList, status, sessions] = await Promise.all([
@@ -31,7 +50,7 @@ async function refresh() {
   replace($("#combiners"), table([
     { label: "Name", cell: (c) => h("strong", {}, c.name) },
     { label: "Address", cell: (c) => h("code", {}, `${c.address}:${c.port}`) },
-    { label: "Status", cell: (c) => (c.online ? pill("online") : pill("offline")) },
+    { label: "Status", cell: (c) => [c.online ? pill("online") : pill("offline"), why(combinerWhy(c))] },
     { label: "Active clients", class: "num", cell: (c) => num(c.active_clients || 0) },
     { label: "Round", cell: (c) => (c.round_in_progress ? pill("running") : h("span", { class: "muted" }, "idle")) },
     { label: "Last seen", cell: (c) => ago(c.last_seen, t) },
@@ -43,7 +62,7 @@ async function refresh() {
   replace($("#clients"), table([
     { label: "Name", cell: (c) => h("strong", {}, c.name) },
     { label: "Combiner", cell: (c) => c.combiner || "–" },
-    { label: "Status", cell: (c) => pill(...clientState(c)) },
+    { label: "Status", cell: (c) => [pill(...clientState(c)), why(clientWhy(c, combiners))] },
     { label: "Last heartbeat", cell: (c) => ago(c.last_heartbeat, t) },
     { label: "Rounds joined", class: "num", cell: (c) => num(c.rounds_joined || 0) },
     { label: "Last metrics", cell: (c) => (c.last_validation
