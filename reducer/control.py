@@ -43,6 +43,7 @@ from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
 from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
@@ -133,8 +134,10 @@ def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]],
 
 class Control:
     def __init__(self, state: StateStore, trail: ModelTrail, network: Network, work_dir: Path,
-                 helper: str = "numpy", metrics: ReducerMetrics | None = None) -> None:
+                 helper: str = "numpy", metrics: ReducerMetrics | None = None,
+                 evaluation: ReducerEvaluation | None = None) -> None:
         self.store = state
+        self.evaluation = evaluation  # scores each new global model on the operator's held-out set
         self.metrics = metrics or ReducerMetrics()
         self.trail = trail
         self.network = network
@@ -274,7 +277,7 @@ class Control:
             "id": new_id(), "session_id": session_id, "round": number, "status": "running",
             "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
             "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None,
-            "capped": [], "capped_combiners": []}
+            "capped": [], "capped_combiners": [], "reducer_metrics": {}}
         self.store.insert(ROUNDS, round_doc)
         scratch = self.work_dir / "rounds" / round_doc["id"]
         scratch.mkdir(parents=True, exist_ok=True)
@@ -316,6 +319,9 @@ class Control:
             if config.validate:
                 round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
                                                    out, round_doc, config)
+            if self.evaluation is not None:
+                round_doc["reducer_metrics"] = self._timed(timings, "reducer_evaluation", self._evaluate_on_reducer,
+                                                           out, round_doc, config)
             self._keep_latest(model["id"], out)
             round_doc["status"] = "success"
         except RoundStopped as exc:
@@ -354,6 +360,18 @@ class Control:
         log.info("round %d %s in %.2fs %s", number, round_doc["status"], timings["total"],
                  json.dumps(round_doc["metrics"]) if round_doc["metrics"] else "")
         return round_doc
+
+    def _evaluate_on_reducer(self, model: Path, round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
+        """The operator's held-out score of the committed model (reducer/evaluation.py). The
+        model is in the trail already: a failed evaluation is recorded, not a failed round."""
+        assert self.evaluation is not None
+        try:
+            return self.evaluation.run(model, int(round_doc["round"]), round_doc["session_id"], config.task,
+                                       timeout=config.round_timeout)
+        except EvaluationError as exc:
+            round_doc["reducer_metrics_error"] = str(exc)
+            log.warning("round %d: the reducer's evaluation failed: %s", round_doc["round"], exc)
+            return {}
 
     @staticmethod
     def _timed(timings: dict[str, float], phase: str, func: Callable[..., Any], *args: Any) -> Any:

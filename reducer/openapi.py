@@ -77,6 +77,10 @@ SCHEMAS: dict[str, Any] = {
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
         "metrics": {"type": "object", "additionalProperties": NUMBER},
+        "reducer_metrics": {"type": "object", "additionalProperties": NUMBER,
+                            "description": "the new model's metrics on the operator's held-out set, scored by the "
+                                           "reducer (FEDTIER_REDUCER_EVAL_PROJECT/_DATA); empty when not set"},
+        "reducer_metrics_error": {"type": "string", "description": "why the reducer's evaluation gave no metrics"},
         "pushed": {"type": "object", "additionalProperties": {"enum": ["uploaded", "adopted"]}},
         "combiners": {"type": "array", "description": "each combiner's part: its result and the quorum the reducer "
                                                       "gave it (quorum: min_clients, clients_requested, wait_s)",

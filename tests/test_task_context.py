@@ -136,3 +136,48 @@ def test_the_combiner_quorum_is_shared_out_and_its_request_fields_checked() -> N
         CombinerQuorum.of_request(config, -1, 0, 0.0)
     with pytest.raises(RoundConfigError, match="quorum"):
         CombinerQuorum.of_request(config, 1, 0, float("nan"))
+
+
+def test_the_reducer_scores_each_new_global_model_on_the_operators_held_out_set(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    """FEDTIER_REDUCER_EVAL_PROJECT/_DATA: the reducer runs the project's validate once per
+    round on the committed model; its metrics are the round's reducer_metrics in the API."""
+    net = Network(procs, tmp_path)
+    held_out = tmp_path / "held-out"
+    held_out.mkdir()
+    net.env.update(FEDTIER_REDUCER_EVAL_PROJECT=str(TEST_PROJECTS / "numpy_shift"),
+                   FEDTIER_REDUCER_EVAL_DATA=str(held_out))
+    net.seeded_with_clients(2)
+    done = net.finished(net.start(rounds=2, clients_required=2))
+    assert done["rounds_succeeded"] == 2, net.get("/api/v1/rounds")
+    rounds = sorted(net.get("/api/v1/rounds"), key=lambda r: r["round"])
+    # numpy_shift: clients add 1 and 2 with weights 10 and 20 to a 3x3 zero seed: +5/3 a round
+    assert [r["reducer_metrics"]["weight_sum"] for r in rounds] == [pytest.approx(15.0), pytest.approx(30.0)]
+    assert all(r["metrics"] == {} and "reducer_evaluation" in r["timings"] for r in rounds)  # validate: False
+
+
+def test_the_reducer_evaluation_gets_the_task_context_with_the_data(tmp_path: Path, monkeypatch) -> None:
+    from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
+
+    log_file = tmp_path / "probe.jsonl"
+    monkeypatch.setenv("PROBE_LOG", str(log_file))
+    model = tmp_path / "model"
+    model.write_bytes(b"not read by the probe")
+    evaluation = ReducerEvaluation(PROBE, str(tmp_path))
+    assert evaluation.run(model, 3, "s-1", {"epochs": 2}, timeout=60) == {"num_examples": 1.0}
+    (seen,) = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert seen | {"round_id": ""} == {"kind": "validate", "client": "reducer", "round_number": 3, "session_id": "s-1",
+                                       "round_id": "", "config": {"epochs": 2}, "settings": {},
+                                       "data_path": str(tmp_path)}
+    monkeypatch.delenv("PROBE_LOG")  # the probe fails: the error says so, nothing is returned
+    with pytest.raises(EvaluationError, match="validate exited with code 1"):
+        evaluation.run(model, 3, "s-1", {}, timeout=60)
+
+
+def test_the_reducer_evaluation_settings_come_together() -> None:
+    from fedtier.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="FEDTIER_REDUCER_EVAL_PROJECT and FEDTIER_REDUCER_EVAL_DATA"):
+        Settings.from_env({"FEDTIER_REDUCER_EVAL_DATA": "/tmp"})
+    with pytest.raises(ConfigError, match="FEDTIER_REDUCER_EVAL_PROJECT names"):
+        Settings.from_env({"FEDTIER_REDUCER_EVAL_DATA": "/tmp", "FEDTIER_REDUCER_EVAL_PROJECT": "/nonexistent"})
