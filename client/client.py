@@ -189,7 +189,7 @@ class FedClient:
     # ---- tasks
     def _handle(self, task: pb.Task, stub: rpc.CombinerStub, transfer: ModelTransferStub) -> None:
         kind = "train" if task.type == pb.TRAIN else "validate"
-        log.info("%s: %s task for round %s", self.settings.name, kind, task.round_id)
+        log.info("%s: %s task for round %d (%s)", self.settings.name, kind, task.round_number, task.round_id)
         timings: dict[str, float] = {}
         try:
             t = time.perf_counter()
@@ -199,7 +199,9 @@ class FedClient:
             ctx = TaskContext(client_name=self.settings.name, data_path=self.settings.data_path,
                               partition_index=self.settings.partition_index,
                               num_partitions=self.settings.num_partitions, round_id=task.round_id,
-                              config=config.get("task", {}), work_dir=self.work_dir)
+                              config=config.get("task", {}), work_dir=self.work_dir,
+                              round_number=task.round_number, session_id=task.session_id,
+                              settings=config.get("strategy", {}))
             out = self.work_dir / "out" / task.task_id
             try:
                 t = time.perf_counter()

@@ -22,6 +22,13 @@ class TaskContext:
     ``partition_index``/``num_partitions`` let a project that reads a shared dataset
     (tests, demos) pick this client's share; real deployments point ``data_path`` at
     the client's own data and may ignore them.
+
+    ``round_number`` is the reducer's round number (1-based, the one the trail records;
+    0 when the task came from a caller that gave none) and ``session_id`` the session's,
+    so a learning-rate schedule or a per-round shuffle needs no file of its own.
+    ``config`` is the session's ``task`` settings; ``settings`` the strategy's client-side
+    settings (the aggregator parameters its clients take part in, e.g. a proximal term's
+    weight), empty for FedAvg.
     """
 
     client_name: str
@@ -31,6 +38,9 @@ class TaskContext:
     round_id: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
     work_dir: Path = Path(".")
+    round_number: int = 0
+    session_id: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_env(self) -> dict[str, str]:
         """Environment for a command entry point; FEDN_DATA_PATH kept for FEDn projects."""
@@ -39,7 +49,10 @@ class TaskContext:
             f"{ENV_PREFIX}PARTITION_INDEX": str(self.partition_index),
             f"{ENV_PREFIX}NUM_PARTITIONS": str(self.num_partitions),
             f"{ENV_PREFIX}ROUND_ID": self.round_id,
+            f"{ENV_PREFIX}ROUND": str(self.round_number),
+            f"{ENV_PREFIX}SESSION_ID": self.session_id,
             f"{ENV_PREFIX}TASK_CONFIG": json.dumps(dict(self.config)),
+            f"{ENV_PREFIX}STRATEGY_SETTINGS": json.dumps(dict(self.settings)),
             f"{ENV_PREFIX}WORK_DIR": str(self.work_dir),
         }
         if self.data_path is not None:
@@ -58,4 +71,7 @@ class TaskContext:
             round_id=env.get(f"{ENV_PREFIX}ROUND_ID", ""),
             config=json.loads(env.get(f"{ENV_PREFIX}TASK_CONFIG", "{}")),
             work_dir=Path(env.get(f"{ENV_PREFIX}WORK_DIR", ".")),
+            round_number=int(env.get(f"{ENV_PREFIX}ROUND", "0")),
+            session_id=env.get(f"{ENV_PREFIX}SESSION_ID", ""),
+            settings=json.loads(env.get(f"{ENV_PREFIX}STRATEGY_SETTINGS", "{}")),
         )

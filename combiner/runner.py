@@ -26,7 +26,7 @@ from fedtier.combiner.round import ActiveRound, RejectedReport
 from fedtier.helpers import get_helper
 from fedtier.memory import python_heap_bytes, release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
-from fedtier.round_config import RoundConfig, RoundConfigError
+from fedtier.round_config import CombinerQuorum, RoundConfig, RoundConfigError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class RoundRunner:
         started = time.perf_counter()
         try:
             config = RoundConfig.from_json(request.config_json)
+            quorum = CombinerQuorum.of_request(config, request.min_clients, request.clients_requested,
+                                               request.wait_for_clients_s)
         except (RoundConfigError, ValueError) as exc:
             return self._failed(request, f"bad round config: {exc}")
         if request.kind not in (pb.TRAINING, pb.VALIDATION):
@@ -96,13 +98,13 @@ class RoundRunner:
 
         # 1. clients
         t = time.perf_counter()
-        active = self.registry.wait_for_active(config.clients_required, config.wait_for_clients)
+        active = self.registry.wait_for_active(quorum.min_clients, quorum.wait_for_clients)
         timings["wait_clients"] = time.perf_counter() - t
-        if active < config.clients_required:
-            return self._failed(request, f"only {active} of {config.clients_required} required clients "
-                                         f"active after {config.wait_for_clients:g}s", timings)
+        if active < quorum.min_clients:
+            return self._failed(request, f"only {active} of {quorum.min_clients} required clients "
+                                         f"active after {quorum.wait_for_clients:g}s", timings)
         names = self.registry.active_names()
-        wanted = config.clients_requested or len(names)
+        wanted = quorum.clients_requested or len(names)
         selected = self.rng.sample(names, min(wanted, len(names)))
 
         # 2. tasks
@@ -116,11 +118,12 @@ class RoundRunner:
             current.aggregator.start(self.cache.path(request.model_id))
         self._current = current
         task_type = pb.TRAIN if kind == pb.TRAINING else pb.VALIDATE
-        task_config = config.to_json()
+        task_config = config.task_json()  # only what the project needs (RoundConfig.task_json)
         t = time.perf_counter()
         for name in selected:
             task = pb.Task(task_id=uuid.uuid4().hex, type=task_type, session_id=request.session_id,
-                           round_id=request.round_id, model_id=request.model_id, config_json=task_config)
+                           round_id=request.round_id, model_id=request.model_id, config_json=task_config,
+                           round_number=request.round_number)
             current.expect(task.task_id, name)
             if not self.registry.send(name, task):
                 current.fail_task(task.task_id, "went offline before the task was sent")
@@ -141,8 +144,8 @@ class RoundRunner:
         result = pb.RoundResult(round_id=request.round_id, updates=current.updates,
                                 validations=current.validations, failures=current.failures)
         if kind == pb.TRAINING:
-            if len(current.updates) < config.clients_required:
-                return self._failed(request, f"only {len(current.updates)} of {config.clients_required} "
+            if len(current.updates) < quorum.min_clients:
+                return self._failed(request, f"only {len(current.updates)} of {quorum.min_clients} "
                                              f"required updates arrived", timings, current)
             t = time.perf_counter()
             model_id = self.cache.new_id()

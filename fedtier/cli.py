@@ -230,7 +230,8 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
                              work_dir=Path(args.work_dir) if args.work_dir else None, port=args.port,
                              seed=Path(args.seed) if args.seed else None, data_path=args.data_path or None,
                              round_timeout=args.round_timeout, task=args.task,
-                             partition=args.partition or None, startup_timeout=args.startup_timeout)
+                             partition=args.partition or None, startup_timeout=args.startup_timeout,
+                             seed_value=args.seed_value)
     return Sandbox(options, _stop_on_signals()).run()
 
 
@@ -245,6 +246,9 @@ def add_sandbox(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default="", help="where stores and logs go (default: a new temporary folder)")
     p.add_argument("--port", type=int, default=0, help="reducer HTTP port (default: a free one)")
     p.add_argument("--seed", default="", help="seed model file (default: made by the project's seed.py)")
+    p.add_argument("--seed-value", type=int, default=None, metavar="N",
+                   help="random seed for the project's seed.py (passed as --seed N; default: the "
+                        "script's own, deterministic)")
     p.add_argument("--data-path", default="", help="data directory handed to every client")
     p.add_argument("--round-timeout", type=float, default=300.0, help="seconds per round (default 300)")
     p.add_argument("--task", default="{}", help="JSON settings for the project's code, e.g. '{\"epochs\": 2}'")

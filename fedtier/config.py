@@ -149,6 +149,10 @@ class Settings:
     http_shutdown_s: int = 8
     metrics_token: str = ""      # opens the reducer's /metrics alone when FEDTIER_PUBLIC_READ is false
     metrics_port: int = 0        # a combiner's Prometheus endpoint (--metrics-port); 0: none
+    # the reducer scores each new global model with this project's validate entry point on
+    # this held-out data (reducer/evaluation.py); both or neither
+    reducer_eval_project: str = ""
+    reducer_eval_data: str = ""
 
     @property
     def identities(self) -> bool:
@@ -197,6 +201,8 @@ class Settings:
             http_shutdown_s=_int(env, "FEDTIER_HTTP_SHUTDOWN_SECONDS", 8),
             metrics_token=env.get("FEDTIER_METRICS_TOKEN", ""),
             metrics_port=_int(env, "FEDTIER_METRICS_PORT", 0),
+            reducer_eval_project=env.get("FEDTIER_REDUCER_EVAL_PROJECT", ""),
+            reducer_eval_data=env.get("FEDTIER_REDUCER_EVAL_DATA", ""),
             limits=limits_from_env(env),
         )
         settings.check()
@@ -216,6 +222,13 @@ class Settings:
 
     def check(self) -> None:
         """Fail at start-up, not mid-round, on settings that cannot work together."""
+        if bool(self.reducer_eval_project) != bool(self.reducer_eval_data):
+            raise ConfigError("FEDTIER_REDUCER_EVAL_PROJECT and FEDTIER_REDUCER_EVAL_DATA must be set together: "
+                              "the reducer's evaluation runs that project's validate on that data")
+        if self.reducer_eval_project and not Path(self.reducer_eval_project).is_dir():
+            raise ConfigError(f"FEDTIER_REDUCER_EVAL_PROJECT names {self.reducer_eval_project!r}, which is not a folder")
+        if self.reducer_eval_data and not Path(self.reducer_eval_data).exists():
+            raise ConfigError(f"FEDTIER_REDUCER_EVAL_DATA names {self.reducer_eval_data!r}, which does not exist")
         if self.minio_host and not (self.minio_access_key and self.minio_secret_key):
             raise ConfigError("FEDN_MINIO_HOST is set but FEDN_MINIO_ACCESS_KEY/FEDN_MINIO_SECRET_KEY are not")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -99,7 +99,7 @@ class RoundConfig:
             check_params(config.aggregator, AGGREGATORS[config.aggregator].params, config.aggregator_kwargs)
         except ParamError as exc:
             raise RoundConfigError(f"aggregator_kwargs.{exc.name}", exc.message) from None
-        # the whole config travels in every task message, under gRPC's message limit
+        # the whole config travels in every round request to a combiner, under gRPC's message limit
         if len(config.to_json().encode("utf-8")) > bounds.round_config_bytes:
             raise RoundConfigError("config", f"is {len(config.to_json().encode('utf-8'))} bytes as JSON, over "
                                              f"{bounds.describe('round_config_bytes')}")
@@ -129,6 +129,66 @@ class RoundConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def client_settings(self) -> dict[str, Any]:
+        """The aggregator's settings its clients take part in (``Param.client``), defaults
+        filled in: what a strategy tells the clients' code, and nothing else of it."""
+        params = AGGREGATORS[self.aggregator].params
+        return {name: self.aggregator_kwargs.get(name, param.default)
+                for name, param in params.items() if param.client}
+
+    def task_json(self) -> str:
+        """A task's ``config_json``: what the clients' project needs (its ``task`` settings
+        and the strategy's client-side ones), never the quorum, timeouts or aggregator
+        arguments, which are the combiner's business."""
+        return json.dumps({"task": dict(self.task), "strategy": self.client_settings()}, sort_keys=True)
+
+
+#: How long a combiner waits for its clients when the reducer runs a round on several:
+#: the reducer has already waited (``wait_for_clients``) until enough clients were active
+#: across the combiners, so a combiner waits only for one that flickered since.
+COMBINER_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class CombinerQuorum:
+    """One combiner's share of a round, chosen by the reducer and sent by name in the
+    ``RoundRequest`` (``min_clients``, ``clients_requested``, ``wait_for_clients_s``).
+
+    The session's ``clients_required`` is global: the reducer checks the total over all
+    combiners, so each combiner needs only ``min_clients`` (1) update to contribute;
+    ``clients_requested`` is shared out by the active clients each combiner holds."""
+
+    min_clients: int = 1
+    clients_requested: int = 0   # 0 asks all active clients
+    wait_for_clients: float = COMBINER_WAIT_S
+
+    @classmethod
+    def share(cls, config: RoundConfig, active: int, total_active: int) -> "CombinerQuorum":
+        requested = 0
+        if config.clients_requested and total_active > 0:
+            requested = max(1, round(config.clients_requested * active / total_active))
+        return cls(min_clients=1, clients_requested=requested,
+                   wait_for_clients=min(config.wait_for_clients, COMBINER_WAIT_S))
+
+    @classmethod
+    def of_request(cls, config: RoundConfig, min_clients: int, clients_requested: int,
+                   wait_for_clients_s: float) -> "CombinerQuorum":
+        """What a combiner runs with: the request's named fields, or where they are unset
+        (a caller driving one combiner alone) the session's own settings."""
+        if min_clients < 0 or clients_requested < 0 or wait_for_clients_s < 0 \
+                or not math.isfinite(wait_for_clients_s) or wait_for_clients_s > 7 * 24 * 3600:
+            raise RoundConfigError("quorum", f"min_clients ({min_clients}), clients_requested "
+                                             f"({clients_requested}) and wait_for_clients_s "
+                                             f"({wait_for_clients_s:g}) must be from 0 to their bound")
+        return cls(min_clients=min_clients or config.clients_required,
+                   clients_requested=clients_requested or config.clients_requested,
+                   wait_for_clients=wait_for_clients_s or config.wait_for_clients)
+
+    def to_record(self) -> dict[str, Any]:
+        """As the round record shows it (``combiners[].quorum``)."""
+        return {"min_clients": self.min_clients, "clients_requested": self.clients_requested,
+                "wait_s": self.wait_for_clients}
 
 
 def _json_bytes(value: Any) -> bytes:

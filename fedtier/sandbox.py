@@ -35,6 +35,7 @@ import requests
 
 from fedtier.client.project import Project, ProjectError
 from fedtier.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.seed_args import MAX_SEED
 
 
 class SandboxError(RuntimeError):
@@ -61,6 +62,7 @@ class SandboxOptions:
     task: str = "{}"
     startup_timeout: float = 120.0
     partition: str | None = None  # a partition spec, e.g. "dirichlet:alpha=0.5"
+    seed_value: int | None = None  # handed to the project's seed.py as --seed N
 
 
 def _free_port() -> int:
@@ -95,6 +97,11 @@ class Sandbox:
             raise ValueError(f"--task is not valid JSON: {exc}") from None
         if not isinstance(self.task, dict):
             raise ValueError(f"--task must be a JSON object, got {options.task!r}")
+        if options.seed_value is not None:
+            if options.seed is not None:
+                raise ValueError("--seed-value makes the seed model with seed.py; --seed FILE brings one: not both")
+            if not 0 <= options.seed_value <= MAX_SEED:
+                raise ValueError(f"--seed-value must be from 0 to {MAX_SEED}, got {options.seed_value}")
         if options.partition:
             if "partition" in self.task:
                 raise ValueError("the partition is given twice: use --partition or \"partition\" in --task, not both")
@@ -280,7 +287,8 @@ class Sandbox:
         if not script.is_file():
             raise SandboxError(f"{self.project.root} has no seed.py; pass --seed FILE")
         out = self.work_dir / "seed.safetensors"
-        done = subprocess.run([sys.executable, str(script), str(out)], cwd=self.project.root, env=self._env(),
+        seed = [] if self.options.seed_value is None else ["--seed", str(self.options.seed_value)]
+        done = subprocess.run([sys.executable, str(script), str(out), *seed], cwd=self.project.root, env=self._env(),
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not out.is_file():
             raise SandboxError(f"seed.py failed ({done.returncode}): {done.stderr.strip()[-1000:]}")

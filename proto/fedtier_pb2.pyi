@@ -70,20 +70,22 @@ class TaskStreamRequest(_message.Message):
     def __init__(self, client_name: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "type", "session_id", "round_id", "model_id", "config_json")
+    __slots__ = ("task_id", "type", "session_id", "round_id", "model_id", "config_json", "round_number")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: TaskType
     session_id: str
     round_id: str
     model_id: str
     config_json: str
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., session_id: _Optional[str] = ..., round_id: _Optional[str] = ..., model_id: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    round_number: int
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., session_id: _Optional[str] = ..., round_id: _Optional[str] = ..., model_id: _Optional[str] = ..., config_json: _Optional[str] = ..., round_number: _Optional[int] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
     __slots__ = ("client_name", "task_id", "round_id", "model_id", "parent_model_id", "num_examples", "metadata_json", "timings")
@@ -208,18 +210,26 @@ class ConfigureRequest(_message.Message):
     def __init__(self, reducer_url: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
 
 class RoundRequest(_message.Message):
-    __slots__ = ("session_id", "round_id", "kind", "model_id", "config_json")
+    __slots__ = ("session_id", "round_id", "kind", "model_id", "config_json", "round_number", "min_clients", "clients_requested", "wait_for_clients_s")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_CLIENTS_S_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round_id: str
     kind: RoundKind
     model_id: str
     config_json: str
-    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[str] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., model_id: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    round_number: int
+    min_clients: int
+    clients_requested: int
+    wait_for_clients_s: float
+    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[str] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., model_id: _Optional[str] = ..., config_json: _Optional[str] = ..., round_number: _Optional[int] = ..., min_clients: _Optional[int] = ..., clients_requested: _Optional[int] = ..., wait_for_clients_s: _Optional[float] = ...) -> None: ...
 
 class ClientContribution(_message.Message):
     __slots__ = ("client_name", "num_examples", "metadata_json", "timings", "weight_used", "capped")

@@ -19,6 +19,7 @@ from fedtier.config import Settings
 from fedtier.limits import Limits
 from fedtier.reducer import auth, openapi
 from fedtier.reducer.control import Control
+from fedtier.reducer.evaluation import ReducerEvaluation
 from fedtier.identity import SelfIssuer, load_signing_key
 from fedtier.reducer.errors import error_reply, register_error_handlers
 from fedtier.reducer.metrics import ReducerMetrics, bp as metrics_bp
@@ -74,7 +75,9 @@ def build_reducer(settings: Settings, helper: str = "numpy", models: ModelStore 
         network = Network(state, issuer=issuer, ca_file=settings.tls_ca or None)
         metrics = ReducerMetrics()
         metrics.watch(network)
-        control = Control(state, trail, network, work_dir, helper=helper, metrics=metrics)
+        evaluation = ReducerEvaluation(settings.reducer_eval_project, settings.reducer_eval_data) \
+            if settings.reducer_eval_project else None
+        control = Control(state, trail, network, work_dir, helper=helper, metrics=metrics, evaluation=evaluation)
     except BaseException:
         lock.release()
         raise

@@ -43,10 +43,12 @@ from fedtier.helpers import get_helper
 from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
 from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
 from fedtier.reducer.trail import ModelTrail
-from fedtier.round_config import RoundConfig, RoundConfigError, integer_setting, setting_names
+from fedtier.round_config import (COMBINER_WAIT_S, CombinerQuorum, RoundConfig, RoundConfigError, integer_setting,
+                                  setting_names)
 from fedtier.storage.model_store import ModelStoreError, describe_os_error, is_medium_failure
 from fedtier.storage.state_store import StateStore, StateStoreError
 from fedtier.transport.streams import Digests, Received
@@ -132,8 +134,10 @@ def weighted_metrics(reports: list[tuple[Mapping[str, Any], int]],
 
 class Control:
     def __init__(self, state: StateStore, trail: ModelTrail, network: Network, work_dir: Path,
-                 helper: str = "numpy", metrics: ReducerMetrics | None = None) -> None:
+                 helper: str = "numpy", metrics: ReducerMetrics | None = None,
+                 evaluation: ReducerEvaluation | None = None) -> None:
         self.store = state
+        self.evaluation = evaluation  # scores each new global model on the operator's held-out set
         self.metrics = metrics or ReducerMetrics()
         self.trail = trail
         self.network = network
@@ -283,7 +287,7 @@ class Control:
             "id": new_id(), "session_id": session_id, "round": number, "seq": self._next_seq(), "status": "running",
             "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
             "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None,
-            "capped": [], "capped_combiners": []}
+            "capped": [], "capped_combiners": [], "reducer_metrics": {}}
         self.store.insert(ROUNDS, round_doc)
         scratch = self.work_dir / "rounds" / round_doc["id"]
         scratch.mkdir(parents=True, exist_ok=True)
@@ -299,7 +303,9 @@ class Control:
                 raise RoundStopped("aborted by the user before training began")
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
-            round_doc["combiners"] = [self._combiner_summary(name, r) for name, r in results.items()]
+            chosen = {c["name"]: c["quorum"] for c in round_doc["combiners"]}  # set by _train_on_combiners
+            round_doc["combiners"] = [{**self._combiner_summary(name, r), "quorum": chosen[name]}
+                                      for name, r in results.items()]
             round_doc["participants"] = sorted(u.client_name for r in results.values() if r.success for u in r.updates)
             succeeded = {n: r for n, r in results.items() if r.success}
             updates = sum(len(r.updates) for r in succeeded.values())
@@ -323,6 +329,9 @@ class Control:
             if config.validate:
                 round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
                                                    out, round_doc, config)
+            if self.evaluation is not None:
+                round_doc["reducer_metrics"] = self._timed(timings, "reducer_evaluation", self._evaluate_on_reducer,
+                                                           out, round_doc, config)
             self._keep_latest(model["id"], out)
             round_doc["status"] = "success"
         except RoundStopped as exc:
@@ -361,6 +370,18 @@ class Control:
         log.info("round %d %s in %.2fs %s", number, round_doc["status"], timings["total"],
                  json.dumps(round_doc["metrics"]) if round_doc["metrics"] else "")
         return round_doc
+
+    def _evaluate_on_reducer(self, model: Path, round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
+        """The operator's held-out score of the committed model (reducer/evaluation.py). The
+        model is in the trail already: a failed evaluation is recorded, not a failed round."""
+        assert self.evaluation is not None
+        try:
+            return self.evaluation.run(model, int(round_doc["round"]), round_doc["session_id"], config.task,
+                                       timeout=config.round_timeout)
+        except EvaluationError as exc:
+            round_doc["reducer_metrics_error"] = str(exc)
+            log.warning("round %d: the reducer's evaluation failed: %s", round_doc["round"], exc)
+            return {}
 
     @staticmethod
     def _timed(timings: dict[str, float], phase: str, func: Callable[..., Any], *args: Any) -> Any:
@@ -438,28 +459,27 @@ class Control:
 
     def _train_on_combiners(self, combiners: dict[str, int], round_doc: dict[str, Any],
                             config: RoundConfig) -> dict[str, pb.RoundResult]:
-        # the quorum is global: each combiner contributes whatever it gets; the reducer
-        # checks the total. clients_requested is shared out by the clients each holds.
+        # the quorum is global: each combiner contributes whatever it gets (CombinerQuorum);
+        # the reducer checks the total. clients_requested is shared out by the clients each holds.
         total_active = sum(combiners.values())
-        per_combiner = {}
-        for name, active in combiners.items():
-            requested = 0
-            if config.clients_requested:
-                requested = max(1, round(config.clients_requested * active / total_active))
-            per_combiner[name] = RoundConfig.from_dict({
-                **config.to_dict(), "clients_required": 1, "clients_requested": requested,
-                "wait_for_clients": min(config.wait_for_clients, 10.0)})
-        return self._on_combiners(combiners, pb.TRAINING, round_doc["session_id"], round_doc["id"],
-                                  round_doc["model_in"], per_combiner, config)
+        quorums = {name: CombinerQuorum.share(config, active, total_active) for name, active in combiners.items()}
+        round_doc["combiners"] = [{"name": name, "quorum": q.to_record()} for name, q in quorums.items()]
+        return self._on_combiners(combiners, pb.TRAINING, round_doc, round_doc["id"],
+                                  round_doc["model_in"], quorums, config)
 
-    def _on_combiners(self, combiners: Mapping[str, Any], kind: int, session_id: str, round_id: str,
-                      model_id: str, configs: Mapping[str, RoundConfig],
+    def _on_combiners(self, combiners: Mapping[str, Any], kind: int, round_doc: Mapping[str, Any], round_id: str,
+                      model_id: str, quorums: Mapping[str, CombinerQuorum],
                       config: RoundConfig) -> dict[str, pb.RoundResult]:
         deadline = config.wait_for_clients + config.round_timeout + 60
+        config_json = config.to_json()
 
         def run(name: str) -> pb.RoundResult:
-            request = pb.RoundRequest(session_id=session_id, round_id=round_id, kind=kind, model_id=model_id,
-                                      config_json=configs[name].to_json())
+            quorum = quorums[name]
+            request = pb.RoundRequest(session_id=round_doc["session_id"], round_id=round_id, kind=kind,
+                                      model_id=model_id, config_json=config_json,
+                                      round_number=int(round_doc["round"]), min_clients=quorum.min_clients,
+                                      clients_requested=quorum.clients_requested,
+                                      wait_for_clients_s=quorum.wait_for_clients)
             try:
                 return self.network.handle(name).start_round(request, timeout=deadline)
             except grpc.RpcError as exc:
@@ -543,13 +563,15 @@ class Control:
                   round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
         model_id = model["id"]
         reached = self._push({n: 0 for n in combiners}, model, path)
-        configs = {name: RoundConfig.from_dict({**config.to_dict(), "clients_required": 1,
-                                                "wait_for_clients": min(config.wait_for_clients, 10.0)})
+        # every client of the combiners validates (clients_requested 0), each combiner needing one
+        quorums = {name: CombinerQuorum(min_clients=1, clients_requested=0,
+                                        wait_for_clients=min(config.wait_for_clients, COMBINER_WAIT_S))
                    for name in reached}
+        round_doc["validation_quorums"] = {name: q.to_record() for name, q in quorums.items()}
         # a round id of its own on the combiners, so nothing aimed at the training round
         # (a late stop, a late report) can touch the validation round
-        results = self._on_combiners(reached, pb.VALIDATION, round_doc["session_id"], round_doc["id"] + ".validate",
-                                     model_id, configs, config)
+        results = self._on_combiners(reached, pb.VALIDATION, round_doc, round_doc["id"] + ".validate",
+                                     model_id, quorums, config)
         reports: list[tuple[dict[str, Any], int]] = []
         for name, result in results.items():
             for v in result.validations:

@@ -27,6 +27,8 @@ STRING = {"type": "string"}
 OPT_STRING = {"type": ["string", "null"]}
 OPT_NUMBER = {"type": ["number", "null"]}
 OBJECT = {"type": "object"}
+QUORUM = {"type": "object", "required": ["min_clients", "clients_requested", "wait_s"], "properties": {
+    "min_clients": INTEGER, "clients_requested": INTEGER, "wait_s": NUMBER}}
 SESSION_STATUS = ("running; succeeded: every requested round succeeded; failed: the session ended on its own "
                   "with any round failed (or an internal error); stopped: the user's /stop cut it short; "
                   "interrupted: the reducer restarted while it ran. Records of older versions saying finished "
@@ -83,8 +85,17 @@ SCHEMAS: dict[str, Any] = {
         "started_at": NUMBER, "finished_at": OPT_NUMBER,
         "timings": {"type": "object", "additionalProperties": NUMBER},
         "metrics": {"type": "object", "additionalProperties": NUMBER},
+        "reducer_metrics": {"type": "object", "additionalProperties": NUMBER,
+                            "description": "the new model's metrics on the operator's held-out set, scored by the "
+                                           "reducer (FEDTIER_REDUCER_EVAL_PROJECT/_DATA); empty when not set"},
+        "reducer_metrics_error": {"type": "string", "description": "why the reducer's evaluation gave no metrics"},
         "pushed": {"type": "object", "additionalProperties": {"enum": ["uploaded", "adopted"]}},
-        "combiners": {"type": "array", "items": OBJECT}, "participants": {"type": "array", "items": STRING},
+        "combiners": {"type": "array", "description": "each combiner's part: its result and the quorum the reducer "
+                                                      "gave it (quorum: min_clients, clients_requested, wait_s)",
+                      "items": {"type": "object", "properties": {"name": STRING, "quorum": QUORUM}}},
+        "validation_quorums": {"type": "object", "additionalProperties": QUORUM,
+                               "description": "the quorum each combiner's validation round ran with"},
+        "participants": {"type": "array", "items": STRING},
         "capped": {"type": "array", "description": "clients whose reported examples were cut to the weight cap",
                    "items": {"type": "object", "required": ["client", "combiner", "reported", "used"], "properties": {
                        "client": STRING, "combiner": STRING, "reported": INTEGER, "used": INTEGER}}},

@@ -68,3 +68,34 @@ def test_relative_data_path_is_resolved_before_children_start(tmp_path: Path, mo
     with pytest.raises(ValueError, match="--data-path missing does not exist"):
         Sandbox(SandboxOptions(project=ROOT / "test_projects" / "digits", data_path="missing",
                                work_dir=tmp_path / "work"))
+
+
+def _argv_recording_project(root: Path) -> Path:
+    """A project whose seed.py writes the arguments it was given as its "model"."""
+    root.mkdir()
+    (root / "fedn.yaml").write_text("helper: numpy\nentry_points:\n  train:\n    python: m:train\n"
+                                    "  validate:\n    python: m:validate\n")
+    (root / "seed.py").write_text("import json, sys\nopen(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))\n")
+    return root
+
+
+@pytest.mark.parametrize("value, passed", [(None, []), (42, ["--seed", "42"])])
+def test_sandbox_hands_seed_py_the_seed_value(tmp_path: Path, value: int | None, passed: list[str]) -> None:
+    from fedtier.sandbox import Sandbox, SandboxOptions
+
+    project = _argv_recording_project(tmp_path / "p")
+    (tmp_path / "w").mkdir()  # run() makes it; this calls the seed step alone
+    sandbox = Sandbox(SandboxOptions(project=project, seed_value=value, work_dir=tmp_path / "w"))
+    assert json.loads(sandbox._make_seed().read_text()) == passed
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"seed_value": 1, "seed": Path("model.bin")}, "not both"),
+    ({"seed_value": -1}, "--seed-value must be from 0 to"),
+    ({"seed_value": 2**32}, "--seed-value must be from 0 to"),
+])
+def test_sandbox_refuses_a_bad_seed_value_before_starting(tmp_path: Path, options: dict, message: str) -> None:
+    from fedtier.sandbox import Sandbox, SandboxOptions
+
+    with pytest.raises(ValueError, match=message):
+        Sandbox(SandboxOptions(project=_argv_recording_project(tmp_path / "p"), work_dir=tmp_path / "w", **options))

@@ -29,9 +29,12 @@ PROJECTS = sorted(p.parent.name for p in (ROOT / "test_projects").glob("*/seed.p
 #: set_weights shapes for Keras). Prints the loaded shapes as JSON.
 REGENERATE_AND_LOAD = """
 import json, runpy, sys
-fresh, committed = sys.argv[1], sys.argv[2]
+fresh, committed, variants = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.argv = ["seed.py", fresh]
 runpy.run_path("seed.py", run_name="__main__")
+for name, seed in (("seed-7", "7"), ("seed-7-again", "7"), ("seed-8", "8")):  # seed.py --seed N
+    sys.argv = ["seed.py", variants + "/" + name, "--seed", seed]
+    runpy.run_path("seed.py", run_name="__main__")
 import model
 m = model.load_model(committed)
 # Keras first: on the torch backend a Keras model is also a torch Module, whose
@@ -73,13 +76,36 @@ def test_seed_matches_checksum_and_loads_with_its_helper(project: str) -> None:
     assert max(float(np.abs(np.asarray(a)).max()) for a in arrays) > 0
 
 
+_regenerated: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+
+def _regenerate(project: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run REGENERATE_AND_LOAD once per project (one framework import serves both tests)."""
+    if project not in _regenerated:
+        folder = tmp_path_factory.mktemp(f"seed-{project}")
+        done = subprocess.run([sys.executable, "-c", REGENERATE_AND_LOAD, str(folder / "seed.safetensors"),
+                               str(SEEDS / f"{project}.safetensors"), str(folder)],
+                              cwd=ROOT / "test_projects" / project, capture_output=True, text=True, timeout=300)
+        _regenerated[project] = (done, folder)
+    return _regenerated[project]
+
+
 @pytest.mark.parametrize("project", PROJECTS)
-def test_seed_script_reproduces_the_committed_bytes(project: str, tmp_path: Path) -> None:
-    project_dir = ROOT / "test_projects" / project
+def test_seed_script_takes_a_seed_the_same_seed_the_same_bytes(project: str,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    done, folder = _regenerate(project, tmp_path_factory)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seven, again, eight = ((folder / name).read_bytes() for name in ("seed-7", "seed-7-again", "seed-8"))
+    assert seven == again, f"{project}/seed.py --seed 7 wrote different bytes twice"
+    assert seven != eight, f"{project}/seed.py --seed 7 and --seed 8 wrote the same model"
+    assert seven != (folder / "seed.safetensors").read_bytes(), "--seed 7 wrote the default (seed 0) model"
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_seed_script_reproduces_the_committed_bytes(project: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     committed = SEEDS / f"{project}.safetensors"
-    fresh = tmp_path / "seed.safetensors"
-    done = subprocess.run([sys.executable, "-c", REGENERATE_AND_LOAD, str(fresh), str(committed)],
-                          cwd=project_dir, capture_output=True, text=True, timeout=300)
+    done, folder = _regenerate(project, tmp_path_factory)
+    fresh = folder / "seed.safetensors"
     assert done.returncode == 0, done.stderr[-2000:]
     signature = [(t.name, t.dtype, t.shape) for t in read_header(fresh).tensors]
     assert signature == [(t.name, t.dtype, t.shape) for t in read_header(committed).tensors], \
@@ -88,3 +114,14 @@ def test_seed_script_reproduces_the_committed_bytes(project: str, tmp_path: Path
         f"{project}/seed.py no longer reproduces {committed.name}: regenerate seeds/ (see seeds/README.md)"
     loaded_shapes = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded_shapes == [list(t.shape) for t in read_header(committed).tensors]
+
+
+def test_a_bad_seed_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedtier.seed_args import MAX_SEED, parse_seed_args
+
+    assert parse_seed_args(["out"]).seed == 0 and parse_seed_args(["out", "--seed", str(MAX_SEED)]).seed == MAX_SEED
+    for bad in ("-1", str(MAX_SEED + 1), "1e3", "x"):
+        with pytest.raises(SystemExit) as stopped:
+            parse_seed_args(["out", "--seed", bad])
+        assert stopped.value.code == 2
+        assert f"--seed must be an integer from 0 to {MAX_SEED}" in capsys.readouterr().err

@@ -30,6 +30,9 @@ class Param:
     maximum: float | None = None
     choices: tuple[str, ...] = ()   # for str parameters: the accepted values
     doc: str = ""
+    # Also given to the clients' code (TaskContext.settings), for a strategy whose clients
+    # take part in it (FedProx's mu); everything else stays on the combiner.
+    client: bool = False
 
     def check(self, name: str, value: Any) -> Any:
         if self.kind is bool:

@@ -7,8 +7,9 @@ The client imports this module and calls:
                                                   "test_accuracy", "test_loss"}
 
 ``ctx`` is a ``fedtier.client.context.TaskContext``: which partition this client
-holds, the round id, and the round's ``config`` (hyperparameters sent with the task;
-see DEFAULTS for the keys understood here). train.py / validate.py wrap the same
+holds, the round number and session, and the round's ``config`` (hyperparameters sent
+with the task; see DEFAULTS for the keys understood here). The round number seeds
+each round's shuffle and drives the learning-rate decay (``lr_decay``). train.py / validate.py wrap the same
 functions as FEDn-style commands.
 
 ``evaluate_model_file(path)`` scores any model file on the global test set; tests
@@ -36,17 +37,23 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 5,
     "learning_rate": 0.1,
     "batch_size": 32,
+    # learning rate in round n: learning_rate * lr_decay ** (n - 1); 1.0 keeps it constant
+    "lr_decay": 1.0,
 }
 MOMENTUM = 0.9
 
 
 def _task_seed(ctx: TaskContext) -> int:
-    """A seed that is fixed for a (round, client) pair but differs between them.
+    """A seed that is fixed for a (round number, client) pair but differs between them.
 
-    Re-running a task reproduces it exactly, while clients (and rounds) shuffle
-    differently. hashlib rather than hash(): str hashes are salted per process.
+    Keyed on the round *number*, not the round's random id, so a new session from the
+    same seed model shuffles exactly as the last one did, round for round, while clients
+    (and rounds) shuffle differently. Without a round number (a task from a caller that
+    gave none) the round id keys it. hashlib rather than hash(): str hashes are salted
+    per process.
     """
-    key = f"{ctx.round_id}|{ctx.client_name}|{ctx.partition_index}".encode()
+    round_key = ctx.round_number if ctx.round_number > 0 else ctx.round_id
+    key = f"{round_key}|{ctx.client_name}|{ctx.partition_index}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
@@ -96,6 +103,11 @@ class _SGDMomentum:
             param.sub_(buf, alpha=self.lr)
 
 
+def round_learning_rate(config: dict[str, Any], round_number: int) -> float:
+    """``learning_rate`` decayed by ``lr_decay`` once per round after the first."""
+    return float(config["learning_rate"]) * float(config["lr_decay"]) ** max(0, round_number - 1)
+
+
 def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str, Any]:
     """Train the received model on this client's partition and write the result."""
     # Many simulated clients share few cores: torch's default thread pool per
@@ -108,7 +120,8 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     x_train, y_train, _, _ = _client_data(ctx)
     x, y = torch.as_tensor(x_train), torch.as_tensor(y_train)
     model = load_model(in_model_path)
-    optimizer = _SGDMomentum(model, lr=float(config["learning_rate"]), momentum=MOMENTUM)
+    learning_rate = round_learning_rate(config, ctx.round_number)
+    optimizer = _SGDMomentum(model, lr=learning_rate, momentum=MOMENTUM)
     generator = torch.Generator().manual_seed(_task_seed(ctx))
 
     model.train()
@@ -131,7 +144,8 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
         "train_loss": float(epoch_loss),  # mean batch loss over the last epoch
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": float(config["learning_rate"]),
+        "learning_rate": learning_rate,
+        "round": ctx.round_number,
     }
 
 

@@ -1,28 +1,25 @@
 """Write the initial (seed) model that the first training round starts from.
 
-    python seed.py OUT_PATH
+    python seed.py OUT_PATH [--seed N]
 
-Deterministic (torch.manual_seed(0) on CPU): every run writes the same bytes, so
-the committed copy in ``seeds/`` can be checked against a fresh one.
+Deterministic (torch.manual_seed(N) on CPU, N = 0 unless --seed N): every run
+writes the same bytes, so the committed copy in ``seeds/`` can be checked against a
+fresh one; another N, other weights.
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 
+from fedtier.seed_args import DEFAULT_SEED, parse_seed_args
 from model import build_model, save_model
 
-SEED = 0
 
-
-def make_seed(path: str) -> None:
-    """Build the model from a fixed seed and save it at ``path`` via the helper."""
-    torch.manual_seed(SEED)
+def make_seed(path: str, seed: int = DEFAULT_SEED) -> None:
+    """Build the model from ``seed`` and save it at ``path`` via the helper."""
+    torch.manual_seed(seed)
     save_model(build_model(), path)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python seed.py OUT_PATH")
-    make_seed(sys.argv[1])
+    args = parse_seed_args(description=__doc__)
+    make_seed(args.out_path, args.seed)
