@@ -222,6 +222,14 @@ def document() -> dict[str, Any]:
                                        "responses": {"200": _json(ref("Status"), "status"), **_errors(401)}}},
             "/api/v1/combiners": _list("Combiner"),
             "/api/v1/clients": _list("Client"),
+            "/api/v1/clients/summary": {"get": {
+                "summary": "client counts by state and by combiner (no client list)",
+                "responses": {"200": _json({"type": "object", "required": ["total", "active", "inactive",
+                                                                           "by_combiner"], "properties": {
+                    "total": INTEGER, "active": INTEGER, "inactive": INTEGER,
+                    "by_combiner": {"type": "object", "additionalProperties": {
+                        "type": "object", "properties": {"active": INTEGER, "inactive": INTEGER}}}}},
+                    "counts"), **_errors(401)}}},
             "/api/v1/sessions": _list("Session", [LIMIT]),
             "/api/v1/sessions/{session_id}": _one("Session", "session_id"),
             "/api/v1/rounds": _list("Round", [LIMIT, {"name": "session_id", "in": "query", "schema": STRING}]),

@@ -108,3 +108,14 @@ def test_pages_render(api: FlaskClient) -> None:
     for path in ("/", "/plot", "/seed", "/start"):
         reply = api.get(path)
         assert reply.status_code == 200 and b"Reducer state" in reply.data, path
+
+
+def test_clients_summary_counts_by_state_and_combiner(app, api: FlaskClient) -> None:
+    """Issue 18 (scale): pages ask for counts, not every client."""
+    state = app.extensions["fedtier"].state
+    for i in range(5):
+        state.upsert("clients", f"c{i}", {"name": f"c{i}", "combiner": "comb-a" if i < 3 else "comb-b",
+                                           "active": i % 2 == 0})
+    body = api.get("/api/v1/clients/summary").json
+    assert (body["total"], body["active"], body["inactive"]) == (5, 3, 2)
+    assert body["by_combiner"] == {"comb-a": {"active": 2, "inactive": 1}, "comb-b": {"active": 1, "inactive": 1}}

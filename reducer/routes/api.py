@@ -61,6 +61,21 @@ def clients():
     return jsonify(reducer().network.clients())
 
 
+@bp.get("/clients/summary")
+def clients_summary():
+    """Counts by combiner and by state, so a page at the scale of the lab never needs every client."""
+    by_combiner: dict[str, dict[str, int]] = {}
+    active = 0
+    all_clients = reducer().network.clients()
+    for c in all_clients:
+        row = by_combiner.setdefault(str(c.get("combiner") or ""), {"active": 0, "inactive": 0})
+        state = "active" if c.get("active") else "inactive"
+        row[state] += 1
+        active += state == "active"
+    return jsonify({"total": len(all_clients), "active": active, "inactive": len(all_clients) - active,
+                    "by_combiner": by_combiner})
+
+
 @bp.get("/sessions")
 def sessions():
     return jsonify(reducer().state.find(SESSIONS, order_by="started_at", limit=_limit()))
