@@ -32,7 +32,6 @@ The defaults, and why:
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from dataclasses import dataclass, field, fields
 

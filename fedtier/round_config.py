@@ -22,6 +22,7 @@ from fedtier.helpers import known_helpers
 
 MAX_WEIGHT = 2 ** 53  # examples per client: a weight beyond this is no longer exact as a float
 MAX_MULTIPLE = 1e6
+MAX_CLIENTS = 1_000_000  # clients_required / clients_requested
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,18}")
 
 
@@ -62,9 +63,9 @@ class RoundConfig:
         values: dict[str, Any] = {}
         for name, kind in (("clients_required", int), ("clients_requested", int)):
             if name in data:
-                values[name] = _integer(name, data[name], minimum=1 if name == "clients_required" else 0)
+                values[name] = integer_setting(name, data[name], 1 if name == "clients_required" else 0, MAX_CLIENTS)
         if "weight_cap" in data:
-            values["weight_cap"] = _integer("weight_cap", data["weight_cap"], minimum=0, maximum=MAX_WEIGHT)
+            values["weight_cap"] = integer_setting("weight_cap", data["weight_cap"], 0, MAX_WEIGHT)
         if "weight_cap_median" in data:
             values["weight_cap_median"] = _multiple("weight_cap_median", data["weight_cap_median"])
         for name in ("round_timeout", "wait_for_clients"):
@@ -223,10 +224,6 @@ def integer_setting(name: str, value: Any, minimum: int, maximum: int) -> int:
         shown = str(value) if abs(value) < 10**18 else "a larger number"
         raise RoundConfigError(name, f"must be an integer from {minimum} to {maximum}, got {shown}")
     return value
-
-
-def _integer(name: str, value: Any, minimum: int, maximum: int = 1_000_000) -> int:
-    return integer_setting(name, value, minimum, maximum)
 
 
 def _number(name: str, value: Any) -> float:

@@ -17,7 +17,7 @@ from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.reducer.trail import MAX_NOTE_CHARS
 from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
-from fedtier.round_config import MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
+from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
 
@@ -137,8 +137,8 @@ SCHEMAS: dict[str, Any] = {
         "id": STRING, "sha256": STRING, "size": INTEGER, "files": INTEGER, "created_at": NUMBER}},
     "RoundSettings": {"type": "object", "additionalProperties": False, "properties": {
         "rounds": {"type": "integer", "minimum": 1, "maximum": MAX_ROUNDS},
-        "clients_required": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-        "clients_requested": {"type": "integer", "minimum": 0, "maximum": 1_000_000,
+        "clients_required": {"type": "integer", "minimum": 1, "maximum": MAX_CLIENTS},
+        "clients_requested": {"type": "integer", "minimum": 0, "maximum": MAX_CLIENTS,
                               "description": "0 asks every active client; else at least clients_required"},
         "round_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},
         "wait_for_clients": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},

@@ -36,7 +36,7 @@ from fedtier.config import Settings
 from fedtier.helpers import get_helper
 from fedtier.identity import generate_keypair
 from fedtier.reducer.app import create_app
-from test_ui import CHROMIUM_ARGS, DESKTOP, NARROW, PAGES, Console, chromium, shot  # noqa: F401 (fixture)
+from test_ui import DESKTOP, NARROW, PAGES, Console, chromium, shot  # noqa: F401 (fixture)
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 AXE = ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"
