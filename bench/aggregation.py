@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import MiB  # noqa: E402
 
-from fedtier.aggregators import FedAvg  # noqa: E402
+from fedtier.aggregators import FedAvg, Update  # noqa: E402
 from fedtier.helpers import get_helper  # noqa: E402
 from fedtier.helpers.format import read_header, write_model  # noqa: E402
 
@@ -78,7 +78,7 @@ def time_fedavg(files: list[Path], n: int) -> tuple[list[float], float]:
     per_update = []
     for i, w in enumerate(weights_for(n)):
         t = time.perf_counter()
-        agg.add(files[i % len(files)], w)
+        agg.add(Update(files[i % len(files)], w))
         per_update.append(time.perf_counter() - t)
     out = files[0].parent / "aggregate"
     t = time.perf_counter()
@@ -110,7 +110,7 @@ def time_fedavg_on_arrival(files: list[Path], n: int) -> tuple[list[float], list
             check.feed(memoryview(buffer)[:len(chunk)])
             check_seconds += time.perf_counter() - t
         t = time.perf_counter()
-        agg.add(path, w, checked=check)
+        agg.add(Update(path, w, checked=check))
         per_update.append(check_seconds + time.perf_counter() - t)
         checks.append(check_seconds)
     del received
@@ -188,7 +188,7 @@ def memory_profile(files: list[Path], n: int) -> list[dict[str, float]]:
         agg.start(files[0])
         for i, w in enumerate(weights_for(n)):
             tracemalloc.reset_peak()
-            agg.add(files[i % len(files)], w)
+            agg.add(Update(files[i % len(files)], w))
             current, peak = tracemalloc.get_traced_memory()
             rows.append({"update": i + 1, "traced_current_mib": current / MiB, "traced_peak_mib": peak / MiB,
                          "rss_mib": common.rss_bytes() / MiB})

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from fedtier import strict_json
-from fedtier.aggregators.base import Aggregator
+from fedtier.aggregators.base import Strategy, Update
 from fedtier.aggregators.weight_policy import WeightCap, WeightPolicy
 from fedtier.combiner.model_cache import ModelCache
 from fedtier.proto import fedtier_pb2 as pb
@@ -39,7 +39,7 @@ class ActiveRound:
     round_id: str
     kind: int
     model_id: str
-    aggregator: Aggregator | None = None
+    aggregator: Strategy | None = None  # this tier's strategy (RoundConfig.aggregation)
     expected: dict[str, str] = field(default_factory=dict)  # task id -> client name
     answered: set[str] = field(default_factory=set)
     updates: list[pb.ClientContribution] = field(default_factory=list)
@@ -57,6 +57,7 @@ class ActiveRound:
         self.weights = WeightCap(self.policy, expected=0)
         self._weights_lock = threading.Lock()  # never held while waiting for another lock
         self._deferred: dict[str, str] = {}  # client -> model id of its accepted, not yet folded update
+        self._arrived: dict[str, float] = {}  # client -> when its update was reported
 
     # ---- set-up and waiting, called by the runner
     def expect(self, task_id: str, client: str) -> None:
@@ -197,7 +198,13 @@ class ActiveRound:
         if update.num_examples <= 0:
             raise RejectedReport(f"num_examples must be positive, got {update.num_examples}", "invalid")
         assert self.aggregator is not None
-        self.aggregator.check(cache.path(update.model_id), checked=cache.update_check(update.model_id))
+        self._arrived[update.client_name] = time.time()
+        self.aggregator.check(self._update(update.client_name, update.model_id, 0.0, cache))
+
+    def _update(self, client: str, model_id: str, weight: float, cache: ModelCache) -> Update:
+        return Update(cache.path(model_id), weight, sender=client, base_model=self.model_id,
+                      round_id=self.round_id, received_at=self._arrived.get(client, 0.0),
+                      checked=cache.update_check(model_id))
 
     def _fold(self, client: str, model_id: str, cache: ModelCache) -> None:
         assert self.aggregator is not None
@@ -205,7 +212,7 @@ class ActiveRound:
             with self._weights_lock:
                 weight = self.weights.weight_for(client)
             started = time.perf_counter()
-            self.aggregator.add(cache.path(model_id), float(weight), checked=cache.update_check(model_id))
+            self.aggregator.add(self._update(client, model_id, float(weight), cache))
             self.aggregation_seconds += time.perf_counter() - started
 
     def _fold_released(self, cache: ModelCache) -> None:

@@ -7,17 +7,20 @@ round sends validate tasks for a given model and collects the metrics.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import shutil
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
 
 from fedtier import limits
-from fedtier.aggregators import get_aggregator
+from fedtier.aggregators import COMBINER, RoundContext, get_strategy
 from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.metrics import CombinerMetrics
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
@@ -65,6 +68,7 @@ class RoundRunner:
             self.metrics.round_finished("validation" if request.kind == pb.VALIDATION else "training",
                                         bool(result and result.success), time.perf_counter() - started)
             self._current = None
+            shutil.rmtree(self._work_dir(request), ignore_errors=True)  # updates a strategy kept
             # bound disk use: keep the model this round used and the one it produced (the
             # reducer fetches it next); older global models and stray uploads go
             keep = {request.model_id, self.last_model_id} | ({result.model_id} if result and result.model_id else set())
@@ -113,9 +117,11 @@ class RoundRunner:
                               policy=config.weight_policy())
         self._model_size = self.cache.path(request.model_id).stat().st_size  # bounds the updates
         if kind == pb.TRAINING:
-            current.aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
-                                                **dict(config.aggregator_kwargs))
-            current.aggregator.start(self.cache.path(request.model_id))
+            choice = config.strategy(COMBINER)
+            current.aggregator = get_strategy(choice.name, get_helper(config.helper), COMBINER, **dict(choice.params))
+            current.aggregator.start(self.cache.path(request.model_id), RoundContext(
+                tier=COMBINER, round_id=request.round_id, round_number=request.round_number,
+                session_id=request.session_id, base_model=request.model_id, work_dir=self._work_dir(request)))
         self._current = current
         task_type = pb.TRAIN if kind == pb.TRAINING else pb.VALIDATE
         task_config = config.task_json()  # only what the project needs (RoundConfig.task_json)
@@ -171,6 +177,10 @@ class RoundRunner:
             result.validations.extend(current.validations)
         result.timings.update(timings or {})
         return result
+
+    def _work_dir(self, request: pb.RoundRequest) -> Path:
+        """Where the round's strategy may keep updates (beside the cache: a hard link, not a copy)."""
+        return self.cache.root / ".rounds" / hashlib.sha256(request.round_id.encode("utf-8")).hexdigest()[:24]
 
     # ---- reports from clients
     def arrival_check(self, header: pb.TransferHeader) -> UpdateCheck | None:

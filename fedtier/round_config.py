@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from fedtier import limits, strict_json
-from fedtier.aggregators import AGGREGATORS
+from fedtier.aggregators import COMBINER, REDUCER, STRATEGIES, TIERS, StrategyError, strategy_class
 from fedtier.aggregators.params import ParamError, check_params
 from fedtier.aggregators.weight_policy import WeightPolicy
 from fedtier.helpers import known_helpers
@@ -24,6 +24,10 @@ MAX_WEIGHT = 2 ** 53  # examples per client: a weight beyond this is no longer e
 MAX_MULTIPLE = 1e6
 MAX_CLIENTS = 1_000_000  # clients_required / clients_requested
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+#: older settings that choose one strategy for both tiers: ``aggregator`` and its ``aggregator_kwargs``
+LEGACY_STRATEGY_KEYS = ("aggregator", "aggregator_kwargs")
 
 
 class RoundConfigError(ValueError):
@@ -35,13 +39,30 @@ class RoundConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TierStrategy:
+    """The strategy one tier runs and its checked parameters (only those given: the
+    strategy fills in its defaults)."""
+
+    name: str = "fedavg"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.params)}
+
+
+def _default_aggregation() -> Mapping[str, TierStrategy]:
+    return {tier: TierStrategy() for tier in TIERS}
+
+
+@dataclass(frozen=True)
 class RoundConfig:
     clients_required: int = 1        # fewer updates than this fails the round
     clients_requested: int = 0       # how many active clients to ask; 0 asks all of them
     round_timeout: float = 180.0     # seconds to wait for updates once tasks are sent
     wait_for_clients: float = 60.0   # seconds to wait for clients_required to be active
-    aggregator: str = "fedavg"
-    aggregator_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # the strategy of each tier: the combiners reduce their clients' updates with
+    # aggregation["combiner"], the reducer the combiner models with aggregation["reducer"]
+    aggregation: Mapping[str, TierStrategy] = field(default_factory=_default_aggregation)
     helper: str = "numpy"            # how the network reads and checks model files
     validate: bool = True            # run validation tasks on each new global model
     task: Mapping[str, Any] = field(default_factory=dict)  # handed to the project's code
@@ -56,7 +77,7 @@ class RoundConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RoundConfig":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | set(LEGACY_STRATEGY_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise RoundConfigError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
@@ -71,7 +92,8 @@ class RoundConfig:
         for name in ("round_timeout", "wait_for_clients"):
             if name in data:
                 values[name] = _number(name, data[name])
-        for name, known_names in (("aggregator", sorted(AGGREGATORS)), ("helper", known_helpers())):
+        values["aggregation"] = _aggregation(data)
+        for name, known_names in (("helper", known_helpers()),):
             if name in data:
                 value = data[name]
                 if not isinstance(value, str) or value.strip().lower() not in known_names:
@@ -80,26 +102,13 @@ class RoundConfig:
                 values[name] = value.strip().lower()
         if "validate" in data:
             values["validate"] = _boolean("validate", data["validate"])
-        for name in ("aggregator_kwargs", "task"):
-            if name in data:
-                value = data[name]
-                if isinstance(value, str):  # a form field holds the JSON text
-                    try:
-                        value = strict_json.loads(value) if value.strip() else {}
-                    except strict_json.JSONInputError as exc:
-                        raise RoundConfigError(f"{name}.{exc.field}" if exc.field else name, exc.message) from None
-                if not isinstance(value, Mapping):
-                    raise RoundConfigError(name, "must be a JSON object")
-                values[name] = dict(value)
+        if "task" in data:
+            values["task"] = _json_object("task", data["task"])
         bounds = limits.current()
         if "task" in values and len(_json_bytes(values["task"])) > bounds.task_bytes:
             raise RoundConfigError("task", f"is {len(_json_bytes(values['task']))} bytes as JSON, over "
                                            f"{bounds.describe('task_bytes')}")
         config = cls(**values)
-        try:  # the aggregator's declared parameters (fedtier/aggregators/params.py)
-            check_params(config.aggregator, AGGREGATORS[config.aggregator].params, config.aggregator_kwargs)
-        except ParamError as exc:
-            raise RoundConfigError(f"aggregator_kwargs.{exc.name}", exc.message) from None
         # the whole config travels in every round request to a combiner, under gRPC's message limit
         if len(config.to_json().encode("utf-8")) > bounds.round_config_bytes:
             raise RoundConfigError("config", f"is {len(config.to_json().encode('utf-8'))} bytes as JSON, over "
@@ -122,9 +131,12 @@ class RoundConfig:
     def weight_policy(self) -> WeightPolicy:
         return WeightPolicy(median_multiple=self.weight_cap_median, absolute=self.weight_cap)
 
+    def strategy(self, tier: str) -> TierStrategy:
+        return self.aggregation[tier]
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["aggregator_kwargs"] = dict(self.aggregator_kwargs)
+        data["aggregation"] = {tier: choice.to_dict() for tier, choice in self.aggregation.items()}
         data["task"] = dict(self.task)
         return data
 
@@ -132,11 +144,16 @@ class RoundConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def client_settings(self) -> dict[str, Any]:
-        """The aggregator's settings its clients take part in (``Param.client``), defaults
-        filled in: what a strategy tells the clients' code, and nothing else of it."""
-        params = AGGREGATORS[self.aggregator].params
-        return {name: self.aggregator_kwargs.get(name, param.default)
-                for name, param in params.items() if param.client}
+        """The strategies' settings their clients take part in (``Param.client``, FedProx's
+        ``mu``), defaults filled in: what a strategy tells the clients' code, and nothing
+        else of it. Where both tiers declare one, the combiner's (the clients' own tier) wins."""
+        settings: dict[str, Any] = {}
+        for tier in (REDUCER, COMBINER):
+            choice = self.aggregation[tier]
+            for name, param in STRATEGIES[choice.name].params.items():
+                if param.client:
+                    settings[name] = choice.params.get(name, param.default)
+        return settings
 
     def task_json(self) -> str:
         """A task's ``config_json``: what the clients' project needs (its ``task`` settings
@@ -192,6 +209,75 @@ class CombinerQuorum:
                 "wait_s": self.wait_for_clients}
 
 
+def _json_object(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, str):  # a form field holds the JSON text
+        try:
+            value = strict_json.loads(value) if value.strip() else {}
+        except strict_json.JSONInputError as exc:
+            raise RoundConfigError(f"{name}.{exc.field}" if exc.field else name, exc.message) from None
+    if not isinstance(value, Mapping):
+        raise RoundConfigError(name, "must be a JSON object")
+    return dict(value)
+
+
+def _strategy_name(field_name: str, value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in STRATEGIES:
+        shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+        raise RoundConfigError(field_name, f"unknown strategy {shown} (known: {', '.join(sorted(STRATEGIES))})")
+    return value.strip().lower()
+
+
+def _tier_strategy(tier: str, name: str, params: Mapping[str, Any], name_field: str,
+                   params_field: str) -> TierStrategy:
+    """``name`` with ``params`` checked for ``tier``; errors name ``name_field`` (the tier is
+    wrong) or ``params_field.<param>`` (a parameter is unknown or out of bounds)."""
+    try:
+        cls = strategy_class(name, tier)
+    except StrategyError as exc:
+        raise RoundConfigError(name_field, str(exc)) from None
+    try:
+        checked = check_params(name, cls.params, params)
+    except ParamError as exc:
+        raise RoundConfigError(f"{params_field}.{exc.name}", exc.message) from None
+    return TierStrategy(name=name, params=checked)
+
+
+def _aggregation(data: Mapping[str, Any]) -> Mapping[str, TierStrategy]:
+    """The strategy of each tier from ``aggregation`` (per tier) or from the older
+    ``aggregator``/``aggregator_kwargs`` (one strategy at both tiers); never both."""
+    legacy = [key for key in LEGACY_STRATEGY_KEYS if key in data]
+    if "aggregation" in data and legacy:
+        raise RoundConfigError(legacy[0], "give either aggregation (a strategy per tier) or aggregator and "
+                                          "aggregator_kwargs (one strategy for both tiers), not both")
+    if legacy:
+        name = _strategy_name("aggregator", data.get("aggregator", "fedavg"))
+        params = _json_object("aggregator_kwargs", data.get("aggregator_kwargs", {}))
+        chosen = {}
+        for tier in TIERS:
+            if tier not in STRATEGIES[name].tiers:
+                raise RoundConfigError("aggregator", f"strategy {name!r} runs only at the "
+                                                     f"{' and '.join(STRATEGIES[name].tiers)} tier: choose it "
+                                                     f"for that tier with aggregation.{STRATEGIES[name].tiers[0]}")
+            chosen[tier] = _tier_strategy(tier, name, params, "aggregator", "aggregator_kwargs")
+        return chosen
+    given = _json_object("aggregation", data.get("aggregation", {}))
+    unknown = sorted(set(given) - set(TIERS))
+    if unknown:
+        raise RoundConfigError(f"aggregation.{str(unknown[0])[:40]}", f"unknown tier (tiers: {', '.join(TIERS)})")
+    chosen = {}
+    for tier in TIERS:
+        value = given.get(tier, {})
+        if isinstance(value, str):  # the name alone: {"reducer": "fedadam"}
+            value = {"name": value}
+        if not isinstance(value, Mapping):
+            raise RoundConfigError(f"aggregation.{tier}", "must be a strategy name or an object with a name "
+                                                          "and the strategy's parameters")
+        params = {k: v for k, v in value.items() if k != "name"}
+        name = _strategy_name(f"aggregation.{tier}.name", value.get("name", "fedavg"))
+        chosen[tier] = _tier_strategy(tier, name, params, f"aggregation.{tier}.name", f"aggregation.{tier}")
+    return chosen
+
+
 def _json_bytes(value: Any) -> bytes:
     try:
         return json.dumps(value, sort_keys=True).encode("utf-8")
@@ -201,7 +287,7 @@ def _json_bytes(value: Any) -> bytes:
 
 def setting_names() -> list[str]:
     """Every round setting, for error messages that list what is known."""
-    return sorted(f.name for f in fields(RoundConfig))
+    return sorted({f.name for f in fields(RoundConfig)} | set(LEGACY_STRATEGY_KEYS))
 
 
 def integer_setting(name: str, value: Any, minimum: int, maximum: int) -> int:

@@ -138,8 +138,11 @@ class RoundSettings:
     clients_requested: int | None = _setting(0, "how many active clients to ask; 0 asks all of them")
     round_timeout: float | None = _setting(180.0, "seconds to wait for updates once tasks are sent")
     wait_for_clients: float | None = _setting(60.0, "seconds to wait for clients_required to be active")
-    aggregator: str | None = _setting("fedavg", "how combiners and the reducer fold updates")
-    aggregator_kwargs: dict[str, Any] | None = _setting({}, "the aggregator's parameters")
+    aggregation: dict[str, Any] | None = _setting(
+        {"combiner": {"name": "fedavg"}, "reducer": {"name": "fedavg"}},
+        "the strategy of each tier: {\"combiner\": ..., \"reducer\": ...}, a name or {\"name\": ..., parameters}")
+    aggregator: str | None = _setting("fedavg", "one strategy for both tiers (the older form of aggregation)")
+    aggregator_kwargs: dict[str, Any] | None = _setting({}, "the parameters of aggregator")
     helper: str | None = _setting(None, "model format: numpy, pytorch or keras (default: the reducer's)")
     validate: bool | None = _setting(True, "run validation tasks on each new global model")
     task: dict[str, Any] | None = _setting({}, "settings handed to the project's code")

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 
 import grpc
 
-from fedtier.aggregators import Aggregator, get_aggregator
+from fedtier.aggregators import REDUCER, RoundContext, Strategy, Update
 from fedtier.aggregators.weight_policy import Contribution, WeightPolicy, combiner_weights
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
@@ -46,6 +46,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
 from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
+from fedtier.reducer.strategy_state import StrategyStates
 from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import (COMBINER_WAIT_S, CombinerQuorum, RoundConfig, RoundConfigError, integer_setting,
                                   setting_names)
@@ -140,6 +141,7 @@ class Control:
         self.evaluation = evaluation  # scores each new global model on the operator's held-out set
         self.metrics = metrics or ReducerMetrics()
         self.trail = trail
+        self.strategies = StrategyStates(trail)  # the reducer tier's strategy and its state across rounds
         self.network = network
         self.work_dir = Path(work_dir)
         self.helper_name = helper
@@ -315,16 +317,20 @@ class Control:
             if updates < config.clients_required:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
             weights = self._weigh(succeeded, round_doc, config)
-            aggregator = get_aggregator(config.aggregator, get_helper(config.helper),
-                                        **dict(config.aggregator_kwargs))
-            aggregator.start(base_path)  # first, so each combiner model is checked as it arrives
-            fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, aggregator)
+            strategy = self.strategies.strategy_for(config, session_id, base, get_helper(config.helper), scratch)
+            context = RoundContext(tier=REDUCER, round_id=round_doc["id"], round_number=number,
+                                   session_id=session_id, base_model=base["id"], work_dir=scratch)
+            strategy.start(base_path, context)  # first, so each combiner model is checked as it arrives
+            fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, strategy)
             out = scratch / "global"
-            known = self._timed(timings, "aggregation", self._aggregate, aggregator, fetched, weights, out)
+            known = self._timed(timings, "aggregation", self._aggregate, strategy, context, fetched, weights, out)
+            state = self.strategies.save(strategy, scratch)  # the server state this model continues with
             model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
                                       session_id=session_id, round_number=number,
                                       sha256=known.sha256 or None, xxh3=known.xxh3 or None,
-                                      take=True)  # round scratch: linked into the store, not copied
+                                      take=True,  # round scratch: linked into the store, not copied
+                                      extra={"strategy_state": state} if state else None)
+            self.strategies.produced(model["id"], session_id, config, strategy)
             round_doc["model_out"] = model["id"]
             if config.validate:
                 round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
@@ -499,7 +505,7 @@ class Control:
                              "capped": u.capped, "timings": dict(u.timings)} for u in result.updates]}
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
-                               aggregator: Aggregator) -> dict[str, Received]:
+                               aggregator: Strategy) -> dict[str, Received]:
         """Each combiner's model in a scratch file, with its checksum verified and the
         aggregator's check run as it arrived (``Received.inspector``). A single combiner's
         model becomes the global one as it is (_aggregate), so it is received durably: its
@@ -542,22 +548,26 @@ class Control:
             raise RoundFailed(f"combiners with no examples behind their model: {', '.join(empty)}")
         return weighed.weights
 
-    def _aggregate(self, aggregator: Aggregator, fetched: Mapping[str, Received],
+    def _aggregate(self, aggregator: Strategy, context: RoundContext, fetched: Mapping[str, Received],
                    weights: Mapping[str, int], out: Path) -> Digests:
         """Write the round's global model to ``out``; return its hashes where already known, so
         the commit need not read a gigabyte to hash it ("" where not: the store hashes it)."""
         if len(fetched) == 1:  # one combiner: FedAvg's result is its model, checked (no re-averaging)
             ((name, one),) = fetched.items()
-            if aggregator.aggregate_one(one.path, float(weights[name]), out,
-                                        checked=one.inspector) is not None:
+            if aggregator.aggregate_one(self._update(name, one, weights, context), out) is not None:
                 # moved as it is: the combiner's sha256 of the bytes it sent, which the
                 # checksum verified on arrival are the bytes now at ``out``
                 return Digests(sha256=one.sha256, xxh3=one.xxh3)
         for name, model in fetched.items():
-            aggregator.add(model.path, float(weights[name]), checked=model.inspector)
-            model.path.unlink()
+            aggregator.add(self._update(name, model, weights, context))
+            model.path.unlink()  # a strategy that needs it later kept its own link
         aggregator.finish(out)
         return Digests(sha256="", xxh3="")
+
+    @staticmethod
+    def _update(name: str, model: Received, weights: Mapping[str, int], context: RoundContext) -> Update:
+        return Update(model.path, float(weights[name]), sender=name, base_model=context.base_model,
+                      round_id=context.round_id, received_at=time.time(), checked=model.inspector)
 
     def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
                   round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from fedtier import __version__
-from fedtier.aggregators import AGGREGATORS
+from fedtier.aggregators import STRATEGIES, TIERS
 from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.reducer.trail import MAX_NOTE_CHARS
@@ -44,6 +44,19 @@ def ref(name: str) -> dict[str, str]:
 
 def nullable(name: str) -> dict[str, Any]:
     return {"anyOf": [ref(name), {"type": "null"}]}
+
+
+def _tier_schema(tier: str) -> dict[str, Any]:
+    """The strategies one tier may run, each with its parameters, from the one registry."""
+    allowed = sorted(n for n, c in STRATEGIES.items() if tier in c.tiers)
+    return {"description": f"the {tier} tier's strategy", "oneOf": [
+        {"type": "string", "enum": allowed},
+        *({"type": "object", "additionalProperties": False, "required": ["name"],
+           "description": STRATEGIES[name].summary + (" (keeps state across the session's rounds)"
+                                                      if STRATEGIES[name].stateful else ""),
+           "properties": {"name": {"const": name},
+                          **{k: {**p.json_schema(), "default": p.default} for k, p in STRATEGIES[name].params.items()}}}
+          for name in allowed)]}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -142,12 +155,19 @@ SCHEMAS: dict[str, Any] = {
                               "description": "0 asks every active client; else at least clients_required"},
         "round_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},
         "wait_for_clients": {"type": "number", "exclusiveMinimum": 0, "maximum": WEEK},
-        "aggregator": {"enum": sorted(AGGREGATORS)},
+        "aggregation": {
+            "type": "object", "additionalProperties": False,
+            "description": "the strategy of each tier: the combiners reduce their clients' updates with "
+                           "`combiner`, the reducer the combiner models with `reducer` (fedavg where not given); "
+                           "a strategy's name alone, or an object with its name and parameters",
+            "properties": {tier: _tier_schema(tier) for tier in TIERS}},
+        "aggregator": {"enum": sorted(n for n, c in STRATEGIES.items() if len(c.tiers) == len(TIERS)),
+                       "description": "one strategy for both tiers (the older form of `aggregation`; not with it)"},
         "aggregator_kwargs": {
             "type": "object", "additionalProperties": False,
-            "description": "the chosen aggregator's parameters: " + "; ".join(
-                f"{name}: {', '.join(sorted(cls.params)) or 'none'}" for name, cls in sorted(AGGREGATORS.items())),
-            "properties": {k: p.json_schema() for cls in AGGREGATORS.values() for k, p in cls.params.items()}},
+            "description": "the parameters of `aggregator`: " + "; ".join(
+                f"{name}: {', '.join(sorted(cls.params)) or 'none'}" for name, cls in sorted(STRATEGIES.items())),
+            "properties": {k: p.json_schema() for cls in STRATEGIES.values() for k, p in cls.params.items()}},
         "helper": {"enum": known_helpers()},
         "validate": {"type": "boolean"}, "task": OBJECT,
         "weight_cap_median": {"type": "number", "minimum": 0, "maximum": MAX_MULTIPLE,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fedtier.ids import new_id
 from fedtier.storage.collections import MODELS, PROMOTIONS
@@ -37,7 +37,7 @@ class ModelTrail:
     def commit(self, path: Path, parent_id: str | None, round_id: str | None = None,
                session_id: str | None = None, round_number: int = 0,
                kind: str = "global", sha256: str | None = None, xxh3: str | None = None,
-               take: bool = False) -> dict[str, Any]:
+               take: bool = False, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Store the model at ``path`` under a new id and record it; returns the record.
 
         ``take=True`` hands a scratch file to the store (``link``: a hard link where it
@@ -48,6 +48,7 @@ class ModelTrail:
         sparing the store a read to hash it; a wrong one would make the model read back
         as corrupt, never be trusted. ``xxh3`` is its transfer checksum as it arrived,
         recorded so a push of this model sends it as it is (fedtier.transport.streams).
+        ``extra`` adds fields to the record (the reducer strategy's ``strategy_state``).
         """
         model_id = new_id()
         stored = self.models.put_file(model_id, path, sha256=sha256, link=take)
@@ -56,6 +57,8 @@ class ModelTrail:
                   "created_at": time.time()}
         if xxh3:
             record["xxh3"] = xxh3
+        for key, value in (extra or {}).items():
+            record.setdefault(key, value)
         self.state.insert(MODELS, record)
         log.info("model %s committed (parent %s, round %s, sha256 %s)", model_id, parent_id, round_number,
                  stored.sha256[:12])

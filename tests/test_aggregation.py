@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtier.aggregators import FedAvg, get_aggregator
+from fedtier.aggregators import FedAvg, Update, get_strategy
 from fedtier.helpers import IncompatibleModelError, get_helper
 from fedtier.helpers.format import read_model, write_model
 
@@ -31,7 +31,7 @@ def fedavg(reference: Path, paths: list[Path], weights: list[float], out: Path) 
     agg = FedAvg(helper)
     agg.start(reference)
     for path, weight in zip(paths, weights):
-        agg.add(path, weight)
+        agg.add(Update(path, weight))
     return agg.finish(out)
 
 
@@ -80,13 +80,13 @@ def test_rejected_update_leaves_aggregate_unchanged(tmp_path: Path) -> None:
     write_model(bad_shape, {"a": np.zeros((3, 3), np.float32), "b": model["b"], "steps": model["steps"]})
     agg = FedAvg(helper)
     agg.start(paths[0])
-    agg.add(paths[0], weights[0])
+    agg.add(Update(paths[0], weights[0]))
     for bad, error in ((bad_nan, IncompatibleModelError), (bad_shape, IncompatibleModelError)):
         with pytest.raises(error):
-            agg.add(bad, 100.0)
+            agg.add(Update(bad, 100.0))
     with pytest.raises(ValueError):
-        agg.add(paths[1], 0.0)
-    agg.add(paths[1], weights[1])
+        agg.add(Update(paths[1], 0.0))
+    agg.add(Update(paths[1], weights[1]))
     agg.finish(tmp_path / "out")
     fedavg(paths[0], paths[:2], weights[:2], tmp_path / "clean")
     np.testing.assert_array_equal(read_model(tmp_path / "out")["a"], read_model(tmp_path / "clean")["a"])
@@ -102,7 +102,7 @@ def test_aggregate_one_is_the_update_itself_and_checked(tmp_path: Path) -> None:
     agg = FedAvg(helper)
     agg.start(paths[0])
     out = tmp_path / "one"
-    assert agg.aggregate_one(paths[1], weights[1], out) == weights[1]
+    assert agg.aggregate_one(Update(paths[1], weights[1]), out) == weights[1]
     assert out.read_bytes() == expected_bytes and not paths[1].exists()  # moved, not rewritten
     for name, values in read_model(folded).items():  # the same values add/finish computes
         np.testing.assert_array_equal(read_model(out)[name], values)
@@ -118,15 +118,15 @@ def test_aggregate_one_is_the_update_itself_and_checked(tmp_path: Path) -> None:
         fresh = FedAvg(helper)
         fresh.start(paths[0])
         with pytest.raises(IncompatibleModelError):
-            fresh.aggregate_one(update, 10.0, tmp_path / "never")
+            fresh.aggregate_one(Update(update, 10.0), tmp_path / "never")
         assert update.exists() and not (tmp_path / "never").exists()  # rejected: nothing moved
     fresh = FedAvg(helper)
     fresh.start(paths[0])
     with pytest.raises(ValueError):
-        fresh.aggregate_one(paths[0], 0.0, tmp_path / "never")
-    fresh.add(paths[0], 1.0)
+        fresh.aggregate_one(Update(paths[0], 0.0), tmp_path / "never")
+    fresh.add(Update(paths[0], 1.0))
     with pytest.raises(ValueError):  # not a shortcut once updates were folded
-        fresh.aggregate_one(paths[0], 1.0, tmp_path / "never")
+        fresh.aggregate_one(Update(paths[0], 1.0), tmp_path / "never")
     assert paths[0].exists() and not (tmp_path / "never").exists()
 
 
@@ -142,7 +142,7 @@ def test_peak_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
         agg.start(big)
         tracemalloc.start()
         for _ in range(count):
-            agg.add(big, 3.0)
+            agg.add(Update(big, 3.0))
         agg.finish(tmp_path / f"out{count}")
         _, peak_bytes = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -153,9 +153,9 @@ def test_peak_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
     assert many < 3 * model_bytes, many
 
 
-def test_unknown_aggregator_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown aggregator 'median'"):
-        get_aggregator("median", helper)
+def test_unknown_strategy_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'no-such'"):
+        get_strategy("no-such", helper, "combiner")
 
 
 def test_a_nan_deep_in_a_large_tensor_is_reported_at_its_own_element(tmp_path: Path) -> None:
@@ -169,5 +169,5 @@ def test_a_nan_deep_in_a_large_tensor_is_reported_at_its_own_element(tmp_path: P
     agg = FedAvg(get_helper("numpy"))
     agg.start(tmp_path / "ref")
     with pytest.raises(IncompatibleModelError, match=r"1 NaN and 0 inf values \(first at element 2000001\)"):
-        agg.add(tmp_path / "bad", 1.0)
+        agg.add(Update(tmp_path / "bad", 1.0))
     assert agg.num_updates == 0

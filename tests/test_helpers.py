@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from fedtier.aggregators import arithmetic
 from fedtier.helpers import IncompatibleModelError, ModelFormatError, get_helper
 from fedtier.helpers.format import iter_slices, read_header, read_model, write_model
 
@@ -43,9 +44,11 @@ def test_importing_helpers_does_not_import_frameworks():
         "import sys\n"
         "from fedtier.helpers import get_helper\n"
         "import numpy as np\n"
+        "from fedtier.aggregators import get_strategy\n"
+        "from fedtier.aggregators.arithmetic import increment_average\n"
         "for n in ('numpy', 'pytorch', 'keras'):\n"
-        "    h = get_helper(n)\n"
-        "    m = np.zeros(3, np.float32); h.increment_average(m, np.ones(3, np.float32), 1, 2)\n"
+        "    h = get_helper(n); get_strategy('fedavg', h, 'combiner')\n"
+        "    m = np.zeros(3, np.float32); increment_average(m, np.ones(3, np.float32), 1, 2)\n"
         "    assert m.tolist() == [0.5] * 3\n"
         "print(sorted(k for k in ('torch', 'keras', 'tensorflow', 'safetensors') if k in sys.modules))\n"
     )
@@ -356,7 +359,7 @@ def running_mean(helper, updates, weights, mean=None):
     total = 0.0
     for u, w in zip(updates, weights):
         total += w
-        helper.increment_average(mean, u, w, total)
+        arithmetic.increment_average(mean, u, w, total)
     return mean
 
 
@@ -371,7 +374,7 @@ def test_increment_average_matches_weighted_average(helper):
 
     acc = running_mean(helper, list(stack), w, mean=np.zeros(1000, np.float64))
     np.testing.assert_allclose(acc, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(helper.finalize(acc, np.float32), expected.astype(np.float32))
+    np.testing.assert_array_equal(arithmetic.finalize(acc, np.float32), expected.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
@@ -388,15 +391,15 @@ def test_scratch_update_gives_bit_identical_means(helper, dtype):
     total = 0.0
     for u, w in zip(stack, weights):
         total += w
-        helper.increment_average(plain, u, w, total)
+        arithmetic.increment_average(plain, u, w, total)
         work = u.copy()
-        helper.increment_average(scratch, work, w, total, scratch_update=True)
+        arithmetic.increment_average(scratch, work, w, total, scratch_update=True)
         if total > w:  # not the first update, which is copied
             assert (work.tobytes() != u.tobytes()) == (dtype != np.int32)
         frozen = u.copy()
         frozen.setflags(write=False)
         probe = scratch.copy()
-        helper.increment_average(probe, frozen, w, total + w, scratch_update=True)
+        arithmetic.increment_average(probe, frozen, w, total + w, scratch_update=True)
         assert frozen.tobytes() == u.tobytes()
     assert plain.tobytes() == scratch.tobytes()
 
@@ -404,10 +407,10 @@ def test_scratch_update_gives_bit_identical_means(helper, dtype):
 def test_first_update_is_copied_exactly_whatever_mean_held(helper):
     u = np.array([np.float32(1e-30), -0.0, 3.0], np.float32)
     mean = np.full(3, np.nan, np.float32)
-    helper.increment_average(mean, u, 2.0, 2.0)
+    arithmetic.increment_average(mean, u, 2.0, 2.0)
     assert mean.tobytes() == u.tobytes()
     acc = np.full(3, np.nan)
-    helper.increment_average(acc, u, 2.0, 2.0)
+    arithmetic.increment_average(acc, u, 2.0, 2.0)
     np.testing.assert_array_equal(acc, u.astype(np.float64))
 
 
@@ -434,7 +437,7 @@ def test_increment_average_integer_tensors(helper):
     assert got.dtype == np.int64
     assert np.all(np.abs(got - expected) <= 1)
     acc = running_mean(helper, counts, w, mean=np.zeros(3))
-    np.testing.assert_array_equal(helper.finalize(acc, np.int64), np.rint(expected).astype(np.int64))
+    np.testing.assert_array_equal(arithmetic.finalize(acc, np.int64), np.rint(expected).astype(np.int64))
 
     mask = running_mean(helper, [np.array([1, 0, 1], bool), np.array([1, 1, 0], bool)], [3, 1])
     assert mask.dtype == bool and mask.tolist() == [True, False, True]
@@ -446,14 +449,14 @@ def test_increment_average_integer_tensors(helper):
 def test_increment_average_rejects_bad_arguments(helper):
     mean = np.zeros(3, np.float32)
     with pytest.raises(IncompatibleModelError, match="shape"):
-        helper.increment_average(mean, np.zeros(4, np.float32), 1, 1)
+        arithmetic.increment_average(mean, np.zeros(4, np.float32), 1, 1)
     for weight, total in [(2, 1), (-1, 1), (1, 0)]:
         with pytest.raises(ValueError, match="total_weight"):
-            helper.increment_average(mean, np.ones(3, np.float32), weight, total)
-    helper.increment_average(mean, np.ones(3, np.float32), 0, 5)
+            arithmetic.increment_average(mean, np.ones(3, np.float32), weight, total)
+    arithmetic.increment_average(mean, np.ones(3, np.float32), 0, 5)
     assert mean.tolist() == [0, 0, 0]  # a zero-weight update changes nothing
     with pytest.raises(ValueError, match="writeable"):
-        helper.increment_average(np.frombuffer(bytes(12), np.float32), np.ones(3, np.float32), 1, 1)
+        arithmetic.increment_average(np.frombuffer(bytes(12), np.float32), np.ones(3, np.float32), 1, 1)
 
 
 def test_streaming_aggregation_over_files(helper, tmp_path):
@@ -480,8 +483,8 @@ def test_streaming_aggregation_over_files(helper, tmp_path):
             assert (s.name, o) == (spec.name, offset)
             helper.check_finite(s.name, flat, o)
             total += weight
-            helper.increment_average(mean, flat, weight, total)
-        out.setdefault(spec.name, []).append(helper.finalize(mean, spec.dtype))
+            arithmetic.increment_average(mean, flat, weight, total)
+        out.setdefault(spec.name, []).append(arithmetic.finalize(mean, spec.dtype))
     a = np.concatenate(out["a"]).reshape(30, 7)
     expected = np.average(np.stack([u["a"] for u in updates]), axis=0, weights=w)
     np.testing.assert_allclose(a, expected, rtol=1e-6)

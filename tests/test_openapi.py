@@ -48,7 +48,10 @@ def test_document_is_valid_openapi_and_covers_every_route(tmp_path: Path) -> Non
     validate(spec)
     settings = spec["components"]["schemas"]["RoundSettings"]["properties"]
     assert set(settings) == {"rounds", *setting_names()}  # every setting /start takes, rounds too
-    assert settings["aggregator"]["enum"] == sorted(AGGREGATORS)
+    assert settings["aggregator"]["enum"] == sorted(n for n, c in AGGREGATORS.items() if len(c.tiers) == 2)
+    for tier in ("combiner", "reducer"):
+        named = [s for s in settings["aggregation"]["properties"][tier]["oneOf"] if "properties" in s]
+        assert {s["properties"]["name"]["const"] for s in named} == {n for n, c in AGGREGATORS.items() if tier in c.tiers}
     assert settings["helper"]["enum"] == known_helpers()
     app = create_app(Settings(data_dir=tmp_path), poll_interval_s=None)
     try:

@@ -168,11 +168,11 @@ def test_round_ends_only_after_every_claimed_update_is_folded() -> None:
         def __init__(self) -> None:
             self.folded = 0
 
-        def add(self, path: Path, weight: float, checked: object = None) -> None:
+        def add(self, update: object) -> None:
             time.sleep(0.02)
             self.folded += 1
 
-        def check(self, path: Path, checked: object = None) -> None:
+        def check(self, update: object) -> None:
             pass
 
     class Cache:

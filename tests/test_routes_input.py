@@ -123,7 +123,12 @@ def test_every_json_route_bounds_depth_and_numbers(api: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("settings, field, listed", [
-    ({"aggregator": "median"}, "aggregator", ["fedavg"]),
+    ({"aggregator": "no-such"}, "aggregator", ["fedavg"]),
+    ({"aggregation": {"combiner": {"name": "no-such"}}}, "aggregation.combiner.name", ["fedavg"]),
+    ({"aggregation": {"edge": "fedavg"}}, "aggregation.edge", ["combiner", "reducer"]),
+    ({"aggregation": {"reducer": {"name": "fedavg", "mu": 1}}}, "aggregation.reducer.mu", ["none"]),
+    ({"aggregation": {"reducer": 3}}, "aggregation.reducer", ["strategy name"]),
+    ({"aggregator": "fedavg", "aggregation": {}}, "aggregator", ["not both"]),
     ({"aggregator": 7}, "aggregator", ["fedavg"]),
     ({"helper": "tensorflow"}, "helper", known_helpers()),
     ({"aggregator_kwargs": {"mu": 0.1}}, "aggregator_kwargs.mu", ["none"]),
@@ -140,7 +145,7 @@ def test_the_combiner_refuses_the_same_settings_with_the_same_field(tmp_path: Pa
     """One rule at both tiers: the combiner's RoundConfig.from_json raises on what /start
     refuses, naming the same field, and its round runner answers a failed round at once."""
     runner = RoundRunner("c", ClientRegistry(), ModelCache(tmp_path / "cache"))
-    for text, field in (('{"aggregator": "median"}', "aggregator"), ('{"helper": "tensorflow"}', "helper"),
+    for text, field in (('{"aggregator": "no-such"}', "aggregator"), ('{"helper": "tensorflow"}', "helper"),
                         ('{"aggregator_kwargs": {"mu": 0.1}}', "aggregator_kwargs.mu"),
                         ('{"round_timeout": 1e400}', "round_timeout"),
                         ('{"task": ' + "[" * DEEP + "]" * DEEP + "}", "config")):
@@ -159,8 +164,11 @@ def test_declared_aggregator_parameters_are_checked_by_type_and_bounds(monkeypat
 
     monkeypatch.setitem(AGGREGATORS, "damped", Damped)
     config = RoundConfig.from_dict({"aggregator": "damped", "aggregator_kwargs": {"beta": 0.5, "warmup": 2.0}})
-    assert config.aggregator_kwargs == {"beta": 0.5, "warmup": 2.0}
-    assert Damped(get_helper("numpy"), **config.aggregator_kwargs).settings == {"beta": 0.5, "warmup": 2}
+    assert config.strategy("combiner").params == config.strategy("reducer").params == {"beta": 0.5, "warmup": 2}
+    assert Damped(get_helper("numpy"), **config.strategy("reducer").params).settings == {"beta": 0.5, "warmup": 2}
+    per_tier = RoundConfig.from_dict({"aggregation": {"reducer": {"name": "damped", "beta": 0.25}}})
+    assert per_tier.strategy("reducer").params == {"beta": 0.25} and per_tier.strategy("combiner").name == "fedavg"
+    assert RoundConfig.from_json(per_tier.to_json()) == per_tier  # the combiner reads what the reducer sends
     for kwargs, field, words in (({"beta": 2}, "beta", "at most 1"), ({"beta": "x"}, "beta", "number"),
                                  ({"beta": True}, "beta", "number"), ({"warmup": 1.5}, "warmup", "integer"),
                                  ({"gamma": 1}, "gamma", "accepted: beta, warmup")):

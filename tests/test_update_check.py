@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fedtier.aggregators.fedavg as fedavg_module
-from fedtier.aggregators import FedAvg
+from fedtier.aggregators import FedAvg, Update
 from fedtier.aggregators.update_check import UpdateCheck, check_file
 from fedtier.helpers import get_helper
 from fedtier.helpers.format import (
@@ -174,7 +174,7 @@ def test_fedavg_folds_an_update_checked_on_arrival_without_checking_the_file(
     plain = FedAvg(helper)
     plain.start(reference)
     for i, path in enumerate(paths):
-        plain.add(path, 10.0 + i)
+        plain.add(Update(path, 10.0 + i))
     plain.finish(tmp_path / "plain")
 
     file_checks = []
@@ -182,7 +182,7 @@ def test_fedavg_folds_an_update_checked_on_arrival_without_checking_the_file(
     agg = FedAvg(helper)
     agg.start(reference)
     for i, path in enumerate(paths):
-        agg.add(path, 10.0 + i, checked=arrived(agg, path))
+        agg.add(Update(path, 10.0 + i, checked=arrived(agg, path)))
     agg.finish(tmp_path / "arrived")
     assert file_checks == []  # the fold was the only read of each update
     for name, values in read_model(tmp_path / "plain").items():
@@ -191,7 +191,7 @@ def test_fedavg_folds_an_update_checked_on_arrival_without_checking_the_file(
     # a check made for another round's aggregator proves nothing here: the file is checked
     other = FedAvg(helper)
     other.start(reference)
-    agg.add(paths[0], 1.0, checked=arrived(other, paths[0]))
+    agg.add(Update(paths[0], 1.0, checked=arrived(other, paths[0])))
     assert len(file_checks) == 1
 
 
@@ -203,9 +203,9 @@ def test_a_rejection_found_on_arrival_is_raised_without_reading_the_file(tmp_pat
     write_model(bad, model)
     agg = FedAvg(helper)
     agg.start(reference)
-    agg.add(paths[0], 5.0)
+    agg.add(Update(paths[0], 5.0))
     checked = arrived(agg, bad)
     bad.unlink()  # nothing left to read: the verdict alone must reject it
     with pytest.raises(ValueError, match=r"'a' contains 1 NaN and 0 inf values \(first at element 2099\)"):
-        agg.add(bad, 5.0, checked=checked)
+        agg.add(Update(bad, 5.0, checked=checked))
     assert agg.num_updates == 1 and agg.total_weight == 5.0

@@ -7,9 +7,8 @@ rejected update leaves the mean exactly as it was. On a combiner the check runs 
 upload as it arrives (``arrival_check``), so the fold is the only read of the file.
 
 Reads go into one reused slice buffer and the fold computes in that buffer
-(``scratch_update``). Per 10M float32 update against a plain in-memory numpy
-``acc += w * x`` (bench/aggregation.py, docs/performance.md): checked on arrival and
-folded in one read, 1.6-1.9x; a file checked here first, with a second read, 2.0-2.6x.
+(``scratch_update``); its cost against a plain in-memory numpy mean is measured by
+bench/aggregation.py (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedtier.aggregators.base import Aggregator
+from fedtier.aggregators.arithmetic import increment_average
+from fedtier.aggregators.base import RoundContext, Strategy, Update
 from fedtier.aggregators.update_check import UpdateCheck, check_file
 from fedtier.helpers.format import ModelHeader, iter_slices, read_header, write_model
 
@@ -30,10 +30,12 @@ def _check_weight(weight: float) -> None:
         raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
 
 
-class FedAvg(Aggregator):
+class FedAvg(Strategy):
     name = "fedavg"
+    summary = "the weighted mean of the updates, by examples (McMahan et al.)"
 
-    def start(self, reference: Path) -> None:
+    def start(self, reference: Path, context: RoundContext | None = None) -> None:
+        self.context = context or RoundContext()
         self._reference: ModelHeader = read_header(reference)
         self._mean: dict[str, np.ndarray] | None = None
         self.num_updates = 0
@@ -42,39 +44,40 @@ class FedAvg(Aggregator):
     def arrival_check(self, size: int) -> UpdateCheck:
         return UpdateCheck(self.helper, self._reference, size)
 
-    def add(self, update: Path, weight: float, checked: UpdateCheck | None = None) -> None:
+    def add(self, update: Update) -> None:
+        weight = update.weight
         _check_weight(weight)
-        header = self._verdict(update, checked)  # pass 1 (unless checked as it arrived)
+        header = self._verdict(update)  # pass 1 (unless checked as it arrived)
         if self._mean is None:
             self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
                           for t in self._reference.tensors}
         total = self.total_weight + float(weight)
-        for spec, offset, values in iter_slices(update, header, SLICE_BYTES, reuse=True):  # pass 2: fold in
+        for spec, offset, values in iter_slices(update.path, header, SLICE_BYTES, reuse=True):  # pass 2: fold in
             target = self._mean[spec.name][offset:offset + values.size]
-            self.helper.increment_average(target, values, float(weight), total, scratch_update=True)
+            increment_average(target, values, float(weight), total, scratch_update=True)
         self.total_weight = total
         self.num_updates += 1
 
-    def check(self, update: Path, checked: UpdateCheck | None = None) -> None:
-        self._verdict(update, checked)
+    def check(self, update: Update) -> None:
+        self._verdict(update)
 
-    def _verdict(self, update: Path, checked: UpdateCheck | None) -> ModelHeader:
+    def _verdict(self, update: Update) -> ModelHeader:
         """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
         verdict of a check this round made on the update's bytes as they arrived, else a
         read of the file."""
+        checked = update.checked
         if isinstance(checked, UpdateCheck) and checked.reference is self._reference:
             return checked.verdict()
-        return check_file(self.helper, self._reference, update)
+        return check_file(self.helper, self._reference, update.path)
 
-    def aggregate_one(self, update: Path, weight: float, out: Path,
-                      checked: UpdateCheck | None = None) -> float | None:
+    def aggregate_one(self, update: Update, out: Path) -> float | None:
         """The weighted mean of one model is that model: checked, then moved to ``out``."""
         if self.num_updates:
             raise ValueError("aggregate_one is for a round with a single update, and updates were added")
-        _check_weight(weight)
-        self._verdict(update, checked)
-        os.replace(update, out)
-        self.num_updates, self.total_weight = 1, float(weight)
+        _check_weight(update.weight)
+        self._verdict(update)
+        os.replace(update.path, out)
+        self.num_updates, self.total_weight = 1, float(update.weight)
         return self.total_weight
 
     def finish(self, out: Path) -> float:

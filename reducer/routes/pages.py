@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, session
 
-from fedtier.aggregators import AGGREGATORS
+from fedtier.aggregators import describe as describe_strategies
 from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
 from fedtier.reducer.control import SESSIONS
@@ -28,7 +28,7 @@ def ui_context() -> dict[str, Any]:
     # who the header says is here: "admin" (a login session, with a logout), "anonymous" (a
     # login link) or "open" (no admin token: nothing to log in to)
     who = "open" if auth.is_open() else "admin" if session.get("admin") else "anonymous"
-    return {"ui": {"helper": r.control.helper_name, "aggregators": sorted(AGGREGATORS), "who": who}}
+    return {"ui": {"helper": r.control.helper_name, "strategies": describe_strategies(), "who": who}}
 
 
 @bp.app_template_filter("utc")

@@ -8,7 +8,7 @@ const SHOWN = ["clients_required", "clients_requested", "round_timeout", "wait_f
 
 function settings(config) {
   const chips = SHOWN.filter((k) => k in config).map((k) => h("span", { class: "chip" }, h("b", {}, k), ` ${config[k]}`));
-  for (const k of ["task", "aggregator_kwargs"]) {
+  for (const k of ["aggregation", "task", "aggregator_kwargs"]) {
     if (config[k] && Object.keys(config[k]).length) chips.push(h("span", { class: "chip" }, h("b", {}, k), ` ${JSON.stringify(config[k])}`));
   }
   return h("div", { class: "chips" }, chips);
