@@ -24,6 +24,7 @@ import requests
 from fedtier import __version__, limits
 from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
+from fedtier.client.personal import PersonalLayers, with_personal
 from fedtier.client.project import Project
 from fedtier.ids import check_model_id
 from fedtier.memory import release_free_memory
@@ -203,10 +204,14 @@ class FedClient:
                               round_number=task.round_number, session_id=task.session_id,
                               settings=config.get("strategy", {}))
             out = self.work_dir / "out" / task.task_id
+            personal = PersonalLayers.from_settings(self.work_dir, task.session_id, ctx.settings)
+            mine = self.work_dir / "out" / f"{task.task_id}.personal"  # the model with this client's own layers
             try:
                 t = time.perf_counter()
                 if task.type == pb.TRAIN:
-                    metadata = self.project.train(model, out, ctx)
+                    metadata = self.project.train(personal.apply(model, mine) if personal else model, out, ctx)
+                    if personal:
+                        personal.remember(out)
                     timings["train"] = time.perf_counter() - t
                     t = time.perf_counter()
                     uploaded = transfer.UploadModel(file_chunks(out, client_name=self.settings.name))
@@ -218,6 +223,8 @@ class FedClient:
                         timings=timings))
                 else:
                     metrics = self.project.validate(model, out, ctx)
+                    if personal and personal.has_own():  # the personalised model too (fedper)
+                        metrics = with_personal(metrics, self.project.validate(personal.apply(model, mine), out, ctx))
                     timings["validate"] = time.perf_counter() - t
                     ack = stub.ReportValidation(pb.ValidationReport(
                         client_name=self.settings.name, task_id=task.task_id, round_id=task.round_id,
@@ -225,6 +232,7 @@ class FedClient:
                         metrics_json=json.dumps(metrics), timings=timings))
             finally:
                 out.unlink(missing_ok=True)
+                mine.unlink(missing_ok=True)
                 release_free_memory()  # between tasks, hold only what is live (fedtier/memory.py)
             if not ack.ok:
                 log.warning("%s: combiner rejected the %s report: %s", self.settings.name, kind, ack.message)

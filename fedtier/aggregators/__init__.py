@@ -11,9 +11,10 @@ from typing import Any
 from fedtier.aggregators.base import (COMBINER, REDUCER, TIERS, Aggregator, RoundContext, Strategy,
                                       StrategyError, Update)
 from fedtier.aggregators.fedavg import FedAvg
+from fedtier.aggregators.fedper import FedPer
 from fedtier.helpers.base import Helper
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedPer)}
 AGGREGATORS = STRATEGIES  # the older name
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from fedtier.aggregators.arithmetic import increment_average
 from fedtier.aggregators.base import RoundContext, Strategy, Update
 from fedtier.aggregators.update_check import UpdateCheck, check_file
-from fedtier.helpers.format import ModelHeader, iter_slices, read_header, write_model
+from fedtier.helpers.format import ModelHeader, iter_slices, read_header, read_model, write_model
 
 SLICE_BYTES = 2 << 20  # one reused slice buffer: stays in the CPU cache between read and fold
 
@@ -36,6 +36,7 @@ class FedAvg(Strategy):
 
     def start(self, reference: Path, context: RoundContext | None = None) -> None:
         self.context = context or RoundContext()
+        self._reference_path = reference
         self._reference: ModelHeader = read_header(reference)
         self._mean: dict[str, np.ndarray] | None = None
         self.num_updates = 0
@@ -50,9 +51,11 @@ class FedAvg(Strategy):
         header = self._verdict(update)  # pass 1 (unless checked as it arrived)
         if self._mean is None:
             self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
-                          for t in self._reference.tensors}
+                          for t in self._reference.tensors if self.aggregated(t.name)}
         total = self.total_weight + float(weight)
         for spec, offset, values in iter_slices(update.path, header, SLICE_BYTES, reuse=True):  # pass 2: fold in
+            if spec.name not in self._mean:
+                continue  # not aggregated: the reference's values stand (fedper.py)
             target = self._mean[spec.name][offset:offset + values.size]
             increment_average(target, values, float(weight), total, scratch_update=True)
         self.total_weight = total
@@ -60,6 +63,10 @@ class FedAvg(Strategy):
 
     def check(self, update: Update) -> None:
         self._verdict(update)
+
+    def aggregated(self, tensor: str) -> bool:
+        """Whether ``tensor`` is averaged; one that is not keeps the reference's values."""
+        return True
 
     def _verdict(self, update: Update) -> ModelHeader:
         """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
@@ -85,6 +92,8 @@ class FedAvg(Strategy):
             raise ValueError("no updates were aggregated")
         # A scratch file in both tiers: sent on by the combiner, committed to the store
         # (which makes its own copy durable) by the reducer; no fsync on the round's path.
-        write_model(out, {t.name: self._mean[t.name].reshape(t.shape) for t in self._reference.tensors},
-                    durable=False)
+        mean = self._mean
+        kept = read_model(self._reference_path, self._reference) if len(mean) < len(self._reference.tensors) else {}
+        write_model(out, {t.name: mean[t.name].reshape(t.shape) if t.name in mean else kept[t.name]
+                          for t in self._reference.tensors}, durable=False)
         return self.total_weight

@@ -33,6 +33,7 @@ class Param:
     # Also given to the clients' code (TaskContext.settings), for a strategy whose clients
     # take part in it (FedProx's mu); everything else stays on the combiner.
     client: bool = False
+    max_length: int = 1000          # for str parameters: a bound on what an outside party sends
 
     def check(self, name: str, value: Any) -> Any:
         if self.kind is bool:
@@ -42,7 +43,9 @@ class Param:
         if self.kind is str:
             if not isinstance(value, str) or (self.choices and value not in self.choices):
                 wanted = f"one of {', '.join(self.choices)}" if self.choices else "a string"
-                raise ParamError(name, f"must be {wanted}, got {value!r}")
+                raise ParamError(name, f"must be {wanted}, got {value!r:.60}")
+            if len(value) > self.max_length:
+                raise ParamError(name, f"must be at most {self.max_length} characters, got {len(value)}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamError(name, f"must be a number, got {value!r}")
@@ -68,6 +71,8 @@ class Param:
             schema["maximum"] = self.maximum
         if self.choices:
             schema["enum"] = list(self.choices)
+        elif self.kind is str:
+            schema["maxLength"] = self.max_length
         if self.doc:
             schema["description"] = self.doc
         return schema
