@@ -58,6 +58,7 @@ class ActiveRound:
         self._weights_lock = threading.Lock()  # never held while waiting for another lock
         self._deferred: dict[str, str] = {}  # client -> model id of its accepted, not yet folded update
         self._arrived: dict[str, float] = {}  # client -> when its update was reported
+        self._stale: dict[str, tuple[str, float]] = {}  # client -> (older base model, discount) the strategy took
 
     # ---- set-up and waiting, called by the runner
     def expect(self, task_id: str, client: str) -> None:
@@ -184,25 +185,32 @@ class ActiveRound:
                 cache.discard(update.model_id)  # folded or rejected: the update is not kept
 
     def _accept(self, update: pb.ModelUpdate, cache: ModelCache) -> None:
-        """Raise unless the update may count in this round: trained from this round's model,
-        uploaded by its sender, a positive weight, a model the aggregator accepts."""
+        """Raise unless the update may count in this round: trained from this round's model
+        (or an older one the strategy takes: ``Strategy.staleness_weight``), uploaded by its
+        sender, a positive weight, a model the strategy accepts."""
         if not update.parent_model_id:
             raise RejectedReport("parent_model_id is empty: an update must name the model it was trained from",
                                  "stale")
-        if update.parent_model_id != self.model_id:
-            raise RejectedReport(f"stale update: trained from model {update.parent_model_id!r}, "
-                                 f"but this round's model is {self.model_id!r}", "stale")
         if cache.uploader(update.model_id) != update.client_name:
             raise RejectedReport(f"model {update.model_id!r} was not uploaded by {update.client_name}",
                                  "not_uploader")
         if update.num_examples <= 0:
             raise RejectedReport(f"num_examples must be positive, got {update.num_examples}", "invalid")
         assert self.aggregator is not None
+        if update.parent_model_id != self.model_id:
+            offered = Update(cache.path(update.model_id), float(update.num_examples), sender=update.client_name,
+                             base_model=update.parent_model_id, round_id=self.round_id, received_at=time.time())
+            discount = float(self.aggregator.staleness_weight(offered))
+            if not discount > 0:  # the strategy's call: synchronous ones refuse every stale update
+                raise RejectedReport(f"stale update: trained from model {update.parent_model_id!r}, "
+                                     f"but this round's model is {self.model_id!r}", "stale")
+            self._stale[update.client_name] = (update.parent_model_id, min(discount, 1.0))
         self._arrived[update.client_name] = time.time()
         self.aggregator.check(self._update(update.client_name, update.model_id, 0.0, cache))
 
     def _update(self, client: str, model_id: str, weight: float, cache: ModelCache) -> Update:
-        return Update(cache.path(model_id), weight, sender=client, base_model=self.model_id,
+        base, discount = self._stale.get(client, (self.model_id, 1.0))
+        return Update(cache.path(model_id), weight * discount, sender=client, base_model=base,
                       round_id=self.round_id, received_at=self._arrived.get(client, 0.0),
                       checked=cache.update_check(model_id))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fedtier.aggregators.fedavg as fedavg_module
-from fedtier.aggregators import FedAvg
+from fedtier.aggregators import FedAvg, Update
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry
 from fedtier.combiner.round import ActiveRound, RejectedReport
@@ -276,3 +276,36 @@ def test_a_model_the_cache_holds_is_adopted_under_a_new_id_not_sent_again(tmp_pa
     assert not cache.exists(aggregate) and cache.path("trail-1").read_bytes() == data
     trailer = list(cache.chunks("trail-1"))[-1].trailer
     assert trailer.sha256 == digest and trailer.xxh3 == xxh3_file(cache.path("trail-1"))
+
+
+def test_a_strategy_may_take_an_update_from_an_older_model_at_a_weight_of_its_choosing(tmp_path: Path) -> None:
+    """The interface asynchronous rounds stand on: FedAvg refuses a stale update; a strategy
+    whose ``staleness_weight`` takes it sees its older base model and its discounted weight."""
+    seen: list[Update] = []
+
+    class HalfForStale(FedAvg):
+        name = "half-for-stale"
+
+        def staleness_weight(self, update: Update) -> float:
+            return 0.5 if update.base_model == "older" else 0.0
+
+        def add(self, update: Update) -> None:
+            seen.append(update)
+            super().add(update)
+
+    cache = ModelCache(tmp_path / "cache")
+    helper.save({"w": np.zeros(4, np.float32)}, tmp_path / "global")
+    for strategy, accepted in ((FedAvg(helper), False), (HalfForStale(helper), True)):
+        round_ = ActiveRound(round_id="r1", kind=pb.TRAINING, model_id="global", aggregator=strategy)
+        strategy.start(tmp_path / "global")
+        round_.expect("t-a", "alice")
+        stale = update("alice", "t-a", upload(tmp_path, cache, "alice", 3.0), examples=10, parent="older")
+        if not accepted:
+            with pytest.raises(RejectedReport, match="stale update: trained from model 'older'"):
+                round_.submit_update(stale, cache)
+            continue
+        round_.submit_update(stale, cache)
+        round_.close()
+        round_.settle(cache)
+        assert [(u.sender, u.base_model, u.weight) for u in seen] == [("alice", "older", 5.0)]
+        assert seen[0].received_at > 0

@@ -128,6 +128,14 @@ class Strategy(ABC):
         get back the same values: seconds for a gigabyte model."""
         return None
 
+    def staleness_weight(self, update: Update) -> float:
+        """How much an update that started from an older model than the round's counts, as a
+        fraction of its weight: 0 refuses it. Synchronous strategies (the default) refuse
+        every one; an asynchronous or buffered strategy returns its discount (for example
+        by how long ago ``update.base_model`` was the round's model) and then sees the
+        update in ``add`` with ``base_model`` naming the older model and the weight discounted."""
+        return 0.0
+
     # ---- state across rounds
     def save_state(self, path: Path) -> bool:
         """Write the state the next round needs to ``path``; False if there is none yet."""
