@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 import grpc
 
-from fedtier.aggregators import REDUCER, RoundContext, Strategy, Update
+from fedtier.aggregators import REDUCER, TIERS, RoundContext, Strategy, StrategyError, Update, get_strategy
 from fedtier.aggregators.weight_policy import Contribution, WeightPolicy, combiner_weights
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
@@ -190,6 +191,7 @@ class Control:
     def start_session(self, request: SessionRequest, schedule_id: str | None = None) -> dict[str, Any]:
         """Start a session now; StateConflict if one runs or the network has no seed.
         ``schedule_id`` names the schedule that started it (reducer/schedules.py), if any."""
+        self._check_strategies(request.config)
         with self._lock:
             if self.state != ReducerState.IDLE:
                 verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
@@ -210,6 +212,27 @@ class Control:
             self._session_thread.start()
         log.info("session %s started: %d rounds", session["id"], request.rounds)
         return session
+
+    def _check_strategies(self, config: RoundConfig) -> None:
+        """What a tier's strategy would refuse of the model the session starts from (FedPer's
+        layers that match no tensor) is refused now, naming the setting, not on every round."""
+        base = self.trail.latest()
+        if base is None:
+            return  # not seeded: start_session says so
+        scratch = Path(tempfile.mkdtemp(prefix="check-", dir=self.work_dir))
+        try:
+            kept = self.work_dir / LATEST / base["id"]
+            path = kept if kept.is_file() else self._fetch_from_trail(base, scratch)
+            for tier in TIERS:
+                choice = config.strategy(tier)
+                strategy = get_strategy(choice.name, get_helper(config.helper), tier, **dict(choice.params))
+                try:
+                    strategy.start(path, RoundContext(tier=tier, work_dir=scratch))
+                except StrategyError as exc:
+                    raise RoundConfigError(f"aggregation.{tier}" + (f".{exc.param}" if exc.param else ""),
+                                           str(exc)) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def stop_session(self, mode: str = STOP_AFTER_ROUND) -> dict[str, Any]:
         """End the running session: after the round in progress, or (abort) now.

@@ -82,6 +82,12 @@ def test_a_network_session_keeps_each_clients_head_and_reports_both_scores(procs
     for i in range(2):
         net.client(i, 2)
     wait_until(lambda: net.active_on("c0") == 2, what="clients", procs=procs)
+    # layers the model does not have: refused at /start, naming the setting, not on every round
+    bad = requests.post(net.url + "/start", json={"rounds": 1, "aggregation": {"combiner": {
+        "name": "fedper", "personal": "fc2.*"}}}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["field"] == "aggregation.combiner.personal", bad.text
+    assert "matches no tensor of the model (its tensors: body, head)" in bad.json()["error"]
+    assert net.get("/api/v1/sessions") == []
     session = net.start(rounds=2, clients_required=2, validate=True,
                         aggregation={"combiner": {"name": "fedper", "personal": "head"}, "reducer": "fedavg"})
     assert net.finished(session)["rounds_succeeded"] == 2, net.get("/api/v1/rounds")

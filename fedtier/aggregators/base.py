@@ -68,7 +68,12 @@ class RoundContext:
 
 
 class StrategyError(ValueError):
-    """A strategy cannot run as asked (a tier it does not run at, a state it cannot load)."""
+    """A strategy cannot run as asked (a tier it does not run at, a state it cannot load, a
+    parameter that does not fit the model); ``param`` names the parameter at fault, if one is."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Strategy(ABC):

@@ -41,21 +41,21 @@ class FedPer(FedAvg):
         super().__init__(helper, **params)
         self.patterns = personal_patterns(self.settings["personal"])
         if len(self.patterns) > MAX_PATTERNS:
-            raise StrategyError(f"personal: at most {MAX_PATTERNS} patterns, got {len(self.patterns)}")
+            raise StrategyError(f"personal: at most {MAX_PATTERNS} patterns, got {len(self.patterns)}", "personal")
 
     def start(self, reference: Path, context: RoundContext | None = None) -> None:
         super().start(reference, context)
         if not self.patterns:
             raise StrategyError("personal: name the layers that stay on the clients (e.g. fc2.*); "
-                                "with none, fedper is fedavg")
+                                "with none, fedper is fedavg", "personal")
         names = [t.name for t in self._reference.tensors]
         if not any(is_personal(name, self.patterns) for name in names):
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise StrategyError(f"personal: {self.settings['personal']!r} matches no tensor of the model "
-                                f"(its tensors: {shown})")
+                                f"(its tensors: {shown})", "personal")
         if all(is_personal(name, self.patterns) for name in names):
             raise StrategyError(f"personal: {self.settings['personal']!r} matches every tensor: nothing would be "
-                                "shared")
+                                "shared", "personal")
 
     def aggregated(self, tensor: str) -> bool:
         return not is_personal(tensor, self.patterns)
