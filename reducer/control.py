@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 import grpc
 
-from fedtier.aggregators import REDUCER, TIERS, RoundContext, Strategy, StrategyError, Update, get_strategy
+from fedtier.aggregators import REDUCER as REDUCER_TIER, TIERS, RoundContext, Strategy, StrategyError, Update, get_strategy
 from fedtier.aggregators.weight_policy import Contribution, WeightPolicy, combiner_weights
 from fedtier.helpers import get_helper
 from fedtier.ids import new_id
@@ -47,6 +47,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
 from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
+from fedtier.reducer.records import RoundRecord, SessionRecord
 from fedtier.reducer.strategy_state import StrategyStates
 from fedtier.reducer.trail import ModelTrail
 from fedtier.round_config import (COMBINER_WAIT_S, CombinerQuorum, RoundConfig, RoundConfigError, integer_setting,
@@ -170,8 +171,8 @@ class Control:
         for session in self.store.find(SESSIONS, where={"status": "running"}):
             self.store.update(SESSIONS, session["id"], {"status": "interrupted", "finished_at": time.time()})
             log.warning("session %s was interrupted by a reducer restart", session["id"])
-        for round_doc in self.store.find(ROUNDS, where={"status": "running"}):
-            self.store.update(ROUNDS, round_doc["id"], {"status": "failed", "error": "interrupted by a reducer restart",
+        for stored in self.store.find(ROUNDS, where={"status": "running"}):
+            self.store.update(ROUNDS, stored["id"], {"status": "failed", "error": "interrupted by a reducer restart",
                                                         "finished_at": time.time()})
         # records of older versions said "finished" whatever the rounds did: give them their outcome
         for session in self.store.find(SESSIONS, where={"status": "finished"}):
@@ -196,22 +197,18 @@ class Control:
             if self.state != ReducerState.IDLE:
                 verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
                 raise StateConflict(self.state, f"cannot start: {verb}")
-            session = {"id": new_id(), "status": "running", "rounds_requested": request.rounds,
-                       "rounds_succeeded": 0, "rounds_failed": 0, "rounds_stopped": 0,
-                       "stop_requested": None, "config": request.config.to_dict(),
-                       "round_ids": [], "started_at": time.time(), "finished_at": None}
-            if schedule_id is not None:
-                session["schedule_id"] = schedule_id
-            self.store.insert(SESSIONS, session)
+            session = SessionRecord(id=new_id(), rounds_requested=request.rounds, config=request.config.to_dict(),
+                                    schedule_id=schedule_id)
+            self.store.insert(SESSIONS, session.to_doc())
             self._stop.clear()
             self._abort.clear()
-            self._session_id = session["id"]
+            self._session_id = session.id
             self._set_phase(ReducerState.INSTRUCTING)
             self._session_thread = threading.Thread(target=self._run_session, args=(session, request),
-                                                    name=f"session-{session['id'][:8]}", daemon=True)
+                                                    name=f"session-{session.id[:8]}", daemon=True)
             self._session_thread.start()
-        log.info("session %s started: %d rounds", session["id"], request.rounds)
-        return session
+        log.info("session %s started: %d rounds", session.id, request.rounds)
+        return session.to_doc()
 
     def _check_strategies(self, config: RoundConfig) -> None:
         """What a tier's strategy would refuse of the model the session starts from (FedPer's
@@ -219,10 +216,10 @@ class Control:
         base = self.trail.latest()
         if base is None:
             return  # not seeded: start_session says so
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="check-", dir=self.work_dir))
         try:
-            kept = self.work_dir / LATEST / base["id"]
-            path = kept if kept.is_file() else self._fetch_from_trail(base, scratch)
+            path = self._fetch_from_trail(base, scratch)
             for tier in TIERS:
                 choice = config.strategy(tier)
                 strategy = get_strategy(choice.name, get_helper(config.helper), tier, **dict(choice.params))
@@ -231,6 +228,10 @@ class Control:
                 except StrategyError as exc:
                     raise RoundConfigError(f"aggregation.{tier}" + (f".{exc.param}" if exc.param else ""),
                                            str(exc)) from None
+        except RoundConfigError:
+            raise
+        except Exception as exc:  # the model, not the settings: the round meets it and says so
+            log.warning("could not check the strategies against model %s before the session: %s", base["id"], exc)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -267,31 +268,30 @@ class Control:
             return not thread.is_alive()
         return True
 
-    def _run_session(self, session: dict[str, Any], request: SessionRequest) -> None:
+    def _run_session(self, session: SessionRecord, request: SessionRequest) -> None:
         status = "failed"  # unless the loop below ends normally
         try:
             for _ in range(request.rounds):
                 if self._stop.is_set():
                     break
-                round_doc = self._run_round(session["id"], request.config)
-                field = {"success": "rounds_succeeded", "stopped": "rounds_stopped"}.get(round_doc["status"],
-                                                                                          "rounds_failed")
-                session[field] += 1
-                session["round_ids"].append(round_doc["id"])
-                self.store.update(SESSIONS, session["id"], {field: session[field], "round_ids": session["round_ids"]})
+                done = self._run_round(session.id, request.config)
+                counter = session.count(done["status"])
+                session.round_ids.append(done["id"])
+                self.store.update(SESSIONS, session.id, {counter: getattr(session, counter),
+                                                         "round_ids": session.round_ids})
             # stopped only when the stop cut the session short: a stop that came while the
             # last round finished leaves the outcome to the rounds
-            ran = session["rounds_succeeded"] + session["rounds_failed"]
-            status = "stopped" if self._stop.is_set() and ran < request.rounds else session_outcome(session)
+            ran = session.rounds_succeeded + session.rounds_failed
+            status = "stopped" if self._stop.is_set() and ran < request.rounds else session_outcome(session.to_doc())
         except Exception as exc:
             self.metrics.store_error(exc)
-            log.exception("session %s failed", session["id"])
+            log.exception("session %s failed", session.id)
         finally:
             self.metrics.session_finished(status)
-            self.store.update(SESSIONS, session["id"], {"status": status, "finished_at": time.time()})
+            self.store.update(SESSIONS, session.id, {"status": status, "finished_at": time.time()})
             self._set_phase(None)
-            log.info("session %s %s: %d rounds succeeded, %d failed", session["id"], status,
-                     session["rounds_succeeded"], session["rounds_failed"])
+            log.info("session %s %s: %d rounds succeeded, %d failed", session.id, status,
+                     session.rounds_succeeded, session.rounds_failed)
 
     def _next_seq(self) -> int:
         """The round's own number: distinct and increasing across this reducer's life. ``round``
@@ -305,33 +305,31 @@ class Control:
 
     # ---- one round
     def _run_round(self, session_id: str, config: RoundConfig) -> dict[str, Any]:
+        """Run one round; its record as stored."""
         base = self.trail.latest()
         assert base is not None
         number = int(base.get("round", 0)) + 1
-        round_doc: dict[str, Any] = {
-            "id": new_id(), "session_id": session_id, "round": number, "seq": self._next_seq(), "status": "running",
-            "model_in": base["id"], "model_out": None, "started_at": time.time(), "finished_at": None,
-            "timings": {}, "pushed": {}, "combiners": [], "metrics": {}, "participants": [], "error": None,
-            "capped": [], "capped_combiners": [], "reducer_metrics": {}}
-        self.store.insert(ROUNDS, round_doc)
-        scratch = self.work_dir / "rounds" / round_doc["id"]
+        round_doc = RoundRecord(id=new_id(), session_id=session_id, round=number, seq=self._next_seq(),
+                                model_in=base["id"])
+        self.store.insert(ROUNDS, round_doc.to_doc())
+        scratch = self.work_dir / "rounds" / round_doc.id
         scratch.mkdir(parents=True, exist_ok=True)
-        timings: dict[str, float] = round_doc["timings"]
-        log.info("round %d (#%d, %s) starting from model %s", number, round_doc["seq"], round_doc["id"], base["id"])
+        timings: dict[str, float] = round_doc.timings
+        log.info("round %d (#%d, %s) starting from model %s", number, round_doc.seq, round_doc.id, base["id"])
         try:
             self._set_phase(ReducerState.INSTRUCTING)
             combiners = self._timed(timings, "wait_clients", self._wait_for_clients, config)
             base_path = self._timed(timings, "transfer", self._fetch_from_trail, base, scratch)
-            round_doc["pushed"] = self._timed(timings, "transfer", self._push, combiners, base, base_path)
-            combiners = {name: combiners[name] for name in round_doc["pushed"]}
+            round_doc.pushed = self._timed(timings, "transfer", self._push, combiners, base, base_path)
+            combiners = {name: combiners[name] for name in round_doc.pushed}
             if self._abort.is_set():  # before any combiner starts the round the user aborted
                 raise RoundStopped("aborted by the user before training began")
             self._set_phase(ReducerState.MONITORING)
             results = self._timed(timings, "training", self._train_on_combiners, combiners, round_doc, config)
-            chosen = {c["name"]: c["quorum"] for c in round_doc["combiners"]}  # set by _train_on_combiners
-            round_doc["combiners"] = [{**self._combiner_summary(name, r), "quorum": chosen[name]}
+            chosen = {c["name"]: c["quorum"] for c in round_doc.combiners}  # set by _train_on_combiners
+            round_doc.combiners = [{**self._combiner_summary(name, r), "quorum": chosen[name]}
                                       for name, r in results.items()]
-            round_doc["participants"] = sorted(u.client_name for r in results.values() if r.success for u in r.updates)
+            round_doc.participants = sorted(u.client_name for r in results.values() if r.success for u in r.updates)
             succeeded = {n: r for n, r in results.items() if r.success}
             updates = sum(len(r.updates) for r in succeeded.values())
             if not succeeded:
@@ -341,75 +339,76 @@ class Control:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
             weights = self._weigh(succeeded, round_doc, config)
             strategy = self.strategies.strategy_for(config, session_id, base, get_helper(config.helper), scratch)
-            context = RoundContext(tier=REDUCER, round_id=round_doc["id"], round_number=number,
+            context = RoundContext(tier=REDUCER_TIER, round_id=round_doc.id, round_number=number,
                                    session_id=session_id, base_model=base["id"], work_dir=scratch)
             strategy.start(base_path, context)  # first, so each combiner model is checked as it arrives
             fetched = self._timed(timings, "transfer", self._fetch_combiner_models, succeeded, scratch, strategy)
             out = scratch / "global"
             known = self._timed(timings, "aggregation", self._aggregate, strategy, context, fetched, weights, out)
             state = self.strategies.save(strategy, scratch)  # the server state this model continues with
-            model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc["id"],
+            model = self.trail.commit(out, parent_id=base["id"], round_id=round_doc.id,
                                       session_id=session_id, round_number=number,
                                       sha256=known.sha256 or None, xxh3=known.xxh3 or None,
                                       take=True,  # round scratch: linked into the store, not copied
                                       extra={"strategy_state": state} if state else None)
             self.strategies.produced(model["id"], session_id, config, strategy)
-            round_doc["model_out"] = model["id"]
+            round_doc.model_out = model["id"]
             if config.validate:
-                round_doc["metrics"] = self._timed(timings, "validation", self._validate, succeeded, model,
+                round_doc.metrics = self._timed(timings, "validation", self._validate, succeeded, model,
                                                    out, round_doc, config)
             if self.evaluation is not None:
-                round_doc["reducer_metrics"] = self._timed(timings, "reducer_evaluation", self._evaluate_on_reducer,
+                round_doc.reducer_metrics = self._timed(timings, "reducer_evaluation", self._evaluate_on_reducer,
                                                            out, round_doc, config)
             self._keep_latest(model["id"], out)
-            round_doc["status"] = "success"
+            round_doc.status = "success"
         except RoundStopped as exc:
-            round_doc.update(status="stopped", error=str(exc))
+            round_doc.ended("stopped", str(exc))
             log.info("round %d stopped: %s", number, exc)
         except RoundFailed as exc:
             if self._abort.is_set():  # the combiners dropped it because the user aborted
-                round_doc.update(status="stopped", error=f"aborted by the user ({exc})")
+                round_doc.ended("stopped", f"aborted by the user ({exc})")
                 log.info("round %d aborted by the user", number)
             else:
-                round_doc.update(status="failed", error=str(exc))
+                round_doc.ended("failed", str(exc))
                 log.warning("round %d failed: %s", number, exc)
         except (ModelStoreError, StateStoreError) as exc:
             self.metrics.store_error(exc)
             store = "model store" if isinstance(exc, ModelStoreError) else "state store"
-            round_doc.update(status="failed", error=f"{store}: {exc}")
+            round_doc.ended("failed", f"{store}: {exc}")
             log.error("round %d failed, trail unchanged: %s: %s", number, store, exc)
         except Exception as exc:
             if is_medium_failure(exc):  # the round's scratch files under FEDTIER_DATA_DIR/reducer
-                round_doc.update(status="failed", error=f"reducer data directory: {describe_os_error(exc)} "
+                round_doc.ended("failed", f"reducer data directory: {describe_os_error(exc)} "
                                                         f"({exc.filename or self.work_dir})")
-                log.error("round %d failed, trail unchanged: %s", number, round_doc["error"])
+                log.error("round %d failed, trail unchanged: %s", number, round_doc.error)
             else:
-                round_doc.update(status="failed", error=f"internal error: {exc}")
+                round_doc.ended("failed", f"internal error: {exc}")
                 log.exception("round %d failed", number)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            if round_doc["status"] != "success":
+            if round_doc.status != "success":
                 self._keep_latest(None)  # whatever failed, the next round starts from the store's copy
             release_free_memory()  # the round's model-sized buffers: back to the system (fedtier/memory.py)
-            round_doc["finished_at"] = time.time()
-            timings["total"] = round_doc["finished_at"] - round_doc["started_at"]
-            self.metrics.round_finished(round_doc)
-            self.store.update(ROUNDS, round_doc["id"], {k: v for k, v in round_doc.items() if k != "id"})
+            round_doc.finished_at = time.time()
+            timings["total"] = round_doc.finished_at - round_doc.started_at
+            doc = round_doc.to_doc()
+            self.metrics.round_finished(doc)
+            self.store.update(ROUNDS, round_doc.id, {k: v for k, v in doc.items() if k != "id"})
             self._set_phase(ReducerState.INSTRUCTING)
-        log.info("round %d %s in %.2fs %s", number, round_doc["status"], timings["total"],
-                 json.dumps(round_doc["metrics"]) if round_doc["metrics"] else "")
-        return round_doc
+        log.info("round %d %s in %.2fs %s", number, round_doc.status, timings["total"],
+                 json.dumps(round_doc.metrics) if round_doc.metrics else "")
+        return doc
 
-    def _evaluate_on_reducer(self, model: Path, round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
+    def _evaluate_on_reducer(self, model: Path, round_doc: RoundRecord, config: RoundConfig) -> dict[str, float]:
         """The operator's held-out score of the committed model (reducer/evaluation.py). The
         model is in the trail already: a failed evaluation is recorded, not a failed round."""
         assert self.evaluation is not None
         try:
-            return self.evaluation.run(model, int(round_doc["round"]), round_doc["session_id"], config.task,
+            return self.evaluation.run(model, int(round_doc.round), round_doc.session_id, config.task,
                                        timeout=config.round_timeout)
         except EvaluationError as exc:
-            round_doc["reducer_metrics_error"] = str(exc)
-            log.warning("round %d: the reducer's evaluation failed: %s", round_doc["round"], exc)
+            round_doc.reducer_metrics_error = str(exc)
+            log.warning("round %d: the reducer's evaluation failed: %s", round_doc.round, exc)
             return {}
 
     @staticmethod
@@ -486,17 +485,17 @@ class Control:
             raise RoundFailed("the global model could not be pushed to any combiner")
         return reached
 
-    def _train_on_combiners(self, combiners: dict[str, int], round_doc: dict[str, Any],
+    def _train_on_combiners(self, combiners: dict[str, int], round_doc: RoundRecord,
                             config: RoundConfig) -> dict[str, pb.RoundResult]:
         # the quorum is global: each combiner contributes whatever it gets (CombinerQuorum);
         # the reducer checks the total. clients_requested is shared out by the clients each holds.
         total_active = sum(combiners.values())
         quorums = {name: CombinerQuorum.share(config, active, total_active) for name, active in combiners.items()}
-        round_doc["combiners"] = [{"name": name, "quorum": q.to_record()} for name, q in quorums.items()]
-        return self._on_combiners(combiners, pb.TRAINING, round_doc, round_doc["id"],
-                                  round_doc["model_in"], quorums, config)
+        round_doc.combiners = [{"name": name, "quorum": q.to_record()} for name, q in quorums.items()]
+        return self._on_combiners(combiners, pb.TRAINING, round_doc, round_doc.id,
+                                  round_doc.model_in, quorums, config)
 
-    def _on_combiners(self, combiners: Mapping[str, Any], kind: int, round_doc: Mapping[str, Any], round_id: str,
+    def _on_combiners(self, combiners: Mapping[str, Any], kind: int, round_doc: RoundRecord, round_id: str,
                       model_id: str, quorums: Mapping[str, CombinerQuorum],
                       config: RoundConfig) -> dict[str, pb.RoundResult]:
         deadline = config.wait_for_clients + config.round_timeout + 60
@@ -504,9 +503,9 @@ class Control:
 
         def run(name: str) -> pb.RoundResult:
             quorum = quorums[name]
-            request = pb.RoundRequest(session_id=round_doc["session_id"], round_id=round_id, kind=kind,
+            request = pb.RoundRequest(session_id=round_doc.session_id, round_id=round_id, kind=kind,
                                       model_id=model_id, config_json=config_json,
-                                      round_number=int(round_doc["round"]), min_clients=quorum.min_clients,
+                                      round_number=int(round_doc.round), min_clients=quorum.min_clients,
                                       clients_requested=quorum.clients_requested,
                                       wait_for_clients_s=quorum.wait_for_clients)
             try:
@@ -549,7 +548,7 @@ class Control:
             except grpc.RpcError as exc:
                 raise RoundFailed(f"could not fetch a combiner model: {exc.code().name}") from exc
 
-    def _weigh(self, results: Mapping[str, pb.RoundResult], round_doc: dict[str, Any],
+    def _weigh(self, results: Mapping[str, pb.RoundResult], round_doc: RoundRecord,
                config: RoundConfig) -> dict[str, int]:
         """The weight of each combiner's model: what it claims, held to what its clients
         delivered under the round's weight cap over all clients (weight_policy.py); every
@@ -558,14 +557,14 @@ class Control:
             name: (int(r.num_examples), [Contribution(u.client_name, int(u.num_examples), int(u.weight_used))
                                          for u in r.updates])
             for name, r in results.items()})
-        round_doc["capped"] = weighed.capped_clients
-        round_doc["capped_combiners"] = weighed.capped_combiners
+        round_doc.capped = weighed.capped_clients
+        round_doc.capped_combiners = weighed.capped_combiners
         for c in weighed.capped_clients:
             log.warning("round %d: client %s (combiner %s) reported %d examples; counted as %d (weight cap %s)",
-                        round_doc["round"], c["client"], c["combiner"], c["reported"], c["used"], weighed.cap)
+                        round_doc.round, c["client"], c["combiner"], c["reported"], c["used"], weighed.cap)
         for c in weighed.capped_combiners:
             log.warning("round %d: combiner %s claimed %d examples; counted as %d, what its clients delivered "
-                        "under the weight cap", round_doc["round"], c["combiner"], c["reported"], c["used"])
+                        "under the weight cap", round_doc.round, c["combiner"], c["reported"], c["used"])
         empty = sorted(name for name, weight in weighed.weights.items() if weight <= 0)
         if empty:
             raise RoundFailed(f"combiners with no examples behind their model: {', '.join(empty)}")
@@ -593,17 +592,17 @@ class Control:
                       round_id=context.round_id, received_at=time.time(), checked=model.inspector)
 
     def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
-                  round_doc: dict[str, Any], config: RoundConfig) -> dict[str, float]:
+                  round_doc: RoundRecord, config: RoundConfig) -> dict[str, float]:
         model_id = model["id"]
         reached = self._push({n: 0 for n in combiners}, model, path)
         # every client of the combiners validates (clients_requested 0), each combiner needing one
         quorums = {name: CombinerQuorum(min_clients=1, clients_requested=0,
                                         wait_for_clients=min(config.wait_for_clients, COMBINER_WAIT_S))
                    for name in reached}
-        round_doc["validation_quorums"] = {name: q.to_record() for name, q in quorums.items()}
+        round_doc.validation_quorums = {name: q.to_record() for name, q in quorums.items()}
         # a round id of its own on the combiners, so nothing aimed at the training round
         # (a late stop, a late report) can touch the validation round
-        results = self._on_combiners(reached, pb.VALIDATION, round_doc, round_doc["id"] + ".validate",
+        results = self._on_combiners(reached, pb.VALIDATION, round_doc, round_doc.id + ".validate",
                                      model_id, quorums, config)
         reports: list[tuple[dict[str, Any], int]] = []
         for name, result in results.items():
@@ -611,7 +610,7 @@ class Control:
                 metrics = json.loads(v.metrics_json or "{}")
                 reports.append((metrics, v.num_examples))
                 self.store.insert(VALIDATIONS, {
-                    "id": new_id(), "round_id": round_doc["id"], "round": round_doc["round"],
+                    "id": new_id(), "round_id": round_doc.id, "round": round_doc.round,
                     "model_id": model_id, "client": v.client_name, "combiner": name,
                     "metrics": metrics, "num_examples": v.num_examples, "created_at": time.time()})
             if not result.success:
