@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 
 from fedtier.identity import SelfIssuer
+from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.combiner_client import CombinerClient
 from fedtier.storage.collections import CLIENTS, COMBINERS
 from fedtier.storage.state_store import StateStore
@@ -53,6 +54,8 @@ class Network:
         # client -> time of its last heartbeat: it changes on every poll, so it is kept here and
         # merged into clients(), not written to the store for every client every 2 s
         self._last_heartbeat: dict[str, float] = {}
+        # combiner -> (when read, its running round's task states): the live view (reducer/live.py)
+        self._live_rounds: dict[str, tuple[float, pb.RoundProgress]] = {}
 
     # ---- combiners
     def _token_for(self, name: str) -> Any:
@@ -162,11 +165,16 @@ class Network:
                     log.warning("combiner %s registered at %s:%s is unreachable (%s)%s", name, doc["address"],
                                 doc["port"], error, hint)
                     update["online"] = False
+                self._live_rounds.pop(name, None)
                 if doc.get("active_clients") or len(update) > 1:
                     self.state.update(COMBINERS, name, update)
                 self._clients_inactive(name)
                 continue
             now = time.time()
+            if status.HasField("round"):
+                self._live_rounds[name] = (now, status.round)
+            else:
+                self._live_rounds.pop(name, None)
             if doc.get("instance_id") and status.instance_id != doc["instance_id"]:
                 log.warning("combiner %s restarted: its clients count again once they reconnect", name)
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
@@ -192,6 +200,10 @@ class Network:
                 if gone.get("active"):
                     self.state.update(CLIENTS, gone["id"], {"active": False})
         return answered
+
+    def live_rounds(self) -> dict[str, tuple[float, pb.RoundProgress]]:
+        """Each combiner's running round as its last Status told it (a copy)."""
+        return dict(self._live_rounds)
 
     def _clients_inactive(self, combiner: str) -> None:
         for client in self.state.find(CLIENTS, where={"combiner": combiner, "active": True}):
