@@ -20,6 +20,7 @@ from fedtier.proto import fedtier_pb2 as pb
 WAITING_SHOWN = 20       # clients named in ``waiting_for``, the longest-waiting first
 PAGE_DEFAULT, PAGE_MAX = 50, 200  # clients per page of ``clients``
 TIMELINE_MAX = 10_000    # tasks of one combiner kept on a round's record (its --max-clients is 1,000 by default)
+LIVE_FRESH_S = 1.0       # while a round runs, the live view asks a combiner again once its answer is this old
 PHASE_NAMES = ("download", "train", "upload", "validate")
 KIND_NAMES = {pb.TRAINING: "training", pb.VALIDATION: "validation"}
 

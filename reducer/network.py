@@ -56,6 +56,8 @@ class Network:
         self._last_heartbeat: dict[str, float] = {}
         # combiner -> (when read, its running round's task states): the live view (reducer/live.py)
         self._live_rounds: dict[str, tuple[float, pb.RoundProgress]] = {}
+        self._live_read_at: dict[str, float] = {}  # combiner -> when its Status was last read
+        self._live_lock = threading.Lock()
 
     # ---- combiners
     def _token_for(self, name: str) -> Any:
@@ -171,10 +173,7 @@ class Network:
                 self._clients_inactive(name)
                 continue
             now = time.time()
-            if status.HasField("round"):
-                self._live_rounds[name] = (now, status.round)
-            else:
-                self._live_rounds.pop(name, None)
+            self._keep_live(name, status, now)
             if doc.get("instance_id") and status.instance_id != doc["instance_id"]:
                 log.warning("combiner %s restarted: its clients count again once they reconnect", name)
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
@@ -201,8 +200,32 @@ class Network:
                     self.state.update(CLIENTS, gone["id"], {"active": False})
         return answered
 
-    def live_rounds(self) -> dict[str, tuple[float, pb.RoundProgress]]:
-        """Each combiner's running round as its last Status told it (a copy)."""
+    def _keep_live(self, name: str, status: pb.CombinerStatus, now: float) -> None:
+        self._live_read_at[name] = now
+        if status.HasField("round"):
+            self._live_rounds[name] = (now, status.round)
+        else:
+            self._live_rounds.pop(name, None)
+
+    def live_rounds(self, fresh_within: float | None = None) -> dict[str, tuple[float, pb.RoundProgress]]:
+        """Each combiner's running round as its last Status told it (a copy).
+
+        With ``fresh_within``, a combiner read longer ago than that is asked again first, so
+        the live view is not a whole poll interval behind; one caller asks at a time and the
+        others take what it got, so however many browsers watch, each combiner is asked at
+        most once per ``fresh_within`` seconds besides the poll."""
+        if fresh_within is not None:
+            with self._live_lock:
+                for doc in self.online_combiners():
+                    name = doc["name"]
+                    if time.time() - self._live_read_at.get(name, 0.0) <= fresh_within:
+                        continue
+                    try:
+                        status = self.handle(name).status(timeout=1.0)
+                    except grpc.RpcError:
+                        self._live_read_at[name] = time.time()  # the poll records why; not asked again at once
+                        continue
+                    self._keep_live(name, status, time.time())
         return dict(self._live_rounds)
 
     def _clients_inactive(self, combiner: str) -> None:

@@ -385,3 +385,118 @@ def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> 
         context.close()
         server.shutdown()
         app.extensions["fedtier"].close()
+
+
+def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, procs: ProcessGroup,
+                                                                   tmp_path: Path) -> None:
+    """Issue 18, the round in progress: a reducer, a combiner and two `numpy_shift` clients as
+    real processes; client-1 trains longer. At phone width, the dashboard's live view shows both
+    clients training, then client-0 reported while the round waits for client-1 still training,
+    its counts always those of its list; the API pages its clients. Once done, the round's
+    timeline (linked from the rounds table, drawn without JavaScript) has a bar per client for
+    download, train and upload, the slowest named."""
+    import io
+
+    import numpy as np
+
+    from conftest import TEST_PROJECTS
+    from fedtier.helpers import get_helper
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"FEDTIER_DATA_DIR": str(tmp_path / "data")}
+    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", "numpy",
+                          env=env)
+    procs.start("combiner", "combiner", "--name", "combiner-0", "--host", "127.0.0.1", "--port", str(free_port()),
+                "--reducer", url, "--heartbeat-interval", "0.5", "--heartbeat-timeout", "10", env=env)
+    for i in range(2):
+        procs.start(f"client-{i}", "client", "--reducer", url, "--project", str(TEST_PROJECTS / "numpy_shift"),
+                    "--name", f"client-{i}", "--partition", f"{i}/2", env=env)
+    wait_for_port(port, proc=reducer)
+    seed = get_helper("numpy").to_bytes({"w": np.ones(4, np.float32)})
+    assert requests.post(f"{url}/seed", files={"seed": ("seed", io.BytesIO(seed))}, timeout=10).status_code == 201
+    deadline = time.monotonic() + 60
+    while requests.get(f"{url}/api/v1/status", timeout=5).json()["clients_active"] < 2:
+        assert time.monotonic() < deadline, "the two clients did not become active"
+        time.sleep(0.2)
+
+    console = Console()
+    context = chromium.new_context(viewport=NARROW, device_scale_factor=1)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    console.watch(page)
+    open_page(page, url, "/")
+    assert page.get_attribute("#live-round", "data-running") == "false"
+    started = requests.post(f"{url}/start", json={"rounds": 1, "clients_required": 2, "validate": False,
+                                                  "task": {"sleep": 2.5, "sleep_by_client": {"client-1": 5.5}}},
+                            timeout=10)
+    assert started.status_code == 201, started.text
+
+    def live_view() -> dict[str, object]:
+        """The counts and the list as the page shows them, read in one go."""
+        return page.evaluate("""() => ({
+            counts: Object.fromEntries([...document.querySelectorAll('#live-counts [data-count]')]
+                .map((li) => [li.dataset.count, Number(li.textContent.trim().split(' ').pop())])),
+            rows: Object.fromEntries([...document.querySelectorAll('#live-clients tr[data-live-client]')]
+                .map((tr) => [tr.dataset.liveClient, tr.dataset.state])),
+            waiting: [...document.querySelectorAll('#live-waiting [data-waiting]')].map((s) => s.dataset.waiting)})""")
+
+    def agrees(view: dict) -> None:
+        by_state: dict[str, int] = {}
+        for state in view["rows"].values():
+            by_state[state] = by_state.get(state, 0) + 1
+        assert view["counts"] == by_state, view  # two clients: the whole list is on the page
+
+    # the API reads the combiners again once their answer is a second old, the page polls every
+    # 2 s: a state that lasts 2.5 s is always seen
+    page.wait_for_selector("#live-clients tr[data-live-client='client-0'][data-state=training]")
+    both_training = live_view()
+    agrees(both_training)
+    assert both_training["rows"].get("client-1") in ("chosen", "downloading", "training"), both_training
+    assert set(both_training["waiting"]) == {"client-0", "client-1"}
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the live view scrolls sideways by {overflow}px at {NARROW['width']}px"
+    shot(page, "dashboard-live-narrow")
+
+    page.wait_for_selector("#live-clients tr[data-live-client='client-0'][data-state=reported]")
+    one_left = live_view()
+    agrees(one_left)
+    assert one_left["rows"] == {"client-0": "reported", "client-1": "training"}, one_left
+    assert one_left["waiting"] == ["client-1"]
+    current = requests.get(f"{url}/api/v1/rounds/current", params={"limit": 1}, timeout=5).json()
+    assert current["total"] == current["matching"] == 2 and len(current["clients"]) == 1
+    assert current["waiting_total"] == 1 and current["waiting_for"][0]["client"] == "client-1"
+    assert current["counts"]["reported"] == 1 and current["counts"]["training"] == 1
+    assert current["combiners"][0]["name"] == "combiner-0" and current["combiners"][0]["total"] == 2
+    assert requests.get(f"{url}/api/v1/rounds/current", params={"state": "sleeping"},
+                        timeout=5).json()["field"] == "state"
+
+    # ---- done: the timeline, reached from the rounds table
+    page.wait_for_function("document.querySelector('#live-round').dataset.running === 'false'", timeout=60_000)
+    page.wait_for_selector("#round-table a[data-seq]")
+    with page.expect_navigation():
+        page.click("#round-table a[data-seq]")
+    assert "/rounds/" in page.url
+    rows = page.locator("#timeline .tl-row")
+    assert rows.count() == 2
+    for name in ("client-0", "client-1"):
+        row = page.locator(f"#timeline .tl-row[data-client='{name}'][data-state=reported]")
+        for phase in ("download", "train", "upload"):
+            assert row.locator(f".tl-bar[data-phase={phase}]").count() == 1, (name, phase)
+    width = "(el) => el.getBoundingClientRect().width"
+    train = {n: page.locator(f".tl-row[data-client='{n}'] .tl-bar[data-phase=train]").evaluate(width)
+             for n in ("client-0", "client-1")}
+    assert train["client-1"] > 2 * train["client-0"], train  # the straggler's bar is the long one
+    assert "client-1" in page.inner_text("#slowest")
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the timeline scrolls sideways by {overflow}px at {NARROW['width']}px"
+    shot(page, "round-timeline-narrow")
+    timeline_url = page.url
+    context.close()
+
+    plain = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
+    no_js = plain.new_page()
+    no_js.goto(timeline_url)
+    assert no_js.locator("#timeline .tl-row .tl-bar[data-phase=train]").count() == 2
+    plain.close()
+    console.assert_clean()

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
-from fedtier.reducer.live import PAGE_DEFAULT, PAGE_MAX, STATES, current_round
+from fedtier.reducer.live import LIVE_FRESH_S, PAGE_DEFAULT, PAGE_MAX, STATES, current_round
 from fedtier.round_config import integer_setting
 from fedtier.storage.collections import MODELS, ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.storage.model_store import ModelNotFoundError
@@ -107,7 +107,8 @@ def round_current():
         raise APIError(400, "combiner must be a name of 1-128 characters", field="combiner")
     r = reducer()
     round_doc, ended = r.control.live_round()
-    return jsonify(current_round(round_doc, r.control.state.value, r.network.live_rounds(), ended,
+    live = r.network.live_rounds(LIVE_FRESH_S if round_doc is not None else None)  # fresh while a round runs
+    return jsonify(current_round(round_doc, r.control.state.value, live, ended,
                                  offset=offset, limit=limit, state=state, combiner=combiner))
 
 

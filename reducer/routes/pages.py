@@ -17,7 +17,7 @@ from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
 from fedtier.reducer.control import ROUNDS, SESSIONS
 from fedtier.reducer.errors import APIError
-from fedtier.reducer.live import TIMELINE_ROWS, current_round, round_timeline
+from fedtier.reducer.live import LIVE_FRESH_S, TIMELINE_ROWS, current_round, round_timeline
 
 SHOWN = 100  # rows a page renders by itself; the script shows them all, the API has them all
 
@@ -83,5 +83,6 @@ def round_page(round_id: str):
     current, ended = r.control.live_round()
     if doc.get("status") == "running" and current is not None and current.get("id") == round_id:
         # the clients of the running round, as many as the page draws, from one snapshot
-        live = current_round(current, r.control.state.value, r.network.live_rounds(), ended, limit=TIMELINE_ROWS)
+        live = current_round(current, r.control.state.value, r.network.live_rounds(LIVE_FRESH_S), ended,
+                             limit=TIMELINE_ROWS)
     return _page("round.html", round=doc, timeline=round_timeline(doc, live), live=live)
