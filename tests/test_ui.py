@@ -401,6 +401,10 @@ def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, proc
 
     from conftest import TEST_PROJECTS
     from fedtier.helpers import get_helper
+    from test_ui_truth import AXE, axe_serious as audit
+
+    def axe_serious(page) -> list[str]:  # no serious accessibility violation, where axe-core is installed
+        return audit(page) if AXE.exists() else []
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -454,6 +458,7 @@ def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, proc
     agrees(both_training)
     assert both_training["rows"].get("client-1") in ("chosen", "downloading", "training"), both_training
     assert set(both_training["waiting"]) == {"client-0", "client-1"}
+    assert not axe_serious(page), axe_serious(page)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the live view scrolls sideways by {overflow}px at {NARROW['width']}px"
     shot(page, "dashboard-live-narrow")
@@ -488,6 +493,7 @@ def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, proc
              for n in ("client-0", "client-1")}
     assert train["client-1"] > 2 * train["client-0"], train  # the straggler's bar is the long one
     assert "client-1" in page.inner_text("#slowest")
+    assert not axe_serious(page), axe_serious(page)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the timeline scrolls sideways by {overflow}px at {NARROW['width']}px"
     shot(page, "round-timeline-narrow")
