@@ -432,7 +432,7 @@ def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, proc
     open_page(page, url, "/")
     assert page.get_attribute("#live-round", "data-running") == "false"
     started = requests.post(f"{url}/start", json={"rounds": 1, "clients_required": 2, "validate": False,
-                                                  "task": {"sleep": 2.5, "sleep_by_client": {"client-1": 5.5}}},
+                                                  "task": {"sleep": 2.5, "sleep_by_client": {"client-1": 5.0}}},
                             timeout=10)
     assert started.status_code == 201, started.text
 
@@ -491,7 +491,7 @@ def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, proc
     width = "(el) => el.getBoundingClientRect().width"
     train = {n: page.locator(f".tl-row[data-client='{n}'] .tl-bar[data-phase=train]").evaluate(width)
              for n in ("client-0", "client-1")}
-    assert train["client-1"] > 2 * train["client-0"], train  # the straggler's bar is the long one
+    assert train["client-1"] > 1.5 * train["client-0"], train  # the straggler's bar is the long one (5 s to 2.5 s)
     assert "client-1" in page.inner_text("#slowest")
     assert not axe_serious(page), axe_serious(page)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
