@@ -4,7 +4,7 @@ import {
   showState, stopControls, table, validationsOf, when,
 } from "./app.js";
 import { boxPlot, lineChart, stackedBars } from "./charts.js";
-import { liveQuery, renderLive } from "./live.js";
+import { liveQuery, renderLive, watchLiveFilter } from "./live.js";
 
 const PALETTE = ["#2f63d6", "#e8590c", "#2b8a3e", "#9c36b5", "#0b7285", "#c2255c", "#5c940d", "#862e9c"];
 const PHASES = [
@@ -227,6 +227,7 @@ async function refresh() {
 
 const syncStop = stopControls(() => tick());
 const tick = live(refresh, 2000);
+watchLiveFilter(() => tick());
 $("#client-metric").addEventListener("change", (event) => {
   chosenMetric = event.target.value;
   tick();

@@ -8,8 +8,17 @@ const OPEN = ["chosen", "downloading", "training", "uploading", "validating"];
 const SHOWN_STATES = [...OPEN, "reported", "failed", "capped"];
 let offset = 0;
 
-// The query of the next refresh: the page the user is on.
-export const liveQuery = () => `/api/v1/rounds/current?offset=${offset}&limit=${LIVE_PAGE}`;
+// The query of the next refresh: the page the user is on, of the clients in the state chosen.
+export function liveQuery() {
+  const state = $("#live-state") ? $("#live-state").value : "";
+  return `/api/v1/rounds/current?offset=${offset}&limit=${LIVE_PAGE}${state ? `&state=${encodeURIComponent(state)}` : ""}`;
+}
+
+// A new state filter starts at the first page.
+export function watchLiveFilter(onChange) {
+  const select = $("#live-state");
+  if (select) select.addEventListener("change", () => { offset = 0; onChange(); });
+}
 
 function counts(map, total, attrs = {}) {
   return h("ul", { class: "live-counts", ...attrs },
@@ -59,6 +68,7 @@ export function renderLive(current, onPage) {
         h("span", { "data-waiting": c.client }, `${c.client} (${c.state} ${seconds(c.state_for_s)})`)]),
       current.waiting_total > waiting.length ? ` and ${current.waiting_total - waiting.length} more` : ""]
       : "Every task has ended."),
+    current.matching ? null : h("p", { class: "empty" }, "No client in that state."),
     h("div", { class: "table-wrap" }, h("table", { class: "table", id: "live-clients" },
       h("thead", {}, h("tr", {}, ["Client", "Combiner", "State", "For"].map((l, i) =>
         h("th", { scope: "col", class: i === 3 ? "num" : null }, l)))),
