@@ -82,6 +82,7 @@ class FedClient:
         # each task runs holding a slot: clients sharing one process share its slots (client/swarm.py)
         self.task_slots: Any = task_slots if task_slots is not None else contextlib.nullcontext()
         self._cached: list[str] = []
+        self._progress_unsupported = False  # the combiner predates ReportProgress: stop sending it
 
     # ---- connection lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -193,6 +194,7 @@ class FedClient:
         log.info("%s: %s task for round %d (%s)", self.settings.name, kind, task.round_number, task.round_id)
         timings: dict[str, float] = {}
         try:
+            self._progress(stub, task, pb.PHASE_DOWNLOADING)
             t = time.perf_counter()
             model = self._download(transfer, task.model_id)
             timings["download"] = time.perf_counter() - t
@@ -209,10 +211,13 @@ class FedClient:
             try:
                 t = time.perf_counter()
                 if task.type == pb.TRAIN:
+                    self._progress(stub, task, pb.PHASE_TRAINING)
+                    t = time.perf_counter()
                     metadata = self.project.train(personal.apply(model, mine) if personal else model, out, ctx)
                     if personal:
                         personal.remember(out)
                     timings["train"] = time.perf_counter() - t
+                    self._progress(stub, task, pb.PHASE_UPLOADING)
                     t = time.perf_counter()
                     uploaded = transfer.UploadModel(file_chunks(out, client_name=self.settings.name))
                     timings["upload"] = time.perf_counter() - t
@@ -222,6 +227,8 @@ class FedClient:
                         num_examples=metadata["num_examples"], metadata_json=json.dumps(metadata),
                         timings=timings))
                 else:
+                    self._progress(stub, task, pb.PHASE_VALIDATING)
+                    t = time.perf_counter()
                     metrics = self.project.validate(model, out, ctx)
                     if personal and personal.has_own():  # the personalised model too (fedper)
                         metrics = with_personal(metrics, self.project.validate(personal.apply(model, mine), out, ctx))
@@ -244,6 +251,20 @@ class FedClient:
             self.stats.tasks_done["failed"] += 1
             stub.ReportFailure(pb.TaskFailure(client_name=self.settings.name, task_id=task.task_id,
                                               round_id=task.round_id, error=str(exc)[:4000]))
+
+    def _progress(self, stub: rpc.CombinerStub, task: pb.Task, phase: int) -> None:
+        """Tell the combiner this task entered ``phase``, for its live view. The task does not
+        depend on it: a refusal or a combiner from before ReportProgress is logged, not raised
+        (a lost connection shows at the next call the task makes)."""
+        if self._progress_unsupported:
+            return
+        try:
+            stub.ReportProgress(pb.TaskProgress(client_name=self.settings.name, task_id=task.task_id,
+                                                round_id=task.round_id, phase=phase), timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._progress_unsupported = True
+            log.debug("%s: progress %s not taken: %s", self.settings.name, pb.TaskPhase.Name(phase), _describe(exc))
 
     def _download(self, transfer: ModelTransferStub, model_id: str) -> Path:
         target = self.work_dir / "models" / check_model_id(model_id)

@@ -13,6 +13,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
 
 from fedtier import strict_json
 from fedtier.aggregators.base import Strategy, Update
@@ -32,6 +35,114 @@ class RejectedReport(ValueError):
     def __init__(self, message: str, reason: str = "not_its_task") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# A task's states, as the live view and the round's timeline name them. The open ones are
+# the states a round waits in; a client's progress messages move a task forward through
+# them, the combiner's own checks end it.
+CHOSEN, DOWNLOADING, TRAINING, UPLOADING, VALIDATING = "chosen", "downloading", "training", "uploading", "validating"
+REPORTED, FAILED, CAPPED = "reported", "failed", "capped"
+OPEN_STATES = (CHOSEN, DOWNLOADING, TRAINING, UPLOADING, VALIDATING)
+STATES = (*OPEN_STATES, REPORTED, FAILED, CAPPED)
+# phase sent by the client -> (the state it enters, the phase's name on the timeline, its rank)
+_PHASES = {pb.PHASE_DOWNLOADING: (DOWNLOADING, "download", 1), pb.PHASE_TRAINING: (TRAINING, "train", 2),
+           pb.PHASE_VALIDATING: (VALIDATING, "validate", 2), pb.PHASE_UPLOADING: (UPLOADING, "upload", 3)}
+_RANK = {CHOSEN: 0, **{state: rank for state, _, rank in _PHASES.values()}}
+_KIND_PHASES = {pb.TRAINING: (pb.PHASE_DOWNLOADING, pb.PHASE_TRAINING, pb.PHASE_UPLOADING),
+                pb.VALIDATION: (pb.PHASE_DOWNLOADING, pb.PHASE_VALIDATING)}
+DETAIL_CHARS = 200  # a failure's reason as the live view shows it (the round's failures keep it whole)
+
+
+class ProgressRefused(ValueError):
+    """A progress message that does not move an open task of its sender forward; the
+    ``code`` is the gRPC status the caller gets, the message says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class TaskState:
+    client: str
+    state: str
+    since: float                      # clock time it entered ``state``
+    started: dict[str, float] = field(default_factory=dict)  # phase -> seconds after the tasks were sent
+    ended: float = 0.0
+    detail: str = ""
+
+
+class TaskStates:
+    """Each task of one round and where it is: chosen, then the phases its client reports
+    (forward only, each once), then reported or failed (and capped, once the round's weight
+    cap cut its update). The combiner's own clock times every step, so one round's timeline
+    compares its clients on one clock, and a client can neither go back nor repeat a phase:
+    at most three messages per task change anything."""
+
+    def __init__(self, kind: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind = kind
+        self._clock = clock
+        self.t0 = clock()  # the tasks are sent right after: the timeline's zero
+        self._tasks: dict[str, TaskState] = {}
+        self._lock = threading.Lock()
+
+    def chosen(self, task_id: str, client: str) -> None:
+        with self._lock:
+            self._tasks[task_id] = TaskState(client=client, state=CHOSEN, since=self._clock())
+
+    def progress(self, task_id: str, client: str, phase: int) -> None:
+        """Move ``client``'s open task forward to ``phase``; ProgressRefused says why not."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.client != client:
+                raise ProgressRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"{client!r} holds no task {task_id[:64]!r} in this round")
+            if task.state not in OPEN_STATES:
+                raise ProgressRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"task {task_id} is already {task.state}")
+            if phase not in _KIND_PHASES[self.kind]:
+                allowed = ", ".join(pb.TaskPhase.Name(p) for p in _KIND_PHASES[self.kind])
+                raise ProgressRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"phase must be one of {allowed} for this task, got {phase}")
+            state, name, rank = _PHASES[phase]
+            if rank <= _RANK[task.state]:
+                raise ProgressRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"phase {pb.TaskPhase.Name(phase)} does not follow {task.state}: "
+                                      f"a task's phases only move forward, each once")
+            now = self._clock()
+            task.state, task.since = state, now
+            task.started[name] = now - self.t0
+
+    def finished(self, task_id: str, state: str, detail: str = "") -> None:
+        """The task ended (REPORTED or FAILED); an ended task stays as it ended."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None and task.state in OPEN_STATES:
+                now = self._clock()
+                task.state, task.since, task.ended = state, now, now - self.t0
+                task.detail = detail[:DETAIL_CHARS]
+
+    def capped(self, client: str, detail: str) -> None:
+        with self._lock:
+            for task in self._tasks.values():
+                if task.client == client and task.state == REPORTED:
+                    task.state, task.detail = CAPPED, detail[:DETAIL_CHARS]
+
+    def task_of(self, client: str) -> str | None:
+        """The open task ``client`` holds, if any."""
+        with self._lock:
+            return next((task_id for task_id, t in self._tasks.items()
+                         if t.client == client and t.state in OPEN_STATES), None)
+
+    def snapshot(self) -> list[pb.ClientProgress]:
+        with self._lock:
+            now = self._clock()
+            return [pb.ClientProgress(client_name=t.client, state=t.state, state_for_s=now - t.since,
+                                      started=t.started, ended=t.ended, detail=t.detail)
+                    for t in self._tasks.values()]
+
+    def elapsed(self) -> float:
+        return self._clock() - self.t0
 
 
 @dataclass
@@ -59,11 +170,13 @@ class ActiveRound:
         self._deferred: dict[str, str] = {}  # client -> model id of its accepted, not yet folded update
         self._arrived: dict[str, float] = {}  # client -> when its update was reported
         self._stale: dict[str, tuple[str, float]] = {}  # client -> (older base model, discount) the strategy took
+        self.states = TaskStates(self.kind)  # each task's state, for the live view and the timeline
 
     # ---- set-up and waiting, called by the runner
     def expect(self, task_id: str, client: str) -> None:
         with self._changed:
             self.expected[task_id] = client
+        self.states.chosen(task_id, client)
         with self._weights_lock:
             self.weights.expected += 1
 
@@ -78,6 +191,7 @@ class ActiveRound:
             if task_id in self.expected and task_id not in self.answered:
                 self.answered.add(task_id)
                 self.failures.append(f"{self.expected[task_id]}: {reason}")
+                self.states.finished(task_id, FAILED, reason)
                 self._drop()
                 self._changed.notify_all()
 
@@ -87,6 +201,7 @@ class ActiveRound:
                 if owner == client and task_id not in self.answered and not self.closed:
                     self.answered.add(task_id)
                     self.failures.append(f"{client}: {reason}")
+                    self.states.finished(task_id, FAILED, reason)
                     self._drop()
                     log.warning("round %s: %s %s", self.round_id, client, reason)
             self._changed.notify_all()
@@ -111,6 +226,7 @@ class ActiveRound:
             for task_id, client in self.expected.items():
                 if task_id not in self.answered:
                     self.failures.append(f"{client}: no answer before the round closed")
+                    self.states.finished(task_id, FAILED, "no answer before the round closed")
             while self.folding:
                 self._changed.wait()
 
@@ -118,6 +234,21 @@ class ActiveRound:
         with self._changed:
             self.stop_reason = reason
             self._changed.notify_all()
+
+    def progress(self, progress: pb.TaskProgress) -> None:
+        """A client says where it is in its task (TaskStates.progress); ProgressRefused if
+        it answers no open task of this round of its sender."""
+        if progress.round_id != self.round_id:
+            raise ProgressRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"progress for round {progress.round_id[:64]!r}, but round {self.round_id!r} "
+                                  f"is running")
+        if self.closed:
+            raise ProgressRefused(grpc.StatusCode.FAILED_PRECONDITION, f"round {self.round_id} is closed")
+        self.states.progress(progress.task_id, progress.client_name, progress.phase)
+
+    def live(self) -> pb.RoundProgress:
+        return pb.RoundProgress(round_id=self.round_id, kind=self.kind, elapsed_s=self.states.elapsed(),
+                                clients=self.states.snapshot())
 
     # ---- reports, called from gRPC threads
     def _claim(self, task_id: str, client: str, round_id: str, kind: int) -> None:
@@ -155,6 +286,7 @@ class ActiveRound:
                         self._deferred[update.client_name] = update.model_id
                         deferred = True
             except Exception as exc:
+                self.states.finished(update.task_id, FAILED, f"update rejected: {exc}")
                 with self._changed:
                     self.failures.append(f"{update.client_name}: update rejected: {exc}")
                     self._drop()
@@ -165,6 +297,7 @@ class ActiveRound:
                 self.updates.append(pb.ClientContribution(
                     client_name=update.client_name, num_examples=update.num_examples,
                     metadata_json=update.metadata_json, timings=dict(update.timings)))
+            self.states.finished(update.task_id, REPORTED)
             try:
                 if fold_now:
                     self._fold(update.client_name, update.model_id, cache)
@@ -257,6 +390,7 @@ class ActiveRound:
                 contribution.weight_used = used
                 contribution.capped = used < contribution.num_examples
         for client, (reported, used) in capped.items():
+            self.states.capped(client, f"reported {reported} examples, counted as {used} (the round's weight cap)")
             log.warning("round %s: %s reported %d examples; counted as %d (the round's weight cap)",
                         self.round_id, client, reported, used)
         if capped:
@@ -273,11 +407,13 @@ class ActiveRound:
         with self._changed:
             self._claim(report.task_id, report.client_name, report.round_id, pb.VALIDATION)
             self.validations.append(report)
+            self.states.finished(report.task_id, REPORTED)
             self._changed.notify_all()
 
     def submit_failure(self, failure: pb.TaskFailure) -> None:
         with self._changed:
             self._claim(failure.task_id, failure.client_name, failure.round_id, self.kind)
             self.failures.append(f"{failure.client_name}: {failure.error or 'task failed'}")
+            self.states.finished(failure.task_id, FAILED, failure.error or "task failed")
             self._drop()
             self._changed.notify_all()

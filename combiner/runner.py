@@ -25,7 +25,7 @@ from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.metrics import CombinerMetrics
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry
-from fedtier.combiner.round import ActiveRound, RejectedReport
+from fedtier.combiner.round import ActiveRound, ProgressRefused, RejectedReport
 from fedtier.helpers import get_helper
 from fedtier.memory import python_heap_bytes, release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
@@ -51,6 +51,11 @@ class RoundRunner:
     def round_in_progress(self) -> str:
         current = self._current
         return current.round_id if current else ""
+
+    def live(self) -> pb.RoundProgress | None:
+        """The running round's tasks and their states (CombinerStatus.round); None when idle."""
+        current = self._current
+        return current.live() if current is not None else None
 
     def run(self, request: pb.RoundRequest) -> pb.RoundResult:
         if not self._one_round.acquire(blocking=False):
@@ -148,7 +153,8 @@ class RoundRunner:
 
         # 3. result
         result = pb.RoundResult(round_id=request.round_id, updates=current.updates,
-                                validations=current.validations, failures=current.failures)
+                                validations=current.validations, failures=current.failures,
+                                clients=current.states.snapshot())
         if kind == pb.TRAINING:
             if len(current.updates) < quorum.min_clients:
                 return self._failed(request, f"only {len(current.updates)} of {quorum.min_clients} "
@@ -175,6 +181,7 @@ class RoundRunner:
         if current is not None:
             result.failures.extend(current.failures)
             result.validations.extend(current.validations)
+            result.clients.extend(current.states.snapshot())
         result.timings.update(timings or {})
         return result
 
@@ -242,6 +249,20 @@ class RoundRunner:
 
     def submit_failure(self, failure: pb.TaskFailure) -> pb.Ack:
         return self._report(lambda r: r.submit_failure(failure), "failure", failure.client_name, failure)
+
+    def progress(self, progress: pb.TaskProgress) -> pb.Ack:
+        """A client moved on in its task. Raises ProgressRefused (its gRPC code says which
+        rule) unless it is an open task of the running round, held by the sender, moving forward."""
+        current = self._current
+        if current is None:
+            raise ProgressRefused(grpc.StatusCode.FAILED_PRECONDITION, f"no round is running on {self.name}")
+        bounds = limits.current()
+        if progress.ByteSize() > bounds.progress_bytes:
+            raise ProgressRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"the progress message is {progress.ByteSize()} bytes, over "
+                                  f"{bounds.describe('progress_bytes')}")
+        current.progress(progress)
+        return pb.Ack(ok=True)
 
     def client_gone(self, client: str) -> None:
         """A client's task stream closed: its open tasks will not be answered."""

@@ -15,6 +15,7 @@ from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.metrics import CombinerMetrics, counting
 from fedtier.combiner.model_cache import ModelCache, NotTheUploader, UploadRefused
 from fedtier.combiner.registry import END_OF_STREAM, ClientRegistry, CombinerFullError
+from fedtier.combiner.round import ProgressRefused
 from fedtier.combiner.runner import RoundRunner
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
@@ -104,6 +105,14 @@ class CombinerServicer(rpc.CombinerServicer):
     def ReportFailure(self, request: pb.TaskFailure, context: grpc.ServicerContext) -> pb.Ack:
         require_own_name(self.auth, request.client_name, context)
         return self.runner.submit_failure(request)
+
+    def ReportProgress(self, request: pb.TaskProgress, context: grpc.ServicerContext) -> pb.Ack:
+        require_own_name(self.auth, request.client_name, context)
+        try:
+            return self.runner.progress(request)
+        except ProgressRefused as exc:  # debug, not warning: a refused message changes nothing
+            log.debug("progress from %s refused: %s", request.client_name[:128], exc)
+            context.abort(exc.code, str(exc))
 
 
 class IdleUploads:
@@ -224,7 +233,7 @@ class ControlServicer(rpc.ControlServicer):
                                  round_in_progress=self.runner.round_in_progress,
                                  last_model_id=self.runner.last_model_id,
                                  active_clients=sum(1 for c in clients if c.active),
-                                 instance_id=self.instance_id)
+                                 instance_id=self.instance_id, round=self.runner.live())
 
     def Stop(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.Ack:
         return self.runner.stop(request.round_id)

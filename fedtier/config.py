@@ -97,6 +97,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
             task_bytes=_int(env, "FEDTIER_MAX_TASK_BYTES", d.task_bytes),
             round_config_bytes=_int(env, "FEDTIER_MAX_ROUND_CONFIG_BYTES", d.round_config_bytes),
             report_bytes=_int(env, "FEDTIER_MAX_REPORT_BYTES", d.report_bytes),
+            progress_bytes=_int(env, "FEDTIER_MAX_PROGRESS_BYTES", d.progress_bytes),
             upload_idle_seconds=_int(env, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", d.upload_idle_seconds),
             schedules=_int(env, "FEDTIER_MAX_SCHEDULES", d.schedules),
             http_header_bytes=_int(env, "FEDTIER_MAX_HTTP_HEADER_BYTES", d.http_header_bytes),

@@ -22,6 +22,8 @@ The defaults, and why:
   and a whole round config 1 MiB: they travel in every task message, under gRPC's
   message limit (fedtier/transport/channel.py) with a wide margin;
 * a report's metadata or metrics 64 KiB: a few numbers per client and round;
+* a task's progress message 1 KiB: two ids, a name and a phase take a few hundred bytes
+  (and each task takes at most three: its phases only move forward);
 * an upload that sends nothing for 60 s is cancelled: a live sender sends a chunk of a
   MiB far more often, even on a slow link;
 * 100 schedules: each is read by the scheduler every tick, and a federation retrains on
@@ -60,6 +62,7 @@ class Limits:
     task_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_TASK_BYTES", "bytes")
     round_config_bytes: int = _bound(1 * MiB, "FEDTIER_MAX_ROUND_CONFIG_BYTES", "bytes")
     report_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_REPORT_BYTES", "bytes")
+    progress_bytes: int = _bound(1 * KiB, "FEDTIER_MAX_PROGRESS_BYTES", "bytes")
     upload_idle_seconds: int = _bound(60, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", "seconds")
     schedules: int = _bound(100, "FEDTIER_MAX_SCHEDULES", "schedules")
     http_header_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_HTTP_HEADER_BYTES", "bytes")

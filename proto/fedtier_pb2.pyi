@@ -13,6 +13,14 @@ class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIN: _ClassVar[TaskType]
     VALIDATE: _ClassVar[TaskType]
 
+class TaskPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_PHASE_UNSPECIFIED: _ClassVar[TaskPhase]
+    PHASE_DOWNLOADING: _ClassVar[TaskPhase]
+    PHASE_TRAINING: _ClassVar[TaskPhase]
+    PHASE_UPLOADING: _ClassVar[TaskPhase]
+    PHASE_VALIDATING: _ClassVar[TaskPhase]
+
 class RoundKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROUND_KIND_UNSPECIFIED: _ClassVar[RoundKind]
@@ -21,6 +29,11 @@ class RoundKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 TASK_TYPE_UNSPECIFIED: TaskType
 TRAIN: TaskType
 VALIDATE: TaskType
+TASK_PHASE_UNSPECIFIED: TaskPhase
+PHASE_DOWNLOADING: TaskPhase
+PHASE_TRAINING: TaskPhase
+PHASE_UPLOADING: TaskPhase
+PHASE_VALIDATING: TaskPhase
 ROUND_KIND_UNSPECIFIED: RoundKind
 TRAINING: RoundKind
 VALIDATION: RoundKind
@@ -151,6 +164,18 @@ class TaskFailure(_message.Message):
     error: str
     def __init__(self, client_name: _Optional[str] = ..., task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
+class TaskProgress(_message.Message):
+    __slots__ = ("client_name", "task_id", "round_id", "phase")
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    client_name: str
+    task_id: str
+    round_id: str
+    phase: TaskPhase
+    def __init__(self, client_name: _Optional[str] = ..., task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[TaskPhase, str]] = ...) -> None: ...
+
 class TransferHeader(_message.Message):
     __slots__ = ("model_id", "size", "client_name", "sha256_follows")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -255,7 +280,7 @@ class ClientContribution(_message.Message):
     def __init__(self, client_name: _Optional[str] = ..., num_examples: _Optional[int] = ..., metadata_json: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ..., weight_used: _Optional[int] = ..., capped: _Optional[bool] = ...) -> None: ...
 
 class RoundResult(_message.Message):
-    __slots__ = ("round_id", "success", "error", "model_id", "num_examples", "updates", "validations", "failures", "timings")
+    __slots__ = ("round_id", "success", "error", "model_id", "num_examples", "updates", "validations", "failures", "timings", "clients")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +297,7 @@ class RoundResult(_message.Message):
     VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     success: bool
     error: str
@@ -281,7 +307,43 @@ class RoundResult(_message.Message):
     validations: _containers.RepeatedCompositeFieldContainer[ValidationReport]
     failures: _containers.RepeatedScalarFieldContainer[str]
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, round_id: _Optional[str] = ..., success: _Optional[bool] = ..., error: _Optional[str] = ..., model_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[ClientContribution, _Mapping]]] = ..., validations: _Optional[_Iterable[_Union[ValidationReport, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    clients: _containers.RepeatedCompositeFieldContainer[ClientProgress]
+    def __init__(self, round_id: _Optional[str] = ..., success: _Optional[bool] = ..., error: _Optional[str] = ..., model_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[ClientContribution, _Mapping]]] = ..., validations: _Optional[_Iterable[_Union[ValidationReport, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., timings: _Optional[_Mapping[str, float]] = ..., clients: _Optional[_Iterable[_Union[ClientProgress, _Mapping]]] = ...) -> None: ...
+
+class ClientProgress(_message.Message):
+    __slots__ = ("client_name", "state", "state_for_s", "started", "ended", "detail")
+    class StartedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FOR_S_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    client_name: str
+    state: str
+    state_for_s: float
+    started: _containers.ScalarMap[str, float]
+    ended: float
+    detail: str
+    def __init__(self, client_name: _Optional[str] = ..., state: _Optional[str] = ..., state_for_s: _Optional[float] = ..., started: _Optional[_Mapping[str, float]] = ..., ended: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RoundProgress(_message.Message):
+    __slots__ = ("round_id", "kind", "elapsed_s", "clients")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    kind: RoundKind
+    elapsed_s: float
+    clients: _containers.RepeatedCompositeFieldContainer[ClientProgress]
+    def __init__(self, round_id: _Optional[str] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., elapsed_s: _Optional[float] = ..., clients: _Optional[_Iterable[_Union[ClientProgress, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -300,20 +362,22 @@ class ClientInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., active: _Optional[bool] = ..., seconds_since_heartbeat: _Optional[float] = ..., rounds_joined: _Optional[int] = ...) -> None: ...
 
 class CombinerStatus(_message.Message):
-    __slots__ = ("name", "clients", "round_in_progress", "last_model_id", "active_clients", "instance_id")
+    __slots__ = ("name", "clients", "round_in_progress", "last_model_id", "active_clients", "instance_id", "round")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     ROUND_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LAST_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     name: str
     clients: _containers.RepeatedCompositeFieldContainer[ClientInfo]
     round_in_progress: str
     last_model_id: str
     active_clients: int
     instance_id: str
-    def __init__(self, name: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientInfo, _Mapping]]] = ..., round_in_progress: _Optional[str] = ..., last_model_id: _Optional[str] = ..., active_clients: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    round: RoundProgress
+    def __init__(self, name: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientInfo, _Mapping]]] = ..., round_in_progress: _Optional[str] = ..., last_model_id: _Optional[str] = ..., active_clients: _Optional[int] = ..., instance_id: _Optional[str] = ..., round: _Optional[_Union[RoundProgress, _Mapping]] = ...) -> None: ...
 
 class StopRequest(_message.Message):
     __slots__ = ("round_id",)

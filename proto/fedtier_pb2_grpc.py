@@ -64,6 +64,11 @@ class CombinerStub:
                 request_serializer=fedtier_dot_proto_dot_fedtier__pb2.TaskFailure.SerializeToString,
                 response_deserializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/fedtier.Combiner/ReportProgress',
+                request_serializer=fedtier_dot_proto_dot_fedtier__pb2.TaskProgress.SerializeToString,
+                response_deserializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class CombinerServicer:
@@ -106,6 +111,15 @@ class CombinerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportProgress(self, request, context):
+        """Refused with a gRPC error (PERMISSION_DENIED for another client's name,
+        FAILED_PRECONDITION for a task the caller does not hold open, INVALID_ARGUMENT for a
+        phase that does not follow the task's current one), never silently ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CombinerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +151,11 @@ def add_CombinerServicer_to_server(servicer, server):
             'ReportFailure': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportFailure,
                     request_deserializer=fedtier_dot_proto_dot_fedtier__pb2.TaskFailure.FromString,
+                    response_serializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=fedtier_dot_proto_dot_fedtier__pb2.TaskProgress.FromString,
                     response_serializer=fedtier_dot_proto_dot_fedtier__pb2.Ack.SerializeToString,
             ),
     }
@@ -301,6 +320,33 @@ class Combiner:
             target,
             '/fedtier.Combiner/ReportFailure',
             fedtier_dot_proto_dot_fedtier__pb2.TaskFailure.SerializeToString,
+            fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtier.Combiner/ReportProgress',
+            fedtier_dot_proto_dot_fedtier__pb2.TaskProgress.SerializeToString,
             fedtier_dot_proto_dot_fedtier__pb2.Ack.FromString,
             options,
             channel_credentials,

@@ -45,6 +45,7 @@ from fedtier.ids import new_id
 from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
+from fedtier.reducer.live import timeline
 from fedtier.reducer.metrics import ReducerMetrics
 from fedtier.reducer.network import Network
 from fedtier.reducer.records import RoundRecord, SessionRecord
@@ -153,6 +154,10 @@ class Control:
         self._stop = threading.Event()  # no new round: set by either stop mode
         self._abort = threading.Event()  # and the round in progress is dropped: STOP_ABORT
         self._session_id: str | None = None
+        # the live view (reducer/live.py): the round running now, as it is being filled in, and
+        # the task states each combiner returned with its result, so it stays in view once done
+        self.current_round: RoundRecord | None = None
+        self._ended: dict[str, tuple[float, pb.RoundProgress]] = {}
         self._recover()
 
     # ---- state
@@ -303,6 +308,16 @@ class Control:
         self.store.upsert(REDUCER, "round_seq", {"last": seq})
         return seq
 
+    def live_round(self) -> tuple[dict[str, Any] | None, dict[str, tuple[float, pb.RoundProgress]]]:
+        """The round running now (None when none) and the task states each combiner ended it with."""
+        current = self.current_round
+        for _ in range(3):  # the round's thread may grow a list while it is copied
+            try:
+                return (current.to_doc() if current is not None else None), dict(self._ended)
+            except RuntimeError:
+                continue
+        return None, dict(self._ended)
+
     # ---- one round
     def _run_round(self, session_id: str, config: RoundConfig) -> dict[str, Any]:
         """Run one round; its record as stored."""
@@ -312,6 +327,8 @@ class Control:
         round_doc = RoundRecord(id=new_id(), session_id=session_id, round=number, seq=self._next_seq(),
                                 model_in=base["id"])
         self.store.insert(ROUNDS, round_doc.to_doc())
+        self._ended = {}
+        self.current_round = round_doc
         scratch = self.work_dir / "rounds" / round_doc.id
         scratch.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = round_doc.timings
@@ -394,6 +411,7 @@ class Control:
             doc = round_doc.to_doc()
             self.metrics.round_finished(doc)
             self.store.update(ROUNDS, round_doc.id, {k: v for k, v in doc.items() if k != "id"})
+            self.current_round = None
             self._set_phase(ReducerState.INSTRUCTING)
         log.info("round %d %s in %.2fs %s", number, round_doc.status, timings["total"],
                  json.dumps(round_doc.metrics) if round_doc.metrics else "")
@@ -509,10 +527,13 @@ class Control:
                                       clients_requested=quorum.clients_requested,
                                       wait_for_clients_s=quorum.wait_for_clients)
             try:
-                return self.network.handle(name).start_round(request, timeout=deadline)
+                result = self.network.handle(name).start_round(request, timeout=deadline)
             except grpc.RpcError as exc:
                 return pb.RoundResult(round_id=round_id, success=False,
                                       error=f"combiner unreachable: {exc.code().name}")
+            self._ended[name] = (time.time(), pb.RoundProgress(round_id=round_id, kind=kind, clients=result.clients,
+                                                               elapsed_s=result.timings.get("tasks", 0.0)))
+            return result
 
         with ThreadPoolExecutor(max_workers=max(1, len(combiners))) as pool:
             futures = {name: pool.submit(run, name) for name in combiners}
@@ -524,7 +545,8 @@ class Control:
                 "num_examples": result.num_examples, "failures": list(result.failures),
                 "timings": dict(result.timings),
                 "updates": [{"client": u.client_name, "num_examples": u.num_examples, "weight_used": u.weight_used,
-                             "capped": u.capped, "timings": dict(u.timings)} for u in result.updates]}
+                             "capped": u.capped, "timings": dict(u.timings)} for u in result.updates],
+                "clients": timeline(result.clients)}  # each task's phases on the combiner's clock
 
     def _fetch_combiner_models(self, results: Mapping[str, pb.RoundResult], scratch: Path,
                                aggregator: Strategy) -> dict[str, Received]:

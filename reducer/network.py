@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 
 from fedtier.identity import SelfIssuer
+from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.combiner_client import CombinerClient
 from fedtier.storage.collections import CLIENTS, COMBINERS
 from fedtier.storage.state_store import StateStore
@@ -53,6 +54,10 @@ class Network:
         # client -> time of its last heartbeat: it changes on every poll, so it is kept here and
         # merged into clients(), not written to the store for every client every 2 s
         self._last_heartbeat: dict[str, float] = {}
+        # combiner -> (when read, its running round's task states): the live view (reducer/live.py)
+        self._live_rounds: dict[str, tuple[float, pb.RoundProgress]] = {}
+        self._live_read_at: dict[str, float] = {}  # combiner -> when its Status was last read
+        self._live_lock = threading.Lock()
 
     # ---- combiners
     def _token_for(self, name: str) -> Any:
@@ -162,11 +167,13 @@ class Network:
                     log.warning("combiner %s registered at %s:%s is unreachable (%s)%s", name, doc["address"],
                                 doc["port"], error, hint)
                     update["online"] = False
+                self._live_rounds.pop(name, None)
                 if doc.get("active_clients") or len(update) > 1:
                     self.state.update(COMBINERS, name, update)
                 self._clients_inactive(name)
                 continue
             now = time.time()
+            self._keep_live(name, status, now)
             if doc.get("instance_id") and status.instance_id != doc["instance_id"]:
                 log.warning("combiner %s restarted: its clients count again once they reconnect", name)
             self.state.update(COMBINERS, name, {"online": True, "last_seen": now,
@@ -192,6 +199,34 @@ class Network:
                 if gone.get("active"):
                     self.state.update(CLIENTS, gone["id"], {"active": False})
         return answered
+
+    def _keep_live(self, name: str, status: pb.CombinerStatus, now: float) -> None:
+        self._live_read_at[name] = now
+        if status.HasField("round"):
+            self._live_rounds[name] = (now, status.round)
+        else:
+            self._live_rounds.pop(name, None)
+
+    def live_rounds(self, fresh_within: float | None = None) -> dict[str, tuple[float, pb.RoundProgress]]:
+        """Each combiner's running round as its last Status told it (a copy).
+
+        With ``fresh_within``, a combiner read longer ago than that is asked again first, so
+        the live view is not a whole poll interval behind; one caller asks at a time and the
+        others take what it got, so however many browsers watch, each combiner is asked at
+        most once per ``fresh_within`` seconds besides the poll."""
+        if fresh_within is not None:
+            with self._live_lock:
+                for doc in self.online_combiners():
+                    name = doc["name"]
+                    if time.time() - self._live_read_at.get(name, 0.0) <= fresh_within:
+                        continue
+                    try:
+                        status = self.handle(name).status(timeout=1.0)
+                    except grpc.RpcError:
+                        self._live_read_at[name] = time.time()  # the poll records why; not asked again at once
+                        continue
+                    self._keep_live(name, status, time.time())
+        return dict(self._live_rounds)
 
     def _clients_inactive(self, combiner: str) -> None:
         for client in self.state.find(CLIENTS, where={"combiner": combiner, "active": True}):

@@ -15,6 +15,7 @@ from fedtier import __version__
 from fedtier.aggregators import STRATEGIES, TIERS
 from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
+from fedtier.reducer.live import PAGE_DEFAULT, PAGE_MAX, STATES, WAITING_SHOWN
 from fedtier.reducer.trail import MAX_NOTE_CHARS
 from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
 from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
@@ -105,7 +106,11 @@ SCHEMAS: dict[str, Any] = {
         "pushed": {"type": "object", "additionalProperties": {"enum": ["uploaded", "adopted"]}},
         "combiners": {"type": "array", "description": "each combiner's part: its result and the quorum the reducer "
                                                       "gave it (quorum: min_clients, clients_requested, wait_s)",
-                      "items": {"type": "object", "properties": {"name": STRING, "quorum": QUORUM}}},
+                      "items": {"type": "object", "properties": {
+                          "name": STRING, "quorum": QUORUM,
+                          "clients": {"type": "array", "items": ref("TaskTimeline"),
+                                      "description": "each task as it ended, timed on the combiner's clock: the "
+                                                     "round's timeline (/rounds/{id} draws it)"}}}},
         "validation_quorums": {"type": "object", "additionalProperties": QUORUM,
                                "description": "the quorum each combiner's validation round ran with"},
         "participants": {"type": "array", "items": STRING},
@@ -118,6 +123,39 @@ SCHEMAS: dict[str, Any] = {
                              "items": {"type": "object", "required": ["combiner", "reported", "used"], "properties": {
                                  "combiner": STRING, "reported": INTEGER, "used": INTEGER}}},
         "error": OPT_STRING}},
+    "TaskTimeline": {"type": "object", "required": ["client", "state", "started", "ended"], "properties": {
+        "client": STRING, "state": {"enum": [*STATES, "unknown"]},
+        "started": {"type": "object", "additionalProperties": NUMBER,
+                    "description": "phase (download, train, upload, validate) -> seconds after the combiner sent "
+                                   "the round's tasks that the client said it began it"},
+        "ended": {**NUMBER, "description": "seconds after the tasks were sent that it reported or failed; 0 while open"},
+        "detail": {**STRING, "description": "why it failed or was capped (at most 200 characters)"}}},
+    "LiveClient": {"allOf": [ref("TaskTimeline"), {"type": "object", "required": ["combiner", "state_for_s"],
+                                                   "properties": {"combiner": STRING, "state_for_s": NUMBER}}]},
+    "CurrentRound": {"type": "object", "required": ["round", "as_of", "counts", "total", "combiners", "waiting_for",
+                                                    "waiting_total", "clients", "matching", "offset", "limit"],
+                     "properties": {
+        "round": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
+            "id": STRING, "seq": INTEGER, "round": INTEGER, "session_id": STRING, "started_at": NUMBER,
+            "phase": {**STRING, "description": "the reducer's state: instructing (waiting for clients, pushing the "
+                                               "model) or monitoring (combiners running the round)"},
+            "elapsed_s": NUMBER}}], "description": "null when no round is running"},
+        "as_of": NUMBER,
+        "counts": {"type": "object", "additionalProperties": INTEGER,
+                   "description": f"tasks per state over every combiner: {', '.join(STATES)}; they add up to total"},
+        "total": INTEGER,
+        "combiners": {"type": "array", "items": {"type": "object", "properties": {
+            "name": STRING, "kind": {"enum": ["training", "validation", "unknown"]}, "round_id": STRING,
+            "finished": {"type": "boolean", "description": "it returned its result: these are its final states"},
+            "elapsed_s": NUMBER, "as_of": NUMBER, "counts": {"type": "object", "additionalProperties": INTEGER},
+            "total": INTEGER}}},
+        "waiting_for": {"type": "array", "maxItems": WAITING_SHOWN, "items": ref("LiveClient"),
+                        "description": f"the clients whose task is still open, the longest in its state first "
+                                       f"(at most {WAITING_SHOWN}; waiting_total counts them all)"},
+        "waiting_total": INTEGER,
+        "clients": {"type": "array", "maxItems": PAGE_MAX, "items": ref("LiveClient"),
+                    "description": "one page of the clients matching state and combiner, by combiner and name"},
+        "matching": INTEGER, "offset": INTEGER, "limit": INTEGER}},
     "Validation": {"type": "object", "required": ["id", "round_id", "model_id", "client", "metrics"],
                    "properties": {"id": STRING, "round_id": STRING, "round": INTEGER, "model_id": STRING,
                                   "client": STRING, "combiner": STRING, "metrics": OBJECT,
@@ -253,6 +291,18 @@ def document() -> dict[str, Any]:
             "/api/v1/sessions": _list("Session", [LIMIT]),
             "/api/v1/sessions/{session_id}": _one("Session", "session_id"),
             "/api/v1/rounds": _list("Round", [LIMIT, {"name": "session_id", "in": "query", "schema": STRING}]),
+            "/api/v1/rounds/current": {"get": {
+                "summary": "the round in progress, client by client: counts per state for each combiner, who the "
+                           "round waits for, and one page of its clients (bounded at any number of clients)",
+                "parameters": [
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                  "maximum": 10_000_000}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
+                                                                 "default": PAGE_DEFAULT}},
+                    {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
+                    {"name": "combiner", "in": "query", "schema": {"type": "string", "minLength": 1,
+                                                                    "maxLength": 128}}],
+                "responses": {"200": _json(ref("CurrentRound"), "the round in progress"), **_errors(400, 401)}}},
             "/api/v1/rounds/{round_id}": _one("Round", "round_id"),
             "/api/v1/models": _list("Model"),
             "/api/v1/models/{model_id}": _one("Model", "model_id"),

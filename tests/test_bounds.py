@@ -165,6 +165,19 @@ def test_reports_over_the_bound_are_refused_naming_it(tmp_path: Path) -> None:
     assert not runner._current.answered  # the task is still open: nothing was recorded
     assert runner.submit_validation(pb.ValidationReport(client_name="alice", task_id="t", round_id="r1",
                                                         metrics_json='{"accuracy": 0.5}')).ok
+    # a progress message too: over its own bound, refused naming it, and the task's state unchanged
+    from fedtier.combiner.round import ProgressRefused
+
+    runner._current = ActiveRound(round_id="r2", kind=pb.TRAINING, model_id="g")
+    runner._current.expect("t", "alice")
+    with pytest.raises(ProgressRefused, match="FEDTIER_MAX_PROGRESS_BYTES") as refused:
+        runner.progress(pb.TaskProgress(client_name="alice", task_id="t" + "x" * 2000, round_id="r2",
+                                        phase=pb.PHASE_TRAINING))
+    assert refused.value.code.name == "INVALID_ARGUMENT"
+    assert runner._current.live().clients[0].state == "chosen"
+    assert runner.progress(pb.TaskProgress(client_name="alice", task_id="t", round_id="r2",
+                                           phase=pb.PHASE_TRAINING)).ok
+    assert runner._current.live().clients[0].state == "training"
 
 
 def test_partial_files_left_by_a_dead_process_are_removed_at_start(tmp_path: Path) -> None:

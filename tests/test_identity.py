@@ -311,6 +311,8 @@ def test_a_client_cannot_act_as_another(net: Net, tmp_path: Path) -> None:
         "ReportUpdate": lambda: combiner.ReportUpdate(pb.ModelUpdate(client_name="site-b", model_id="x"), timeout=5),
         "ReportValidation": lambda: combiner.ReportValidation(pb.ValidationReport(client_name="site-b"), timeout=5),
         "ReportFailure": lambda: combiner.ReportFailure(pb.TaskFailure(client_name="site-b"), timeout=5),
+        "ReportProgress": lambda: combiner.ReportProgress(pb.TaskProgress(client_name="site-b", task_id="t",
+                                                                          phase=pb.PHASE_TRAINING), timeout=5),
         "UploadModel": lambda: transfer.UploadModel(file_chunks(model, client_name="site-b"), timeout=5),
         "DownloadModel": lambda: next(iter(transfer.DownloadModel(pb.DownloadRequest(model_id="x",
                                                                                      client_name="site-b"), timeout=5))),
@@ -318,6 +320,13 @@ def test_a_client_cannot_act_as_another(net: Net, tmp_path: Path) -> None:
     for rpc_name, call in as_b.items():
         assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED, rpc_name
     assert code_of(lambda: combiner.Connect(pb.ConnectRequest(client_name="site-a"), timeout=5)) is None
+    # under its own name, progress passes the identity check and meets the next rule: no task held
+    try:
+        combiner.ReportProgress(pb.TaskProgress(client_name="site-a", task_id="t", phase=pb.PHASE_TRAINING), timeout=5)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "no round is running" in exc.details()
+    else:
+        raise AssertionError("progress without a task was taken")
     # under its own name the upload passes the identity check and meets the next rule: no open task
     assert code_of(lambda: transfer.UploadModel(file_chunks(model, client_name="site-a"), timeout=5)) == \
         grpc.StatusCode.FAILED_PRECONDITION

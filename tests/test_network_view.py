@@ -68,3 +68,37 @@ def test_a_restarted_combiner_keeps_only_the_clients_it_lists(view) -> None:
     handle.answer = answer("boot-2", "b")  # came back between two polls; only b reconnected yet
     assert network.refresh() == {"c0": 1}
     assert active(store) == ["b"] and store.get(COMBINERS, "c0")["instance_id"] == "boot-2"
+
+
+def test_the_live_view_stays_bounded_and_its_counts_match_its_list() -> None:
+    """GET /api/v1/rounds/current at the lab's scale (1,000 clients on two combiners): counts per
+    state add up to the total, at most 20 names of the waiting, one page of clients, and the
+    counts of a filter are the length of what it lists; a combiner's final states, returned with
+    its result, win over an older poll of the same round, and another round's states never show."""
+    from fedtier.reducer.live import WAITING_SHOWN, current_round
+
+    states = ["chosen", "downloading", "training", "uploading", "reported"]
+
+    def progress(round_id: str, combiner: int, state_of) -> pb.RoundProgress:
+        return pb.RoundProgress(round_id=round_id, kind=pb.TRAINING, elapsed_s=3.0, clients=[
+            pb.ClientProgress(client_name=f"c{combiner}-{i:03d}", state=state_of(i), state_for_s=i / 100)
+            for i in range(500)])
+
+    doc = {"id": "r", "seq": 7, "round": 5, "session_id": "s", "started_at": 1000.0}
+    live = {"a": (1009.0, progress("r", 0, lambda i: states[i % 5])),
+            "b": (1009.0, progress("r", 1, lambda i: "training")),
+            "stale": (1009.0, progress("an-older-round", 2, lambda i: "training"))}
+    ended = {"b": (1009.5, progress("r", 1, lambda i: "reported" if i % 2 else "failed"))}
+    view = current_round(doc, "monitoring", live, ended, offset=40, limit=25, now=1010.0)
+    assert view["total"] == 1000 == sum(view["counts"].values())
+    assert view["counts"]["reported"] == 100 + 250 and view["counts"]["failed"] == 250
+    assert [c["name"] for c in view["combiners"]] == ["a", "b"] and view["combiners"][1]["finished"]
+    assert view["waiting_total"] == 400 and len(view["waiting_for"]) == WAITING_SHOWN
+    longest = view["waiting_for"][0]
+    assert longest["client"] == "c0-498" and longest["state_for_s"] == pytest.approx(4.98 + 1.0)  # aged with the answer
+    assert len(view["clients"]) == 25 and view["clients"][0]["client"] == "c0-040"
+    for state in states:
+        only = current_round(doc, "monitoring", live, ended, state=state, limit=200, now=1010.0)
+        assert only["matching"] == view["counts"][state]
+        assert {c["state"] for c in only["clients"]} == {state} and len(only["clients"]) == min(200, only["matching"])
+    assert current_round(None, "idle", live, ended)["round"] is None

@@ -309,3 +309,89 @@ def test_a_strategy_may_take_an_update_from_an_older_model_at_a_weight_of_its_ch
         round_.settle(cache)
         assert [(u.sender, u.base_model, u.weight) for u in seen] == [("alice", "older", 5.0)]
         assert seen[0].received_at > 0
+
+
+def test_task_states_move_forward_only_and_end_once() -> None:
+    """The per-client state machine behind the live view and the timeline, on a fake clock:
+    chosen -> downloading -> training -> uploading -> reported, timed on the combiner's
+    clock; a phase out of order, a repeat, another's task or a phase of the other kind of
+    task is refused with the gRPC code the client gets, and changes nothing."""
+    import grpc
+
+    from fedtier.combiner.round import ProgressRefused, TaskStates
+
+    now = [100.0]
+    states = TaskStates(pb.TRAINING, clock=lambda: now[0])
+    states.chosen("t-a", "alice")
+    states.chosen("t-b", "bob")
+
+    def view() -> dict[str, pb.ClientProgress]:
+        return {p.client_name: p for p in states.snapshot()}
+
+    assert {c: p.state for c, p in view().items()} == {"alice": "chosen", "bob": "chosen"}
+    now[0] = 101.0
+    states.progress("t-a", "alice", pb.PHASE_DOWNLOADING)
+    now[0] = 102.5
+    states.progress("t-a", "alice", pb.PHASE_TRAINING)
+    assert view()["alice"].state == "training" and view()["alice"].state_for_s == 0
+    now[0] = 104.0
+    assert view()["alice"].state_for_s == 1.5 and view()["bob"].state_for_s == 4.0
+    refusals = [
+        (("t-a", "alice", pb.PHASE_DOWNLOADING), grpc.StatusCode.INVALID_ARGUMENT, "only move forward"),
+        (("t-a", "alice", pb.PHASE_TRAINING), grpc.StatusCode.INVALID_ARGUMENT, "only move forward"),
+        (("t-a", "alice", pb.PHASE_VALIDATING), grpc.StatusCode.INVALID_ARGUMENT, "phase must be one of"),
+        (("t-a", "alice", 99), grpc.StatusCode.INVALID_ARGUMENT, "phase must be one of"),
+        (("t-a", "bob", pb.PHASE_UPLOADING), grpc.StatusCode.FAILED_PRECONDITION, "'bob' holds no task"),
+        (("t-x", "alice", pb.PHASE_UPLOADING), grpc.StatusCode.FAILED_PRECONDITION, "holds no task"),
+    ]
+    for args, code, message in refusals:
+        with pytest.raises(ProgressRefused, match=message) as refused:
+            states.progress(*args)
+        assert refused.value.code == code, args
+    assert view()["alice"].state == "training" and view()["bob"].state == "chosen"  # nothing changed
+    states.progress("t-a", "alice", pb.PHASE_UPLOADING)
+    now[0] = 105.0
+    states.finished("t-a", "reported")
+    states.finished("t-b", "failed", "went offline")
+    states.finished("t-a", "failed", "late")  # an ended task stays as it ended
+    with pytest.raises(ProgressRefused, match="already reported") as refused:
+        states.progress("t-a", "alice", pb.PHASE_UPLOADING)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    alice, bob = view()["alice"], view()["bob"]
+    assert dict(alice.started) == {"download": 1.0, "train": 2.5, "upload": 4.0} and alice.ended == 5.0
+    assert (bob.state, bob.detail, bob.ended, dict(bob.started)) == ("failed", "went offline", 5.0, {})
+    states.capped("alice", "counted as 7")
+    assert view()["alice"].state == "capped" and states.task_of("alice") is None
+
+    validating = TaskStates(pb.VALIDATION, clock=lambda: now[0])
+    validating.chosen("v", "alice")
+    with pytest.raises(ProgressRefused, match="PHASE_DOWNLOADING, PHASE_VALIDATING"):
+        validating.progress("v", "alice", pb.PHASE_TRAINING)
+    validating.progress("v", "alice", pb.PHASE_VALIDATING)  # a cached model: no download to report
+    assert validating.snapshot()[0].state == "validating"
+
+
+def test_the_rounds_reports_end_each_clients_state(setup) -> None:
+    """ActiveRound drives the states from what it accepts: a reported update, a rejected one,
+    a task that never answered; progress for another round or after close is refused."""
+    import grpc
+
+    from fedtier.combiner.round import ProgressRefused
+
+    tmp_path, cache, round_ = setup
+    round_.expect("t-c", "carol")
+    round_.progress(pb.TaskProgress(client_name="alice", task_id="t-a", round_id="r1", phase=pb.PHASE_DOWNLOADING))
+    with pytest.raises(ProgressRefused, match="round 'r0'") as refused:
+        round_.progress(pb.TaskProgress(client_name="bob", task_id="t-b", round_id="r0", phase=pb.PHASE_DOWNLOADING))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    round_.submit_update(update("alice", "t-a", upload(tmp_path, cache, "alice", 1.0)), cache)
+    with pytest.raises(RejectedReport):
+        round_.submit_update(update("bob", "t-b", upload(tmp_path, cache, "bob", 1.0), parent="old"), cache)
+    round_.close()
+    with pytest.raises(ProgressRefused, match="closed"):
+        round_.progress(pb.TaskProgress(client_name="carol", task_id="t-c", round_id="r1", phase=pb.PHASE_TRAINING))
+    live = {p.client_name: p for p in round_.live().clients}
+    assert {c: p.state for c, p in live.items()} == {"alice": "reported", "bob": "failed", "carol": "failed"}
+    assert live["bob"].detail.startswith("update rejected: stale update")
+    assert live["carol"].detail == "no answer before the round closed"
+    assert "download" in live["alice"].started and live["alice"].ended >= live["alice"].started["download"]

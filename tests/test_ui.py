@@ -385,3 +385,133 @@ def test_ui_promotes_a_model_and_manages_schedules(chromium, tmp_path: Path) -> 
         context.close()
         server.shutdown()
         app.extensions["fedtier"].close()
+
+
+def test_ui_shows_a_round_live_client_by_client_then_its_timeline(chromium, procs: ProcessGroup,
+                                                                   tmp_path: Path) -> None:
+    """Issue 18, the round in progress: a reducer, a combiner and two `numpy_shift` clients as
+    real processes; client-1 trains longer. At phone width, the dashboard's live view shows both
+    clients training, then client-0 reported while the round waits for client-1 still training,
+    its counts always those of its list; the API pages its clients. Once done, the round's
+    timeline (linked from the rounds table, drawn without JavaScript) has a bar per client for
+    download, train and upload, the slowest named."""
+    import io
+
+    import numpy as np
+
+    from conftest import TEST_PROJECTS
+    from fedtier.helpers import get_helper
+    from test_ui_truth import AXE, axe_serious as audit
+
+    def axe_serious(page) -> list[str]:  # no serious accessibility violation, where axe-core is installed
+        return audit(page) if AXE.exists() else []
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"FEDTIER_DATA_DIR": str(tmp_path / "data")}
+    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", "numpy",
+                          env=env)
+    procs.start("combiner", "combiner", "--name", "combiner-0", "--host", "127.0.0.1", "--port", str(free_port()),
+                "--reducer", url, "--heartbeat-interval", "0.5", "--heartbeat-timeout", "10", env=env)
+    for i in range(2):
+        procs.start(f"client-{i}", "client", "--reducer", url, "--project", str(TEST_PROJECTS / "numpy_shift"),
+                    "--name", f"client-{i}", "--partition", f"{i}/2", env=env)
+    wait_for_port(port, proc=reducer)
+    seed = get_helper("numpy").to_bytes({"w": np.ones(4, np.float32)})
+    assert requests.post(f"{url}/seed", files={"seed": ("seed", io.BytesIO(seed))}, timeout=10).status_code == 201
+    deadline = time.monotonic() + 60
+    while requests.get(f"{url}/api/v1/status", timeout=5).json()["clients_active"] < 2:
+        assert time.monotonic() < deadline, "the two clients did not become active"
+        time.sleep(0.2)
+
+    console = Console()
+    context = chromium.new_context(viewport=NARROW, device_scale_factor=1)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    console.watch(page)
+    open_page(page, url, "/")
+    assert page.get_attribute("#live-round", "data-running") == "false"
+    # every drawing of the live view, as it was drawn: its counts, its list, who it waits for
+    page.evaluate("""() => {
+        window.drawn = [];
+        new MutationObserver(() => window.drawn.push({
+            counts: Object.fromEntries([...document.querySelectorAll('#live-counts [data-count]')]
+                .map((li) => [li.dataset.count, Number(li.textContent.trim().split(' ').pop())])),
+            rows: Object.fromEntries([...document.querySelectorAll('#live-clients tr[data-live-client]')]
+                .map((tr) => [tr.dataset.liveClient, tr.dataset.state])),
+            waiting: [...document.querySelectorAll('#live-waiting [data-waiting]')].map((s) => s.dataset.waiting)}))
+            .observe(document.querySelector('#live-body'), {childList: true, subtree: true});
+    }""")
+    # client-0 trains 3 s, client-1 7 s: the API asks the combiner again once its answer is a
+    # second old and the page polls every 2 s, so each state below is drawn at least once
+    started = requests.post(f"{url}/start", json={"rounds": 1, "clients_required": 2, "validate": False,
+                                                  "task": {"sleep": 3, "sleep_by_client": {"client-1": 7}}},
+                            timeout=10)
+    assert started.status_code == 201, started.text
+
+    # the API while client-0 has reported and client-1 still trains: bounded, one page of one client
+    deadline = time.monotonic() + 60
+    while True:
+        current = requests.get(f"{url}/api/v1/rounds/current", params={"limit": 1}, timeout=5).json()
+        if current["counts"]["reported"] == 1:
+            break
+        assert time.monotonic() < deadline, current
+        time.sleep(0.2)
+    assert current["total"] == current["matching"] == 2 and len(current["clients"]) == 1, current
+    assert current["counts"]["training"] == 1 and current["waiting_total"] == 1, current
+    assert [c["client"] for c in current["waiting_for"]] == ["client-1"]
+    assert current["combiners"][0]["name"] == "combiner-0" and current["combiners"][0]["total"] == 2
+    assert requests.get(f"{url}/api/v1/rounds/current", params={"state": "sleeping"},
+                        timeout=5).json()["field"] == "state"
+    page.wait_for_function("document.querySelector('#live-clients tr[data-live-client]') || "
+                           "document.querySelector('#live-round').dataset.running === 'false'")
+    assert not axe_serious(page), axe_serious(page)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the live view scrolls sideways by {overflow}px at {NARROW['width']}px"
+    shot(page, "dashboard-live-narrow")
+    page.wait_for_function("document.querySelector('#live-round').dataset.running === 'false'", timeout=60_000)
+
+    # what the page drew: its counts always those of its list, and the states in their order
+    drawn = [d for d in page.evaluate("window.drawn") if d["rows"]]
+    for view in drawn:
+        by_state: dict[str, int] = {}
+        for state in view["rows"].values():
+            by_state[state] = by_state.get(state, 0) + 1
+        assert view["counts"] == by_state, view  # two clients: the whole list is on the page
+    both = next(i for i, d in enumerate(drawn) if d["rows"].get("client-0") == "training")
+    assert set(drawn[both]["waiting"]) == {"client-0", "client-1"}, drawn[both]
+    one_left = next(i for i, d in enumerate(drawn) if d["rows"] == {"client-0": "reported", "client-1": "training"})
+    assert both < one_left and drawn[one_left]["waiting"] == ["client-1"], drawn
+    # the list by state asks the API for that state only
+    with page.expect_request(lambda request: "/api/v1/rounds/current" in request.url and "state=failed" in request.url):
+        page.select_option("#live-state", "failed")
+
+    # ---- done: the timeline, reached from the rounds table
+    page.wait_for_selector("#round-table a[data-seq]")
+    with page.expect_navigation():
+        page.click("#round-table a[data-seq]")
+    assert "/rounds/" in page.url
+    rows = page.locator("#timeline .tl-row")
+    assert rows.count() == 2
+    for name in ("client-0", "client-1"):
+        row = page.locator(f"#timeline .tl-row[data-client='{name}'][data-state=reported]")
+        for phase in ("download", "train", "upload"):
+            assert row.locator(f".tl-bar[data-phase={phase}]").count() == 1, (name, phase)
+    width = "(el) => el.getBoundingClientRect().width"
+    train = {n: page.locator(f".tl-row[data-client='{n}'] .tl-bar[data-phase=train]").evaluate(width)
+             for n in ("client-0", "client-1")}
+    assert train["client-1"] > 1.5 * train["client-0"], train  # the straggler's bar is the long one (7 s to 3 s)
+    assert "client-1" in page.inner_text("#slowest")
+    assert not axe_serious(page), axe_serious(page)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the timeline scrolls sideways by {overflow}px at {NARROW['width']}px"
+    shot(page, "round-timeline-narrow")
+    timeline_url = page.url
+    context.close()
+
+    plain = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
+    no_js = plain.new_page()
+    no_js.goto(timeline_url)
+    assert no_js.locator("#timeline .tl-row .tl-bar[data-phase=train]").count() == 2
+    plain.close()
+    console.assert_clean()

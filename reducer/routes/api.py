@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 from fedtier.reducer.app import reducer
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
+from fedtier.reducer.live import LIVE_FRESH_S, PAGE_DEFAULT, PAGE_MAX, STATES, current_round
 from fedtier.round_config import integer_setting
 from fedtier.storage.collections import MODELS, ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.storage.model_store import ModelNotFoundError
@@ -90,6 +91,25 @@ def session(session_id: str):
 def rounds():
     where = {"session_id": request.args["session_id"]} if "session_id" in request.args else None
     return jsonify(reducer().state.find(ROUNDS, where=where, order_by="started_at", limit=_limit()))
+
+
+@bp.get("/rounds/current")
+def round_current():
+    """The round in progress, client by client (reducer/live.py): bounded at any number of clients."""
+    args = request.args
+    offset = integer_setting("offset", args.get("offset", 0), 0, 10_000_000)
+    limit = integer_setting("limit", args.get("limit", PAGE_DEFAULT), 1, PAGE_MAX)
+    state = args.get("state")
+    if state is not None and state not in STATES:
+        raise APIError(400, f"state must be one of {', '.join(STATES)}", field="state")
+    combiner = args.get("combiner")
+    if combiner is not None and not 1 <= len(combiner) <= 128:
+        raise APIError(400, "combiner must be a name of 1-128 characters", field="combiner")
+    r = reducer()
+    round_doc, ended = r.control.live_round()
+    live = r.network.live_rounds(LIVE_FRESH_S if round_doc is not None else None)  # fresh while a round runs
+    return jsonify(current_round(round_doc, r.control.state.value, live, ended,
+                                 offset=offset, limit=limit, state=state, combiner=combiner))
 
 
 @bp.get("/rounds/<round_id>")

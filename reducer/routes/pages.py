@@ -15,7 +15,9 @@ from flask import Blueprint, render_template, session
 from fedtier.aggregators import describe as describe_strategies
 from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
-from fedtier.reducer.control import SESSIONS
+from fedtier.reducer.control import ROUNDS, SESSIONS
+from fedtier.reducer.errors import APIError
+from fedtier.reducer.live import LIVE_FRESH_S, TIMELINE_ROWS, current_round, round_timeline
 
 SHOWN = 100  # rows a page renders by itself; the script shows them all, the API has them all
 
@@ -67,3 +69,20 @@ def sessions_page():
     r = reducer()
     return _page("sessions.html", sessions=r.state.find(SESSIONS, order_by="started_at", descending=True,
                                                         limit=SHOWN), total=r.state.count(SESSIONS))
+
+
+@bp.get("/rounds/<round_id>")
+def round_page(round_id: str):
+    """One round's timeline: a bar per client for its download, train and upload, drawn here
+    (true without JavaScript); a running round's page reloads itself every few seconds."""
+    r = reducer()
+    doc = r.state.get(ROUNDS, round_id)
+    if doc is None:
+        raise APIError(404, f"no round with id {round_id!r}")
+    live = None
+    current, ended = r.control.live_round()
+    if doc.get("status") == "running" and current is not None and current.get("id") == round_id:
+        # the clients of the running round, as many as the page draws, from one snapshot
+        live = current_round(current, r.control.state.value, r.network.live_rounds(LIVE_FRESH_S), ended,
+                             limit=TIMELINE_ROWS)
+    return _page("round.html", round=doc, timeline=round_timeline(doc, live), live=live)

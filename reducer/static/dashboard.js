@@ -4,6 +4,7 @@ import {
   showState, stopControls, table, validationsOf, when,
 } from "./app.js";
 import { boxPlot, lineChart, stackedBars } from "./charts.js";
+import { liveQuery, renderLive, watchLiveFilter } from "./live.js";
 
 const PALETTE = ["#2f63d6", "#e8590c", "#2b8a3e", "#9c36b5", "#0b7285", "#c2255c", "#5c940d", "#862e9c"];
 const PHASES = [
@@ -58,7 +59,7 @@ function renderSession(session, status) {
 // A round's own number (distinct, failed rounds too); older records have only the model's.
 const roundNo = (r) => (Number.isInteger(r.seq) ? r.seq : r.round);
 
-function renderRound(rounds, status, now) {
+function renderRound(rounds, status, now, current) {
   const last = rounds[rounds.length - 1];
   if (!last) {
     replace($("#round-status"), h("span", { class: "muted" }, "none yet"));
@@ -68,7 +69,9 @@ function renderRound(rounds, status, now) {
   if (last.status === "running") {
     const phase = PHASE_OF_STATE[status.state] || status.state;
     replace($("#round-status"), `Round #${roundNo(last)}`, pill("running"));
-    replace($("#round-detail"), `${phase} · ${seconds(now - last.started_at)} so far`);
+    const tasks = current.round && current.round.id === last.id && current.total
+      ? ` · ${current.counts.reported + current.counts.capped} of ${current.total} clients reported` : "";
+    replace($("#round-detail"), `${phase} · ${seconds(now - last.started_at)} so far${tasks}`);
     return;
   }
   replace($("#round-status"), `Round #${roundNo(last)}`, pill(last.status));
@@ -179,15 +182,17 @@ function renderClientTable(rounds, validations) {
   ], rows));
 }
 
-function renderRoundTable(rounds, now) {
+function renderRoundTable(rounds, now, current) {
   const rows = [...rounds].reverse();
   replace($("#round-table"), table([
-    { label: "Round", class: "num", cell: (r) => h("span", { "data-seq": roundNo(r) }, `#${roundNo(r)}`) },
+    { label: "Round", class: "num", cell: (r) => h("a", { "data-seq": roundNo(r), href: `/rounds/${encodeURIComponent(r.id)}`,
+      title: "the round's timeline" }, `#${roundNo(r)}`) },
     { label: "Model round", class: "num", cell: (r) => (r.status === "success" ? r.round : h("span", { class: "muted" }, "–")) },
     { label: "Status", cell: (r) => [pill(r.status), r.error ? h("div", { class: "muted wrap" }, r.error) : null] },
     { label: "Metrics", cell: (r) => metricsNode(r.metrics) },
     { label: "Time", class: "num nowrap", cell: (r) => (r.status === "running" ? `${seconds(now - r.started_at)}…` : seconds(r.timings.total)) },
-    { label: "Clients", class: "num", cell: (r) => (r.participants || []).length },
+    { label: "Clients", class: "num", cell: (r) => (r.status === "running" && current.round && current.round.id === r.id
+      ? current.total : (r.participants || []).length) },
     { label: "Model", cell: (r) => idCode(r.model_out) },
     { label: "Started", class: "nowrap", cell: (r) => when(r.started_at) },
   ], rows, { empty: "No rounds yet.", rowAttrs: (r) => ({ "data-round-id": r.id }) }));
@@ -197,7 +202,8 @@ const ROUNDS_DRAWN = 50;   // the charts and the table show the latest rounds
 const ROUNDS_BOXED = 25;   // the per-client box plot, fewer: a box needs room
 
 async function refresh() {
-  const [status, sessions] = await Promise.all([getJSON("/api/v1/status"), getJSON("/api/v1/sessions")]);
+  const [status, sessions, current] = await Promise.all([getJSON("/api/v1/status"), getJSON("/api/v1/sessions"),
+    getJSON(liveQuery())]);
   const ids = roundIds(sessions).slice(-ROUNDS_DRAWN);
   const rounds = await roundsById(ids);
   const last = status.last_round;
@@ -208,18 +214,20 @@ async function refresh() {
   showState(status.state);
   syncStop(status.state);
   renderSession(session, status);
-  renderRound(rounds, status, t);
+  renderRound(rounds, status, t, current);
+  renderLive(current, () => tick());
   renderModel([...rounds].reverse(), status);
   renderNetwork(status);
   renderCharts(rounds, validations);
   renderClientTable(rounds, validations);
-  renderRoundTable(rounds, t);
+  renderRoundTable(rounds, t, current);
   $("#updated").textContent = `live · updated ${when(t).slice(11)}`;
   document.body.dataset.loaded = "true";
 }
 
 const syncStop = stopControls(() => tick());
 const tick = live(refresh, 2000);
+watchLiveFilter(() => tick());
 $("#client-metric").addEventListener("change", (event) => {
   chosenMetric = event.target.value;
   tick();

@@ -40,7 +40,8 @@ async function refresh() {
     { label: "Model", cell: (m) => [h("code", { class: "id", title: m.id }, short(m.id)), m.id === head ? [" ", h("span", { class: "pill pill-online" }, "latest")] : null,
       production && m.id === production.id ? [" ", h("span", { class: "pill pill-production", "data-production": "true" }, "production")] : null] },
     { label: "Kind", cell: (m) => m.kind },
-    { label: "Round", class: "num", cell: (m) => m.round },
+    { label: "Round", class: "num", cell: (m) => (m.round_id
+      ? h("a", { href: `/rounds/${encodeURIComponent(m.round_id)}`, title: "the round's timeline" }, m.round) : m.round) },
     { label: "Parent", cell: (m) => link(m.parent_id) },
     { label: "Metrics", cell: (m) => metricsNode((roundById.get(m.round_id) || {}).metrics) },
     { label: "sha256", class: "hash", cell: (m) => h("code", { "data-sha256": m.sha256 }, m.sha256) },

@@ -10,7 +10,7 @@ helper = get_helper("numpy")
 
 def train(in_path, out_path, ctx):
     weights = helper.load(in_path)
-    delay = float(ctx.config.get("sleep", 0))
+    delay = float(ctx.config.get("sleep_by_client", {}).get(ctx.client_name, ctx.config.get("sleep", 0)))
     if ctx.config.get("fail_client") == ctx.client_name:
         raise RuntimeError("told to fail")
     if delay:
