@@ -234,12 +234,21 @@ def _tier_strategy(tier: str, name: str, params: Mapping[str, Any], name_field: 
     try:
         cls = strategy_class(name, tier)
     except StrategyError as exc:
-        raise RoundConfigError(name_field, str(exc)) from None
+        hint = f"; {_elsewhere(name)}" if name in STRATEGIES else ""
+        raise RoundConfigError(name_field, f"{exc}{hint}") from None
     try:
         checked = check_params(name, cls.params, params)
     except ParamError as exc:
         raise RoundConfigError(f"{params_field}.{exc.name}", exc.message) from None
     return TierStrategy(name=name, params=checked)
+
+
+def _elsewhere(name: str) -> str:
+    """How to choose ``name`` where it runs: the other tiers keep FedAvg."""
+    example = json.dumps({"aggregation": {tier: name for tier in STRATEGIES[name].tiers}})
+    others = [tier for tier in TIERS if tier not in STRATEGIES[name].tiers]
+    return (f"choose it for the {' and '.join(STRATEGIES[name].tiers)} tier alone, e.g. {example} "
+            f"(the {' and '.join(others)} tier then runs fedavg)")
 
 
 def _aggregation(data: Mapping[str, Any]) -> Mapping[str, TierStrategy]:
@@ -255,9 +264,9 @@ def _aggregation(data: Mapping[str, Any]) -> Mapping[str, TierStrategy]:
         chosen = {}
         for tier in TIERS:
             if tier not in STRATEGIES[name].tiers:
-                raise RoundConfigError("aggregator", f"strategy {name!r} runs only at the "
-                                                     f"{' and '.join(STRATEGIES[name].tiers)} tier: choose it "
-                                                     f"for that tier with aggregation.{STRATEGIES[name].tiers[0]}")
+                raise RoundConfigError("aggregator", f"sets one strategy for both tiers, and strategy {name!r} "
+                                                     f"runs only at the {' and '.join(STRATEGIES[name].tiers)} "
+                                                     f"tier; {_elsewhere(name)}")
             chosen[tier] = _tier_strategy(tier, name, params, "aggregator", "aggregator_kwargs")
         return chosen
     given = _json_object("aggregation", data.get("aggregation", {}))

@@ -19,9 +19,10 @@ import numpy as np
 
 from .base import Helper
 from .format import ModelFormatError, Weights, dtype_code
+from .proximal import add_proximal_term  # FedProx's term: works with model.fit on the torch backend
 from .pytorch_helper import _tensor_to_numpy
 
-__all__ = ["KerasHelper"]
+__all__ = ["KerasHelper", "add_proximal_term"]
 
 BACKEND = "torch"
 

@@ -13,11 +13,12 @@ import numpy as np
 
 from .base import Helper
 from .format import ModelFormatError, Weights, dtype_code
+from .proximal import add_proximal_term, global_snapshot, proximal_term  # FedProx's term for training code
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["PytorchHelper"]
+__all__ = ["PytorchHelper", "add_proximal_term", "global_snapshot", "proximal_term"]
 
 
 def _torch() -> Any:

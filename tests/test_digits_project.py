@@ -163,6 +163,24 @@ def test_train_honours_config(project: dict[str, ModuleType], seed_model: str, t
     assert (metadata["epochs"], metadata["learning_rate"], metadata["batch_size"]) == (1, 0.05, 16)
 
 
+def test_fedprox_mu_holds_the_trained_model_near_the_round_model(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    """mu from the strategy settings reaches train; a large one keeps the client's weights
+    closer to the model it received than plain training does."""
+    helper = get_helper("pytorch")
+    start = helper.load(seed_model)
+    distance = {}
+    for mu in (0.0, 5.0):
+        ctx = TaskContext(client_name="client-0", partition_index=0, num_partitions=NUM_PARTITIONS,
+                          round_id="r1", config={"epochs": 1}, settings={"mu": mu} if mu else {})
+        metadata = project["entrypoints"].train(seed_model, str(tmp_path / f"mu{mu}"), ctx)
+        assert metadata["mu"] == mu
+        trained = helper.load(str(tmp_path / f"mu{mu}"))
+        distance[mu] = sum(float((trained[k] - start[k]).square().sum()) for k in start) ** 0.5
+    assert 0 < distance[5.0] < 0.5 * distance[0.0], distance
+
+
 def test_fedavg_reaches_90_percent_in_three_rounds(
     project: dict[str, ModuleType], seed_model: str, tmp_path: Path
 ) -> None:

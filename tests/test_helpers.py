@@ -546,3 +546,24 @@ def test_check_finite_catches_nan_and_inf(helper, dtype, bad):
 def test_check_finite_ignores_integer_tensors(helper):
     helper.check_finite("n", np.array([np.iinfo(np.int64).max, 0], np.int64))
     helper.check_finite("m", np.array([True, False]))
+
+
+def test_the_proximal_hook_works_in_keras_fit_on_the_torch_backend(keras):
+    """FedProx's one line for a keras project (fedtier/helpers/proximal.py): one step of plain
+    SGD from weights 1 away from the round's model moves lr * mu * 1 further towards it."""
+    from fedtier.helpers.keras_helper import add_proximal_term
+
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    y = np.zeros((8, 2), np.float32)
+    lr, mu, after = 0.1, 3.0, {}
+    for m in (0.0, mu):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        start = model.get_weights()
+        add_proximal_term(model, m)
+        model.set_weights([w + 1.0 for w in start])  # trained away from the round's model, in place
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        after[m] = model.get_weights()
+    for plain, prox in zip(after[0.0], after[mu]):
+        np.testing.assert_allclose(plain - prox, lr * mu * 1.0, rtol=1e-5)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fedtier.client.context import TaskContext
+from fedtier.helpers.format import read_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -122,6 +123,21 @@ def test_train_is_deterministic_and_validate_reports_both_splits(
     assert before["test_accuracy"] < 0.3 < 0.5 < after["test_accuracy"]  # one epoch on 960 images learns
     assert after["test_loss"] < before["test_loss"]
     assert ep.evaluate_model_file(outs["a"], str(MNIST), 2000)["accuracy"] == pytest.approx(after["test_accuracy"])
+
+
+def test_fedprox_mu_reaches_train_and_holds_the_model_near_the_round_model(
+        project: dict[str, ModuleType], tmp_path: Path) -> None:
+    seed_path, ep = str(tmp_path / "seed.model"), project["entrypoints"]
+    project["seed"].make_seed(seed_path)
+    start = read_model(seed_path)
+    distance = {}
+    for mu in (0.0, 5.0):
+        ctx = TaskContext(client_name="client-0", data_path=str(MNIST), partition_index=0, num_partitions=10,
+                          round_id="r1", config={"max_train": 3000, "epochs": 1}, settings={"mu": mu})
+        assert ep.train(seed_path, str(tmp_path / f"mu{mu}"), ctx)["mu"] == mu
+        trained = read_model(tmp_path / f"mu{mu}")
+        distance[mu] = sum(float(np.square(trained[k] - start[k]).sum()) for k in start) ** 0.5
+    assert 0 < distance[5.0] < 0.7 * distance[0.0], distance
 
 
 # ---------------------------------------------------------------------------- the real network

@@ -40,8 +40,9 @@ def test_a_network_session_tells_each_entry_point_its_round_number_and_session(
                     env={**net.env, "PROBE_LOG": str(log_file)})
     wait_until(lambda: net.active_on("c0") == 2, what="both clients active", procs=procs)
 
-    session = net.start(rounds=2, clients_required=2, validate=True, wait_for_clients=30,
-                        task={"epochs": 3}, aggregator_kwargs={})
+    # FedProx at the combiner, FedAdam at the reducer: mu is the one strategy setting clients see
+    session = net.start(rounds=2, clients_required=2, validate=True, wait_for_clients=30, task={"epochs": 3},
+                        aggregation={"combiner": {"name": "fedprox", "mu": 0.25}, "reducer": {"name": "fedadam"}})
     done = net.finished(session)
     assert done["rounds_succeeded"] == 2, net.get("/api/v1/rounds")
 
@@ -50,8 +51,11 @@ def test_a_network_session_tells_each_entry_point_its_round_number_and_session(
         seen = [(r["kind"], r["round_number"]) for r in lines if r["client"] == client]
         assert seen == [("train", 1), ("validate", 1), ("train", 2), ("validate", 2)], lines
     assert {r["session_id"] for r in lines} == {session}
-    assert all(r["config"] == {"epochs": 3} and r["settings"] == {} for r in lines), lines
+    assert all(r["config"] == {"epochs": 3} and r["settings"] == {"mu": 0.25} for r in lines), lines
     rounds = {r["round"]: r for r in net.get("/api/v1/rounds")}
+    # the reducer's optimiser state is stored with each model it produced
+    states = [m.get("strategy_state") for m in net.get("/api/v1/models")]
+    assert states[0] is None and [s["strategy"] for s in states[1:]] == ["fedadam", "fedadam"], states
     train_ids = {(r["client"], r["round_number"]): r["round_id"] for r in lines if r["kind"] == "train"}
     assert train_ids[("py", 2)] == rounds[2]["id"] == train_ids[("cmd", 2)]
 

@@ -10,11 +10,24 @@ from typing import Any
 
 from fedtier.aggregators.base import (COMBINER, REDUCER, TIERS, Aggregator, RoundContext, Strategy,
                                       StrategyError, Update)
+from fedtier.aggregators.fedadagrad import FedAdagrad
+from fedtier.aggregators.fedadam import FedAdam
 from fedtier.aggregators.fedavg import FedAvg
+from fedtier.aggregators.fedavgm import FedAvgM
 from fedtier.aggregators.fedper import FedPer
+from fedtier.aggregators.fedprox import FedProx
+from fedtier.aggregators.fedyogi import FedYogi
 from fedtier.helpers.base import Helper
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedPer)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
+    FedAvg,
+    FedAvgM,
+    FedAdam,
+    FedYogi,
+    FedAdagrad,
+    FedProx,
+    FedPer,
+)}
 AGGREGATORS = STRATEGIES  # the older name
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from data import load_partition, load_test_set
 from fedtier.client.context import TaskContext
+from fedtier.helpers.pytorch_helper import add_proximal_term
 from fedtier.partition import resolve_config
 from model import load_model, save_model
 
@@ -120,6 +121,8 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     x_train, y_train, _, _ = _client_data(ctx)
     x, y = torch.as_tensor(x_train), torch.as_tensor(y_train)
     model = load_model(in_model_path)
+    mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
+    add_proximal_term(model, mu)  # training holds the model near the round's: + mu/2 ||w - w_global||^2
     learning_rate = round_learning_rate(config, ctx.round_number)
     optimizer = _SGDMomentum(model, lr=learning_rate, momentum=MOMENTUM)
     generator = torch.Generator().manual_seed(_task_seed(ctx))
@@ -145,6 +148,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "mu": mu,
         "round": ctx.round_number,
     }
 

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from data import load_partition, load_test_set  # noqa: E402
 from fedtier.client.context import TaskContext  # noqa: E402
+from fedtier.helpers.keras_helper import add_proximal_term  # noqa: E402
 from model import load_model, save_model  # noqa: E402
 
 #: Hyperparameters used when the task config does not set them. Chosen so that FedAvg
@@ -85,6 +86,8 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     # Seeds Keras' shuffling (and python/numpy/torch) so a task re-runs bit-identically.
     keras.utils.set_random_seed(_task_seed(ctx))
     model = load_model(in_model_path)
+    mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
+    add_proximal_term(model, mu)  # training holds the model near the round's: + mu/2 ||w - w_global||^2
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=MOMENTUM),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -100,6 +103,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "mu": mu,
     }
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from data import load_partition, load_test_set
 from fedtier.client.context import TaskContext
+from fedtier.helpers.pytorch_helper import add_proximal_term
 from model import load_model, save_model
 
 #: Hyperparameters used when the task config does not set them. Chosen so that FedAvg
@@ -111,6 +112,8 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     x_train, y_train, _, _ = _client_data(ctx)
     x, y = _as_images(x_train), torch.tensor(y_train)
     model = load_model(in_model_path)
+    mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
+    add_proximal_term(model, mu)  # training holds the model near the round's: + mu/2 ||w - w_global||^2
     optimizer = _SGDMomentum(model, lr=learning_rate, momentum=MOMENTUM)
     generator = torch.Generator().manual_seed(_task_seed(ctx))
 
@@ -135,6 +138,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "mu": mu,
     }
 
 
