@@ -440,9 +440,11 @@ def test_charts_reach_old_rounds_overlay_sessions_log_smooth_and_export(chromium
             page.click("button[data-csv=accuracy]")
         rows = list(csv.reader(Path(info.value.path()).read_text().splitlines()))
         assert rows[0] == ["round in session", "A s-b accuracy", "B s-a accuracy"]
-        assert [int(r[0]) for r in rows[1:]] == list(range(1, 51))  # s-b's latest 50: all of it
+        assert [int(r[0]) for r in rows[1:]] == list(range(21, 71))  # the latest 50 places of the longer session
         by_seq = {d["seq"]: d["metrics"]["accuracy"] for d in docs}
-        assert [(float(r[1]), float(r[2])) for r in rows[1:]] == [(by_seq[70 + i], by_seq[i]) for i in range(1, 51)]
+        assert [(float(r[1]) if r[1] else None, float(r[2])) for r in rows[1:]] == [
+            (by_seq[70 + i] if i <= 50 else None, by_seq[i]) for i in range(21, 71)]
+        assert "(the compared session has 70)" in page.inner_text("#range-summary")
 
         narrow = chromium.new_context(viewport=NARROW)
         phone = narrow.new_page()

@@ -275,41 +275,49 @@ async function fetchInto(cache, filter, params) {
   cache.total = page.total;
 }
 
-// The rounds at places from..to of `filter`, fetching only what is missing or still running:
-// following the latest, everything from the first such place on (new rounds included); for
-// a fixed range, that span only (or one round past it, to learn whether there are newer).
-async function ensure(filter, latest) {
+// The rounds at places start..end-1 of `filter`, fetching only what is missing or still
+// running: following the latest (end = null), everything from the first such place on (new
+// rounds included); for a fixed range, that span only (or one round past it, to learn whether
+// there are newer ones, when `probe`).
+async function fill(filter, start, end, probe = true) {
   const cache = cacheOf(filter);
-  if (cache.total === null && latest) {
-    await fetchInto(cache, filter, { last: view.size });
-  } else {
-    const [start, end] = latest ? [Math.max(0, cache.total - view.size), cache.total] : [view.from - 1, view.to];
-    let a = start;
-    while (a < end && settled(cache.rounds[a])) a += 1;
-    let b = end;
-    while (b > a && settled(cache.rounds[b - 1])) b -= 1;
-    if (latest) await fetchInto(cache, filter, { offset: a < b ? a : end });
-    else if (a < b) await fetchInto(cache, filter, { offset: a, limit: b - a });
-    else await fetchInto(cache, filter, { offset: end, limit: 1 });
-  }
+  const stop = end === null ? cache.total : end;
+  let a = start;
+  while (a < stop && settled(cache.rounds[a])) a += 1;
+  let b = stop;
+  while (b > a && settled(cache.rounds[b - 1])) b -= 1;
+  if (end === null) await fetchInto(cache, filter, { offset: a < b ? a : stop });
+  else if (a < b) await fetchInto(cache, filter, { offset: a, limit: b - a });
+  else if (probe) await fetchInto(cache, filter, { offset: stop, limit: 1 });
+  return cache;
+}
+
+async function latestOf(filter) {
+  const cache = cacheOf(filter);
+  if (cache.total === null) await fetchInto(cache, filter, { last: view.size });
+  else await fill(filter, Math.max(0, cache.total - view.size), null);
   return cache;
 }
 
 // Fetch what the view needs; returns per session shown {session, total, rounds: [{round, x}]}.
-// Following the latest, the range is the primary's newest rounds; a compared session is
-// read over the same places (round n of one against round n of the other).
+// A compared session is read over the same places (round n of one against round n of the
+// other); following the latest, the range ends at the longer session's newest round.
 async function load() {
-  const main = await ensure(view.session, view.latest);
+  const filters = [view.session, ...(view.compare ? [view.compare] : [])];
+  let shown;
   if (view.latest) {
-    view.to = Math.max(main.total || 0, 1);
-    view.from = Math.max(1, (main.total || 0) - view.size + 1);
+    shown = await Promise.all(filters.map(latestOf));
+    const total = Math.max(0, ...shown.map((c) => c.total || 0));
+    view.to = Math.max(total, 1);
+    view.from = Math.max(1, total - view.size + 1);
+    await Promise.all(filters.map((f, i) => fill(f, view.from - 1, Math.min(view.to, shown[i].total || 0), false)));
+  } else {
+    shown = await Promise.all(filters.map((f) => fill(f, view.from - 1, view.to)));
   }
-  const shown = [[view.session, main]];
-  if (view.compare) shown.push([view.compare, await ensure(view.compare, false)]);
-  return shown.map(([session, cache]) => ({
+  return filters.map((session, i) => ({
     session,
-    total: cache.total || 0,
-    rounds: cache.rounds.slice(view.from - 1, view.to).map((round, j) => ({ round, x: view.from + j })).filter((r) => r.round),
+    total: shown[i].total || 0,
+    rounds: shown[i].rounds.slice(view.from - 1, view.to).map((round, j) => ({ round, x: view.from + j })).filter((r) => r.round),
   }));
 }
 
@@ -365,8 +373,8 @@ function setRange(from, to, total) {
 }
 
 function totalShown() {
-  const c = caches.get(view.session);
-  return c && c.total !== null ? c.total : null;
+  const known = [view.session, ...(view.compare ? [view.compare] : [])].map((f) => caches.get(f)).filter((c) => c && c.total !== null);
+  return known.length ? Math.max(...known.map((c) => c.total)) : null;
 }
 
 function wireControls() {
