@@ -422,7 +422,9 @@ function wireControls() {
 async function refresh() {
   const [status, sessions] = await Promise.all([getJSON("/api/v1/status"), getJSON("/api/v1/sessions")]);
   firstOfSession = new Set(sessions.map((s) => (s.round_ids || [])[0]).filter(Boolean));
-  if (view.session && !sessions.some((s) => s.id === view.session)) Object.assign(view, { session: "", compare: "" });
+  const known = (id) => sessions.some((s) => s.id === id);
+  if (view.session && !known(view.session)) Object.assign(view, { session: "", compare: "" });
+  if (view.compare && (!known(view.compare) || view.compare === view.session)) view.compare = "";
   const views = await load();
   const rounds = views[0].rounds.map((r) => r.round);
   const validations = await validationsOf(rounds.slice(-ROUNDS_BOXED));
