@@ -394,8 +394,7 @@ def test_charts_reach_old_rounds_overlay_sessions_log_smooth_and_export(chromium
         assert page.locator("#chart-accuracy line.boundary[data-session=s-b]").count() == 1  # where s-b starts
         assert "rounds 71–120 of 120" in page.inner_text("#range-summary")
         # polls fetch only new or running rounds: after the first page, one round past the end
-        page.wait_for_function("document.querySelector('#updated').textContent.startsWith('live')")
-        time.sleep(2.5)
+        page.wait_for_event("request", lambda r: "/api/v1/rounds?" in r.url, timeout=5_000)  # the next poll
         assert requested[0].endswith("/api/v1/rounds?last=50"), requested
         assert all("offset=120" in u for u in requested[1:]), requested
 
