@@ -421,7 +421,8 @@ def test_charts_reach_old_rounds_overlay_sessions_log_smooth_and_export(chromium
         rows = list(csv.reader(Path(info.value.path()).read_text().splitlines()))
         assert info.value.suggested_filename == "fedtier-loss-all-sessions-rounds-1-80.csv"
         assert rows[0] == ["round", "loss (log scale)", "loss EMA 0.9 (log scale)"]
-        api = {d["seq"]: d["metrics"]["loss"] for d in app.test_client().get("/api/v1/rounds?offset=0&limit=80").get_json()}
+        first_80 = app.test_client().get("/api/v1/rounds?offset=0&limit=80").get_json()
+        api = {d["seq"]: d["metrics"]["loss"] for d in first_80}
         assert [int(r[0]) for r in rows[1:]] == list(range(1, 81))
         assert [float(r[1]) for r in rows[1:]] == [api[i] for i in range(1, 81)]
         assert float(rows[2][2]) != float(rows[2][1])  # smoothed: not the raw value

@@ -141,6 +141,7 @@ function renderCharts(views, validations) {
   $("#panel-other").hidden = !other.length;
   if (other.length) lineChart($("#chart-other"), { title: "Other metrics per round", series: series(other), ...common });
 
+  $("#phases-scope").textContent = compare ? `seconds · session A (${short(primary.session)})` : "seconds";
   const finished = primary.rounds.filter((r) => r.round.status !== "running" && r.round.timings && r.round.timings.total);
   stackedBars($("#chart-phases"), {
     title: "Round time by phase",
@@ -166,7 +167,9 @@ function renderCharts(views, validations) {
   }
   select.disabled = !clientKeys.length;
   const byRound = new Map();
-  for (const { round: r, x } of primary.rounds) byRound.set(r.id, { label: view.session ? x : r.round, session: r.session_id, values: [] });
+  for (const { round: r, x } of primary.rounds) {
+    byRound.set(r.id, { label: view.session ? x : `#${roundNo(r)}`, session: r.session_id, values: [] });
+  }
   for (const v of validations) {
     const value = v.metrics && v.metrics[chosenMetric];
     if (typeof value === "number" && Number.isFinite(value) && byRound.has(v.round_id)) {
