@@ -16,6 +16,7 @@ from fedtier.aggregators import STRATEGIES, TIERS
 from fedtier.helpers import known_helpers
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.reducer.live import PAGE_DEFAULT, PAGE_MAX, STATES, WAITING_SHOWN
+from fedtier.reducer.round_pages import MAX_OFFSET, ROUNDS_PAGE
 from fedtier.reducer.trail import MAX_NOTE_CHARS
 from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
 from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
@@ -261,6 +262,26 @@ def _one(name: str, param: str) -> dict[str, Any]:
 
 
 LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}}
+ROUND_PAGE_PARAMS = [
+    {**LIMIT, "description": f"at most this many rounds; with offset or last, from 1 to {ROUNDS_PAGE} "
+                             f"(the default then)"},
+    {"name": "session_id", "in": "query", "schema": STRING, "description": "only this session's rounds"},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+     "description": "skip this many rounds: rounds are listed in the order they started and that order never "
+                    "changes, so offset=N then asks only for rounds newer than the N already held"},
+    {"name": "last", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": ROUNDS_PAGE},
+     "description": "only the newest this many rounds (not with offset)"},
+]
+PAGE_HEADERS = {
+    "X-Total-Count": {"description": "rounds matching session_id (all of them, not only this page)",
+                      "schema": INTEGER},
+    "X-Offset": {"description": "the index of the first round returned, counted from 0", "schema": INTEGER},
+}
+
+
+def _paged(operation: dict[str, Any]) -> dict[str, Any]:
+    operation["get"]["responses"]["200"]["headers"] = PAGE_HEADERS
+    return operation
 
 
 def document() -> dict[str, Any]:
@@ -290,7 +311,15 @@ def document() -> dict[str, Any]:
                     "counts"), **_errors(401)}}},
             "/api/v1/sessions": _list("Session", [LIMIT]),
             "/api/v1/sessions/{session_id}": _one("Session", "session_id"),
-            "/api/v1/rounds": _list("Round", [LIMIT, {"name": "session_id", "in": "query", "schema": STRING}]),
+            "/api/v1/rounds": _paged(_list("Round", ROUND_PAGE_PARAMS)),
+            "/api/v1/rounds.csv": {"get": {
+                "summary": "the same rounds as /api/v1/rounds (same parameters) as CSV: session_id, session_round, "
+                           "seq, model_round, status, started_at, finished_at, seconds, one column per metric "
+                           "(the reducer's evaluation as reducer:<name>), error; a text cell starting with = + - @ "
+                           "is prefixed with ' so a spreadsheet does not run it",
+                "parameters": ROUND_PAGE_PARAMS,
+                "responses": {"200": {"description": "rounds as CSV", "headers": PAGE_HEADERS, "content": {
+                    "text/csv": {"schema": {"type": "string"}}}}, **_errors(400, 401)}}},
             "/api/v1/rounds/current": {"get": {
                 "summary": "the round in progress, client by client: counts per state for each combiner, who the "
                            "round waits for, and one page of its clients (bounded at any number of clients)",

@@ -119,3 +119,79 @@ def test_clients_summary_counts_by_state_and_combiner(app, api: FlaskClient) -> 
     body = api.get("/api/v1/clients/summary").json
     assert (body["total"], body["active"], body["inactive"]) == (5, 3, 2)
     assert body["by_combiner"] == {"comb-a": {"active": 2, "inactive": 1}, "comb-b": {"active": 1, "inactive": 1}}
+
+
+def seed_rounds(app, sessions: dict[str, int]) -> list[dict]:
+    """Round records written straight into the state store, as the control loop writes them:
+    many rounds in milliseconds, without running them."""
+    state = app.extensions["fedtier"].state
+    docs, seq, t = [], 0, 1_700_000_000.0
+    for session_id, count in sessions.items():
+        ids = []
+        for i in range(count):
+            seq += 1
+            t += 10
+            doc = {"id": f"r{seq:04d}", "session_id": session_id, "round": seq, "seq": seq, "status": "success",
+                   "started_at": t, "finished_at": t + 5, "timings": {"total": 5.0, "training": 3.0},
+                   "metrics": {"accuracy": 0.5 + seq / 1000, "loss": 2.0 - seq / 100}, "participants": ["c0"],
+                   "error": None}
+            state.insert("rounds", doc)
+            docs.append(doc)
+            ids.append(doc["id"])
+        state.insert("sessions", {"id": session_id, "status": "succeeded", "rounds_requested": count,
+                                  "rounds_succeeded": count, "rounds_failed": 0, "round_ids": ids,
+                                  "started_at": t - 10 * count, "finished_at": t, "config": {}})
+    return docs
+
+
+def test_rounds_page_reaches_every_round_and_polls_only_new_ones(app, api: FlaskClient) -> None:
+    """Issue 18: a chart asks for the range it shows, older than the latest 50 too, and a poll
+    asks only for what is new; the headers say where the page sits."""
+    docs = seed_rounds(app, {"s-a": 70, "s-b": 50})
+    latest = api.get("/api/v1/rounds?last=50")
+    assert [r["seq"] for r in latest.json] == list(range(71, 121))
+    assert (latest.headers["X-Total-Count"], latest.headers["X-Offset"]) == ("120", "70")
+    oldest = api.get("/api/v1/rounds?offset=0&limit=10")
+    assert [r["id"] for r in oldest.json] == [d["id"] for d in docs[:10]]  # older than the latest 50
+    assert [r["seq"] for r in api.get("/api/v1/rounds?offset=118").json] == [119, 120]  # a poll: only new rounds
+    assert api.get("/api/v1/rounds?offset=120").json == []
+    one = api.get("/api/v1/rounds?session_id=s-b&offset=10&limit=5")
+    assert [r["seq"] for r in one.json] == [81, 82, 83, 84, 85] and one.headers["X-Total-Count"] == "50"
+    assert [r["seq"] for r in api.get("/api/v1/rounds?session_id=s-a&last=3").json] == [68, 69, 70]
+    assert len(api.get("/api/v1/rounds").json) == 120  # without paging: the whole list, as before
+    assert len(api.get("/api/v1/rounds?last=1000").json) == 120
+
+
+@pytest.mark.parametrize("query, field", [
+    ("offset=-1", "offset"), ("offset=x", "offset"), ("offset=1.5", "offset"), ("offset=" + "9" * 30, "offset"),
+    ("last=0", "last"), ("last=1001", "last"), ("last=%C2%B2", "last"), ("offset=0&last=5", "last"),
+    ("offset=0&limit=1001", "limit"), ("last=5&limit=0", "limit")])
+def test_rounds_page_parameters_refuse_bad_values_naming_the_field(api: FlaskClient, query: str, field: str) -> None:
+    for path in ("/api/v1/rounds", "/api/v1/rounds.csv"):
+        reply = api.get(f"{path}?{query}")
+        assert reply.status_code == 400 and reply.json["field"] == field, (path, query, reply.json)
+
+
+def test_rounds_csv_matches_the_api_and_cannot_run_formulas(app, api: FlaskClient) -> None:
+    """CSV export: the rows are the API's rounds; metric names and texts from outside parties
+    that a spreadsheet would run as a formula are neutralised, negative numbers are not."""
+    import csv
+
+    docs = seed_rounds(app, {"s-a": 3, "s-b": 60})
+    state = app.extensions["fedtier"].state
+    state.update("rounds", "r0063", {"metrics": {"=HYPERLINK(\"http://x\")": 1.0, "loss": -0.25},
+                                     "error": "@SUM(A1)", "status": "failed"})
+    reply = api.get("/api/v1/rounds.csv?session_id=s-b&last=55")
+    assert reply.status_code == 200 and reply.mimetype == "text/csv"
+    assert reply.headers["X-Offset"] == "5" and "attachment" in reply.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(reply.get_data(as_text=True))))
+    expected = api.get("/api/v1/rounds?session_id=s-b&last=55").json
+    assert [r["seq"] for r in rows] == [str(d["seq"]) for d in expected] == [str(s) for s in range(9, 64)]
+    assert [r["session_round"] for r in rows] == [str(i) for i in range(6, 61)]
+    for row, doc in zip(rows[:-1], expected[:-1]):
+        assert float(row["accuracy"]) == doc["metrics"]["accuracy"] and float(row["loss"]) == doc["metrics"]["loss"]
+    last = rows[-1]
+    assert "'=HYPERLINK(\"http://x\")" in last and last["'=HYPERLINK(\"http://x\")"] == "1.0"
+    assert last["loss"] == "-0.25" and last["error"] == "'@SUM(A1)" and last["model_round"] == ""
+    assert not any(k.startswith(("=", "+", "-", "@")) for k in rows[0])
+    assert len(docs) == 63

@@ -297,9 +297,22 @@ def test_find_where_order_limit_combined(validations):
     assert len(validations.find("validations", limit=100)) == 5
 
 
+def test_find_offset_pages_in_the_same_order(validations):
+    """Issue 18: the dashboard pages through every round; an offset skips that many of the same order."""
+    assert _ids(validations.find("validations", offset=3)) == ["v4", "v5"]
+    assert _ids(validations.find("validations", offset=1, limit=2)) == ["v2", "v3"]
+    assert _ids(validations.find("validations", descending=True, offset=1, limit=2)) == ["v4", "v3"]
+    assert _ids(validations.find("validations", where={"model": "m1"}, order_by="acc", offset=1)) == ["v3", "v5"]
+    assert validations.find("validations", offset=5) == [] and validations.find("validations", offset=99) == []
+    assert validations.find("validations", offset=2, limit=0) == []
+
+
 def test_find_rejects_bad_arguments(validations):
     with pytest.raises(ValueError, match="limit"):
         validations.find("validations", limit=-1)
+    for bad in (-1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="offset"):
+            validations.find("validations", offset=bad)
     with pytest.raises(ValueError, match="where"):
         validations.find("validations", where={"model": ["m1"]})
     with pytest.raises(ValueError, match="field"):

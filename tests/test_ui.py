@@ -16,6 +16,7 @@ The browser is Debian's `chromium`, driven by Playwright's driver (never
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import re
@@ -227,7 +228,30 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     colour = "(s) => getComputedStyle(document.querySelector(s)).backgroundColor"
     assert page.evaluate(colour, "tr[data-status=succeeded] .pill") != page.evaluate(colour, "tr[data-status=stopped] .pill")
     assert "of 500 succeeded" in page.inner_text("tr[data-status=stopped]")
+    assert page.locator("tr[data-session] a[data-charts]").count() == 2  # each session's charts, one click away
     shot(page, "sessions-desktop")
+
+    # ---- the dashboard overlays the two sessions by round within the session, and the CSV of
+    # the chart holds the numbers the API gives for each session's rounds
+    first, second = (s["id"] for s in sessions)
+    dashboard.select_option("#view-session", first)
+    dashboard.select_option("#view-compare", second)
+    dashboard.wait_for_selector("#chart-accuracy circle.pt[data-series='B:accuracy']")
+    assert dashboard.locator("#chart-accuracy circle.pt[data-series='A:accuracy']").count() == 2
+    shot(dashboard, "dashboard-compare-desktop")
+    with dashboard.expect_download() as info:
+        dashboard.click("button[data-csv=accuracy]")
+    rows = list(csv.reader(Path(info.value.path()).read_text().splitlines()))
+    header = rows[0]  # one column per metric drawn (the project reports test_accuracy too) and session
+    assert header[0] == "round in session" and {f"A {first[:8]} accuracy", f"B {second[:8]} accuracy"} <= set(header)
+    by_session = [[r["metrics"]["accuracy"] for r in requests.get(f"{url}/api/v1/rounds", params={"session_id": sid},
+                                                                     timeout=5).json() if r["status"] == "success"]
+                  for sid in (first, second)]
+    width = max(map(len, by_session))
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, width + 1))
+    for column, values in ((header.index(f"A {first[:8]} accuracy"), by_session[0]),
+                           (header.index(f"B {second[:8]} accuracy"), by_session[1])):
+        assert [float(r[column]) for r in rows[1:] if r[column]] == values
 
     # ---- network again: everyone online, clients with their last metrics
     open_page(page, url, "/network")

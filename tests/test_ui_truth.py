@@ -363,3 +363,100 @@ def test_network_page_says_why_a_combiner_or_client_is_offline(tmp_path: Path) -
         assert web.get("/api/v1/combiners").get_json()[0]["unreachable_since"] == since
     finally:
         app.extensions["fedtier"].close()
+
+
+# ---------------------------------------------------------------- charts across rounds and sessions
+def test_charts_reach_old_rounds_overlay_sessions_log_smooth_and_export(chromium, tmp_path: Path) -> None:
+    """Issue 18, across rounds and sessions, on 120 round records written straight into the
+    state store (two sessions, 70 and 50 rounds): the latest 50 first with the session's start
+    marked; a range older than those; the log scale and the smoothing redraw the loss; an
+    overlay of the two sessions; the CSV of a chart is what it draws, and the API's values."""
+    import csv
+
+    from test_reducer_api import seed_rounds
+
+    app = create_app(Settings(data_dir=tmp_path), helper="numpy", poll_interval_s=None)
+    docs = seed_rounds(app, {"s-a": 70, "s-b": 50})
+    served = Served(app)
+    console = Console()
+    context = chromium.new_context(viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    console.watch(page)
+    requested: list[str] = []
+    page.on("request", lambda r: "/api/v1/rounds" in r.url and requested.append(r.url))
+    try:
+        page.goto(served.url + "/")
+        page.wait_for_selector("#chart-loss circle.pt")
+        loss_pts = "#chart-loss circle.pt[data-series=loss]"
+        rounds = sorted(int(x) for x in page.eval_on_selector_all(loss_pts, "els => els.map(e => e.dataset.round)"))
+        assert rounds == list(range(71, 121))  # the latest 50
+        assert page.locator("#chart-accuracy line.boundary[data-session=s-b]").count() == 1  # where s-b starts
+        assert "rounds 71–120 of 120" in page.inner_text("#range-summary")
+        # polls fetch only new or running rounds: after the first page, one round past the end
+        page.wait_for_event("request", lambda r: "/api/v1/rounds?" in r.url, timeout=5_000)  # the next poll
+        assert requested[0].endswith("/api/v1/rounds?last=50"), requested
+        assert all("offset=120" in u for u in requested[1:]), requested
+
+        # a range older than the latest 50, both sessions and their boundary in it
+        page.fill("#range-from", "1")
+        page.fill("#range-to", "80")
+        page.click("#range-form [type=submit]")
+        page.wait_for_selector(f"{loss_pts}[data-round='1']")
+        assert page.locator(loss_pts).count() == 80 and "from=1&to=80" in page.url
+        assert page.locator("#chart-loss line.boundary[data-session=s-b]").count() == 1
+        assert page.is_disabled("#range-older") and page.is_enabled("#range-newer")  # round 1 is the oldest
+
+        # the log scale and the smoothing each redraw the loss line
+        path = "document.querySelector('#chart-loss path.line').getAttribute('d')"
+        linear = page.evaluate(path)
+        page.check("#loss-log")
+        page.wait_for_function(f"{path} !== {linear!r}")
+        logged = page.evaluate(path)
+        assert "log scale" in page.inner_text("#chart-loss")
+        page.select_option("#loss-smooth", "0.9")
+        page.wait_for_function(f"{path} !== {logged!r}")
+        with page.expect_download() as info:
+            page.click("button[data-csv=loss]")
+        rows = list(csv.reader(Path(info.value.path()).read_text().splitlines()))
+        assert info.value.suggested_filename == "fedtier-loss-all-sessions-rounds-1-80.csv"
+        assert rows[0] == ["round", "loss (log scale)", "loss EMA 0.9 (log scale)"]
+        first_80 = app.test_client().get("/api/v1/rounds?offset=0&limit=80").get_json()
+        api = {d["seq"]: d["metrics"]["loss"] for d in first_80}
+        assert [int(r[0]) for r in rows[1:]] == list(range(1, 81))
+        assert [float(r[1]) for r in rows[1:]] == [api[i] for i in range(1, 81)]
+        assert float(rows[2][2]) != float(rows[2][1])  # smoothed: not the raw value
+
+        # one session against another, by round within the session; the CSV says which is which
+        page.select_option("#view-session", "s-b")
+        page.select_option("#view-compare", "s-a")
+        page.wait_for_selector("#chart-loss path.line[data-series='B:loss']")
+        assert page.locator("#chart-loss path.line[data-series='A:loss']").count() == 1
+        assert page.get_attribute("#chart-loss path.line[data-series='B:loss']", "stroke-dasharray")
+        shot(page, "charts-compare-desktop")
+        if AXE.exists():
+            assert not axe_serious(page), axe_serious(page)
+        with page.expect_download() as info:
+            page.click("button[data-csv=accuracy]")
+        rows = list(csv.reader(Path(info.value.path()).read_text().splitlines()))
+        assert rows[0] == ["round in session", "A s-b accuracy", "B s-a accuracy"]
+        assert [int(r[0]) for r in rows[1:]] == list(range(21, 71))  # the latest 50 places of the longer session
+        by_seq = {d["seq"]: d["metrics"]["accuracy"] for d in docs}
+        assert [(float(r[1]) if r[1] else None, float(r[2])) for r in rows[1:]] == [
+            (by_seq[70 + i] if i <= 50 else None, by_seq[i]) for i in range(21, 71)]
+        assert "(the compared session has 70)" in page.inner_text("#range-summary")
+
+        narrow = chromium.new_context(viewport=NARROW)
+        phone = narrow.new_page()
+        console.watch(phone)
+        phone.goto(page.url)
+        phone.wait_for_selector("#chart-loss path.line")
+        overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the dashboard scrolls sideways by {overflow}px at {NARROW['width']}px"
+        shot(phone, "charts-compare-narrow")
+        narrow.close()
+        console.assert_clean()
+    finally:
+        context.close()
+        served.down()
+        app.extensions["fedtier"].close()

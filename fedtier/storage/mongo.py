@@ -28,6 +28,7 @@ from .state_store import (
     check_field_name,
     check_id,
     check_limit,
+    check_offset,
     merge_fields,
     normalize_doc,
     normalize_where,
@@ -210,9 +211,11 @@ class MongoStateStore(StateStore):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
         check_collection(collection)
         check_limit(limit, collection)
+        check_offset(offset, collection)
         query = _mongo_where(normalize_where(where, collection))
         direction = pymongo.DESCENDING if descending else pymongo.ASCENDING
         if order_by is None:
@@ -224,6 +227,8 @@ class MongoStateStore(StateStore):
             return []
         with self._errors(collection, "querying"):
             cursor = self._coll(collection).find(query, _PROJECTION).sort(sort)
+            if offset:
+                cursor = cursor.skip(offset)
             if limit is not None:
                 cursor = cursor.limit(limit)
             return list(cursor)

@@ -31,6 +31,7 @@ from .state_store import (
     check_field_name,
     check_id,
     check_limit,
+    check_offset,
     merge_fields,
     normalize_doc,
     normalize_where,
@@ -228,9 +229,11 @@ class SQLiteStateStore(StateStore):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
         check_collection(collection)
         check_limit(limit, collection)
+        check_offset(offset, collection)
         sql, params = self._where_sql(collection, where)
         direction = "DESC" if descending else "ASC"
         order = f"seq {direction}"
@@ -240,9 +243,9 @@ class SQLiteStateStore(StateStore):
             order = f"json_extract(doc, ?) {direction}, seq ASC"
             params.append(_path(order_by))
         query = f"SELECT doc FROM documents WHERE {sql} ORDER BY {order}"
-        if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
+        if limit is not None or offset:
+            query += " LIMIT ? OFFSET ?"  # SQLite takes OFFSET only after a LIMIT; -1 is none
+            params.extend([-1 if limit is None else limit, offset])
         return [self._load(row[0]) for row in self._read(collection, query, params)]
 
     def count(self, collection: str, where: dict | None = None) -> int:

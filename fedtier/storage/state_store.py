@@ -14,6 +14,9 @@ these helpers instead of relying on its engine's defaults:
   ``descending``); with it, ties keep insertion order and missing/null values
   sort first (last when descending).
   Order between values of different JSON types is backend-defined.
+* ``offset`` skips that many documents of that order before ``limit`` counts: in
+  insertion order (append-only collections) it pages through a history whose
+  indexes never change.
 """
 from __future__ import annotations
 
@@ -135,6 +138,12 @@ def check_limit(limit: int | None, collection: str) -> int | None:
     return limit
 
 
+def check_offset(offset: int, collection: str) -> int:
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"collection {collection!r}: offset must be a non-negative int, got {offset!r}")
+    return offset
+
+
 class StateStore(ABC):
     """Document storage for the reducer; see the module docstring for semantics."""
 
@@ -167,8 +176,10 @@ class StateStore(ABC):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
-        """Documents matching ``where`` (equality), in insertion or ``order_by`` order."""
+        """Documents matching ``where`` (equality), in insertion or ``order_by`` order, the
+        first ``offset`` of them skipped."""
 
     @abstractmethod
     def count(self, collection: str, where: dict | None = None) -> int:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from fedtier.reducer.app import reducer
+from fedtier.reducer.round_pages import MAX_OFFSET, ROUNDS_PAGE, rounds_csv
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.live import LIVE_FRESH_S, PAGE_DEFAULT, PAGE_MAX, STATES, current_round
@@ -87,10 +88,54 @@ def session(session_id: str):
     return jsonify(_one(SESSIONS, session_id))
 
 
+def _rounds_page() -> tuple[list[dict[str, Any]], int, int]:
+    """The rounds a request asks for, the number matching its filter, and the index of the first.
+
+    Rounds are listed in the order the reducer recorded them (the order they started): the
+    collection is append-only, so a round's index never changes and a page asked for by
+    ``offset`` is the same page later, plus rounds that started since. ``last`` asks for the
+    newest ones without knowing how many there are. Either bounds the answer to ROUNDS_PAGE."""
+    where = {"session_id": request.args["session_id"]} if "session_id" in request.args else None
+    store = reducer().state
+    raw_offset, raw_last = request.args.get("offset"), request.args.get("last")
+    if raw_offset is not None and raw_last is not None:
+        raise APIError(400, "last: give offset or last, not both", field="last")
+    if raw_offset is None and raw_last is None:  # the whole list, as before paging existed
+        found = store.find(ROUNDS, where=where, limit=_limit())
+        return found, len(found), 0
+    raw_limit = request.args.get("limit")
+    limit = ROUNDS_PAGE if raw_limit is None else integer_setting("limit", raw_limit, 1, ROUNDS_PAGE)
+    total = store.count(ROUNDS, where=where)
+    if raw_last is not None:
+        last = integer_setting("last", raw_last, 1, ROUNDS_PAGE)
+        offset, limit = max(0, total - last), min(limit, last)
+    else:
+        offset = integer_setting("offset", raw_offset, 0, MAX_OFFSET)
+    found = store.find(ROUNDS, where=where, limit=limit, offset=offset)
+    return found, max(total, offset + len(found)), offset
+
+
 @bp.get("/rounds")
 def rounds():
-    where = {"session_id": request.args["session_id"]} if "session_id" in request.args else None
-    return jsonify(reducer().state.find(ROUNDS, where=where, order_by="started_at", limit=_limit()))
+    found, total, offset = _rounds_page()
+    reply = jsonify(found)
+    reply.headers["X-Total-Count"] = str(total)
+    reply.headers["X-Offset"] = str(offset)
+    return reply
+
+
+@bp.get("/rounds.csv")
+def rounds_as_csv():
+    """The same rounds as ``/rounds`` (same parameters) as a spreadsheet: a link that works
+    without JavaScript, and the raw data behind what a chart draws."""
+    found, total, offset = _rounds_page()
+    state = reducer().state
+    sessions = {sid: state.get(SESSIONS, sid) for sid in {str(r.get("session_id")) for r in found}}
+    name = f"rounds-{request.args['session_id'][:40]}" if "session_id" in request.args else "rounds"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return Response(rounds_csv(found, sessions), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{safe}.csv"',
+        "X-Total-Count": str(total), "X-Offset": str(offset)})
 
 
 @bp.get("/rounds/current")

@@ -16,7 +16,7 @@ export class ApiError extends Error {
 // api("GET", "/api/v1/status"); api("POST", "/start", formData); api("POST", "/stop")
 // body: FormData (sent as multipart, exactly as the HTML form would), a plain object
 // (sent as JSON) or nothing. Resolves with the JSON reply; rejects with ApiError.
-export async function api(method, path, body) {
+export async function api(method, path, body, { page = false } = {}) {
   const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (body instanceof FormData) {
     init.body = body;
@@ -37,10 +37,16 @@ export async function api(method, path, body) {
     data = null;
   }
   if (!reply.ok) throw new ApiError(reply.status, data);
+  if (page) {
+    const header = (name) => Number(reply.headers.get(name));
+    return { items: data, total: header("X-Total-Count"), offset: header("X-Offset") };
+  }
   return data;
 }
 
 export const getJSON = (path) => api("GET", path);
+// A paged list (/api/v1/rounds?offset=...): {items, total, offset} from the X-Total-Count and X-Offset headers.
+export const getPage = (path) => api("GET", path, undefined, { page: true });
 
 // ---- finished rounds never change: fetch each once
 

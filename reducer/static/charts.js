@@ -1,6 +1,8 @@
 // Small inline-SVG charts: lines per round, stacked bars per round, box plots per round.
 // Each draws into a container at the container's current width and redraws on resize;
 // drawing the same data at the same width again is a no-op (hover tooltips survive polls).
+// Line charts take session boundaries, dashed (overlaid) series, a log y scale and an
+// exponential moving average; every chart can be exported as the CSV of what it shows.
 import { h, num } from "./app.js";
 
 const NS = "http://www.w3.org/2000/svg";
@@ -65,7 +67,7 @@ window.addEventListener("resize", () => {
 
 function legend(items) {
   return h("ul", { class: "legend" }, items.map((it) => h("li", {},
-    h("span", { class: "swatch", style: `background:${it.color}` }), it.label,
+    h("span", { class: it.dash ? "swatch dashed" : "swatch", style: it.dash ? `border-color:${it.color}` : `background:${it.color}` }), it.label,
     it.value !== undefined ? h("span", { class: "legend-value" }, it.value) : null)));
 }
 
@@ -79,17 +81,52 @@ function frame(width, title) {
 }
 
 // Integer x positions (rounds) spread over [x0, x1]; at most one label every ~48px.
-function roundAxis(svg, xs, scale, plotW) {
-  const lo = Math.min(...xs);
-  const hi = Math.max(...xs);
+function roundAxis(svg, [lo, hi], scale, plotW, title = "round") {
   const every = Math.max(1, Math.ceil((hi - lo + 1) / Math.max(1, Math.floor(plotW / 48))));
   const g = s("g", { class: "axis x" });
   for (let x = lo; x <= hi; x += 1) {
     if ((x - lo) % every) continue;
     g.append(s("text", { x: scale(x), y: HEIGHT - M.b + 18, "text-anchor": "middle" }, String(x)));
   }
-  g.append(s("text", { x: M.l + plotW, y: HEIGHT - 2, "text-anchor": "end", class: "axis-title" }, "round"));
+  g.append(s("text", { x: M.l + plotW, y: HEIGHT - 2, "text-anchor": "end", class: "axis-title" }, title));
   svg.append(g);
+}
+
+// A dashed vertical line where a session starts, labelled with the session's short id.
+function boundaries(svg, marks, scale) {
+  const g = s("g", { class: "boundaries" });
+  for (const b of marks || []) {
+    const x = scale(b.x);
+    g.append(s("line", { x1: x, x2: x, y1: M.t, y2: HEIGHT - M.b, class: "boundary", "data-session": b.session },
+      tip(`session ${b.label} starts`)));
+    g.append(s("text", { x: x + 3, y: M.t + 9, class: "boundary-label" }, b.label));
+  }
+  svg.append(g);
+}
+
+// A log10 axis from the 1, 2, 5 x 10^k at or below min to the one at or above max (min, max > 0);
+// ticks at each of those, or at the powers of ten only when the values span many decades.
+export function logTicks(min, max) {
+  const steps = Math.log10(max) - Math.log10(min) > 3 ? [1] : [1, 2, 5];
+  const candidates = [];
+  for (let k = Math.floor(Math.log10(min)) - 1; k <= Math.ceil(Math.log10(max)) + 1; k += 1) {
+    for (const m of steps) candidates.push(Number((m * 10 ** k).toPrecision(6)));
+  }
+  const lo = Math.max(...candidates.filter((v) => v <= min));
+  const hi = Math.min(...candidates.filter((v) => v >= max));
+  const ticks = candidates.filter((v) => v >= lo && v <= hi);
+  return { lo, hi: hi > lo ? hi : candidates[candidates.indexOf(lo) + 1], ticks: hi > lo ? ticks : [lo, candidates[candidates.indexOf(lo) + 1]] };
+}
+
+// TensorBoard's smoothing: an exponential moving average, debiased so the first points are
+// not pulled towards zero. weight 0 leaves the values as they are.
+export function ema(values, weight) {
+  if (!(weight > 0)) return values.slice();
+  let last = 0;
+  return values.map((v, i) => {
+    last = last * weight + (1 - weight) * v;
+    return last / (1 - weight ** (i + 1));
+  });
 }
 
 // One label per band (bars, boxes), thinned out to one every ~40px.
@@ -107,46 +144,76 @@ function yAxis(svg, yt, scale, width, format) {
   const g = s("g", { class: "axis y" });
   for (const v of yt.ticks) {
     const y = scale(v);
+    if (yt.log) {
+      g.append(s("line", { x1: M.l, x2: width - M.r, y1: y, y2: y, class: "grid" }));
+      g.append(s("text", { x: M.l - 6, y: y + 4, "text-anchor": "end" }, num(v, 3)));
+      continue;
+    }
     g.append(s("line", { x1: M.l, x2: width - M.r, y1: y, y2: y, class: "grid" }));
     g.append(s("text", { x: M.l - 6, y: y + 4, "text-anchor": "end" }, format ? format(v) : tickLabel(v, yt.ticks)));
   }
   svg.append(g);
 }
 
-// series: [{key, label, color, points: [{x, y}]}]
-export function lineChart(el, { title, series, emptyText = "No rounds with this metric yet." }) {
-  draw(el, "line", { title, series, emptyText }, (width, spec) => {
-    const pts = spec.series.flatMap((se) => se.points);
-    if (!pts.length) return empty(spec.emptyText);
+// series: [{key, label, color, dash?, points: [{x, y}]}]; marks: session starts [{x, label, session}];
+// domain: the x range shown [lo, hi]; log: a log10 y scale (points <= 0 are left out and said so);
+// smooth: the EMA weight (0 to <1): the line follows the smoothed values, the dots stay the raw ones.
+export function lineChart(el, { title, series, emptyText = "No rounds with this metric yet.", marks = [], domain = null,
+  log = false, smooth = 0, xTitle = "round" }) {
+  draw(el, "line", { title, series, emptyText, marks, domain, log, smooth, xTitle }, (width, spec) => {
+    const shown = spec.series.map((se) => {
+      const sorted = [...se.points].sort((a, b) => a.x - b.x).filter((p) => !spec.log || p.y > 0);
+      const smoothed = ema(sorted.map((p) => p.y), spec.smooth);
+      return { ...se, sorted, smoothed };
+    });
+    const pts = shown.flatMap((se) => se.sorted);
+    const dropped = spec.series.reduce((n, se) => n + se.points.length, 0) - pts.length;
+    if (!pts.length) return empty(dropped ? "No value above zero to draw on a log scale." : spec.emptyText);
     const plotW = width - M.l - M.r;
     const plotH = HEIGHT - M.t - M.b;
     const xs = pts.map((p) => p.x);
-    const xlo = Math.min(...xs);
-    const xhi = Math.max(...xs);
+    const xlo = spec.domain ? Math.min(spec.domain[0], ...xs) : Math.min(...xs);
+    const xhi = spec.domain ? Math.max(spec.domain[1], ...xs) : Math.max(...xs);
     const x = (v) => (xhi === xlo ? M.l + plotW / 2 : M.l + 8 + ((v - xlo) / (xhi - xlo)) * (plotW - 16));
-    const yt = niceTicks(Math.min(...pts.map((p) => p.y)), Math.max(...pts.map((p) => p.y)));
-    const y = (v) => M.t + plotH - ((v - yt.lo) / (yt.hi - yt.lo)) * plotH;
+    const ys = shown.flatMap((se) => [...se.sorted.map((p) => p.y), ...se.smoothed]);
+    const yt = spec.log ? { ...logTicks(Math.min(...ys), Math.max(...ys)), log: true } : niceTicks(Math.min(...ys), Math.max(...ys));
+    const f = spec.log ? Math.log10 : (v) => v;
+    const y = (v) => M.t + plotH - ((f(v) - f(yt.lo)) / (f(yt.hi) - f(yt.lo))) * plotH;
     const svg = frame(width, spec.title);
     yAxis(svg, yt, y, width);
-    roundAxis(svg, xs, x, plotW);
-    for (const se of spec.series) {
-      const sorted = [...se.points].sort((a, b) => a.x - b.x);
+    roundAxis(svg, [xlo, xhi], x, plotW, spec.xTitle);
+    boundaries(svg, spec.marks.filter((b) => b.x >= xlo && b.x <= xhi), x);
+    for (const se of shown) {
+      const { sorted, smoothed } = se;
       if (sorted.length > 1) {
-        svg.append(s("path", { d: sorted.map((p, i) => `${i ? "L" : "M"}${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`).join(""),
-          class: "line", stroke: se.color }));
+        svg.append(s("path", { d: sorted.map((p, i) => `${i ? "L" : "M"}${x(p.x).toFixed(1)},${y(smoothed[i]).toFixed(1)}`).join(""),
+          class: "line", stroke: se.color, "stroke-dasharray": se.dash ? "6 4" : null, "data-series": se.key }));
       }
-      for (const p of sorted) {
-        svg.append(s("circle", { cx: x(p.x), cy: y(p.y), r: 3.5, fill: se.color, class: "pt",
-          "data-series": se.key, "data-round": p.x }, tip(`round ${p.x} · ${se.label} ${num(p.y)}`)));
-      }
+      sorted.forEach((p, i) => {
+        const also = spec.smooth > 0 ? ` (smoothed ${num(smoothed[i])})` : "";
+        svg.append(s("circle", { cx: x(p.x), cy: y(p.y), r: spec.smooth > 0 || sorted.length > 60 ? 2.5 : 3.5, fill: se.color,
+          class: spec.smooth > 0 ? "pt raw" : "pt", "data-series": se.key, "data-round": p.x },
+        tip(`${spec.xTitle} ${p.x}${p.note || ""} · ${se.label} ${num(p.y)}${also}`)));
+      });
     }
-    const items = spec.series.filter((se) => se.points.length).map((se) => ({
-      label: se.label, color: se.color, value: num(se.points[se.points.length - 1].y) }));
-    return [legend(items), svg];
+    const items = shown.filter((se) => se.sorted.length).map((se) => ({
+      label: se.label, color: se.color, dash: se.dash, value: num(se.smoothed[se.smoothed.length - 1]) }));
+    const notes = [spec.log ? "log scale" : null, spec.smooth > 0 ? `smoothed (EMA ${spec.smooth})` : null,
+      dropped ? `${dropped} value${dropped === 1 ? "" : "s"} at or below zero not drawn` : null].filter(Boolean);
+    return [legend(items), notes.length ? h("p", { class: "chart-note" }, notes.join(" · ")) : null, svg].filter(Boolean);
   });
 }
 
 // bars: [{label, note?, parts: {key: value}}] in order; parts: [{key, label, color}], stacked bottom-up
+// bands whose `session` differs from the band before start a session: a line between them
+function bandBoundaries(svg, items, band) {
+  const marks = [];
+  items.forEach((it, i) => {
+    if (i && it.session && it.session !== items[i - 1].session) marks.push({ x: i, label: it.session.slice(0, 8), session: it.session });
+  });
+  boundaries(svg, marks, (i) => M.l + band * i);
+}
+
 export function stackedBars(el, { title, bars, parts, emptyText = "No finished rounds yet." }) {
   draw(el, "bars", { title, bars, parts, emptyText }, (width, spec) => {
     if (!spec.bars.length) return empty(spec.emptyText);
@@ -161,6 +228,7 @@ export function stackedBars(el, { title, bars, parts, emptyText = "No finished r
     const svg = frame(width, spec.title);
     yAxis(svg, yt, y, width);
     bandAxis(svg, spec.bars.map((b) => b.label), cx, plotW);
+    bandBoundaries(svg, spec.bars, band);
     spec.bars.forEach((b, i) => {
       let base = 0;
       const g = s("g", { class: "bar", "data-round": b.label }, tip(`round ${b.label}${b.note || ""} · total ${num(totals[i], 3)} s`));
@@ -199,6 +267,7 @@ export function boxPlot(el, { title, groups, metric, color = "#3b6fd8", emptyTex
     const svg = frame(width, spec.title);
     yAxis(svg, yt, y, width);
     bandAxis(svg, spec.groups.map((g) => g.label), cx, plotW);
+    bandBoundaries(svg, spec.groups, band);
     spec.groups.forEach((g, i) => {
       const vals = g.values.map((v) => v.v).sort((a, b) => a - b);
       if (!vals.length) return;
@@ -222,4 +291,65 @@ export function boxPlot(el, { title, groups, metric, color = "#3b6fd8", emptyTex
     });
     return [h("p", { class: "legend" }, `${spec.metric} per client · box: quartiles · bar: median · whiskers: min to max · dots: clients`), svg];
   });
+}
+
+// ---- CSV of what a chart shows
+
+// A spreadsheet runs a text cell starting with = + - @ (or a tab, a return) as a formula; session
+// ids and metric names come from outside parties. The same rule as reducer/round_pages.py.
+export function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "number") return Number.isFinite(value) ? String(value) : "";
+  let text = String(value);
+  if (/^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+export function csvText(rows) {
+  return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+// The rows of what `el` draws now: its x values and, per series, the raw values and (when
+// smoothed) the smoothed ones; the header names the scale and smoothing. Bars: seconds per phase.
+export function chartRows(el) {
+  const chart = el._chart;
+  if (!chart) return [];
+  const { spec } = chart;
+  if (chart.kind === "line") {
+    const xs = [...new Set(spec.series.flatMap((se) => se.points.map((p) => p.x)))].sort((a, b) => a - b);
+    const scale = spec.log ? " (log scale)" : "";
+    const header = [spec.xTitle];
+    const cols = [];
+    for (const se of spec.series) {
+      const sorted = [...se.points].sort((a, b) => a.x - b.x).filter((p) => !spec.log || p.y > 0);
+      const byX = new Map(sorted.map((p) => [p.x, p.y]));
+      header.push(`${se.label}${scale}`);
+      cols.push(byX);
+      if (spec.smooth > 0) {
+        const sm = ema(sorted.map((p) => p.y), spec.smooth);
+        header.push(`${se.label} EMA ${spec.smooth}${scale}`);
+        cols.push(new Map(sorted.map((p, i) => [p.x, sm[i]])));
+      }
+    }
+    return [header, ...xs.map((xv) => [xv, ...cols.map((c) => (c.has(xv) ? c.get(xv) : null))])];
+  }
+  if (chart.kind === "bars") {
+    return [["round", "session_id", "status", ...spec.parts.map((p) => `${p.key} s`), "total s"],
+      ...spec.bars.map((b) => [b.label, b.session || "", b.status || "", ...spec.parts.map((p) => b.parts[p.key] || 0),
+        spec.parts.reduce((t, p) => t + (b.parts[p.key] || 0), 0)])];
+  }
+  if (chart.kind === "box") {
+    return [["round", "client", spec.metric], ...spec.groups.flatMap((g) => g.values.map((v) => [g.label, v.label, v.v]))];
+  }
+  return [];
+}
+
+// Download the CSV of what `el` shows as `name`.csv (a Blob: nothing leaves the browser).
+export function downloadCsv(el, name) {
+  const url = URL.createObjectURL(new Blob([csvText(chartRows(el))], { type: "text/csv" }));
+  const a = h("a", { href: url, download: `${name}.csv`, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }

@@ -33,6 +33,9 @@ async function refresh() {
       return metricsNode(good.length ? good[good.length - 1].metrics : {});
     } },
     { label: "Settings", cell: (s) => settings(s.config || {}) },
+    { label: "Data", class: "nowrap", cell: (s) => [
+      h("a", { href: `/?session=${encodeURIComponent(s.id)}`, "data-charts": s.id }, "charts"), " · ",
+      h("a", { href: `/api/v1/rounds.csv?session_id=${encodeURIComponent(s.id)}` }, "CSV")] },
     { label: "Started", class: "nowrap", cell: (s) => when(s.started_at) },
     { label: "Duration", class: "nowrap", cell: (s) => (s.finished_at ? seconds(s.finished_at - s.started_at) : "running") },
   ], rows, {
