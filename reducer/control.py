@@ -388,6 +388,9 @@ class Control:
             else:
                 round_doc.ended("failed", str(exc))
                 log.warning("round %d failed: %s", number, exc)
+        except StrategyError as exc:  # a state or setting the round's strategy cannot work with
+            round_doc.ended("failed", str(exc))
+            log.warning("round %d failed: %s", number, exc)
         except (ModelStoreError, StateStoreError) as exc:
             self.metrics.store_error(exc)
             store = "model store" if isinstance(exc, ModelStoreError) else "state store"

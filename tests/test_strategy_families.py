@@ -22,13 +22,14 @@ FAMILIES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def replay(settings: dict[str, Any], rounds: list[dict[str, Any]], work: Path) -> np.ndarray:
+def replay(settings: dict[str, Any], rounds: list[dict[str, Any]], work: Path,
+           start: np.ndarray | None = None) -> np.ndarray:
     """The session's last model, computed in process: each client of numpy_shift adds its
     shift (client-k: k+1) to the round's model; each combiner's strategy reduces its
     clients' updates, the reducer's (one instance for the session) the combiner models."""
     config = RoundConfig.from_dict(settings)
     work.mkdir(parents=True)
-    model = np.zeros((3, 3), np.float32)
+    model = np.zeros((3, 3), np.float32) if start is None else start
     top = None
     for n, record in enumerate(rounds):
         ref = work / f"ref-{n}"
@@ -75,3 +76,36 @@ def test_each_family_runs_over_the_network_as_it_computes_in_process(procs: Proc
         expected = replay(settings, rounds, tmp_path / family)
         np.testing.assert_allclose(helper.from_bytes(final.content)["w"], expected, rtol=1e-5, atol=1e-6,
                                    err_msg=family)
+
+
+def test_a_reducer_restart_mid_session_continues_with_the_same_moments(procs: ProcessGroup, tmp_path: Path) -> None:
+    """FedAdam at the reducer, the reducer killed while the session's second round trains:
+    the next session, started from the last model, continues with the moments stored with
+    it (the replay with one optimiser for both sessions), not afresh (a new one)."""
+    settings = {"aggregation": {"reducer": {"name": "fedadam", "eta": 0.5}}}
+    net = Network(procs, tmp_path)
+    net.reducer()
+    net.combiner("c0")
+    wait_until(lambda: net.get("/api/v1/combiners"), what="c0 registered")
+    net.seed()
+    for i in range(2):
+        net.client(i, 2)
+    wait_until(lambda: net.active_on("c0") == 2, what="2 clients", procs=procs)
+    first = net.start(rounds=3, clients_required=2, task={"sleep": 1.5}, **settings)
+    wait_until(lambda: len(net.get("/api/v1/models")) == 2 and net.training_running(), what="round 2 training",
+               procs=procs)
+    procs.kill("reducer")
+    net.reducer("reducer2")
+    assert net.get(f"/api/v1/sessions/{first}")["status"] == "interrupted"
+    wait_until(lambda: net.active_on("c0") == 2, what="clients seen again", procs=procs)
+    second = net.start(rounds=1, clients_required=2, **settings)
+    assert net.finished(second)["rounds_succeeded"] == 1
+
+    done = [r for r in net.get("/api/v1/rounds") if r["status"] == "success"]
+    assert [r["session_id"] for r in done] == [first, second]
+    final = helper.from_bytes(requests.get(f"{net.url}/api/v1/models/{done[-1]['model_out']}/download",
+                                           timeout=10).content)["w"]
+    continued = replay(settings, done, tmp_path / "continued")
+    np.testing.assert_allclose(final, continued, rtol=1e-5, atol=1e-6)
+    afresh = replay(settings, done[1:], tmp_path / "afresh", start=replay(settings, done[:1], tmp_path / "one"))
+    assert not np.allclose(final, afresh, rtol=1e-3), "the optimiser's moments were not carried over"
