@@ -22,6 +22,7 @@ import grpc
 import requests
 
 from fedtier import __version__, limits
+from fedtier.client.attack import Attack
 from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.project import Project
@@ -56,6 +57,7 @@ class ClientSettings:
     backoff_max: float = 30.0
     models_kept: int = 3             # downloaded models cached on disk
     package_sha256: str = ""         # run only the compute package with this checksum
+    attack: Attack | None = None     # a lab attack (client/attack.py): never in a deployment
 
 
 @dataclass
@@ -81,6 +83,8 @@ class FedClient:
         # each task runs holding a slot: clients sharing one process share its slots (client/swarm.py)
         self.task_slots: Any = task_slots if task_slots is not None else contextlib.nullcontext()
         self._cached: list[str] = []
+        if settings.attack is not None:
+            log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
 
     # ---- connection lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -201,12 +205,15 @@ class FedClient:
                               num_partitions=self.settings.num_partitions, round_id=task.round_id,
                               config=config.get("task", {}), work_dir=self.work_dir,
                               round_number=task.round_number, session_id=task.session_id,
-                              settings=config.get("strategy", {}))
+                              settings=config.get("strategy", {}),
+                              attack=self.settings.attack.spec if self.settings.attack else "")
             out = self.work_dir / "out" / task.task_id
             try:
                 t = time.perf_counter()
                 if task.type == pb.TRAIN:
                     metadata = self.project.train(model, out, ctx)
+                    if self.settings.attack is not None:
+                        self.settings.attack.apply_to_file(model, out, task.task_id)
                     timings["train"] = time.perf_counter() - t
                     t = time.perf_counter()
                     uploaded = transfer.UploadModel(file_chunks(out, client_name=self.settings.name))

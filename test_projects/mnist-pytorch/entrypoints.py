@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from data import load_partition, load_test_set
+from fedtier.client.attack import flip_labels_for
 from fedtier.client.context import TaskContext
 from model import load_model, save_model
 
@@ -109,7 +110,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
                          f"{batch_size}, {learning_rate}")
 
     x_train, y_train, _, _ = _client_data(ctx)
-    x, y = _as_images(x_train), torch.tensor(y_train)
+    x, y = _as_images(x_train), torch.tensor(flip_labels_for(ctx, y_train))  # lab attack; no-op if honest
     model = load_model(in_model_path)
     optimizer = _SGDMomentum(model, lr=learning_rate, momentum=MOMENTUM)
     generator = torch.Generator().manual_seed(_task_seed(ctx))
