@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,11 @@ def personalised(work: Path, round_number: int) -> dict[str, Any] | None:
             "personalised_accuracy": sum(p for _, p in pairs) / len(pairs)}
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(scenario: Scenario, args: argparse.Namespace, scratch: Path, index: int) -> dict[str, Any]:
     """One sandbox run; its output goes to a log file, its summary comes back as a record."""
     work = scratch / f"run-{index}"
@@ -255,10 +261,13 @@ def run(scenario: Scenario, args: argparse.Namespace, scratch: Path, index: int)
         cmd += ["--byzantine", f"{kind}:fraction={attack[0]},placement={attack[1]}" + (f",{params}" if params else "")]
     record: dict[str, Any] = {"strategy": scenario.strategy, "settings": scenario.settings,
                               "partition": scenario.partition, "attack": scenario.attack, "ok": False}
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     with open(scratch / f"run-{index}.log", "w") as log:
         done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     record["wall_s"] = round(time.monotonic() - started, 1)
+    # CPU of the whole network (the sandbox reaps its processes): the cost on an idle machine,
+    # where the wall time depends on whatever else shares the cores
+    record["cpu_s"] = round(_children_cpu() - cpu, 1)
     output = (scratch / f"run-{index}.log").read_text()
     if done.returncode != 0 or not summary_path.is_file():
         record["error"] = "\n".join(output.strip().splitlines()[-8:])
@@ -351,9 +360,10 @@ def report(result: dict[str, Any]) -> None:
         common.print_table(title, ["round", "test accuracy", "validation accuracy", "round time s"],
                            [[x["round"], x["test_accuracy"], x["accuracy"], x["round_time_s"]] for x in r["rounds"]])
     common.print_table("Summary (test accuracy of the global model)",
-                       ["strategy", "partition", "attack", "final", "best", "median round s", "wall s", "ok"],
+                       ["strategy", "partition", "attack", "final", "best", "median round s", "wall s", "cpu s", "ok"],
                        [[r["strategy"], r["partition"], r["attack"], r.get("final"), r.get("best"),
-                         (r.get("round_time_s") or {}).get("median"), r["wall_s"], r["ok"]] for r in result["runs"]])
+                         (r.get("round_time_s") or {}).get("median"), r["wall_s"], r["cpu_s"], r["ok"]]
+                        for r in result["runs"]])
     common.print_table("Expected comparisons, as measured", ["expectation", "measured", "met"],
                        [[c["claim"], c["measured"], "not measured" if c["met"] is None else
                          ("met" if c["met"] else "not met")] for c in result["comparisons"]])
@@ -375,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             record = run(scenario, args, scratch, index)
             runs.append(record)
             print(f"[{index + 1}/{len(plan)}] {scenario.name}: final {common.fmt(record.get('final'))}, "
-                  f"{record['wall_s']:.0f} s{'' if record['ok'] else ', FAILED'}", flush=True)
+                  f"{record['wall_s']:.0f} s, {record['cpu_s']:.0f} CPU s{'' if record['ok'] else ', FAILED'}",
+                  flush=True)
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -109,6 +109,7 @@ def test_strategies_smoke(tmp_path: Path) -> None:
     assert run["byzantine"]["clients"] == [{"client": "client-1", "combiner": "combiner-0"}]
     assert "client-1 on combiner-0" in done.stdout  # named in its table's title
     assert [r["round"] for r in run["rounds"]] == [1] and 0 <= run["final"] <= 1 and run["best"] == run["final"]
+    assert positive(run["cpu_s"]) and positive(run["wall_s"])
     assert all(c["met"] is None for c in result["comparisons"])  # one run measures none of them
 
 
