@@ -269,29 +269,35 @@ def run(scenario: Scenario, args: argparse.Namespace, scratch: Path, index: int)
     # where the wall time depends on whatever else shares the cores
     record["cpu_s"] = round(_children_cpu() - cpu, 1)
     output = (scratch / f"run-{index}.log").read_text()
-    if done.returncode != 0 or not summary_path.is_file():
+    if not summary_path.is_file():  # exit 1 with a summary: rounds failed, which is a result
         record["error"] = "\n".join(output.strip().splitlines()[-8:])
         return record
     summary = json.loads(summary_path.read_text())
     rounds = [{"round": r["round"], "test_accuracy": r["test_accuracy"], "accuracy": r["accuracy"],
                "round_time_s": r["round_time_s"], "status": r["status"]} for r in summary["rounds"]]
-    accuracies = [r["test_accuracy"] for r in rounds if isinstance(r["test_accuracy"], (int, float))]
-    record.update(ok=all(r["status"] == "success" for r in rounds) and len(rounds) == args.rounds,
-                  rounds=rounds, byzantine=summary.get("byzantine"),
+    # A failed round (an attacked model went non-finite, its updates were refused) commits no
+    # model: the federation keeps the last one, so "final" is the last successful round's.
+    accuracies = [r["test_accuracy"] for r in rounds
+                  if r["status"] == "success" and isinstance(r["test_accuracy"], (int, float))]
+    record.update(ok=len(rounds) == args.rounds, rounds=rounds,
+                  failed_rounds=sum(r["status"] != "success" for r in rounds),
+                  exit_code=done.returncode, byzantine=summary.get("byzantine"),
                   byzantine_line=next((line for line in output.splitlines() if line.startswith("byzantine:")), None),
                   final=accuracies[-1] if accuracies else None, best=max(accuracies) if accuracies else None,
                   round_time_s=common.summarize(r["round_time_s"] for r in rounds),
                   personalised=personalised(work, rounds[-1]["round"]) if rounds else None)
     if not record["ok"]:
-        record["error"] = "a round failed: " + "; ".join(f"round {r['round']} {r['status']}" for r in rounds
-                                                         if r["status"] != "success")
+        record["error"] = f"the session ran {len(rounds)} of {args.rounds} rounds"
     return record
 
 
 # ---------------------------------------------------------------- the comparisons
-def _find(runs: list[dict[str, Any]], partition: str, attack: str, want: Any) -> list[dict[str, Any]]:
+def _find(runs: list[dict[str, Any]], partition: str, attack: str, want: Any,
+          measured: bool = True) -> list[dict[str, Any]]:
+    """The completed runs of a scenario whose strategy names pass ``want``; with ``measured``,
+    only those with a final accuracy (at least one round succeeded)."""
     return [r for r in runs if r["ok"] and r["partition"] == partition and r["attack"] == attack
-            and want(names_in(r["settings"]))]
+            and want(names_in(r["settings"])) and (r.get("final") is not None or not measured)]
 
 
 def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -314,10 +320,11 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                 f"({margin * 100:+.1f} points)"})
     for partition in partitions:
         clean = _find(runs, partition, "none", is_fedavg)
-        for attack in sorted({r["attack"] for r in runs if r["attack"].startswith("30-") and r["partition"] == partition}):
+        heavy = {r["attack"] for r in runs if r["attack"].startswith("30-") and r["partition"] == partition}
+        for attack in sorted(heavy):
             claim = (f"{partition}, {attack}: FedAvg collapses (>= {COLLAPSE_POINTS * 100:g} points below clean) "
                      f"while a robust strategy stays within {WITHIN_POINTS * 100:g} points of clean FedAvg")
-            attacked = _find(runs, partition, attack, is_fedavg)
+            attacked = _find(runs, partition, attack, is_fedavg, measured=False)
             robust = _find(runs, partition, attack, lambda n: bool(n & set(ROBUST)))
             if not clean or not attacked or not robust:
                 out.append({"claim": claim, "met": None,
@@ -325,10 +332,11 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best = max(robust, key=lambda r: r["final"])
             reference = clean[0]["final"]
-            collapsed = attacked[0]["final"] <= reference - COLLAPSE_POINTS
+            attacked_final = attacked[0]["final"]  # None: no round succeeded, the seed model stayed
+            collapsed = attacked_final is None or attacked_final <= reference - COLLAPSE_POINTS
             held = best["final"] >= reference - WITHIN_POINTS
             out.append({"claim": claim, "met": collapsed and held,
-                        "measured": f"clean FedAvg {reference:.4f}; attacked FedAvg {attacked[0]['final']:.4f} "
+                        "measured": f"clean FedAvg {reference:.4f}; attacked FedAvg {common.fmt(attacked_final, 4)} "
                                     f"({'collapsed' if collapsed else 'did not collapse'}); best robust "
                                     f"{best['strategy']} {best['final']:.4f} "
                                     f"({'within' if held else 'not within'} {WITHIN_POINTS * 100:g} points)"})
@@ -357,13 +365,16 @@ def report(result: dict[str, Any]) -> None:
             continue
         if r.get("byzantine_line"):
             title += f" ({r['byzantine_line'].removeprefix('byzantine: ')})"
-        common.print_table(title, ["round", "test accuracy", "validation accuracy", "round time s"],
-                           [[x["round"], x["test_accuracy"], x["accuracy"], x["round_time_s"]] for x in r["rounds"]])
+        common.print_table(title, ["attempt", "round", "status", "test accuracy", "validation accuracy",
+                                   "round time s"],
+                           [[i, x["round"], x["status"], x["test_accuracy"], x["accuracy"], x["round_time_s"]]
+                            for i, x in enumerate(r["rounds"], 1)])
     common.print_table("Summary (test accuracy of the global model)",
-                       ["strategy", "partition", "attack", "final", "best", "median round s", "wall s", "cpu s", "ok"],
+                       ["strategy", "partition", "attack", "final", "best", "failed rounds", "median round s",
+                        "wall s", "cpu s", "ok"],
                        [[r["strategy"], r["partition"], r["attack"], r.get("final"), r.get("best"),
-                         (r.get("round_time_s") or {}).get("median"), r["wall_s"], r["cpu_s"], r["ok"]]
-                        for r in result["runs"]])
+                         r.get("failed_rounds"), (r.get("round_time_s") or {}).get("median"), r["wall_s"],
+                         r["cpu_s"], r["ok"]] for r in result["runs"]])
     common.print_table("Expected comparisons, as measured", ["expectation", "measured", "met"],
                        [[c["claim"], c["measured"], "not measured" if c["met"] is None else
                          ("met" if c["met"] else "not met")] for c in result["comparisons"]])
