@@ -132,3 +132,18 @@ def test_client_refuses_attack_outside_the_lab(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("FEDTIER_ALLOW_ATTACKS", "true")  # allowed: the spec is checked next, still before connecting
     assert main([*argv[:-1], "sign_flip:scale=-1"]) == 1
     assert "scale: must be at least 0" in caplog.text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"byzantine": "sign_flip:fraction=0.9,placement=one"}, "do not fit on combiner-0"),
+    ({"byzantine": "flip:fraction=0.5"}, "unknown attack 'flip'"),
+    ({"settings": "{"}, "--settings is not valid JSON"),
+    ({"settings": "[1]"}, "--settings must be a JSON object"),
+])
+def test_sandbox_refuses_bad_attackers_or_settings_before_starting(tmp_path: Path, kwargs: dict, match: str) -> None:
+    from fedtier.sandbox import Sandbox, SandboxOptions
+
+    root = Path(__file__).resolve().parent.parent
+    with pytest.raises(ValueError, match=match):
+        Sandbox(SandboxOptions(project=root / "test_projects" / "digits", work_dir=tmp_path, **kwargs))
+    assert not (tmp_path / "logs").exists()
