@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import ROOT  # noqa: E402
 
+from fedtier.client.attack import Attack  # noqa: E402
+
 PROJECT = ROOT / "test_projects" / "mnist-pytorch"
 SEED = ROOT / "seeds" / "mnist-pytorch.safetensors"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist"
@@ -184,6 +186,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.strategies = args.strategies or "fedavg"
         args.partitions = args.partitions or "iid"
         args.attacks = args.attacks or "50-spread"
+    try:
+        Attack.parse(args.attack)
+    except ValueError as exc:
+        p.error(f"--attack: {exc}")
     for name in ("rounds", "clients", "combiners", "samples_per_client", "test_samples", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
