@@ -22,6 +22,7 @@ import grpc
 import requests
 
 from fedtier import __version__, limits
+from fedtier.client.attack import Attack
 from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.personal import PersonalLayers, with_personal
@@ -57,6 +58,7 @@ class ClientSettings:
     backoff_max: float = 30.0
     models_kept: int = 3             # downloaded models cached on disk
     package_sha256: str = ""         # run only the compute package with this checksum
+    attack: Attack | None = None     # a lab attack (client/attack.py): never in a deployment
 
 
 @dataclass
@@ -83,6 +85,8 @@ class FedClient:
         self.task_slots: Any = task_slots if task_slots is not None else contextlib.nullcontext()
         self._cached: list[str] = []
         self._progress_unsupported = False  # the combiner predates ReportProgress: stop sending it
+        if settings.attack is not None:
+            log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
 
     # ---- connection lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -204,7 +208,8 @@ class FedClient:
                               num_partitions=self.settings.num_partitions, round_id=task.round_id,
                               config=config.get("task", {}), work_dir=self.work_dir,
                               round_number=task.round_number, session_id=task.session_id,
-                              settings=config.get("strategy", {}))
+                              settings=config.get("strategy", {}),
+                              attack=self.settings.attack.spec if self.settings.attack else "")
             out = self.work_dir / "out" / task.task_id
             personal = PersonalLayers.from_settings(self.work_dir, task.session_id, ctx.settings)
             mine = self.work_dir / "out" / f"{task.task_id}.personal"  # the model with this client's own layers
@@ -216,6 +221,8 @@ class FedClient:
                     metadata = self.project.train(personal.apply(model, mine) if personal else model, out, ctx)
                     if personal:
                         personal.remember(out)
+                    if self.settings.attack is not None:
+                        self.settings.attack.apply_to_file(model, out, task.task_id)
                     timings["train"] = time.perf_counter() - t
                     self._progress(stub, task, pb.PHASE_UPLOADING)
                     t = time.perf_counter()

@@ -41,6 +41,9 @@ class TaskContext:
     round_number: int = 0
     session_id: str = ""
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # a lab attack this client runs (fedtier/client/attack.py), "" for an honest client;
+    # a project supports the data attack (label_flip) with ``y = flip_labels_for(ctx, y)``
+    attack: str = ""
 
     def to_env(self) -> dict[str, str]:
         """Environment for a command entry point; FEDN_DATA_PATH kept for FEDn projects."""
@@ -55,6 +58,8 @@ class TaskContext:
             f"{ENV_PREFIX}STRATEGY_SETTINGS": json.dumps(dict(self.settings)),
             f"{ENV_PREFIX}WORK_DIR": str(self.work_dir),
         }
+        if self.attack:
+            env[f"{ENV_PREFIX}ATTACK"] = self.attack
         if self.data_path is not None:
             env["FEDN_DATA_PATH"] = self.data_path
         return env
@@ -74,4 +79,5 @@ class TaskContext:
             round_number=int(env.get(f"{ENV_PREFIX}ROUND", "0")),
             session_id=env.get(f"{ENV_PREFIX}SESSION_ID", ""),
             settings=json.loads(env.get(f"{ENV_PREFIX}STRATEGY_SETTINGS", "{}")),
+            attack=env.get(f"{ENV_PREFIX}ATTACK", ""),
         )

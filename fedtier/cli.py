@@ -141,13 +141,21 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
 
     name, index, count = resolve_client_identity(args.name, args.partition, settings.client_name_base)
     name = name or f"{settings.client_name_base}-{uuid.uuid4().hex[:8]}"
+    attack = None
+    if args.attack:
+        from fedtier.client.attack import Attack
+
+        if not settings.allow_attacks:
+            raise ConfigError("--attack makes this client Byzantine, a lab tool (fedtier sandbox --byzantine): "
+                              "refused unless FEDTIER_ALLOW_ATTACKS=true")
+        attack = Attack.parse(args.attack)
     client = FedClient(ClientSettings(
         name=name, project=Path(args.project) if args.project else None, combiner=args.combiner or None,
         reducer_url=args.reducer or None, data_path=args.data_path or None,
         partition_index=index, num_partitions=count,
         work_dir=Path(args.work_dir or settings.data_dir / "clients" / name),
         token=_own_credential(settings, name, "client"), tls_ca=settings.tls_ca,
-        package_sha256=args.package_sha256))
+        package_sha256=args.package_sha256, attack=attack))
     client.run(_stop_on_signals())
     client.close()
     return 0
@@ -170,6 +178,9 @@ def add_client(sub: argparse._SubParsersAction) -> None:
                         "<docker compose replica number - 1>, for 'docker compose up --scale client=N' "
                         "(in a Kubernetes StatefulSet: the pod's ordinal)")
     p.add_argument("--work-dir", default="", help="scratch space for models (default $FEDTIER_DATA_DIR/clients/NAME)")
+    p.add_argument("--attack", default="", metavar="KIND[:K=V,...]",
+                   help="lab only (needs FEDTIER_ALLOW_ATTACKS=true): be Byzantine with sign_flip[:scale=S], "
+                        "scaling[:scale=S], noise[:sigma=S] or label_flip (fedtier/client/attack.py)")
     p.set_defaults(run=cmd_client)
 
 
@@ -231,7 +242,8 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
                              seed=Path(args.seed) if args.seed else None, data_path=args.data_path or None,
                              round_timeout=args.round_timeout, task=args.task,
                              partition=args.partition or None, startup_timeout=args.startup_timeout,
-                             seed_value=args.seed_value)
+                             seed_value=args.seed_value, byzantine=args.byzantine or None,
+                             settings=args.settings)
     return Sandbox(options, _stop_on_signals()).run()
 
 
@@ -258,6 +270,12 @@ def add_sandbox(sub: argparse._SubParsersAction) -> None:
                    help="how the clients split the data: iid (default), dirichlet:alpha=0.5, kclass:k=2, "
                         "quantity:beta=0.5[,min_size=N], kclass_quantity:k=2,beta=0.5; add seed=N to any. "
                         "Sent to the clients as \"partition\" in the task config")
+    p.add_argument("--byzantine", default="", metavar="KIND:fraction=F[,placement=one|spread][,K=V]",
+                   help="lab: make a fraction of the clients attack (sign_flip, scaling, noise, label_flip), "
+                        "all on combiner-0 (placement=one) or spread (default), e.g. "
+                        "sign_flip:fraction=0.3,placement=one,scale=4 (docs/strategies.md)")
+    p.add_argument("--settings", default="{}", help="JSON round settings added to the session's /start, e.g. "
+                                                    "'{\"aggregator\": \"fedavg\"}'")
     p.set_defaults(run=cmd_sandbox)
 
 

@@ -154,6 +154,9 @@ class Settings:
     # this held-out data (reducer/evaluation.py); both or neither
     reducer_eval_project: str = ""
     reducer_eval_data: str = ""
+    # `fedtier client --attack` (client/attack.py, a lab tool) runs only with this true;
+    # `fedtier sandbox` sets it for its own clients
+    allow_attacks: bool = False
 
     @property
     def identities(self) -> bool:
@@ -204,6 +207,7 @@ class Settings:
             metrics_port=_int(env, "FEDTIER_METRICS_PORT", 0),
             reducer_eval_project=env.get("FEDTIER_REDUCER_EVAL_PROJECT", ""),
             reducer_eval_data=env.get("FEDTIER_REDUCER_EVAL_DATA", ""),
+            allow_attacks=_bool(env, "FEDTIER_ALLOW_ATTACKS", False),
             limits=limits_from_env(env),
         )
         settings.check()

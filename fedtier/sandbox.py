@@ -33,6 +33,7 @@ from typing import Any
 
 import requests
 
+from fedtier.client.attack import AttackPlan
 from fedtier.client.project import Project, ProjectError
 from fedtier.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
 from fedtier.seed_args import MAX_SEED
@@ -63,6 +64,8 @@ class SandboxOptions:
     startup_timeout: float = 120.0
     partition: str | None = None  # a partition spec, e.g. "dirichlet:alpha=0.5"
     seed_value: int | None = None  # handed to the project's seed.py as --seed N
+    byzantine: str | None = None  # lab attackers, e.g. "sign_flip:fraction=0.3,placement=one" (client/attack.py)
+    settings: str = "{}"  # JSON round settings merged into /start, e.g. an aggregation strategy
 
 
 def _free_port() -> int:
@@ -114,6 +117,14 @@ class Sandbox:
             if not data.exists():
                 raise ValueError(f"--data-path {options.data_path} does not exist (resolved to {data})")
             options = dataclasses.replace(options, data_path=str(data))
+        self.plan = AttackPlan.parse(options.byzantine, options.clients, options.combiners) \
+            if options.byzantine else None
+        try:
+            self.settings = json.loads(options.settings or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--settings is not valid JSON: {exc}") from None
+        if not isinstance(self.settings, dict):
+            raise ValueError(f"--settings must be a JSON object, got {options.settings!r}")
         self.options = options
         self.project = Project.load(options.project)
         self.stop = stop or threading.Event()
@@ -130,6 +141,7 @@ class Sandbox:
                if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_", "FEDN_ALLIANCE_", "FEDTIER_TOKEN_",
                                     "FEDTIER_CREDENTIALS_DIR"))}
         env.update(FEDTIER_DATA_DIR=str(self.work_dir), PYTHONUNBUFFERED="1")
+        env["FEDTIER_ALLOW_ATTACKS"] = "true" if self.plan else "false"  # --attack: the sandbox's clients only
         return env
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
@@ -227,7 +239,10 @@ class Sandbox:
             self._api("POST", "/seed", files={"seed": ("seed", f)})
         for i in range(o.clients):
             name = f"client-{i}"
-            args = ["client", "--reducer", self.url, "--project", str(self.project.root), "--name", name,
+            # with attackers, each client is pinned to its combiner, so the placement is the plan's
+            where = ["--reducer", self.url] if self.plan is None else \
+                ["--combiner", f"127.0.0.1:{ports[f'combiner-{self.plan.combiner_of(i)}']}", *self.plan.client_args(i)]
+            args = ["client", *where, "--project", str(self.project.root), "--name", name,
                     "--partition", f"{i}/{o.clients}"]
             if o.data_path:
                 args += ["--data-path", o.data_path]
@@ -235,8 +250,9 @@ class Sandbox:
         self._wait_for(f"{o.clients} clients to connect",
                        lambda: self._api("GET", "/api/v1/status")["clients_active"] >= o.clients)
         say(f"{o.clients} clients connected; starting {o.rounds} rounds")
-
-        start = self._api("POST", "/start", json={"rounds": o.rounds, "clients_required": o.clients,
+        if self.plan:
+            say(self.plan.describe())
+        start = self._api("POST", "/start", json={**self.settings, "rounds": o.rounds, "clients_required": o.clients,
                                                   "round_timeout": o.round_timeout, "task": self.task})
         return self._follow(start["session_id"])
 
@@ -343,7 +359,8 @@ class Sandbox:
             return
         good = [r for r in rounds if r["status"] == "success"]
         summary = {"combiners": self.options.combiners, "clients": self.options.clients,
-                   "partition": self.task.get("partition"), "rounds": rounds,
+                   "partition": self.task.get("partition"), "rounds": rounds, "settings": self.settings,
+                   "byzantine": self.plan.to_record() if self.plan else None,
                    "final_accuracy": good[-1]["accuracy"] if good else None,
                    "final_test_accuracy": good[-1]["test_accuracy"] if good else None,
                    "dashboard": self.url + "/", "work_dir": str(self.work_dir)}

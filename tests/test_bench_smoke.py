@@ -90,3 +90,49 @@ def test_run_all_smoke(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["ok"] is True and set(results["benchmarks"]) == {"transfer", "aggregation"}
     assert results["rows"] and all(len(row) == 6 and positive(row[-1]) for row in results["rows"])
+
+
+@pytest.mark.timeout(120)
+def test_strategies_smoke(tmp_path: Path) -> None:
+    """bench/strategies.py through the real sandbox with MNIST: 2 clients, one of them Byzantine."""
+    from conftest import SHARED
+
+    if not (SHARED / "data" / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("needs ../shared/data/mnist")
+    out = tmp_path / "strategies.json"
+    done = run_bench("strategies.py", "--smoke", "--json", str(out))
+    assert "Expected comparisons, as measured" in done.stdout
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert result["ok"] is True and run["ok"] is True
+    assert (run["strategy"], run["partition"], run["attack"]) == ("fedavg", "iid", "50-spread")
+    assert run["byzantine"]["clients"] == [{"client": "client-1", "combiner": "combiner-0"}]
+    assert "client-1 on combiner-0" in done.stdout  # named in its table's title
+    assert [r["round"] for r in run["rounds"]] == [1] and 0 <= run["final"] <= 1 and run["best"] == run["final"]
+    assert positive(run["cpu_s"]) and positive(run["wall_s"])
+    assert all(c["met"] is None for c in result["comparisons"])  # one run measures none of them
+
+
+def test_strategies_comparisons_are_computed_from_the_runs() -> None:
+    """The expectations are measured, never written in: the same code says met and not met."""
+    import sys
+
+    from conftest import BENCH
+
+    sys.path.insert(0, str(BENCH))
+    import strategies as bench
+
+    def run(strategy: str, partition: str, attack: str, final: float) -> dict:
+        return {"strategy": strategy, "settings": bench.STRATEGIES[strategy], "partition": partition,
+                "attack": attack, "ok": True, "final": final}
+
+    runs = [run("fedavg", "dirichlet", "none", 0.80), run("fedadam", "dirichlet", "none", 0.83),
+            run("fedavg", "kclass", "none", 0.70), run("fedprox", "kclass", "none", 0.71),
+            run("fedavg", "iid", "none", 0.95), run("fedavg", "iid", "30-one", 0.10),
+            run("median", "iid", "30-one", 0.93), run("fedavg", "iid", "30-spread", None),
+            run("median", "iid", "30-spread", 0.90)]
+    verdicts = {c["claim"].split(":")[0]: c["met"] for c in bench.comparisons(runs)}
+    assert verdicts["dirichlet"] is True and verdicts["kclass"] is False
+    # 30-spread: FedAvg had no successful round (collapsed), but the best robust run is 5 points down
+    assert verdicts["iid, 30-one"] is True and verdicts["iid, 30-spread"] is False
+    assert verdicts["two classes per client"] is None

@@ -130,16 +130,24 @@ def test_impossible_partition_is_a_sandbox_error(tmp_path: Path, isolated_module
 
 
 # ---------------------------------------------------------------------------- the real network
-def test_clients_train_on_the_announced_partition(tmp_path: Path) -> None:
-    """Real processes: each client's reported num_examples is its announced share minus validation."""
+def test_clients_train_on_the_announced_partition(tmp_path: Path, isolated_modules: None) -> None:
+    """Real processes: each client's reported num_examples is its announced share minus validation.
+
+    One of the three is Byzantine (``--byzantine``): the sandbox names it, and the global
+    model is the weighted mean of the two honest updates and the attacker's sign-flipped
+    one (``base - (trained - base)``), each update recomputed here by the project's own
+    deterministic train."""
     summary_path = tmp_path / "summary.json"
     done = subprocess.run(
         [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
          "--combiners", "1", "--clients", "3", "--rounds", "1", "--exit-when-done",
          "--summary", str(summary_path), "--work-dir", str(tmp_path / "work"), "--startup-timeout", "300",
-         "--partition", "quantity:beta=0.5,min_size=20,seed=1", "--task", '{"epochs": 1}'],
+         "--partition", "quantity:beta=0.5,min_size=20,seed=1", "--task", '{"epochs": 1}',
+         "--byzantine", "sign_flip:fraction=0.3"],
         capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("byzantine: 1 of 3 clients attack with sign_flip (scale=1), placement spread: client-2 on combiner-0"
+            in done.stdout)
     assert "partition: quantity (beta=0.5, min_size=20, seed=1)" in done.stdout
     record = json.loads((tmp_path / "work" / "partitions.json").read_text())
     sizes = {c["client"]: c["size"] for c in record["clients"]}
@@ -151,3 +159,41 @@ def test_clients_train_on_the_announced_partition(tmp_path: Path) -> None:
     # digits holds out round(20%) of each share for validation and trains on the rest.
     expected = {name: size - min(max(1, round(size * 0.2)), size - 1) for name, size in sizes.items()}
     assert round1["num_examples"] == expected
+    assert summary["byzantine"]["clients"] == [{"client": "client-2", "combiner": "combiner-0"}]
+    _assert_global_model_holds_the_attacked_update(tmp_path / "work", summary)
+
+
+def _assert_global_model_holds_the_attacked_update(work: Path, summary: dict) -> None:
+    from fedtier.client.context import TaskContext
+    from fedtier.helpers.format import read_model
+    from fedtier.storage.collections import ROUNDS
+    from fedtier.storage.local import LocalModelStore
+    from fedtier.storage.sqlite import SQLiteStateStore
+
+    sys.path.insert(0, str(DIGITS))
+    import entrypoints  # the digits project's, isolated by the fixture
+
+    state = SQLiteStateStore(work / "fedtier.sqlite")
+    (record,) = state.find(ROUNDS)
+    state.close()
+    weights = {u["client"]: u["weight_used"] for c in record["combiners"] for u in c["updates"]}
+    base = read_model(work / "seed.safetensors")
+    updates = {}
+    for i in range(3):  # each client's honest training, as its process ran it
+        name = f"client-{i}"
+        ctx = TaskContext(client_name=name, partition_index=i, num_partitions=3, round_number=1,
+                          round_id=record["id"], config={"epochs": 1, "partition": summary["partition"]},
+                          work_dir=work)
+        entrypoints.train(str(work / "seed.safetensors"), str(work / f"honest-{i}"), ctx)
+        updates[name] = read_model(work / f"honest-{i}")
+    honest_client_2 = updates["client-2"]
+    updates["client-2"] = {k: 2 * base[k].astype(np.float64) - v for k, v in honest_client_2.items()}
+    total = sum(weights.values())
+    model_id = summary["rounds"][0]["model_id"]
+    (work / "global").write_bytes(b"".join(LocalModelStore(work / "model_store").iter_chunks(model_id)))
+    global_model = read_model(work / "global")
+    for key, value in global_model.items():
+        expected = sum(weights[c] * updates[c][key].astype(np.float64) for c in updates) / total
+        honest = expected + weights["client-2"] * (honest_client_2[key] - updates["client-2"][key]) / total
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-5, err_msg=key)
+        assert np.abs(value - honest).max() > 1e-3, key  # and it is not what an honest client-2 gives

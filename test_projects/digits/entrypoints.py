@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from data import load_partition, load_test_set
+from fedtier.client.attack import flip_labels_for
 from fedtier.client.context import TaskContext
 from fedtier.helpers.pytorch_helper import add_proximal_term
 from fedtier.partition import resolve_config
@@ -119,7 +120,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     batch_size = int(config["batch_size"])
 
     x_train, y_train, _, _ = _client_data(ctx)
-    x, y = torch.as_tensor(x_train), torch.as_tensor(y_train)
+    x, y = torch.as_tensor(x_train), torch.as_tensor(flip_labels_for(ctx, y_train))  # lab attack; no-op if honest
     model = load_model(in_model_path)
     mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
     add_proximal_term(model, mu)  # training holds the model near the round's: + mu/2 ||w - w_global||^2
