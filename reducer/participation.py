@@ -123,15 +123,17 @@ def record(state: StateStore, round_doc: Mapping[str, Any], entries: Mapping[str
         for name, entry in sorted(entries.items())])
 
 
-def history(state: StateStore, client: str, limit: int = HISTORY_PAGE,
-            before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
-    """A client's records newest first, at most ``limit`` of those with ``seq < before``, and the
-    ``before`` that gives the next (older) page, None at the end. The store answers equality
+def history(state: StateStore, client: str, limit: int = HISTORY_PAGE, before: int | None = None,
+            after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """A client's records newest first, at most ``limit`` of those with ``after < seq < before``
+    (a page polls with ``after``, its newest, for what is new), and the ``before`` that gives
+    the next (older) page, None at the end. The store answers equality
     only, so the client's records are read and the page cut here: a client has one per round
     it took part in, and what is sent stays one page."""
     records = state.find(CLIENT_ROUNDS, where={"client": client}, order_by="seq", descending=True)
-    if before is not None:
-        records = [r for r in records if isinstance(r.get("seq"), int) and r["seq"] < before]
+    if before is not None or after is not None:
+        records = [r for r in records if isinstance(r.get("seq"), int)
+                   and (before is None or r["seq"] < before) and (after is None or r["seq"] > after)]
     page = records[:limit]
     more = len(records) > limit and page and isinstance(page[-1].get("seq"), int)
     return page, (page[-1]["seq"] if more else None)

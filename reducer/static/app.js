@@ -17,6 +17,10 @@ export class ApiError extends Error {
 // body: FormData (sent as multipart, exactly as the HTML form would), a plain object
 // (sent as JSON) or nothing. Resolves with the JSON reply; rejects with ApiError.
 export async function api(method, path, body) {
+  return (await request(method, path, body)).data;
+}
+
+async function request(method, path, body) {
   const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (body instanceof FormData) {
     init.body = body;
@@ -37,10 +41,17 @@ export async function api(method, path, body) {
     data = null;
   }
   if (!reply.ok) throw new ApiError(reply.status, data);
-  return data;
+  return { data, reply };
 }
 
 export const getJSON = (path) => api("GET", path);
+
+// One page of a list and how many matched in all (the API's X-Total-Count header).
+export async function getPage(path) {
+  const { data, reply } = await request("GET", path);
+  const total = Number.parseInt(reply.headers.get("X-Total-Count") || "", 10);
+  return { items: data, total: Number.isFinite(total) ? total : data.length };
+}
 
 // ---- finished rounds never change: fetch each once
 
