@@ -26,6 +26,12 @@ from fedtier.transport.channel import resolves
 
 log = logging.getLogger(__name__)
 
+# a search of the clients (/api/v1/clients, the network page)
+MAX_PAGE = 1000        # clients in one page: the lab's whole federation
+MAX_OFFSET = 10_000_000
+MAX_QUERY_CHARS = 128  # a client name's length (routes/network.py NAME)
+CLIENT_STATES = ("active", "inactive")  # as /api/v1/clients/summary counts them
+
 
 def utc_text(epoch: float | None) -> str:
     """A time as the pages and the API's explanations write it."""

@@ -30,6 +30,7 @@ OUTCOMES = ("reported", "failed", "validated")  # validated: not chosen to train
 MAX_ERROR_CHARS = 500  # a combiner's reason for a failed task: a sentence, not a traceback
 HISTORY_PAGE = 50       # records a history page gives when no limit is asked
 MAX_HISTORY_PAGE = 500  # the most it gives in one answer
+MAX_SEQ = 2**53         # a round's seq, as a query bound: JSON's exact integers
 
 
 def kept_metrics(raw: object, bounds: limits.Limits | None = None) -> tuple[dict[str, float], int]:

@@ -9,6 +9,9 @@ from fedtier.reducer import participation
 from fedtier.reducer.app import reducer
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
+from fedtier.reducer.network import CLIENT_STATES, MAX_OFFSET, MAX_PAGE, MAX_QUERY_CHARS
+from fedtier.reducer.participation import MAX_SEQ
+from fedtier.reducer.trail import MAX_MODELS_PAGE
 from fedtier.reducer.routes.network import NAME
 from fedtier.round_config import integer_setting
 from fedtier.storage.collections import MODELS, ROUNDS, SESSIONS, VALIDATIONS
@@ -58,12 +61,6 @@ def combiners():
     return jsonify(reducer().network.combiners())
 
 
-MAX_PAGE = 1000      # clients in one page of /api/v1/clients (the lab's whole federation)
-MAX_OFFSET = 10_000_000
-MAX_QUERY_CHARS = 128  # a client name's length (routes/network.py NAME)
-CLIENT_STATES = ("active", "inactive")  # as /api/v1/clients/summary counts them
-MAX_MODELS_PAGE = 1000
-MAX_SEQ = 2**53  # a round's seq: JSON's exact integers
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
