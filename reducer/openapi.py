@@ -217,11 +217,14 @@ BROWSER_FORM = {"303": {"description": "to a browser posting the form without Ja
                                        "see the page in Location, which shows the outcome or the error"}}
 
 
-def _list(name: str, params: list[dict[str, Any]] | None = None,
-          errors: tuple[int, ...] = (400, 401)) -> dict[str, Any]:
+def _list(name: str, params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400, 401),
+          total: str | None = None) -> dict[str, Any]:
+    """``total``: what the X-Total-Count header counts, when the list sends one."""
+    ok = _json({"type": "array", "items": ref(name)}, f"{name.lower()}s")
+    if total:
+        ok["headers"] = {"X-Total-Count": {"description": total, "schema": INTEGER}}
     return {"get": {"summary": f"list {name.lower()}s", "parameters": params or [],
-                    "responses": {"200": _json({"type": "array", "items": ref(name)}, f"{name.lower()}s"),
-                                  **_errors(*errors)}}}
+                    "responses": {"200": ok, **_errors(*errors)}}}
 
 
 def _one(name: str, param: str) -> dict[str, Any]:
@@ -301,7 +304,7 @@ def document() -> dict[str, Any]:
                                                             "maximum": MAX_MODELS_PAGE}},
                 {"name": "after", "in": "query", "description": "a model id: only the models committed after it, "
                  "among the newest limit (default 100)", "schema": {"type": "string", "maxLength": 128}}],
-                errors=(400, 401, 404)),
+                errors=(400, 401, 404), total="models in the whole trail"),
             "/api/v1/models/{model_id}": _one("Model", "model_id"),
             "/api/v1/models/{model_id}/download": {"get": {
                 "summary": "the model's bytes (safetensors layout); X-Model-SHA256 and Repr-Digest (RFC 9530) "

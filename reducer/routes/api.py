@@ -64,14 +64,14 @@ def combiners():
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
-    raw = request.args.get(name)
+    raw = request.args.get(name) or None  # empty: "any", as a form's first option sends it
     if raw is not None and raw not in allowed:
         raise APIError(400, f"{name} must be one of {', '.join(allowed)}", field=name)
     return raw
 
 
 def _text(name: str, max_chars: int) -> str | None:
-    raw = request.args.get(name)
+    raw = request.args.get(name) or None
     if raw is not None and (len(raw) > max_chars or not raw.isprintable()):
         raise APIError(400, f"{name} must be at most {max_chars} printable characters", field=name)
     return raw
@@ -186,13 +186,17 @@ def models():
     after = _text("after", 128)
     r = reducer()
     if after is None:
-        return jsonify(r.state.find(MODELS, descending=descending, limit=limit))
-    if r.trail.get(after) is None:
-        raise APIError(404, f"after: no model with id {after!r}", field="after")
-    newest = r.state.find(MODELS, descending=True, limit=limit or 100)
-    ids = [m["id"] for m in newest]
-    newer = newest[:ids.index(after)] if after in ids else newest
-    return jsonify(newer if descending else newer[::-1])
+        found = r.state.find(MODELS, descending=descending, limit=limit)
+    else:
+        if r.trail.get(after) is None:
+            raise APIError(404, f"after: no model with id {after!r}", field="after")
+        newest = r.state.find(MODELS, descending=True, limit=limit or 100)
+        ids = [m["id"] for m in newest]
+        newer = newest[:ids.index(after)] if after in ids else newest
+        found = newer if descending else newer[::-1]
+    reply = jsonify(found)
+    reply.headers["X-Total-Count"] = str(r.state.count(MODELS))  # the whole trail
+    return reply
 
 
 @bp.get("/models/<model_id>")
