@@ -250,7 +250,10 @@ def document() -> dict[str, Any]:
             "/api/v1/openapi.json": {"get": {"summary": "this document",
                                              "responses": {"200": _json(OBJECT, "the OpenAPI document")}}},
             "/api/v1/status": {"get": {"summary": "reducer state and counts",
-                                       "responses": {"200": _json(ref("Status"), "status"), **_errors(401)}}},
+                                       "parameters": [{"name": "brief", "in": "query", "description": "true: "
+                                                       "without session and last_round (a page polling for the "
+                                                       "state alone)", "schema": {"enum": ["true", "false"]}}],
+                                       "responses": {"200": _json(ref("Status"), "status"), **_errors(400, 401)}}},
             "/api/v1/combiners": _list("Combiner"),
             "/api/v1/clients": {"get": {
                 "summary": "clients by name; with a search or a page, those matching (X-Total-Count: how many)",

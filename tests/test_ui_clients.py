@@ -2,8 +2,8 @@
 
 A reducer (the Flask app on a real socket), a real combiner in this process and 20 virtual
 clients (client/swarm.py) run two validated rounds, so the clients' histories are what a round
-records; then 980 client records and an unreachable combiner are written straight into the
-state store to make the thousand clients of the lab (bench/network_page.py runs a thousand
+records; then 980 client records, an unreachable combiner and a last round of a thousand updates
+are written straight into the state store to make the thousand clients of the lab (bench/network_page.py runs a thousand
 virtual clients and prints the same figures).
 
 The budget, at 1,000 clients: the network page's HTML is under ``HTML_BUDGET`` bytes, each of its
@@ -30,7 +30,7 @@ from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.config import Settings
 from fedtier.helpers import get_helper
 from fedtier.reducer.app import create_app
-from fedtier.storage.collections import CLIENTS, COMBINERS, MODELS
+from fedtier.storage.collections import CLIENTS, COMBINERS, MODELS, ROUNDS
 from test_ui import DESKTOP, NARROW, Console, chromium, shot  # noqa: F401 (fixture)
 from test_ui_truth import AXE, Served, axe_serious
 
@@ -99,6 +99,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, obje
         reducer.state.insert_new(CLIENTS, [{"id": f"lab-{k:04d}", "name": f"lab-{k:04d}", "combiner": "c1",
                                             "active": False, "last_heartbeat": now - 240, "rounds_joined": 2}
                                            for k in range(CLIENTS_IN_LAB - VIRTUAL)])
+        # and the last round as a round of the lab records it: every client's update and times
+        last = rounds[-1]
+        updates = [{"client": f"lab-{k:04d}", "num_examples": 100, "weight_used": 100, "capped": False,
+                    "timings": {"download": 0.01, "train": 0.5, "upload": 0.02}} for k in range(CLIENTS_IN_LAB)]
+        reducer.state.insert(ROUNDS, {**last, "id": "lab-round", "seq": last["seq"] + 1, "started_at": time.time(),
+                                      "combiners": [{"name": "c1", "success": True, "updates": updates}],
+                                      "participants": [u["client"] for u in updates]})
         assert len(requests.get(served.url + "/api/v1/clients", timeout=5).json()) == CLIENTS_IN_LAB
         yield served, reducer
     finally:

@@ -36,24 +36,31 @@ def _limit() -> int | None:
 
 @bp.get("/status")
 def status():
+    """``brief=true`` leaves out the running session and the last round: at a thousand clients the
+    round carries every client's update and times, which a page that polls for the state alone
+    (the network, a client, the trail) must not fetch every few seconds."""
+    raw = request.args.get("brief")
+    if raw is not None and raw not in ("true", "false"):
+        raise APIError(400, "brief must be true or false", field="brief")
     r = reducer()
     latest = r.trail.latest()
-    running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
-    last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
     combiners = r.network.combiners()
     clients = r.network.clients()
-    return jsonify({
+    reply: dict[str, Any] = {
         "state": r.control.state.value,
         "instance": r.instance_id,
         "latest_model": latest,
         "production_model": r.trail.production(),
-        "session": running[0] if running else None,
-        "last_round": last_round[0] if last_round else None,
         "combiners_online": sum(1 for c in combiners if c.get("online")),
         "combiners": len(combiners),
         "clients_active": sum(1 for c in clients if c.get("active")),
         "clients": len(clients),
-    })
+    }
+    if raw != "true":
+        running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
+        last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
+        reply.update(session=running[0] if running else None, last_round=last_round[0] if last_round else None)
+    return jsonify(reply)
 
 
 @bp.get("/combiners")

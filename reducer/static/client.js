@@ -66,7 +66,7 @@ function drawTable() {
 }
 
 async function refresh() {
-  const [status, reply] = await Promise.all([getJSON("/api/v1/status"), getJSON(loaded && records.length
+  const [status, reply] = await Promise.all([getJSON("/api/v1/status?brief=true"), getJSON(loaded && records.length
     ? `${base}?after=${records[0].seq}&limit=${CHART_ROUNDS}` : `${base}?limit=${CHART_ROUNDS}`)]);
   showState(status.state);
   drawInfo(reply.info);

@@ -24,7 +24,7 @@ async function refresh() {
   const search = new URLSearchParams({ ...query, offset: String(offset), limit: String(limit) });
   const [combinerList, summary, page, status] = await Promise.all([
     getJSON("/api/v1/combiners"), getJSON("/api/v1/clients/summary"), getPage(`/api/v1/clients?${search}`),
-    getJSON("/api/v1/status")]);
+    getJSON("/api/v1/status?brief=true")]);
   showState(status.state);
   const t = now();
   const combiners = [...combinerList].sort((a, b) => a.name.localeCompare(b.name));

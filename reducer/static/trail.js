@@ -41,7 +41,7 @@ async function newModels(latest) {
 }
 
 async function refresh() {
-  const [status] = await Promise.all([getJSON("/api/v1/status"), primeRounds()]);
+  const [status] = await Promise.all([getJSON("/api/v1/status?brief=true"), primeRounds()]);
   await newModels(status.latest_model);
   showState(status.state);
   const rounds = await roundsById(models.filter((m) => m.round_id).map((m) => m.round_id));
