@@ -43,15 +43,17 @@ def kept_metrics(raw: object, bounds: limits.Limits | None = None) -> tuple[dict
     for key, value in raw.items():
         if key == "num_examples":
             continue  # recorded as the record's own field
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                dropped += 1  # a number the store could not keep (infinite); text and objects are not metrics
-            continue
-        if not isinstance(key, str) or not key or len(key) > bounds.metric_name_chars \
-                or len(kept) >= bounds.report_metrics:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # text and objects are not metrics
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past a float's range
+            number = math.inf
+        if not math.isfinite(number) or not isinstance(key, str) or not key \
+                or len(key) > bounds.metric_name_chars or len(kept) >= bounds.report_metrics:
             dropped += 1
             continue
-        kept[key] = float(value)
+        kept[key] = number
     return kept, dropped
 
 

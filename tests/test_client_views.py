@@ -74,6 +74,7 @@ def test_a_round_records_each_clients_part_bounded() -> None:
         {"num_examples": 5, "loss": 0.5, "acc": 1, "flag": True, "note": "text", "a_long_name": 1.0, "x": 2.0,
          "y": 3.0, "z": 4.0}, bounds)
     assert metrics == {"loss": 0.5, "acc": 1.0, "x": 2.0} and dropped == 3  # the long name, y and z
+    assert participation.kept_metrics({"big": 10**400, "inf": float("inf"), "ok": 1}) == ({"ok": 1.0}, 2)
     ok = pb.RoundResult(success=True, failures=["b: no answer before the round closed"], updates=[
         pb.ClientContribution(client_name="a", num_examples=10, weight_used=8, capped=True,
                               metadata_json=json.dumps({"num_examples": 10, "train_loss": 0.25}),

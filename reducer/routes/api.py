@@ -68,8 +68,6 @@ def combiners():
     return jsonify(reducer().network.combiners())
 
 
-
-
 def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
     raw = request.args.get(name) or None  # empty: "any", as a form's first option sends it
     if raw is not None and raw not in allowed:
