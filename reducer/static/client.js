@@ -21,7 +21,7 @@ function outcome(r) {
 }
 
 function drawCharts() {
-  const rounds = records.slice(0, CHART_ROUNDS);
+  const rounds = records.slice(0, CHART_ROUNDS).reverse();  // oldest first: the legend shows the newest value
   const local = metricKeys(rounds.map((r) => r.train_metrics));
   const global = metricKeys(rounds.map((r) => r.validation));
   for (const [el, pattern, what] of [[$("#client-loss"), /loss/i, "loss"], [$("#client-accuracy"), /acc/i, "accuracy"]]) {
