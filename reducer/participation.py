@@ -133,7 +133,9 @@ def history(state: StateStore, client: str, limit: int = HISTORY_PAGE, before: i
     the next (older) page, None at the end. The store answers equality
     only, so the client's records are read and the page cut here: a client has one per round
     it took part in, and what is sent stays one page."""
-    records = state.find(CLIENT_ROUNDS, where={"client": client}, order_by="seq", descending=True)
+    # the newest page, as most asks are: only one more record than it needs leaves the store
+    window = limit + 1 if before is None and after is None else None
+    records = state.find(CLIENT_ROUNDS, where={"client": client}, order_by="seq", descending=True, limit=window)
     if before is not None or after is not None:
         records = [r for r in records if isinstance(r.get("seq"), int)
                    and (before is None or r["seq"] < before) and (after is None or r["seq"] > after)]

@@ -152,6 +152,10 @@ def test_clients_search_and_pages(app) -> None:
                          ("state=busy", "state"), ("q=" + "x" * 129, "q"), ("combiner=%00", "combiner")):
         reply = web.get(f"/api/v1/clients?{query}")
         assert reply.status_code == 400 and reply.get_json()["field"] == field, query
+    brief = web.get("/api/v1/status?brief=true").get_json()
+    assert brief["clients"] == 1000 and "last_round" not in brief and "session" not in brief
+    assert "last_round" in web.get("/api/v1/status").get_json()  # as before, for the dashboard
+    assert web.get("/api/v1/status?brief=1").get_json()["field"] == "brief"
     combiner = next(c for c in web.get("/api/v1/combiners").get_json() if c["name"] == "c3")
     assert combiner["why"].startswith("unreachable at 10.0.0.3:12080 since 2023-11-14 22:13:20 UTC")
 
