@@ -117,6 +117,8 @@ def add_validation(entries: dict[str, dict[str, Any]], combiner: str, report: pb
 def record(state: StateStore, round_doc: Mapping[str, Any], entries: Mapping[str, dict[str, Any]]) -> int:
     """Write the round's entries, one record per client (append-only: a record is never changed,
     so a retried write of the same round is skipped). Returns how many were written."""
+    if not entries:
+        return 0  # the round ended before any combiner answered
     now = time.time()
     return state.insert_new(CLIENT_ROUNDS, [
         {"validation": None, "validation_examples": None, **entry,
