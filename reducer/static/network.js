@@ -30,7 +30,8 @@ async function refresh() {
   const combiners = [...combinerList].sort((a, b) => a.name.localeCompare(b.name));
   const online = combiners.filter((c) => c.online).length;
   replace($("#combiners-count"), `${online} of ${combiners.length} online`);
-  replace($("#clients-count"), `${summary.active} of ${summary.total} online`);
+  replace($("#clients-count"), `${summary.total} in all: `, h("a", { href: "/network?state=active" }, `${summary.active} active`),
+    " · ", h("a", { href: "/network?state=inactive" }, `${summary.inactive} inactive`));
   replace($("#network-summary"), `${online}/${combiners.length} combiners · ${summary.active}/${summary.total} clients online`);
 
   const counts = (c) => summary.by_combiner[c.name] || { active: 0, inactive: 0 };
