@@ -144,7 +144,7 @@ def test_network_page_at_a_thousand_clients_stays_in_budget(chromium, lab) -> No
     console.watch(page)
     try:
         page.goto(served.url + "/network")
-        page.wait_for_selector("body[data-loaded=true]", timeout=RENDER_BUDGET_S * 1000)
+        page.wait_for_selector("body[data-loaded=true]", timeout=30_000)  # the budget is asserted below
         shown_at = page.evaluate("performance.now()")  # milliseconds since the navigation began
         html = page.evaluate("performance.getEntriesByType('navigation')[0].encodedBodySize")
         first, _ = poll_bytes(page, 0, 4)
