@@ -16,9 +16,7 @@ audit with no serious violation, at both widths.
 from __future__ import annotations
 
 import io
-import json
 import time
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
