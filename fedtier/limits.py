@@ -21,7 +21,9 @@ The defaults, and why:
 * a JSON request body of 1 MiB nested at most 32 levels, the ``task`` settings 64 KiB
   and a whole round config 1 MiB: they travel in every task message, under gRPC's
   message limit (fedtier/transport/channel.py) with a wide margin;
-* a report's metadata or metrics 64 KiB: a few numbers per client and round;
+* a report's metadata or metrics 64 KiB: a few numbers per client and round; of them the
+  reducer keeps, in each client's history, 32 numeric metrics with names of at most 64
+  characters (a loss, an accuracy, their per-class variants; more would be a log, not metrics);
 * a task's progress message 1 KiB: two ids, a name and a phase take a few hundred bytes
   (and each task takes at most three: its phases only move forward);
 * an upload that sends nothing for 60 s is cancelled: a live sender sends a chunk of a
@@ -63,6 +65,8 @@ class Limits:
     round_config_bytes: int = _bound(1 * MiB, "FEDTIER_MAX_ROUND_CONFIG_BYTES", "bytes")
     report_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_REPORT_BYTES", "bytes")
     progress_bytes: int = _bound(1 * KiB, "FEDTIER_MAX_PROGRESS_BYTES", "bytes")
+    report_metrics: int = _bound(32, "FEDTIER_MAX_REPORT_METRICS", "metrics")
+    metric_name_chars: int = _bound(64, "FEDTIER_MAX_METRIC_NAME_CHARS", "characters")
     upload_idle_seconds: int = _bound(60, "FEDTIER_MAX_UPLOAD_IDLE_SECONDS", "seconds")
     schedules: int = _bound(100, "FEDTIER_MAX_SCHEDULES", "schedules")
     http_header_bytes: int = _bound(64 * KiB, "FEDTIER_MAX_HTTP_HEADER_BYTES", "bytes")

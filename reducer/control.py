@@ -47,6 +47,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.evaluation import EvaluationError, ReducerEvaluation
 from fedtier.reducer.live import timeline
 from fedtier.reducer.metrics import ReducerMetrics
+from fedtier.reducer import participation
 from fedtier.reducer.network import Network
 from fedtier.reducer.records import RoundRecord, SessionRecord
 from fedtier.reducer.strategy_state import StrategyStates
@@ -332,6 +333,7 @@ class Control:
         scratch = self.work_dir / "rounds" / round_doc.id
         scratch.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = round_doc.timings
+        taking_part: dict[str, dict[str, Any]] = {}  # client -> its part in this round (participation.py)
         log.info("round %d (#%d, %s) starting from model %s", number, round_doc.seq, round_doc.id, base["id"])
         try:
             self._set_phase(ReducerState.INSTRUCTING)
@@ -347,6 +349,7 @@ class Control:
             round_doc.combiners = [{**self._combiner_summary(name, r), "quorum": chosen[name]}
                                       for name, r in results.items()]
             round_doc.participants = sorted(u.client_name for r in results.values() if r.success for u in r.updates)
+            taking_part.update(participation.from_training(results))
             succeeded = {n: r for n, r in results.items() if r.success}
             updates = sum(len(r.updates) for r in succeeded.values())
             if not succeeded:
@@ -355,6 +358,9 @@ class Control:
             if updates < config.clients_required:
                 raise RoundFailed(f"only {updates} of {config.clients_required} required updates arrived")
             weights = self._weigh(succeeded, round_doc, config)
+            for held in round_doc.capped:  # held to the cap over all combiners' clients
+                if held.get("client") in taking_part:
+                    taking_part[held["client"]]["capped"] = True
             strategy = self.strategies.strategy_for(config, session_id, base, get_helper(config.helper), scratch)
             context = RoundContext(tier=REDUCER_TIER, round_id=round_doc.id, round_number=number,
                                    session_id=session_id, base_model=base["id"], work_dir=scratch)
@@ -372,7 +378,7 @@ class Control:
             round_doc.model_out = model["id"]
             if config.validate:
                 round_doc.metrics = self._timed(timings, "validation", self._validate, succeeded, model,
-                                                   out, round_doc, config)
+                                                out, round_doc, config, taking_part)
             if self.evaluation is not None:
                 round_doc.reducer_metrics = self._timed(timings, "reducer_evaluation", self._evaluate_on_reducer,
                                                            out, round_doc, config)
@@ -415,10 +421,19 @@ class Control:
             self.metrics.round_finished(doc)
             self.store.update(ROUNDS, round_doc.id, {k: v for k, v in doc.items() if k != "id"})
             self.current_round = None
+            self._record_participation(doc, taking_part)
             self._set_phase(ReducerState.INSTRUCTING)
         log.info("round %d %s in %.2fs %s", number, round_doc.status, timings["total"],
                  json.dumps(round_doc.metrics) if round_doc.metrics else "")
         return doc
+
+    def _record_participation(self, round_doc: Mapping[str, Any], taking_part: Mapping[str, dict[str, Any]]) -> None:
+        """Each client's record of this round; a store failure here is logged, never the round's."""
+        try:
+            participation.record(self.store, round_doc, taking_part)
+        except StateStoreError as exc:
+            self.metrics.store_error(exc)
+            log.error("round %d: the clients' records were not written: %s", round_doc["round"], exc)
 
     def _evaluate_on_reducer(self, model: Path, round_doc: RoundRecord, config: RoundConfig) -> dict[str, float]:
         """The operator's held-out score of the committed model (reducer/evaluation.py). The
@@ -617,7 +632,10 @@ class Control:
                       round_id=context.round_id, received_at=time.time(), checked=model.inspector)
 
     def _validate(self, combiners: Mapping[str, Any], model: Mapping[str, Any], path: Path,
-                  round_doc: RoundRecord, config: RoundConfig) -> dict[str, float]:
+                  round_doc: RoundRecord, config: RoundConfig,
+                  taking_part: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+        """Validate the new global model on every client; each client's metrics also go into its
+        entry in ``taking_part`` (its history: local train metrics against the global model's)."""
         model_id = model["id"]
         reached = self._push({n: 0 for n in combiners}, model, path)
         # every client of the combiners validates (clients_requested 0), each combiner needing one
@@ -634,6 +652,8 @@ class Control:
             for v in result.validations:
                 metrics = json.loads(v.metrics_json or "{}")
                 reports.append((metrics, v.num_examples))
+                if taking_part is not None:
+                    participation.add_validation(taking_part, name, v, metrics)
                 self.store.insert(VALIDATIONS, {
                     "id": new_id(), "round_id": round_doc.id, "round": round_doc.round,
                     "model_id": model_id, "client": v.client_name, "combiner": name,

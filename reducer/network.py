@@ -27,6 +27,40 @@ from fedtier.transport.channel import resolves
 
 log = logging.getLogger(__name__)
 
+# a search of the clients (/api/v1/clients, the network page)
+MAX_PAGE = 1000        # clients in one page: the lab's whole federation
+MAX_OFFSET = 10_000_000
+MAX_QUERY_CHARS = 128  # a client name's length (routes/network.py NAME)
+CLIENT_STATES = ("active", "inactive")  # as /api/v1/clients/summary counts them
+
+
+def utc_text(epoch: float | None) -> str:
+    """A time as the pages and the API's explanations write it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "–"
+
+
+def combiner_why(doc: dict[str, Any]) -> str | None:
+    """Why a combiner is offline, or not answering yet: the address the reducer calls, what the
+    call got and since when (``refresh`` records them); None while it answers."""
+    if doc.get("unreachable_since"):
+        return "".join([f"unreachable at {doc.get('address')}:{doc.get('port')} since "
+                        f"{utc_text(doc['unreachable_since'])}",
+                        f" ({doc['last_error']})" if doc.get("last_error") else "",
+                        f"; {doc['last_error_hint']}" if doc.get("last_error_hint") else ""])
+    return None if doc.get("online") else f"not seen since {utc_text(doc.get('last_seen'))}"
+
+
+def client_why(doc: dict[str, Any], offline_combiners: set[str]) -> str | None:
+    """Why a client is not active: its combiner is offline, or its heartbeat is silent since
+    when, or it never sent one; None while it is active."""
+    if doc.get("active") is True:
+        return None
+    if doc.get("combiner") in offline_combiners:
+        return f"its combiner {doc['combiner']} is offline"
+    if doc.get("last_heartbeat"):
+        return f"heartbeat silent since {utc_text(doc['last_heartbeat'])}"
+    return f"assigned to {doc['combiner']}, no heartbeat yet" if doc.get("combiner") else "no heartbeat yet"
+
 
 class NoCombinerError(LookupError):
     """No combiner is online to take a client."""
@@ -118,7 +152,8 @@ class Network:
         return doc
 
     def combiners(self) -> list[dict[str, Any]]:
-        return self.state.find(COMBINERS)
+        """Every combiner, each with ``why`` it is offline (None while online)."""
+        return [{**c, "why": combiner_why(c)} for c in self.state.find(COMBINERS)]
 
     def handle(self, name: str) -> CombinerClient:
         with self._lock:
@@ -263,12 +298,27 @@ class Network:
         return {"combiner": chosen["name"], "host": chosen["address"], "port": chosen["port"]}
 
     def clients(self) -> list[dict[str, Any]]:
+        """Every client with its latest heartbeat, each with ``why`` it is not active."""
         found = self.state.find(CLIENTS)
+        offline = {c["name"] for c in self.state.find(COMBINERS) if not c.get("online")}
         for client in found:
             beat = self._last_heartbeat.get(client["name"])
             if beat is not None:
                 client["last_heartbeat"] = beat
+            client["why"] = client_why(client, offline)
         return found
+
+    def client(self, name: str) -> dict[str, Any] | None:
+        """One client as ``clients`` gives it, without reading the others."""
+        doc = self.state.get(CLIENTS, name)
+        if doc is None:
+            return None
+        beat = self._last_heartbeat.get(name)
+        if beat is not None:
+            doc["last_heartbeat"] = beat
+        home = self.state.get(COMBINERS, doc["combiner"]) if doc.get("combiner") else None
+        doc["why"] = client_why(doc, {home["name"]} if home is not None and not home.get("online") else set())
+        return doc
 
     def close(self) -> None:
         with self._lock:

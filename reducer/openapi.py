@@ -14,10 +14,13 @@ from flask import Blueprint, jsonify
 from fedtier import __version__
 from fedtier.aggregators import STRATEGIES, TIERS
 from fedtier.helpers import known_helpers
+from fedtier.reducer import participation
 from fedtier.reducer.control import MAX_ROUNDS, ROUND_STATUSES, SESSION_OUTCOMES, STOP_AFTER_ROUND, STOP_MODES
 from fedtier.reducer.live import PAGE_DEFAULT, PAGE_MAX, STATES, WAITING_SHOWN
+from fedtier.reducer.network import CLIENT_STATES, MAX_PAGE, MAX_QUERY_CHARS
+from fedtier.reducer.network import MAX_OFFSET as MAX_CLIENT_OFFSET
 from fedtier.reducer.round_pages import MAX_OFFSET, ROUNDS_PAGE
-from fedtier.reducer.trail import MAX_NOTE_CHARS
+from fedtier.reducer.trail import MAX_MODELS_PAGE, MAX_NOTE_CHARS
 from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
 from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
 
@@ -76,10 +79,35 @@ SCHEMAS: dict[str, Any] = {
         "unreachable_since": {**OPT_NUMBER, "description": "when the reducer's status calls to it began failing; "
                                                            "null while it answers"},
         "last_error": {**OPT_STRING, "description": "what the last failed status call got (gRPC code: details)"},
-        "last_error_hint": {**OPT_STRING, "description": "the likely cause, when one is known"}}},
+        "last_error_hint": {**OPT_STRING, "description": "the likely cause, when one is known"},
+        "why": {**OPT_STRING, "description": "why it is offline, in a sentence (unreachable at which address since "
+                                             "when, with what error; or not seen since when); null while online"}}},
     "Client": {"type": "object", "required": ["name"], "properties": {
         "name": STRING, "combiner": STRING, "active": {"type": "boolean"}, "last_heartbeat": NUMBER,
-        "rounds_joined": INTEGER, "assigned_at": NUMBER}},
+        "rounds_joined": INTEGER, "assigned_at": NUMBER,
+        "why": {**OPT_STRING, "description": "why it is not active: its combiner is offline, its heartbeat is "
+                                             "silent since when, or it never sent one; null while active"}}},
+    "ClientRound": {"type": "object", "required": ["id", "client", "round_id", "seq", "outcome"], "properties": {
+        "id": STRING, "client": STRING, "combiner": STRING, "round_id": STRING,
+        "seq": {**INTEGER, "description": "the round's own number (Round.seq)"},
+        "round": {**INTEGER, "description": "the number of the model the round built"}, "session_id": STRING,
+        "round_status": {"enum": list(ROUND_STATUSES)},
+        "outcome": {"enum": list(participation.OUTCOMES), "description": "reported: chosen, its update arrived; "
+                    "failed: chosen, it failed, was rejected or did not answer (error says); validated: not "
+                    "chosen to train, it validated the round's global model"},
+        "error": {**OPT_STRING, "maxLength": participation.MAX_ERROR_CHARS},
+        "combiner_ok": {"type": "boolean", "description": "its combiner completed the round"},
+        "capped": {"type": "boolean", "description": "its update counted with fewer examples than it reported "
+                                                     "(the round's weight cap)"},
+        "num_examples": {"type": ["integer", "null"]}, "weight_used": {"type": ["integer", "null"]},
+        "train_metrics": {"type": "object", "additionalProperties": NUMBER,
+                          "description": "the numbers its train returned with the update (local); at most "
+                                         "FEDTIER_MAX_REPORT_METRICS, names at most FEDTIER_MAX_METRIC_NAME_CHARS"},
+        "validation": {"type": ["object", "null"], "additionalProperties": NUMBER,
+                       "description": "its validation of the round's global model, bounded the same way"},
+        "validation_examples": {"type": ["integer", "null"]},
+        "metrics_dropped": {**INTEGER, "description": "metrics over those bounds, or not finite, not kept"},
+        "timings": {"type": "object", "additionalProperties": NUMBER}, "created_at": NUMBER}},
     "Session": {"type": "object", "required": ["id", "status", "rounds_requested", "config", "started_at"],
                 "properties": {
                     "id": STRING, "rounds_requested": INTEGER, "rounds_succeeded": INTEGER,
@@ -249,10 +277,14 @@ BROWSER_FORM = {"303": {"description": "to a browser posting the form without Ja
                                        "see the page in Location, which shows the outcome or the error"}}
 
 
-def _list(name: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _list(name: str, params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400, 401),
+          total: str | None = None) -> dict[str, Any]:
+    """``total``: what the X-Total-Count header counts, when the list sends one."""
+    ok = _json({"type": "array", "items": ref(name)}, f"{name.lower()}s")
+    if total:
+        ok["headers"] = {"X-Total-Count": {"description": total, "schema": INTEGER}}
     return {"get": {"summary": f"list {name.lower()}s", "parameters": params or [],
-                    "responses": {"200": _json({"type": "array", "items": ref(name)}, f"{name.lower()}s"),
-                                  **_errors(400, 401)}}}
+                    "responses": {"200": ok, **_errors(*errors)}}}
 
 
 def _one(name: str, param: str) -> dict[str, Any]:
@@ -298,9 +330,44 @@ def document() -> dict[str, Any]:
             "/api/v1/openapi.json": {"get": {"summary": "this document",
                                              "responses": {"200": _json(OBJECT, "the OpenAPI document")}}},
             "/api/v1/status": {"get": {"summary": "reducer state and counts",
-                                       "responses": {"200": _json(ref("Status"), "status"), **_errors(401)}}},
+                                       "parameters": [{"name": "brief", "in": "query", "description": "true: "
+                                                       "without session and last_round (a page polling for the "
+                                                       "state alone)", "schema": {"enum": ["true", "false"]}}],
+                                       "responses": {"200": _json(ref("Status"), "status"), **_errors(400, 401)}}},
             "/api/v1/combiners": _list("Combiner"),
-            "/api/v1/clients": _list("Client"),
+            "/api/v1/clients": {"get": {
+                "summary": "clients by name; with a search or a page, those matching (X-Total-Count: how many)",
+                "parameters": [
+                    {"name": "q", "in": "query", "description": "a part of the name, any case",
+                     "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS}},
+                    {"name": "state", "in": "query", "schema": {"enum": list(CLIENT_STATES)}},
+                    {"name": "combiner", "in": "query", "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                 "maximum": MAX_CLIENT_OFFSET}},
+                    {"name": "limit", "in": "query", "description": "without it, every match",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}],
+                "responses": {"200": {**_json({"type": "array", "items": ref("Client")}, "clients"), "headers": {
+                    "X-Total-Count": {"description": "clients matching, before offset and limit",
+                                      "schema": INTEGER}}}, **_errors(400, 401)}}},
+            "/api/v1/clients/{name}/history": {"get": {
+                "summary": "the client's part in each round, newest first, a page at a time, with its state now",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": STRING},
+                    {"name": "limit", "in": "query", "schema": {
+                        "type": "integer", "minimum": 1, "maximum": participation.MAX_HISTORY_PAGE,
+                        "default": participation.HISTORY_PAGE}},
+                    {"name": "before", "in": "query", "description": "only rounds with a smaller seq: the "
+                     "next_before of the page before", "schema": {"type": "integer", "minimum": 0,
+                                                                 "maximum": participation.MAX_SEQ}},
+                    {"name": "after", "in": "query", "description": "only rounds with a larger seq: what is new "
+                     "since the newest a page holds", "schema": {"type": "integer", "minimum": 0,
+                                                                "maximum": participation.MAX_SEQ}}],
+                "responses": {"200": _json({"type": "object", "required": ["client", "info", "records",
+                                                                           "next_before"], "properties": {
+                    "client": STRING, "info": nullable("Client"),
+                    "records": {"type": "array", "items": ref("ClientRound")},
+                    "next_before": {"type": ["integer", "null"], "description": "before= of the next (older) "
+                                    "page; null on the last"}}}, "history"), **_errors(400, 401, 404)}}},
             "/api/v1/clients/summary": {"get": {
                 "summary": "client counts by state and by combiner (no client list)",
                 "responses": {"200": _json({"type": "object", "required": ["total", "active", "inactive",
@@ -333,7 +400,14 @@ def document() -> dict[str, Any]:
                                                                     "maxLength": 128}}],
                 "responses": {"200": _json(ref("CurrentRound"), "the round in progress"), **_errors(400, 401)}}},
             "/api/v1/rounds/{round_id}": _one("Round", "round_id"),
-            "/api/v1/models": _list("Model"),
+            "/api/v1/models": _list("Model", [
+                {"name": "descending", "in": "query", "description": "newest first",
+                 "schema": {"enum": ["true", "false"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                            "maximum": MAX_MODELS_PAGE}},
+                {"name": "after", "in": "query", "description": "a model id: only the models committed after it, "
+                 "among the newest limit (default 100)", "schema": {"type": "string", "maxLength": 128}}],
+                errors=(400, 401, 404), total="models in the whole trail"),
             "/api/v1/models/{model_id}": _one("Model", "model_id"),
             "/api/v1/models/{model_id}/download": {"get": {
                 "summary": "the model's bytes (safetensors layout); X-Model-SHA256 and Repr-Digest (RFC 9530) "

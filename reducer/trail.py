@@ -26,6 +26,7 @@ from fedtier.storage.state_store import StateStore
 log = logging.getLogger(__name__)
 
 MAX_NOTE_CHARS = 1000  # a promotion's note: a line or two saying why
+MAX_MODELS_PAGE = 1000  # models in one answer of /api/v1/models?limit=
 
 
 

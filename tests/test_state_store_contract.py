@@ -75,6 +75,23 @@ def test_duplicate_insert_never_overwrites(store):
     store.insert("sessions", {"id": "r1"})  # same id, other collection: fine
 
 
+def test_insert_new_skips_taken_ids_and_keeps_order(store):
+    """Many records at once (a round's client records): new ones land in the order given, a
+    taken id is skipped and left as it was, and the count says how many landed."""
+    from fedtier.storage.collections import CLIENT_ROUNDS
+    store.insert(CLIENT_ROUNDS, {"id": "r1.b", "client": "b", "seq": 0})
+    written = store.insert_new(CLIENT_ROUNDS, [{"id": "r1.c", "client": "c", "seq": 1},
+                                               {"id": "r1.b", "client": "b", "seq": 9},
+                                               {"id": "r1.a", "client": "a", "seq": 1}])
+    assert written == 2
+    assert _ids(store.find(CLIENT_ROUNDS)) == ["r1.b", "r1.c", "r1.a"]
+    assert store.get(CLIENT_ROUNDS, "r1.b")["seq"] == 0
+    assert _ids(store.find(CLIENT_ROUNDS, where={"client": "a"}, order_by="seq", descending=True)) == ["r1.a"]
+    with pytest.raises(ValueError):
+        store.insert_new(CLIENT_ROUNDS, [{"id": "r2.x"}, {"no": "id"}])
+    assert store.get(CLIENT_ROUNDS, "r2.x") is None  # a bad document writes none of them
+
+
 def test_nested_json_round_trips(store):
     doc = {
         "id": "m1",

@@ -253,11 +253,17 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
                            (header.index(f"B {second[:8]} accuracy"), by_session[1])):
         assert [float(r[column]) for r in rows[1:] if r[column]] == values
 
-    # ---- network again: everyone online, clients with their last metrics
+    # ---- network again: everyone online; a client's page has its rounds, local against global
     open_page(page, url, "/network")
     page.wait_for_function("document.querySelectorAll('[data-client][data-online=true]').length === 2")
-    assert "accuracy" in page.inner_text("tr[data-client=client-0]")
     shot(page, "network-desktop")
+    page.click("tr[data-client=client-0] a")
+    page.wait_for_selector("body[data-loaded=true]")
+    reported = page.locator("tr[data-outcome=reported]")
+    assert reported.count() >= 2  # the first session's two rounds, and the stopped one's if it ran
+    assert "train_loss" in reported.first.inner_text() and "accuracy" in reported.first.inner_text()
+    assert page.locator("#client-loss circle[data-series='train_metrics.train_loss']").count() >= 2
+    shot(page, "client-desktop")
 
     # ---- the trail: download the latest model; its bytes hash to what the page shows
     open_page(page, url, "/trail")

@@ -12,6 +12,7 @@ VALIDATIONS = "validations"  # clients' validation reports
 REDUCER = "reducer"          # the reducer's own state (its phase)
 COMBINERS = "combiners"      # combiners that announced themselves (reducer/network.py)
 CLIENTS = "clients"          # clients assigned to combiners
+CLIENT_ROUNDS = "client_rounds"  # each client's part in each round, append-only (reducer/participation.py)
 PACKAGES = "packages"        # compute packages uploaded (reducer/routes/package.py)
 MODELS = "models"            # the model trail, append-only (reducer/trail.py)
 PROMOTIONS = "promotions"    # which trail model is production, append-only history (reducer/trail.py)

@@ -164,6 +164,19 @@ class SQLiteStateStore(StateStore):
         except sqlite3.Error as exc:
             raise _failure(exc, self.path, f"insert into collection {collection!r}") from exc
 
+    def insert_new(self, collection: str, docs: list[dict]) -> int:
+        """One transaction (one commit to disk) for all of them."""
+        check_collection(collection)
+        clean = [normalize_doc(doc, collection) for doc in docs]
+        try:
+            with self._transaction() as conn:
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO documents (collection, id, doc) VALUES (?, ?, ?)",
+                                 [(collection, c["id"], json.dumps(c)) for c in clean])
+                return conn.total_changes - before
+        except sqlite3.Error as exc:
+            raise _failure(exc, self.path, f"insert into collection {collection!r}") from exc
+
     def get(self, collection: str, doc_id: str) -> dict | None:
         check_collection(collection)
         check_id(doc_id, collection)

@@ -151,6 +151,21 @@ class StateStore(ABC):
     def insert(self, collection: str, doc: dict) -> None:
         """Add a new document; DuplicateIdError if its id is taken (never overwrites)."""
 
+    def insert_new(self, collection: str, docs: list[dict]) -> int:
+        """Insert each document whose id is not taken yet, skipping the others; returns how many
+        were inserted. For records written many at once (a round's thousand client records): a
+        backend may make it one write, so the round does not wait on one commit per record."""
+        check_collection(collection)
+        clean = [normalize_doc(doc, collection) for doc in docs]  # all valid, or none written
+        written = 0
+        for doc in clean:
+            try:
+                self.insert(collection, doc)
+                written += 1
+            except DuplicateIdError:
+                pass
+        return written
+
     @abstractmethod
     def get(self, collection: str, doc_id: str) -> dict | None:
         """Return a fresh copy of the document, or None."""

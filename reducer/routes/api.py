@@ -5,11 +5,17 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from fedtier.reducer import participation
 from fedtier.reducer.app import reducer
 from fedtier.reducer.round_pages import MAX_OFFSET, ROUNDS_PAGE, rounds_csv
 from fedtier.reducer.downloads import stored_response
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.live import LIVE_FRESH_S, PAGE_DEFAULT, PAGE_MAX, STATES, current_round
+from fedtier.reducer.network import CLIENT_STATES, MAX_PAGE, MAX_QUERY_CHARS
+from fedtier.reducer.network import MAX_OFFSET as MAX_CLIENT_OFFSET
+from fedtier.reducer.participation import MAX_SEQ
+from fedtier.reducer.trail import MAX_MODELS_PAGE
+from fedtier.reducer.routes.network import NAME
 from fedtier.round_config import integer_setting
 from fedtier.storage.collections import MODELS, ROUNDS, SESSIONS, VALIDATIONS
 from fedtier.storage.model_store import ModelNotFoundError
@@ -33,24 +39,31 @@ def _limit() -> int | None:
 
 @bp.get("/status")
 def status():
+    """``brief=true`` leaves out the running session and the last round: at a thousand clients the
+    round carries every client's update and times, which a page that polls for the state alone
+    (the network, a client, the trail) must not fetch every few seconds."""
+    raw = request.args.get("brief")
+    if raw is not None and raw not in ("true", "false"):
+        raise APIError(400, "brief must be true or false", field="brief")
     r = reducer()
     latest = r.trail.latest()
-    running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
-    last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
     combiners = r.network.combiners()
     clients = r.network.clients()
-    return jsonify({
+    reply: dict[str, Any] = {
         "state": r.control.state.value,
         "instance": r.instance_id,
         "latest_model": latest,
         "production_model": r.trail.production(),
-        "session": running[0] if running else None,
-        "last_round": last_round[0] if last_round else None,
         "combiners_online": sum(1 for c in combiners if c.get("online")),
         "combiners": len(combiners),
         "clients_active": sum(1 for c in clients if c.get("active")),
         "clients": len(clients),
-    })
+    }
+    if raw != "true":
+        running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
+        last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
+        reply.update(session=running[0] if running else None, last_round=last_round[0] if last_round else None)
+    return jsonify(reply)
 
 
 @bp.get("/combiners")
@@ -58,24 +71,92 @@ def combiners():
     return jsonify(reducer().network.combiners())
 
 
+def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = request.args.get(name) or None  # empty: "any", as a form's first option sends it
+    if raw is not None and raw not in allowed:
+        raise APIError(400, f"{name} must be one of {', '.join(allowed)}", field=name)
+    return raw
+
+
+def _text(name: str, max_chars: int) -> str | None:
+    raw = request.args.get(name) or None
+    if raw is not None and (len(raw) > max_chars or not raw.isprintable()):
+        raise APIError(400, f"{name} must be at most {max_chars} printable characters", field=name)
+    return raw
+
+
+def filter_clients(all_clients: list[dict[str, Any]], q: str | None, state: str | None,
+                   combiner: str | None) -> list[dict[str, Any]]:
+    """The clients matching a search (a part of the name, any case), a state and a combiner,
+    by name: what the network page lists, a page at a time."""
+    needle = (q or "").strip().lower()
+    return sorted((c for c in all_clients
+                   if (not needle or needle in str(c.get("name", "")).lower())
+                   and (state is None or bool(c.get("active")) == (state == "active"))
+                   and (combiner is None or c.get("combiner") == combiner)),
+                  key=lambda c: str(c.get("name", "")))
+
+
+def client_query() -> tuple[str | None, str | None, str | None, int, int | None]:
+    """``q``, ``state``, ``combiner``, ``offset`` and ``limit`` of a client search, each checked
+    (a 400 naming the field); used by the API and the network page alike."""
+    q = _text("q", MAX_QUERY_CHARS)
+    state = _choice("state", CLIENT_STATES)
+    combiner = _text("combiner", MAX_QUERY_CHARS)
+    raw_offset = request.args.get("offset")
+    offset = 0 if raw_offset is None else integer_setting("offset", raw_offset, 0, MAX_CLIENT_OFFSET)
+    raw_limit = request.args.get("limit")
+    limit = None if raw_limit is None else integer_setting("limit", raw_limit, 1, MAX_PAGE)
+    return q, state, combiner, offset, limit
+
+
 @bp.get("/clients")
 def clients():
-    return jsonify(reducer().network.clients())
+    """Every client, or one page of a search: the page at the scale of the lab asks for 50 at
+    a time; ``X-Total-Count`` says how many matched."""
+    q, state, combiner, offset, limit = client_query()
+    found = filter_clients(reducer().network.clients(), q, state, combiner)
+    page = found[offset:] if limit is None else found[offset:offset + limit]
+    reply = jsonify(page)
+    reply.headers["X-Total-Count"] = str(len(found))
+    return reply
 
 
-@bp.get("/clients/summary")
-def clients_summary():
+@bp.get("/clients/<name>/history")
+def client_history(name: str):
+    """The client's part in each round, newest first, a page at a time (``before``: the
+    ``next_before`` of the page before; ``after``: only rounds newer than that seq)."""
+    if not NAME.fullmatch(name):
+        raise APIError(400, "name must be 1-128 letters, digits, '.', '_' or '-'", field="name")
+    raw_limit = request.args.get("limit")
+    limit = participation.HISTORY_PAGE if raw_limit is None else \
+        integer_setting("limit", raw_limit, 1, participation.MAX_HISTORY_PAGE)
+    before, after = (None if request.args.get(k) is None else integer_setting(k, request.args[k], 0, MAX_SEQ)
+                     for k in ("before", "after"))
+    r = reducer()
+    records, next_before = participation.history(r.state, name, limit, before, after)
+    info = r.network.client(name)
+    if info is None and not records and before is None and after is None:
+        raise APIError(404, f"no client named {name!r}")
+    return jsonify({"client": name, "info": info, "records": records, "next_before": next_before})
+
+
+def summarize(all_clients: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts by combiner and by state, so a page at the scale of the lab never needs every client."""
     by_combiner: dict[str, dict[str, int]] = {}
     active = 0
-    all_clients = reducer().network.clients()
     for c in all_clients:
         row = by_combiner.setdefault(str(c.get("combiner") or ""), {"active": 0, "inactive": 0})
         state = "active" if c.get("active") else "inactive"
         row[state] += 1
         active += state == "active"
-    return jsonify({"total": len(all_clients), "active": active, "inactive": len(all_clients) - active,
-                    "by_combiner": by_combiner})
+    return {"total": len(all_clients), "active": active, "inactive": len(all_clients) - active,
+            "by_combiner": by_combiner}
+
+
+@bp.get("/clients/summary")
+def clients_summary():
+    return jsonify(summarize(reducer().network.clients()))
 
 
 @bp.get("/sessions")
@@ -164,7 +245,29 @@ def round_(round_id: str):
 
 @bp.get("/models")
 def models():
-    return jsonify(reducer().trail.all())
+    """The trail in the order it grew; ``descending`` newest first; ``limit`` at most that many;
+    ``after`` only the models committed after that one (among the newest ``limit``, default
+    100): a page polls for what is new, not the whole trail."""
+    raw = request.args.get("descending")
+    if raw is not None and raw not in ("true", "false"):
+        raise APIError(400, "descending must be true or false", field="descending")
+    descending = raw == "true"
+    raw_limit = request.args.get("limit")
+    limit = None if raw_limit is None else integer_setting("limit", raw_limit, 1, MAX_MODELS_PAGE)
+    after = _text("after", 128)
+    r = reducer()
+    if after is None:
+        found = r.state.find(MODELS, descending=descending, limit=limit)
+    else:
+        if r.trail.get(after) is None:
+            raise APIError(404, f"after: no model with id {after!r}", field="after")
+        newest = r.state.find(MODELS, descending=True, limit=limit or 100)
+        ids = [m["id"] for m in newest]
+        newer = newest[:ids.index(after)] if after in ids else newest
+        found = newer if descending else newer[::-1]
+    reply = jsonify(found)
+    reply.headers["X-Total-Count"] = str(r.state.count(MODELS))  # the whole trail
+    return reply
 
 
 @bp.get("/models/<model_id>")

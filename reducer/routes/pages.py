@@ -1,4 +1,5 @@
-"""The web UI's read-only pages: ``/network``, ``/trail`` (also ``/models``) and ``/sessions``.
+"""The web UI's read-only pages: ``/network``, ``/clients/<name>``, ``/trail`` (also ``/models``)
+and ``/sessions``.
 
 Each page is rendered with its data (the latest ``SHOWN`` rows), so it is true without
 JavaScript too; its script in ``reducer/static/`` then redraws it from the JSON API every few
@@ -10,16 +11,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, render_template, session
+from flask import Blueprint, render_template, request, session
 
 from fedtier.aggregators import describe as describe_strategies
 from fedtier.reducer import auth
 from fedtier.reducer.app import reducer
+from fedtier.reducer import participation
 from fedtier.reducer.control import ROUNDS, SESSIONS
 from fedtier.reducer.errors import APIError
 from fedtier.reducer.live import LIVE_FRESH_S, TIMELINE_ROWS, current_round, round_timeline
+from fedtier.reducer.network import utc_text
+from fedtier.reducer.routes.api import client_query, filter_clients, summarize
+from fedtier.reducer.routes.network import NAME
+from fedtier.round_config import integer_setting
 
 SHOWN = 100  # rows a page renders by itself; the script shows them all, the API has them all
+CLIENTS_PAGE = 50  # clients the network page lists at once, by itself and in its script
 
 bp = Blueprint("pages", __name__)
 
@@ -36,7 +43,7 @@ def ui_context() -> dict[str, Any]:
 @bp.app_template_filter("utc")
 def utc(epoch: float | None) -> str:
     """A time for a page without JavaScript (the scripts show local time)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) if epoch else "–"
+    return utc_text(epoch)
 
 
 @bp.app_template_filter("metrics")
@@ -51,9 +58,33 @@ def _page(template: str, **data: Any) -> str:
 
 @bp.get("/network")
 def network_page():
+    """Counts by combiner and state, and one page of clients (a search by name, state and
+    combiner in the query, as the API takes it): at a thousand clients the page stays small."""
     r = reducer()
+    q, state, combiner, offset, limit = client_query()
+    limit = min(limit or CLIENTS_PAGE, SHOWN)
+    everyone = r.network.clients()
+    found = filter_clients(everyone, q, state, combiner)
+    query = {k: v for k, v in (("q", q), ("state", state), ("combiner", combiner)) if v}
     return _page("network.html", combiners=sorted(r.network.combiners(), key=lambda c: c["name"]),
-                 clients=sorted(r.network.clients(), key=lambda c: c["name"]), now=time.time())
+                 summary=summarize(everyone), clients=found[offset:offset + limit], matched=len(found),
+                 query=query, offset=offset, limit=limit, now=time.time())
+
+
+@bp.get("/clients/<name>")
+def client_page(name: str):
+    """One client: where it is, and its part in each round (newest first, a page at a time)."""
+    if not NAME.fullmatch(name):
+        raise APIError(400, "name must be 1-128 letters, digits, '.', '_' or '-'", field="name")
+    r = reducer()
+    raw_before = request.args.get("before")
+    before = None if raw_before is None else integer_setting("before", raw_before, 1, 2**53)
+    records, next_before = participation.history(r.state, name, participation.HISTORY_PAGE, before)
+    client = r.network.client(name)
+    if client is None and not records and before is None:
+        raise APIError(404, f"no client named {name!r}")
+    return _page("client.html", name=name, client=client, records=records, next_before=next_before,
+                 before=before)
 
 
 @bp.get("/trail")

@@ -16,7 +16,11 @@ export class ApiError extends Error {
 // api("GET", "/api/v1/status"); api("POST", "/start", formData); api("POST", "/stop")
 // body: FormData (sent as multipart, exactly as the HTML form would), a plain object
 // (sent as JSON) or nothing. Resolves with the JSON reply; rejects with ApiError.
-export async function api(method, path, body, { page = false } = {}) {
+export async function api(method, path, body) {
+  return (await request(method, path, body)).data;
+}
+
+async function request(method, path, body) {
   const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (body instanceof FormData) {
     init.body = body;
@@ -37,16 +41,19 @@ export async function api(method, path, body, { page = false } = {}) {
     data = null;
   }
   if (!reply.ok) throw new ApiError(reply.status, data);
-  if (page) {
-    const header = (name) => Number(reply.headers.get(name));
-    return { items: data, total: header("X-Total-Count"), offset: header("X-Offset") };
-  }
-  return data;
+  return { data, reply };
 }
 
 export const getJSON = (path) => api("GET", path);
-// A paged list (/api/v1/rounds?offset=...): {items, total, offset} from the X-Total-Count and X-Offset headers.
-export const getPage = (path) => api("GET", path, undefined, { page: true });
+// One page of a list (/api/v1/rounds?offset=..., /api/v1/clients?q=...): {items, total, offset}
+// from the API's X-Total-Count and X-Offset headers.
+export async function getPage(path) {
+  const { data, reply } = await request("GET", path);
+  const header = (name) => Number.parseInt(reply.headers.get(name) || "", 10);
+  const total = header("X-Total-Count");
+  const offset = header("X-Offset");
+  return { items: data, total: Number.isFinite(total) ? total : data.length, offset: Number.isFinite(offset) ? offset : 0 };
+}
 
 // ---- finished rounds never change: fetch each once
 

@@ -1,10 +1,14 @@
-// /network: combiners and clients, each client with its latest validation; every 2 s.
-import {
-  $, ago, getJSON, h, live, metricsNode, now, num, pill, replace, roundIds, roundsById, showState, table, validationsOf,
-  when,
-} from "./app.js";
+// /network: combiners with their clients counted by state, and one page of clients (the search in
+// the page's address: q, state, combiner, offset); every 2 s. At a thousand clients a poll moves
+// the counts and one page, never the whole list (routes/pages.py CLIENTS_PAGE).
+import { $, ago, getPage, getJSON, h, live, now, num, pill, replace, showState, table } from "./app.js";
 
-const LOOK_BACK = 10;  // rounds searched for each client's latest validation
+const PAGE = 50;
+const params = new URLSearchParams(location.search);
+const query = {};
+for (const key of ["q", "state", "combiner"]) if (params.get(key)) query[key] = params.get(key);
+const offset = Math.max(0, Number.parseInt(params.get("offset") || "0", 10) || 0);
+const limit = Math.min(100, Math.max(1, Number.parseInt(params.get("limit") || String(PAGE), 10) || PAGE));
 
 function clientState(c) {
   if (c.active === true) return ["online", "online"];
@@ -12,46 +16,31 @@ function clientState(c) {
   return ["connecting", "waiting"];  // assigned a combiner, not yet seen on it
 }
 
-// Why a combiner is offline, or not answering yet: the address the reducer calls, what the call
-// got and since when (reducer/network.py records it).
-function combinerWhy(c) {
-  if (!c.unreachable_since) return c.online ? null : `not seen since ${when(c.last_seen)}`;
-  return [`unreachable at ${c.address}:${c.port} since ${when(c.unreachable_since)}`,
-    c.last_error ? ` (${c.last_error})` : "", c.last_error_hint ? `; ${c.last_error_hint}` : ""].join("");
-}
-
-function clientWhy(c, combiners) {
-  if (c.active === true) return null;
-  const home = combiners.find((x) => x.name === c.combiner);
-  if (home && !home.online) return `its combiner ${home.name} is offline`;
-  if (!c.last_heartbeat) return c.combiner ? `assigned to ${c.combiner}, no heartbeat yet` : "no heartbeat yet";
-  return `heartbeat silent since ${when(c.last_heartbeat)}`;
-}
-
+// why a combiner or client is not online: the reducer writes it (reducer/network.py)
 const why = (text) => (text ? h("div", { class: "muted wrap", "data-why": "" }, text) : null);
+const pageHref = (to) => `/network?${new URLSearchParams({ ...query, offset: String(to), limit: String(limit) })}`;
 
 async function refresh() {
-  const [combinerList, clientList, status, sessions] = await Promise.all([
-    getJSON("/api/v1/combiners"), getJSON("/api/v1/clients"), getJSON("/api/v1/status"), getJSON("/api/v1/sessions")]);
+  const search = new URLSearchParams({ ...query, offset: String(offset), limit: String(limit) });
+  const [combinerList, summary, page, status] = await Promise.all([
+    getJSON("/api/v1/combiners"), getJSON("/api/v1/clients/summary"), getPage(`/api/v1/clients?${search}`),
+    getJSON("/api/v1/status?brief=true")]);
   showState(status.state);
   const t = now();
-  const latest = (await roundsById(roundIds(sessions).slice(-LOOK_BACK))).reverse();  // newest first
-  const lastValidation = new Map();
-  for (const v of await validationsOf(latest)) if (!lastValidation.has(v.client)) lastValidation.set(v.client, v);
   const combiners = [...combinerList].sort((a, b) => a.name.localeCompare(b.name));
-  const clients = clientList.map((c) => ({ ...c, last_validation: lastValidation.get(c.name) || null }))
-    .sort((a, b) => a.name.localeCompare(b.name));
   const online = combiners.filter((c) => c.online).length;
-  const active = clients.filter((c) => c.active).length;
   replace($("#combiners-count"), `${online} of ${combiners.length} online`);
-  replace($("#clients-count"), `${active} of ${clients.length} online`);
-  replace($("#network-summary"), `${online}/${combiners.length} combiners · ${active}/${clients.length} clients online`);
+  replace($("#clients-count"), `${summary.total} in all: `, h("a", { href: "/network?state=active" }, `${summary.active} active`),
+    " · ", h("a", { href: "/network?state=inactive" }, `${summary.inactive} inactive`));
+  replace($("#network-summary"), `${online}/${combiners.length} combiners · ${summary.active}/${summary.total} clients online`);
 
+  const counts = (c) => summary.by_combiner[c.name] || { active: 0, inactive: 0 };
   replace($("#combiners"), table([
-    { label: "Name", cell: (c) => h("strong", {}, c.name) },
+    { label: "Name", cell: (c) => h("a", { href: `/network?${new URLSearchParams({ combiner: c.name })}` }, h("strong", {}, c.name)) },
     { label: "Address", cell: (c) => h("code", {}, `${c.address}:${c.port}`) },
-    { label: "Status", cell: (c) => [c.online ? pill("online") : pill("offline"), why(combinerWhy(c))] },
-    { label: "Active clients", class: "num", cell: (c) => num(c.active_clients || 0) },
+    { label: "Status", cell: (c) => [c.online ? pill("online") : pill("offline"), why(c.why)] },
+    { label: "Clients active", class: "num", cell: (c) => num(counts(c).active) },
+    { label: "Inactive", class: "num", cell: (c) => num(counts(c).inactive) },
     { label: "Round", cell: (c) => (c.round_in_progress ? pill("running") : h("span", { class: "muted" }, "idle")) },
     { label: "Last seen", cell: (c) => ago(c.last_seen, t) },
   ], combiners, {
@@ -60,18 +49,20 @@ async function refresh() {
   }));
 
   replace($("#clients"), table([
-    { label: "Name", cell: (c) => h("strong", {}, c.name) },
+    { label: "Name", cell: (c) => h("a", { href: `/clients/${encodeURIComponent(c.name)}` }, h("strong", {}, c.name)) },
     { label: "Combiner", cell: (c) => c.combiner || "–" },
-    { label: "Status", cell: (c) => [pill(...clientState(c)), why(clientWhy(c, combiners))] },
+    { label: "Status", cell: (c) => [pill(...clientState(c)), why(c.why)] },
     { label: "Last heartbeat", cell: (c) => ago(c.last_heartbeat, t) },
     { label: "Rounds joined", class: "num", cell: (c) => num(c.rounds_joined || 0) },
-    { label: "Last metrics", cell: (c) => (c.last_validation
-      ? [metricsNode(c.last_validation.metrics), h("span", { class: "muted" }, ` (round ${c.last_validation.round})`)]
-      : h("span", { class: "muted" }, "none yet")) },
-  ], clients, {
-    empty: "No client has connected yet (fedtier client --reducer URL).",
+  ], page.items, {
+    empty: summary.total ? "No client matches this search." : "No client has connected yet (fedtier client --reducer URL).",
     rowAttrs: (c) => ({ "data-client": c.name, "data-online": String(c.active === true) }),
   }));
+  const shown = page.items.length;
+  replace($("#clients-pager"),
+    h("span", { class: "muted", "data-bind": "clients-range" }, shown ? `${offset + 1}–${offset + shown} of ${page.total}` : `0 of ${page.total}`),
+    offset > 0 ? [" ", h("a", { href: pageHref(Math.max(0, offset - limit)), rel: "prev", "data-page": "prev" }, "Previous")] : null,
+    offset + limit < page.total ? [" ", h("a", { href: pageHref(offset + limit), rel: "next", "data-page": "next" }, "Next")] : null);
   document.body.dataset.loaded = "true";
 }
 

@@ -23,10 +23,10 @@ enhance($("#seed-form"), (reply) => {
 });
 
 live(async () => {
-  const status = await getJSON("/api/v1/status");
+  const status = await getJSON("/api/v1/status?brief=true");
   showState(status.state);
   if (status.state !== "setup" && $("#seed-info").hidden) {
-    const seed = (await getJSON("/api/v1/models")).find((m) => m.kind === "seed");
+    const seed = (await getJSON("/api/v1/models?limit=1")).find((m) => m.kind === "seed");  // the trail's first
     if (seed) showSeed(seed);
   }
 }, 5000);

@@ -1,7 +1,7 @@
 // /trail: every model with its parent, round, metrics, hash and a download link; which one is
 // production, and a button to promote another (admin).
 import {
-  $, ApiError, api, bytes, getJSON, h, live, metricsNode, primeRounds, replace, roundsById, short, showState, table, when,
+  $, ApiError, api, bytes, getJSON, getPage, h, live, metricsNode, primeRounds, replace, roundsById, short, showState, table, when,
 } from "./app.js";
 
 let refreshNow = () => {};
@@ -20,8 +20,29 @@ async function promote(model) {
   refreshNow();
 }
 
+const SHOWN = 100;  // the newest models listed (routes/pages.py renders as many)
+let models = [];   // newest first
+let total = 0;     // models in the whole trail
+
+// The newest page once, then on each poll only the models committed since the newest held: the
+// status says which is the latest, so a poll with nothing new fetches no model at all.
+let fetched = false;
+
+async function newModels(latest) {
+  const head = models.length ? models[0].id : null;
+  if (fetched && (latest ? latest.id : null) === head) return;
+  const page = await getPage(head
+    ? `/api/v1/models?descending=true&limit=${SHOWN}&after=${encodeURIComponent(head)}`
+    : `/api/v1/models?descending=true&limit=${SHOWN}`);
+  // a full page: the one held is more than a page behind, and the page is the newest
+  models = !head || page.items.length >= SHOWN ? page.items : [...page.items, ...models].slice(0, SHOWN);
+  total = page.total;
+  fetched = true;
+}
+
 async function refresh() {
-  const [models, status] = await Promise.all([getJSON("/api/v1/models"), getJSON("/api/v1/status"), primeRounds()]);
+  const [status] = await Promise.all([getJSON("/api/v1/status?brief=true"), primeRounds()]);
+  await newModels(status.latest_model);
   showState(status.state);
   const rounds = await roundsById(models.filter((m) => m.round_id).map((m) => m.round_id));
   const roundById = new Map(rounds.map((r) => [r.id, r]));
@@ -33,8 +54,8 @@ async function refresh() {
       production.promotion.note ? ` · ${production.promotion.note}` : "", " · ",
       h("a", { href: "/api/v1/models/production/download" }, "download")]
     : "No model is production yet: promote one below.");
-  const rows = [...models].sort((a, b) => b.created_at - a.created_at);
-  replace($("#trail-summary"), `${models.length} model${models.length === 1 ? "" : "s"}`);
+  const rows = models;
+  replace($("#trail-summary"), `${total} model${total === 1 ? "" : "s"}${total > rows.length ? `, the newest ${rows.length} listed` : ""}`);
   const link = (id) => (id ? h("a", { href: `#model-${id}`, class: "id", title: id }, h("code", {}, short(id))) : h("span", { class: "muted" }, "none"));
   replace($("#trail"), table([
     { label: "Model", cell: (m) => [h("code", { class: "id", title: m.id }, short(m.id)), m.id === head ? [" ", h("span", { class: "pill pill-online" }, "latest")] : null,
