@@ -210,6 +210,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     # round"; the round in progress finishes (no round fails) and only "Abort now" is left meanwhile
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     page.fill("#f-rounds", "500")
+    page.fill("#f-task", '{"epochs": 200}')  # rounds long enough to watch the stop being waited for
     page.click("#start-button")
     page.wait_for_function("!document.querySelector('#stop-after-button').disabled")
     shot(page, "start-desktop")
