@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 from fedtier.memory import tune_allocator
 from fedtier.transport.streams import sha256_file  # noqa: F401 (the benchmarks import it from here)
 
-# fedtier's processes tune glibc's malloc at start (fedtier/cli.py, fedtier/memory.py); the
+# fedtier's processes tune glibc's malloc at start (launch/cli.py, fedtier/memory.py); the
 # baselines and drivers that run in bench processes get the same settings, so a ratio
 # compares code with code, not one allocator setting with another
 tune_allocator()
@@ -232,7 +232,7 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
 
 
 class Processes:
-    """``python -m fedtier.cli ...`` (or any argv) children with logs in files; all stopped on exit."""
+    """``python -m fedtier.launch.cli ...`` (or any argv) children with logs in files; all stopped on exit."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
@@ -254,7 +254,7 @@ class Processes:
         return proc
 
     def fedtier(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull,
+        return self.start(name, [sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull,
                                  "--log-level", "WARNING", *args], env=env)
 
     def log(self, name: str) -> str:

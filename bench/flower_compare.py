@@ -167,7 +167,7 @@ class FedtierNetwork:
         self.env = {**env, "FEDTIER_DATA_DIR": str(self.work / "data")}
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "--log-level", "WARNING", *args]
+        argv = [sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull, "--log-level", "WARNING", *args]
         log = open(self.procs.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
                                 env={**self.env, "PYTHONUNBUFFERED": "1"})

@@ -87,7 +87,7 @@ class LoadNetwork:
         """Reducer, combiners, seed, swarms; returns seconds until every client was active."""
         a = self.args
         level = ["--log-level", a.log_level]
-        proc = self.procs.start("reducer", [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *level,
+        proc = self.procs.start("reducer", [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/dev/null", *level,
                                             "reducer", "--host", "127.0.0.1", "--port", str(self.port)], env=self.env)
         common.wait_for_port(self.port, proc=proc)
         for i in range(a.combiners):
@@ -100,7 +100,7 @@ class LoadNetwork:
             env, combiner_level = self.env, level
             if getattr(a, "trace_combiners", False):  # tracemalloc on, and the INFO line that reports it
                 env, combiner_level = {**self.env, "PYTHONTRACEMALLOC": "1"}, ["--log-level", "INFO"]
-            self.procs.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *combiner_level,
+            self.procs.start(name, [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/dev/null", *combiner_level,
                                     "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(port),
                                     "--reducer", self.url, *extra], env=env)
             self.combiners[name] = CombinerClient(f"127.0.0.1:{port}")
@@ -121,7 +121,7 @@ class LoadNetwork:
             stats = self.work / f"swarm-{i}.json"
             self.swarm_stats.append(stats)
             self.procs.start(f"swarm-{i}", [
-                sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *level, "swarm",
+                sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/dev/null", *level, "swarm",
                 "--clients", str(count), "--reducer", self.url, "--project", str(NOOP_PROJECT),
                 "--name-prefix", f"s{i}", "--partition-count", str(a.clients), "--partition-offset", str(offset),
                 "--work-dir", str(self.work / f"swarm-{i}"), "--stats", str(stats), "--stats-interval", "1",

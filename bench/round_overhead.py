@@ -171,7 +171,7 @@ def run_sandbox(work: Path, seed: Path, combiners: int, clients: int, rounds: in
     summary = folder / "summary.json"
     url = f"http://127.0.0.1:{port}"
     log = open(folder / "sandbox.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "sandbox",
+    proc = subprocess.Popen([sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull, "sandbox",
                              "--project", str(NOOP_PROJECT), "--combiners", str(combiners),
                              "--clients", str(clients), "--rounds", str(warmup + rounds), "--port", str(port),
                              "--work-dir", str(folder / "net"), "--seed", str(seed), "--summary", str(summary),

@@ -68,7 +68,7 @@ def stats_ok(stats: dict[str, Any]) -> bool:
 
 
 class ProcessGroup:
-    """Starts ``python -m fedtier.cli ...`` processes with logs in files; kills all at the end."""
+    """Starts ``python -m fedtier.launch.cli ...`` processes with logs in files; kills all at the end."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -77,7 +77,7 @@ class ProcessGroup:
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/nonexistent", *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.log_dir)
         self.procs[name] = proc
         return proc

@@ -26,7 +26,7 @@ from torch import nn
 
 from data import load_partition, load_test_set
 from fedtier.client.context import TaskContext
-from fedtier.partition import resolve_config
+from fedtier.datatools.partition import resolve_config
 from model import load_model, save_model
 
 #: Hyperparameters used when the task config does not set them. Chosen so that

@@ -9,7 +9,7 @@ uses only the reducer that reports the instance id it gave it: combiners registe
 some other network's reducer, under its combiners' names, broke that network.
 
 ``--partition SPEC`` (``iid``, ``dirichlet:alpha=0.5``, ``kclass:k=2``...; see
-``fedtier.partition.parse_spec``) goes into the session's task config as
+``fedtier.datatools.partition.parse_spec``) goes into the session's task config as
 ``"partition"``, so every client splits the data the same way. If the project names
 a ``labels`` function in fedn.yaml, the sandbox partitions those labels itself before
 starting anything, prints each client's label histogram and saves it to
@@ -34,7 +34,7 @@ from typing import Any
 import requests
 
 from fedtier.client.project import Project, ProjectError
-from fedtier.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
 from fedtier.seed_args import MAX_SEED
 
 
@@ -134,7 +134,7 @@ class Sandbox:
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, *args],
+        proc = subprocess.Popen([sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull, *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.work_dir)
         self.procs[name] = proc
         return proc
@@ -256,7 +256,7 @@ class Sandbox:
     def _show_partitions(self) -> None:
         """Partition the project's labels as the clients will, print the table, save it.
 
-        The clients run the same ``fedtier.partition`` code on the same labels with the
+        The clients run the same ``fedtier.datatools.partition`` code on the same labels with the
         same task config, so this is exactly what each will hold. Skipped (with a note
         when a partition was asked for) if the project declares no ``labels`` function.
         """
