@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-from fedtier.launch.sandbox import port_in_use
+from fedtier.launch.network import port_in_use
 
 SECTION = "## Running the parts yourself"
 PORTS = (8090, 12080)  # what the walkthrough names
