@@ -98,7 +98,7 @@ class Processes:
                  log_level: str | None = None) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ if env is None else env)
+        self.env = None if env is None else dict(env)  # None: this process's environment at each start
         self.cwd = Path(cwd) if cwd is not None else self.log_dir
         self.log_level = log_level
         self.procs: dict[str, subprocess.Popen] = {}
@@ -114,7 +114,7 @@ class Processes:
         return self._popen(name, argv, env)
 
     def _popen(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None) -> subprocess.Popen:
-        full_env = {**self.env, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**(os.environ if self.env is None else self.env), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log_path(name), "wb") as log:  # the child holds its own descriptor
             proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.cwd)
         self.procs[name] = proc
