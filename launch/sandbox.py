@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from fedtier.client.project import Project, ProjectError
 from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
 from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
@@ -103,7 +102,7 @@ class Sandbox:
     def url(self) -> str:
         return self.net.url
 
-    # ---- processes and the reducer's API: the launcher's
+    # ---- processes and the reducer's API: the launcher's (_spawn: a process of another kind, reducer first)
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         return self.net.spawn(name, *args)
 
