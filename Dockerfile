@@ -23,6 +23,8 @@ COPY reducer/ reducer/
 COPY combiner/ combiner/
 COPY client/ client/
 COPY helpers/ helpers/
+COPY launch/ launch/
+COPY datatools/ datatools/
 RUN pip wheel --no-deps --no-cache-dir --wheel-dir /wheels .
 
 # ---- the runtime image

@@ -4,12 +4,13 @@ The design card puts each component in its own top-level folder (``combiner/``,
 ``client/``...). Installing those as top-level Python packages would claim generic
 names such as ``client`` and ``helpers`` in site-packages, so every folder is
 mapped under the single ``fedtier`` namespace instead: ``combiner/`` is imported as
-``fedtier.combiner``. The shared infrastructure (configuration, storage, transport,
-the CLI) lives in ``fedtier/`` itself.
+``fedtier.combiner``. The foundation (configuration, storage, transport) lives in
+``fedtier/`` itself and imports no component; the launchers (the CLI, the sandbox)
+live in ``launch/`` above the components, the projects' data tools in ``datatools/``.
 """
 from setuptools import find_packages, setup
 
-COMPONENTS = ["proto", "reducer", "combiner", "client", "helpers"]
+COMPONENTS = ["proto", "reducer", "combiner", "client", "helpers", "launch", "datatools"]
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
@@ -74,5 +75,5 @@ setup(
             "kubernetes-validate>=1.30",  # Kubernetes' schemas, offline: tests/test_kubernetes.py
         ],
     },
-    entry_points={"console_scripts": ["fedtier=fedtier.cli:main"]},
+    entry_points={"console_scripts": ["fedtier=fedtier.launch.cli:main"]},
 )

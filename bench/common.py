@@ -12,19 +12,18 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
-import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from fedtier.launch.network import Processes as _Processes
+from fedtier.launch.network import free_port, wait_for_port  # noqa: F401 (the benchmarks use them from here)
 from fedtier.memory import tune_allocator
 from fedtier.transport.streams import sha256_file  # noqa: F401 (the benchmarks import it from here)
 
-# fedtier's processes tune glibc's malloc at start (fedtier/cli.py, fedtier/memory.py); the
+# fedtier's processes tune glibc's malloc at start (launch/cli.py, fedtier/memory.py); the
 # baselines and drivers that run in bench processes get the same settings, so a ratio
 # compares code with code, not one allocator setting with another
 tune_allocator()
@@ -151,7 +150,7 @@ def machine() -> dict[str, Any]:
     return info
 
 
-CODE_PATHS = ("fedtier", "combiner", "client", "helpers", "reducer", "proto")
+CODE_PATHS = ("fedtier", "combiner", "client", "helpers", "reducer", "proto", "launch", "datatools")
 
 
 def code_state() -> dict[str, Any]:
@@ -212,66 +211,11 @@ def make_seed(path: Path, params: int) -> Path:
 
 
 # ---------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Processes(_Processes):
+    """``fedtier`` (or any argv) children with logs in files, all stopped on exit; fedtier's at WARNING."""
 
-
-def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before opening port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
-
-
-class Processes:
-    """``python -m fedtier.cli ...`` (or any argv) children with logs in files; all stopped on exit."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def __enter__(self) -> "Processes":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_all()
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.log_dir)
-        log.close()  # the child holds its own descriptor
-        self.procs[name] = proc
-        return proc
-
-    def fedtier(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull,
-                                 "--log-level", "WARNING", *args], env=env)
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.log(name)[-2000:]}")
+    def __init__(self, log_dir: Path, **kwargs: Any) -> None:
+        super().__init__(log_dir, **{"log_level": "WARNING", **kwargs})
 
     def stop_all(self, timeout: float = 20.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        super().stop_all(timeout)

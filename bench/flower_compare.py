@@ -64,6 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import BENCH, MiB, NOOP_PROJECT, make_seed, sha256_file  # noqa: E402
 
+from fedtier.launch.network import LocalNetwork  # noqa: E402
+
 # Flower's newest release on PyPI at the time of writing is 1.42.0, but it requires
 # certifi>=2026.10.19, which the package registry this was measured with does not
 # have yet; 1.41.0 is the newest that installs (and the release the issue quotes).
@@ -149,9 +151,10 @@ def _terminate(children: Sequence[psutil.Process]) -> None:
 class FedtierNetwork:
     """reducer + combiners + clients as separate ``fedtier`` processes on loopback.
 
-    Started the way a deployment starts them (the CLI, embedded stores under one data
-    directory, clients asking the reducer for a combiner), but driven from here so a
-    session can be started with any round settings (``validate`` included).
+    Started the way a deployment starts them (fedtier.launch.network: the CLI, embedded
+    stores under one data directory, clients asking the reducer for a combiner), but
+    driven from here so a session can be started with any round settings (``validate``
+    included).
     """
 
     def __init__(self, work: Path, combiners: int, clients: int, project: Path = NOOP_PROJECT,
@@ -161,58 +164,23 @@ class FedtierNetwork:
         self.clients = clients
         self.project = project
         self.heartbeat = list(heartbeat)
-        self.procs = common.Processes(self.work / "logs")
-        self.url = ""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_"))}
-        self.env = {**env, "FEDTIER_DATA_DIR": str(self.work / "data")}
+        self.net = LocalNetwork(self.work, data_dir=self.work / "data", log_level="WARNING", startup_timeout=180)
+        self.procs = self.net.procs
 
-    def _start(self, name: str, *args: str) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "--log-level", "WARNING", *args]
-        log = open(self.procs.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
-                                env={**self.env, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        self.procs.procs[name] = proc
-        return proc
+    @property
+    def url(self) -> str:
+        return self.net.url
 
     def api(self, method: str, path: str, timeout: float = 60, **kwargs: Any) -> Any:
-        reply = requests.request(method, self.url + path, timeout=timeout, **kwargs)
-        if reply.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {reply.status_code} {reply.text.strip()[:500]}")
-        return reply.json()
-
-    def wait_for(self, what: str, condition: Any, timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.procs.check_alive()
-            try:
-                value = condition()
-                if value:
-                    return value
-            except (requests.RequestException, RuntimeError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}; logs in {self.procs.log_dir}")
-            time.sleep(0.2)
+        return self.net.api(method, path, timeout=timeout, **kwargs)
 
     def start(self, seed: Path) -> None:
         """Bring the network up and seed it; returns once every client is active."""
         (self.work / "data").mkdir(parents=True, exist_ok=True)
-        port = common.free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", "numpy")
-        self.wait_for("the reducer", lambda: self.api("GET", "/api/v1/status", timeout=5))
-        for i in range(self.combiners):
-            self._start(f"combiner-{i}", "combiner", "--name", f"combiner-{i}", "--host", "127.0.0.1",
-                        "--port", str(common.free_port()), "--reducer", self.url, *self.heartbeat)
-        self.wait_for("the combiners", lambda: len(self.api("GET", "/api/v1/combiners", timeout=5)) >= self.combiners)
-        with open(seed, "rb") as f:
-            self.api("POST", "/seed", files={"seed": ("seed", f)}, timeout=1800)
-        for i in range(self.clients):
-            self._start(f"client-{i}", "client", "--reducer", self.url, "--project", str(self.project),
-                        "--name", f"client-{i}", "--partition", f"{i}/{self.clients}")
-        self.wait_for(f"{self.clients} active clients",
-                      lambda: self.api("GET", "/api/v1/status", timeout=5)["clients_active"] >= self.clients)
+        self.net.start_reducer(helper="numpy")
+        self.net.start_combiners(self.combiners, *self.heartbeat)
+        self.net.seed(seed, timeout=1800)
+        self.net.start_clients(self.clients, self.project)
 
     def pid(self, name: str) -> int:
         return self.procs.procs[name].pid
@@ -220,21 +188,11 @@ class FedtierNetwork:
     def run_session(self, rounds: int, validate: bool, round_timeout: float = 1800,
                     on_poll: Any = None) -> list[dict[str, Any]]:
         """Run a session of ``rounds`` rounds; the reducer's round documents, in order."""
-        body = {"rounds": rounds, "clients_required": self.clients, "validate": validate,
-                "round_timeout": round_timeout, "wait_for_clients": 120}
-        session_id = self.api("POST", "/start", json=body)["session_id"]
-        deadline = time.monotonic() + rounds * (round_timeout + 300)
-        while True:
-            self.procs.check_alive()
-            if on_poll is not None:
-                on_poll()
-            if self.api("GET", f"/api/v1/sessions/{session_id}", timeout=30)["status"] != "running":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"session {session_id} did not finish; logs in {self.procs.log_dir}")
-            time.sleep(0.5)
-        docs = self.api("GET", "/api/v1/rounds", params={"session_id": session_id}, timeout=30)
-        return sorted(docs, key=lambda d: d["round"])
+        session_id = self.net.start_session(rounds=rounds, clients_required=self.clients, validate=validate,
+                                            round_timeout=round_timeout, wait_for_clients=120)
+        self.net.wait_for_session(session_id, timeout=rounds * (round_timeout + 300),
+                                  on_poll=None if on_poll is None else lambda _session: on_poll())
+        return self.net.rounds(session_id)
 
     def latest_model(self) -> dict[str, Any]:
         models = self.api("GET", "/api/v1/models", timeout=30)

@@ -26,7 +26,6 @@ The exit status is 0 only when every check held.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import MiB, NOOP_PROJECT  # noqa: E402
 
+from fedtier.launch.network import LocalNetwork  # noqa: E402
 from fedtier.reducer.combiner_client import CombinerClient  # noqa: E402
 
 EXAMPLES_PER_CLIENT = 100  # bench/projects/noop/noop.py NUM_EXAMPLES
@@ -52,17 +52,19 @@ STATUS_TIMEOUT_S = 10.0  # a combiner's Status slower than this counts as unansw
 
 
 class LoadNetwork:
-    """The processes of one run and the REST/gRPC handles to watch them with."""
+    """The processes of one run (fedtier.launch.network) and the REST/gRPC handles to watch them with."""
 
-    def __init__(self, procs: common.Processes, work: Path, args: argparse.Namespace) -> None:
-        self.procs = procs
-        self.work = work
+    def __init__(self, local: LocalNetwork, args: argparse.Namespace) -> None:
+        self.local = local
+        self.procs = local.procs
+        self.work = local.work_dir
         self.args = args
-        self.port = common.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {"FEDTIER_DATA_DIR": str(work / "data")}
         self.combiners: dict[str, CombinerClient] = {}
         self.swarm_stats: list[Path] = []
+
+    @property
+    def url(self) -> str:
+        return self.local.url
 
     def get(self, path: str, **params: Any) -> Any:
         reply = requests.get(self.url + path, params=params, timeout=30)
@@ -70,49 +72,27 @@ class LoadNetwork:
         return reply.json()
 
     def wait(self, what: str, condition, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.procs.check_alive()
-            try:
-                value = condition()
-                if value:
-                    return value
-            except (requests.RequestException, KeyError, grpc.RpcError):  # busy: ask again
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; logs in {self.procs.log_dir}")
-            time.sleep(0.25)
+        # busy: ask again
+        return self.local.wait_for(what, condition, timeout, retry_on=(KeyError, grpc.RpcError))
 
     def start(self) -> float:
         """Reducer, combiners, seed, swarms; returns seconds until every client was active."""
         a = self.args
-        level = ["--log-level", a.log_level]
-        proc = self.procs.start("reducer", [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *level,
-                                            "reducer", "--host", "127.0.0.1", "--port", str(self.port)], env=self.env)
-        common.wait_for_port(self.port, proc=proc)
-        for i in range(a.combiners):
-            name, port = f"combiner-{i}", common.free_port()
-            extra = []
-            if a.heartbeat_interval:
-                extra += ["--heartbeat-interval", str(a.heartbeat_interval)]
-            if a.heartbeat_timeout:
-                extra += ["--heartbeat-timeout", str(a.heartbeat_timeout)]
-            env, combiner_level = self.env, level
-            if getattr(a, "trace_combiners", False):  # tracemalloc on, and the INFO line that reports it
-                env, combiner_level = {**self.env, "PYTHONTRACEMALLOC": "1"}, ["--log-level", "INFO"]
-            self.procs.start(name, [sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *combiner_level,
-                                    "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(port),
-                                    "--reducer", self.url, *extra], env=env)
-            self.combiners[name] = CombinerClient(f"127.0.0.1:{port}")
-        self.wait("the combiners to register", lambda: sum(c.get("online", False) for c in self.get("/api/v1/combiners"))
-                  >= a.combiners, 60)
+        self.local.start_reducer()
+        extra = []
+        if a.heartbeat_interval:
+            extra += ["--heartbeat-interval", str(a.heartbeat_interval)]
+        if a.heartbeat_timeout:
+            extra += ["--heartbeat-timeout", str(a.heartbeat_timeout)]
+        env, combiner_level = None, None
+        if getattr(a, "trace_combiners", False):  # tracemalloc on, and the INFO line that reports it
+            env, combiner_level = {"PYTHONTRACEMALLOC": "1"}, "INFO"
+        ports = self.local.start_combiners(a.combiners, *extra, env=env, log_level=combiner_level)
+        self.combiners = {name: CombinerClient(f"127.0.0.1:{port}") for name, port in ports.items()}
         seed = self.work / "seed.safetensors"
         subprocess.run([sys.executable, str(NOOP_PROJECT / "seed.py"), str(seed), str(a.params)], check=True,
                        cwd=NOOP_PROJECT)
-        with open(seed, "rb") as f:
-            reply = requests.post(self.url + "/seed", files={"seed": ("seed", io.BytesIO(f.read()))}, timeout=60)
-        if reply.status_code != 201:
-            raise RuntimeError(f"seeding failed: {reply.status_code} {reply.text[:500]}")
+        self.local.seed(seed, timeout=60)
 
         started = time.monotonic()
         shares = [a.clients // a.swarms + (1 if i < a.clients % a.swarms else 0) for i in range(a.swarms)]
@@ -120,13 +100,12 @@ class LoadNetwork:
         for i, count in enumerate(shares):
             stats = self.work / f"swarm-{i}.json"
             self.swarm_stats.append(stats)
-            self.procs.start(f"swarm-{i}", [
-                sys.executable, "-m", "fedtier.cli", "--env-file", "/dev/null", *level, "swarm",
+            self.local.spawn(
+                f"swarm-{i}", "swarm",
                 "--clients", str(count), "--reducer", self.url, "--project", str(NOOP_PROJECT),
                 "--name-prefix", f"s{i}", "--partition-count", str(a.clients), "--partition-offset", str(offset),
                 "--work-dir", str(self.work / f"swarm-{i}"), "--stats", str(stats), "--stats-interval", "1",
-                "--task-slots", str(a.task_slots)],
-                env=self.env)
+                "--task-slots", str(a.task_slots))
             offset += count
         self.wait(f"{a.clients} clients active on the combiners",
                   lambda: sum(c.status().active_clients for c in self.combiners.values()) >= a.clients, 180)
@@ -237,8 +216,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedtier-load-")).resolve()
     result: dict[str, Any] = {"machine": common.machine(), "settings": {k: v for k, v in vars(args).items()
                                                                          if k not in ("json",)}}
-    with common.Processes(work / "logs") as procs:
-        net = LoadNetwork(procs, work, args)
+    with LocalNetwork(work, data_dir=work / "data", log_level=args.log_level) as local:
+        procs = local.procs
+        net = LoadNetwork(local, args)
         result["startup_s"] = net.start()
         watcher = Watcher(net)
         result["rss_before_mib"] = {n: v / MiB for n, v in watcher.rss().items()}

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_sandbox(project: str, partition: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """One sandbox run; its progress lines are echoed, its summary JSON returned with the wall time."""
     summary_path = scratch / f"{project}-{len(list(scratch.iterdir()))}.json"
-    cmd = [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "sandbox",
+    cmd = [sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull, "sandbox",
            "--project", str(ROOT / "test_projects" / project), "--combiners", str(args.combiners),
            "--clients", str(args.clients), "--rounds", str(args.rounds), "--exit-when-done",
            "--summary", str(summary_path), "--data-path", args.data_path, "--task", args.task,

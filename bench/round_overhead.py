@@ -15,10 +15,11 @@ Baselines measured in the same run, interleaved with the rounds:
   tiny model  the same rounds with a ``--tiny-params`` model: the size-independent cost
   rpc         a unary Status call to the same combiner: the floor of one round trip
 
-With ``--sandbox 1,2`` it also runs ``fedtier sandbox`` (reducer + N combiners + the
-same clients, as separate processes) and reads the reducer's per-round phase timings
-from its REST API; those rounds also validate (the sandbox asks for it) and are
-reported against the direct rounds above.
+With ``--sandbox 1,2`` it also runs the network ``fedtier sandbox`` runs (reducer + N
+combiners + the same clients, as separate processes, started by the same launcher,
+fedtier.launch.network, with the sandbox's settings) and reads the reducer's per-round
+phase timings from its REST API; those rounds also validate (the default, as in the
+sandbox) and are reported against the direct rounds above.
 """
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +35,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import transfer  # noqa: E402
 from common import MiB, NOOP_PROJECT, make_seed, sha256_file  # noqa: E402
 
+from fedtier.launch.network import LocalNetwork  # noqa: E402
 from fedtier.proto import fedtier_pb2 as pb  # noqa: E402
 from fedtier.reducer.combiner_client import CombinerClient  # noqa: E402
 
@@ -167,45 +166,16 @@ def rpc_floor(handle: CombinerClient, calls: int = 50) -> dict[str, float]:
 def run_sandbox(work: Path, seed: Path, combiners: int, clients: int, rounds: int, warmup: int) -> dict[str, Any]:
     folder = work / f"sandbox-{combiners}"
     folder.mkdir(parents=True, exist_ok=True)
-    port = common.free_port()
-    summary = folder / "summary.json"
-    url = f"http://127.0.0.1:{port}"
-    log = open(folder / "sandbox.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "sandbox",
-                             "--project", str(NOOP_PROJECT), "--combiners", str(combiners),
-                             "--clients", str(clients), "--rounds", str(warmup + rounds), "--port", str(port),
-                             "--work-dir", str(folder / "net"), "--seed", str(seed), "--summary", str(summary),
-                             "--round-timeout", "600"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log.close()
     started = time.monotonic()
-    try:
-        while True:  # the summary is written when the session ends; the network keeps serving
-            if proc.poll() is not None:
-                logs = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-1500:]
-                               for p in sorted((folder / "net" / "logs").glob("*.log"))
-                               if "Traceback" in p.read_text(errors="replace") or p.name == "reducer.log")
-                raise RuntimeError(f"sandbox exited with {proc.returncode}:\n"
-                                   f"{(folder / 'sandbox.out').read_text(errors='replace')[-1500:]}{logs}")
-            if summary.is_file():
-                try:
-                    json.loads(summary.read_text())
-                    break
-                except json.JSONDecodeError:
-                    pass
-            if time.monotonic() - started > 300 + (warmup + rounds) * 120:
-                raise RuntimeError(f"sandbox did not finish; see {folder}")
-            time.sleep(0.2)
-        session = requests.get(f"{url}/api/v1/sessions", timeout=30).json()[-1]
-        docs = requests.get(f"{url}/api/v1/rounds", params={"session_id": session["id"]}, timeout=30).json()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # the sandbox stops every process it started
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    with LocalNetwork(folder / "net") as net:  # the sandbox's processes and settings (launch/sandbox.py)
+        net.start_reducer(helper="numpy")
+        net.start_combiners(combiners, "--heartbeat-interval", "1", "--heartbeat-timeout", "6")
+        net.seed(seed)
+        net.start_clients(clients, NOOP_PROJECT)
+        session_id = net.start_session(rounds=warmup + rounds, clients_required=clients, round_timeout=600,
+                                       task={})
+        net.wait_for_session(session_id, timeout=300 + (warmup + rounds) * 120)
+        docs = net.rounds(session_id)
     docs = sorted(docs, key=lambda d: d["round"])
     succeeded_all = sum(1 for d in docs if d["status"] == "success")
     ok = [d for d in docs[warmup:] if d["status"] == "success"]  # the first rounds warm the reducer up

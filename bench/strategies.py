@@ -254,7 +254,7 @@ def run(scenario: Scenario, args: argparse.Namespace, scratch: Path, index: int)
     per_client = math.ceil(args.samples_per_client / (1 - VAL_FRACTION))
     task = {"epochs": args.epochs, "max_train": min(MNIST_TRAIN, per_client * args.clients),
             "max_test": args.test_samples}
-    cmd = [sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, "sandbox", "--project", str(PROJECT),
+    cmd = [sys.executable, "-m", "fedtier.launch.cli", "--env-file", os.devnull, "sandbox", "--project", str(PROJECT),
            "--combiners", str(args.combiners), "--clients", str(args.clients), "--rounds", str(args.rounds),
            "--exit-when-done", "--summary", str(summary_path), "--work-dir", str(work), "--seed", str(SEED),
            "--data-path", args.data_path, "--task", json.dumps(task),

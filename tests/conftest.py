@@ -2,39 +2,20 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
 
+# one launcher for the tests, the sandbox and the benchmarks (tests import these names from here)
+from fedtier.launch.network import Processes, free_port, wait_for_port  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 TEST_PROJECTS = Path(__file__).resolve().parent / "projects"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before opening port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode | None:
@@ -67,42 +48,14 @@ def stats_ok(stats: dict[str, Any]) -> bool:
     return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
 
-class ProcessGroup:
-    """Starts ``python -m fedtier.cli ...`` processes with logs in files; kills all at the end."""
+class ProcessGroup(Processes):
+    """``fedtier ...`` processes with logs in files (``start(name, *args)``); all stopped at the end."""
 
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:  # type: ignore[override]
+        return self.fedtier(name, *args, env=env)
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.log_dir)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.kill()
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def dump_logs(self) -> str:
-        return "\n".join(f"----- {n}\n{self.log(n)[-3000:]}" for n in self.procs)
+    def stop_all(self, timeout: float = 10.0) -> None:
+        super().stop_all(timeout)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedtier.client.attack import Attack, AttackError, AttackPlan, flip_labels_for
-from fedtier.cli import main
+from fedtier.launch.cli import main
 from fedtier.client.context import TaskContext
 from fedtier.helpers.format import read_header, read_model, write_model
 
@@ -141,7 +141,7 @@ def test_client_refuses_attack_outside_the_lab(tmp_path: Path, monkeypatch: pyte
     ({"settings": "[1]"}, "--settings must be a JSON object"),
 ])
 def test_sandbox_refuses_bad_attackers_or_settings_before_starting(tmp_path: Path, kwargs: dict, match: str) -> None:
-    from fedtier.sandbox import Sandbox, SandboxOptions
+    from fedtier.launch.sandbox import Sandbox, SandboxOptions
 
     root = Path(__file__).resolve().parent.parent
     with pytest.raises(ValueError, match=match):

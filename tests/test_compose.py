@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from fedtier.cli import build_parser, main
+from fedtier.launch.cli import build_parser, main
 from fedtier.config import Settings, parse_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -480,7 +480,7 @@ def test_dockerignore_sends_what_the_image_needs_and_nothing_secret() -> None:
     for source in sources:
         assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
         assert not dockerignored(source), f"the Dockerfile copies {source}, but .dockerignore leaves it out"
-    for package in ("fedtier", "proto", "reducer", "combiner", "client", "helpers"):  # setup.py's packages
+    for package in ("fedtier", "proto", "reducer", "combiner", "client", "helpers", "launch", "datatools"):  # setup.py's packages
         assert f"{package}/" in sources
     for secret in (".env", ".venv", ".git", "data", "var", "tests", "seeds", "fedtier/__pycache__", "x/.env",
                    "compose/keys", "compose/credentials"):
@@ -775,7 +775,7 @@ def test_tls_override_certificates_really_work_with_the_names_used(tmp_path: Pat
     """Issue the header's certificates and check each names what its peers dial."""
     from cryptography import x509
 
-    from fedtier.certs import ServerSpec, issue_server_cert
+    from fedtier.launch.certs import ServerSpec, issue_server_cert
 
     for spec in ("reducer=localhost", "combiner-0=localhost", "combiner-1=localhost"):
         cert_path, _ = issue_server_cert(tmp_path, ServerSpec.parse(spec))

@@ -1,4 +1,4 @@
-"""fedtier.datasets: IDX files read exactly, malformed ones rejected with the file named."""
+"""fedtier.datatools.datasets: IDX files read exactly, malformed ones rejected with the file named."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtier.datasets import (
+from fedtier.datatools.datasets import (
     IdxFormatError,
     load_mnist,
     load_mnist_labels,

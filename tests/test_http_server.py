@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import ProcessGroup, free_port, positive, run_bench, wait_for_port
-from fedtier.certs import ServerSpec, issue_server_cert
+from fedtier.launch.certs import ServerSpec, issue_server_cert
 from fedtier.helpers import get_helper
 
 helper = get_helper("numpy")

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from conftest import ProcessGroup, code_of, free_port, wait_for_port
-from fedtier.certs import ServerSpec, issue_server_cert
-from fedtier.cli import main
+from fedtier.launch.certs import ServerSpec, issue_server_cert
+from fedtier.launch.cli import main
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.config import ConfigError, Settings
 from fedtier.helpers import get_helper

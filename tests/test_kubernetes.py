@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from fedtier.cli import build_parser, main
+from fedtier.launch.cli import build_parser, main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_env_example import variables_read_by_config  # noqa: E402  (the same list of settings)
@@ -763,7 +763,7 @@ def test_the_wildcard_combiner_certificate_works_for_grpc(tmp_path: Path) -> Non
     only for names one label below it: a live combiner serving that certificate."""
     import grpc
 
-    from fedtier.certs import ServerSpec, ensure_ca, issue_server_cert
+    from fedtier.launch.certs import ServerSpec, ensure_ca, issue_server_cert
     from fedtier.combiner.server import CombinerServer, CombinerSettings
     from fedtier.proto import fedtier_pb2 as pb
     from fedtier.proto import fedtier_pb2_grpc as rpc

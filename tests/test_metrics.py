@@ -245,7 +245,7 @@ def test_store_error_kinds_are_a_fixed_set() -> None:
 
 @pytest.mark.parametrize("port", ["70000", "-1", "ninety"])
 def test_a_bad_metrics_port_is_refused_by_name(port: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from fedtier.cli import build_parser
+    from fedtier.launch.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["combiner", "--name", "c", "--metrics-port", port])

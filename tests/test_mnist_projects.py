@@ -155,7 +155,7 @@ def test_sandbox_reaches_90_percent_in_two_rounds(name: str, tmp_path: Path) -> 
     summary_path = tmp_path / "summary.json"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox",
+        [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/nonexistent", "sandbox",
          "--project", str(ROOT / "test_projects" / name), "--combiners", "2", "--clients", str(CLIENTS), "--rounds", "2",
          "--exit-when-done", "--summary", str(summary_path), "--work-dir", str(tmp_path / "work"),
          "--data-path", str(MNIST), "--task", json.dumps(SUBSET), "--startup-timeout", "300",

@@ -1,4 +1,4 @@
-"""fedtier.partition: every sample exactly once, balanced, reproducible, strict on errors."""
+"""fedtier.datatools.partition: every sample exactly once, balanced, reproducible, strict on errors."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fedtier.partition import (
+from fedtier.datatools.partition import (
     MAX_DRAWS,
     SCHEMES,
     dirichlet,
@@ -323,7 +323,7 @@ def test_kclass_quantity_sizes_follow_the_skew() -> None:
 
 def test_kclass_quantity_with_single_holders_warns(caplog: pytest.LogCaptureFixture) -> None:
     labels = _labels()
-    with caplog.at_level("WARNING", logger="fedtier.partition"):
+    with caplog.at_level("WARNING", logger="fedtier.datatools.partition"):
         parts = kclass_quantity(labels, 5, seed=0, k=2, beta=0.5)
     _assert_exact_cover(parts, len(labels))
     assert "single holder" in caplog.text

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-from fedtier.sandbox import port_in_use
+from fedtier.launch.network import port_in_use
 
 SECTION = "## Running the parts yourself"
 PORTS = (8090, 12080)  # what the walkthrough names
@@ -125,7 +125,7 @@ def test_one_command_network_synopsis_matches_the_cli() -> None:
     (tests/test_sandbox.py runs the sandbox): every flag and path it names must exist."""
     import shlex
 
-    from fedtier.cli import build_parser
+    from fedtier.launch.cli import build_parser
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("## The one-command network")

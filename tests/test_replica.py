@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from fedtier import replica
-from fedtier.cli import build_parser, main
+from fedtier.launch.cli import build_parser, main
 from fedtier.replica import Replica, ReplicaError, compose_replica, decode_ptr_answer, resolve_client_identity
 
 

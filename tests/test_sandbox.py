@@ -18,7 +18,7 @@ def test_sandbox_trains_digits_and_keeps_a_correct_trail(tmp_path: Path) -> None
     summary_path = tmp_path / "summary.json"
     work = tmp_path / "work"
     done = subprocess.run(
-        [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox",
+        [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/nonexistent", "sandbox",
          "--project", str(ROOT / "test_projects" / "digits"), "--combiners", "2", "--clients", "5",
          "--rounds", "3", "--exit-when-done", "--summary", str(summary_path), "--work-dir", str(work)],
         capture_output=True, text=True, timeout=400, cwd=tmp_path)
@@ -58,7 +58,7 @@ def test_relative_data_path_is_resolved_before_children_start(tmp_path: Path, mo
     """Clients run in the sandbox's work dir, so a relative --data-path must be made absolute
     first (it was passed through as typed: every task then failed on a directory that did
     not exist from there). A path that does not exist is refused before any process starts."""
-    from fedtier.sandbox import Sandbox, SandboxOptions
+    from fedtier.launch.sandbox import Sandbox, SandboxOptions
 
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -81,7 +81,7 @@ def _argv_recording_project(root: Path) -> Path:
 
 @pytest.mark.parametrize("value, passed", [(None, []), (42, ["--seed", "42"])])
 def test_sandbox_hands_seed_py_the_seed_value(tmp_path: Path, value: int | None, passed: list[str]) -> None:
-    from fedtier.sandbox import Sandbox, SandboxOptions
+    from fedtier.launch.sandbox import Sandbox, SandboxOptions
 
     project = _argv_recording_project(tmp_path / "p")
     (tmp_path / "w").mkdir()  # run() makes it; this calls the seed step alone
@@ -95,7 +95,7 @@ def test_sandbox_hands_seed_py_the_seed_value(tmp_path: Path, value: int | None,
     ({"seed_value": 2**32}, "--seed-value must be from 0 to"),
 ])
 def test_sandbox_refuses_a_bad_seed_value_before_starting(tmp_path: Path, options: dict, message: str) -> None:
-    from fedtier.sandbox import Sandbox, SandboxOptions
+    from fedtier.launch.sandbox import Sandbox, SandboxOptions
 
     with pytest.raises(ValueError, match=message):
         Sandbox(SandboxOptions(project=_argv_recording_project(tmp_path / "p"), work_dir=tmp_path / "w", **options))

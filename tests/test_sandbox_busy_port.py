@@ -50,7 +50,7 @@ def test_second_sandbox_on_a_busy_port_exits_having_started_nothing(running_netw
     port = url.rsplit(":", 1)[1]
     work = tmp_path / "second"
     done = subprocess.run(
-        [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
+        [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
          "--combiners", "1", "--clients", "1", "--rounds", "1", "--exit-when-done", "--port", port,
          "--work-dir", str(work), "--startup-timeout", "20"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -66,10 +66,11 @@ def test_sandbox_never_uses_a_reducer_it_did_not_start(running_network, tmp_path
     """The port check and the start of the sandbox's reducer race with other programs: the
     sandbox trusts only the reducer that reports the instance id it gave it. Here the port
     check is made to miss the running network, as a race would."""
-    import fedtier.sandbox as sandbox
+    import fedtier.launch.network as network
+    import fedtier.launch.sandbox as sandbox
 
     url, status, combiners = running_network
-    monkeypatch.setattr(sandbox, "port_in_use", lambda port, host="127.0.0.1": False)
+    monkeypatch.setattr(network, "port_in_use", lambda port, host="127.0.0.1": False)
     monkeypatch.delenv("FEDTIER_DATA_DIR", raising=False)
     work = tmp_path / "second"
     box = sandbox.Sandbox(sandbox.SandboxOptions(project=DIGITS, combiners=1, clients=1, rounds=1,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedtier.client.project import Project, ProjectError
-from fedtier.sandbox import Sandbox, SandboxError, SandboxOptions
+from fedtier.launch.sandbox import Sandbox, SandboxError, SandboxOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "test_projects" / "digits"
@@ -139,7 +139,7 @@ def test_clients_train_on_the_announced_partition(tmp_path: Path, isolated_modul
     deterministic train."""
     summary_path = tmp_path / "summary.json"
     done = subprocess.run(
-        [sys.executable, "-m", "fedtier.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
+        [sys.executable, "-m", "fedtier.launch.cli", "--env-file", "/nonexistent", "sandbox", "--project", str(DIGITS),
          "--combiners", "1", "--clients", "3", "--rounds", "1", "--exit-when-done",
          "--summary", str(summary_path), "--work-dir", str(tmp_path / "work"), "--startup-timeout", "300",
          "--partition", "quantity:beta=0.5,min_size=20,seed=1", "--task", '{"epochs": 1}',

@@ -1,4 +1,4 @@
-"""The Python SDK (fedtier/sdk.py) and the control commands (fedtier/control_cli.py) against
+"""The Python SDK (fedtier/sdk.py) and the control commands (launch/control_cli.py) against
 live reducers over real sockets: one network of a reducer, a combiner and two clients for the
 session flow, and one reducer that checks identities for credentials and damaged downloads."""
 from __future__ import annotations
@@ -38,7 +38,7 @@ def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess:
     """A control command as a script would run it; the environment holds no reducer settings."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FEDN_", "FEDTIER_"))}
-    return subprocess.run([sys.executable, "-m", "fedtier.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fedtier.launch.cli", *args], capture_output=True, text=True,
                           env={**clean, **(env or {})}, input=stdin, timeout=90, cwd=cwd or ROOT)
 
 

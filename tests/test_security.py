@@ -15,7 +15,7 @@ import requests
 from werkzeug.serving import make_server
 
 from conftest import ProcessGroup, TEST_PROJECTS, code_of, free_port, wait_for_port
-from fedtier.certs import ServerSpec, issue_server_cert
+from fedtier.launch.certs import ServerSpec, issue_server_cert
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.config import ConfigError, Settings
 from fedtier.helpers import get_helper

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from fedtier.client.swarm import Swarm
-from fedtier.cli import build_parser
+from fedtier.launch.cli import build_parser
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.helpers import get_helper
 from fedtier.proto import fedtier_pb2 as pb

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedtier.partition import partition_indices
+from fedtier.datatools.partition import partition_indices
 
 TEST_FRACTION = 0.2  # share of all digits held out as the global test set
 VAL_FRACTION = 0.2  # share of each client's partition held out for validation
@@ -101,7 +101,7 @@ def load_partition(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Client ``index``'s share of the pool as ``(x_train, y_train, x_val, y_val)``.
 
-    ``seed``/``scheme``/``params`` go to ``fedtier.partition.partition_indices`` so
+    ``seed``/``scheme``/``params`` go to ``fedtier.datatools.partition.partition_indices`` so
     all clients of one experiment must use the same values to get disjoint shares.
     The train/val split of the share is seeded by ``(seed, index)`` so it is stable
     across rounds: a client never trains on samples it validated on earlier.

@@ -27,8 +27,8 @@ from torch import nn
 from data import load_partition, load_test_set
 from fedtier.client.attack import flip_labels_for
 from fedtier.client.context import TaskContext
+from fedtier.datatools.partition import resolve_config
 from fedtier.helpers.pytorch_helper import add_proximal_term
-from fedtier.partition import resolve_config
 from model import load_model, save_model
 
 #: Hyperparameters used when the task config does not set them. Chosen so that

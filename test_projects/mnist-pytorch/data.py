@@ -11,7 +11,7 @@ How the 60000 training images become client data (identical in every client, so 
 shares are disjoint without any coordination):
 
     train set --(max_train: fixed-seed subset, optional)--> pool
-    pool --fedtier.partition (task config "partition", default IID)--> client shares
+    pool --fedtier.datatools.partition (task config "partition", default IID)--> client shares
     each share --80/20, fixed seed--> train / validation
 
 The global test set is the t10k set (or its first ``max_test`` images); no client
@@ -31,8 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedtier.datasets import load_mnist, load_mnist_labels
-from fedtier.partition import partition_from_config
+from fedtier.datatools.datasets import load_mnist, load_mnist_labels
+from fedtier.datatools.partition import partition_from_config
 
 #: The reference copy on this machine: <repo>/../shared/data/mnist.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"

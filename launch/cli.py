@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtier import __version__
-from fedtier import control_cli, limits
+from fedtier import limits
+from fedtier.launch import control_cli
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
-from fedtier.health import add_health
+from fedtier.launch.health import add_health
 from fedtier.memory import tune_allocator
 
 log = logging.getLogger("fedtier")
@@ -233,7 +234,7 @@ def add_reducer(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- sandbox
 def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
-    from fedtier.sandbox import Sandbox, SandboxOptions
+    from fedtier.launch.sandbox import Sandbox, SandboxOptions
 
     options = SandboxOptions(project=Path(args.project), combiners=args.combiners, clients=args.clients,
                              rounds=args.rounds, exit_when_done=args.exit_when_done,
@@ -281,7 +282,7 @@ def add_sandbox(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- certs
 def cmd_certs(args: argparse.Namespace, settings: Settings) -> int:
-    from fedtier.certs import ServerSpec, ensure_ca, issue_server_cert
+    from fedtier.launch.certs import ServerSpec, ensure_ca, issue_server_cert
 
     out = Path(args.out)
     ensure_ca(out)
@@ -369,7 +370,7 @@ def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.path and args.project:
         raise ConfigError("give a PATH to upload or --project DIR to pack, not both")
-    if args.path:  # fedtier package PATH: upload (fedtier/control_cli.py)
+    if args.path:  # fedtier package PATH: upload (launch/control_cli.py)
         return control_cli.cmd_package_upload(args, settings)
     if not args.project:
         raise ConfigError("--project DIR (pack it into --out) or a PATH to upload is required")

@@ -9,7 +9,7 @@ uses only the reducer that reports the instance id it gave it: combiners registe
 some other network's reducer, under its combiners' names, broke that network.
 
 ``--partition SPEC`` (``iid``, ``dirichlet:alpha=0.5``, ``kclass:k=2``...; see
-``fedtier.partition.parse_spec``) goes into the session's task config as
+``fedtier.datatools.partition.parse_spec``) goes into the session's task config as
 ``"partition"``, so every client splits the data the same way. If the project names
 a ``labels`` function in fedn.yaml, the sandbox partitions those labels itself before
 starting anything, prints each client's label histogram and saves it to
@@ -19,32 +19,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from fedtier.client.attack import AttackPlan
 from fedtier.client.project import Project, ProjectError
-from fedtier.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
 from fedtier.seed_args import MAX_SEED
 
 
-class SandboxError(RuntimeError):
+class SandboxError(LaunchError):
     """The network could not be brought up or a round could not be run; says why."""
-
-
-class NotOurReducer(SandboxError):
-    """The reducer answering on the sandbox's port is not the one it started: waiting cannot help."""
 
 
 @dataclass(frozen=True)
@@ -66,23 +58,6 @@ class SandboxOptions:
     seed_value: int | None = None  # handed to the project's seed.py as --seed N
     byzantine: str | None = None  # lab attackers, e.g. "sign_flip:fraction=0.3,placement=one" (client/attack.py)
     settings: str = "{}"  # JSON round settings merged into /start, e.g. an aggregation strategy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server already listens on ``host:port`` (a bind, as the reducer's, fails)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug: TIME_WAIT is not "in use"
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def say(message: str) -> None:
@@ -129,72 +104,27 @@ class Sandbox:
         self.project = Project.load(options.project)
         self.stop = stop or threading.Event()
         self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="fedtier-sandbox-")).resolve()
-        self.logs = self.work_dir / "logs"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.url = ""
+        # the processes, their logs (work_dir/logs), the embedded stores (work_dir): fedtier.launch.network
+        self.net = LocalNetwork(self.work_dir, port=options.port, startup_timeout=options.startup_timeout,
+                                stop=self.stop)
+        self.logs = self.net.logs
 
-    # ---- processes
-    def _env(self) -> dict[str, str]:
-        # the sandbox uses the embedded stores, and is one machine's open network (its processes
-        # log that identities are not checked): a deployment's tokens and keys are left out
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("FEDN_MONGO_", "FEDN_MINIO_", "FEDN_ALLIANCE_", "FEDTIER_TOKEN_",
-                                    "FEDTIER_CREDENTIALS_DIR"))}
-        env.update(FEDTIER_DATA_DIR=str(self.work_dir), PYTHONUNBUFFERED="1")
-        env["FEDTIER_ALLOW_ATTACKS"] = "true" if self.plan else "false"  # --attack: the sandbox's clients only
-        return env
+    @property
+    def url(self) -> str:
+        return self.net.url
 
+    # ---- processes and the reducer's API: the launcher's (_spawn: a process of another kind, reducer first)
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "fedtier.cli", "--env-file", os.devnull, *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.work_dir)
-        self.procs[name] = proc
-        return proc
+        return self.net.spawn(name, *args)
 
     def _check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise SandboxError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+        self.net.check_alive()
 
-    def _shutdown(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    # ---- reducer API
     def _api(self, method: str, path: str, **kwargs: Any) -> Any:
-        reply = requests.request(method, self.url + path, timeout=30, **kwargs)
-        if reply.status_code >= 400:
-            raise SandboxError(f"{method} {path} failed: {reply.status_code} {reply.text.strip()[:500]}")
-        return reply.json()
-
-    def _wait_for(self, what: str, condition: Any, timeout: float | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.options.startup_timeout)
-        while True:
-            self._check_alive()
-            if self.stop.is_set():
-                raise SandboxError("interrupted")
-            try:
-                value = condition()
-                if value:
-                    return value
-            except NotOurReducer:
-                raise
-            except (requests.RequestException, SandboxError):
-                pass
-            if time.monotonic() > deadline:
-                raise SandboxError(f"timed out waiting for {what}; logs in {self.logs}")
-            time.sleep(0.25)
+        return self.net.api(method, path, **kwargs)
 
     # ---- the run
     def run(self) -> int:
-        self.logs.mkdir(parents=True, exist_ok=True)
         try:
             rounds = self._bring_up_and_train()
             ok = all(r["status"] == "success" for r in rounds)
@@ -204,75 +134,52 @@ class Sandbox:
             while not self.stop.wait(1.0):
                 self._check_alive()
             return 0 if ok else 1
-        except SandboxError as exc:
+        except LaunchError as exc:
             say(f"sandbox: {exc}")
             return 1
         finally:
-            self._shutdown()
+            self.net.shutdown()
 
     def _bring_up_and_train(self) -> list[dict[str, Any]]:
         o = self.options
-        if o.port and port_in_use(o.port):
-            raise SandboxError(f"port {o.port} is in use (another reducer or program listens there); nothing was "
-                               f"started: choose another with --port, or leave --port out for a free one")
-        port = o.port or _free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        try:
+            self.net.choose_port()
+        except PortInUse as exc:
+            raise SandboxError(f"{exc}: choose another with --port, or leave --port out for a free one") from None
         say(f"fedtier sandbox: {o.combiners} combiners, {o.clients} clients, project {self.project.root.name}; "
             f"work dir {self.work_dir}")
         self._show_partitions()
-        instance = uuid.uuid4().hex
-        self._spawn("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", self.project.helper,
-                    "--instance-id", instance)
-        self._wait_for("the reducer", lambda: self._own_reducer(instance))
+        try:  # the launcher uses only the reducer that reports the instance id it gave it
+            self.net.start_reducer(helper=self.project.helper)
+        except NotOurReducer as exc:
+            raise SandboxError(f"{exc}: choose another port with --port, or leave it out") from None
         say(f"dashboard: {self.url}/")
-        ports = {f"combiner-{i}": _free_port() for i in range(o.combiners)}
-        for name, combiner_port in ports.items():
-            self._spawn(name, "combiner", "--name", name, "--host", "127.0.0.1", "--port", str(combiner_port),
-                        "--reducer", self.url, "--heartbeat-interval", "1", "--heartbeat-timeout", "6",
-                        "--metrics-port", "0")  # off: a FEDTIER_METRICS_PORT in .env would be taken by the first
-        # ours by name AND port: a combiner of the same name elsewhere is not one of ours
-        self._wait_for("combiners to register", lambda: ports.items() <= {
-            (c["name"], c["port"]) for c in self._api("GET", "/api/v1/combiners")})
+        self.net.start_combiners(o.combiners, "--heartbeat-interval", "1", "--heartbeat-timeout", "6")
 
         seed = o.seed or self._make_seed()
-        with open(seed, "rb") as f:
-            self._api("POST", "/seed", files={"seed": ("seed", f)})
-        for i in range(o.clients):
-            name = f"client-{i}"
-            # with attackers, each client is pinned to its combiner, so the placement is the plan's
-            where = ["--reducer", self.url] if self.plan is None else \
-                ["--combiner", f"127.0.0.1:{ports[f'combiner-{self.plan.combiner_of(i)}']}", *self.plan.client_args(i)]
-            args = ["client", *where, "--project", str(self.project.root), "--name", name,
-                    "--partition", f"{i}/{o.clients}"]
-            if o.data_path:
-                args += ["--data-path", o.data_path]
-            self._spawn(name, *args)
-        self._wait_for(f"{o.clients} clients to connect",
-                       lambda: self._api("GET", "/api/v1/status")["clients_active"] >= o.clients)
+        self.net.seed(seed)
+        attacks = {"FEDTIER_ALLOW_ATTACKS": "true" if self.plan else "false"}  # --byzantine: the sandbox's clients only
+        if self.plan is None:
+            self.net.start_clients(o.clients, self.project.root, data_path=o.data_path, env=attacks)
+        else:  # with attackers, each client is pinned to its combiner, so the placement is the plan's
+            for i in range(o.clients):
+                name = f"client-{i}"
+                port = self.net.combiners[f"combiner-{self.plan.combiner_of(i)}"]
+                self.net.spawn(name, "client", "--combiner", f"127.0.0.1:{port}", *self.plan.client_args(i),
+                               "--project", str(self.project.root), "--name", name, "--partition", f"{i}/{o.clients}",
+                               *(["--data-path", o.data_path] if o.data_path else []), env=attacks)
+            self.net.wait_for_clients(o.clients)
         say(f"{o.clients} clients connected; starting {o.rounds} rounds")
         if self.plan:
             say(self.plan.describe())
-        start = self._api("POST", "/start", json={**self.settings, "rounds": o.rounds, "clients_required": o.clients,
-                                                  "round_timeout": o.round_timeout, "task": self.task})
-        return self._follow(start["session_id"])
-
-    def _own_reducer(self, instance: str) -> dict[str, Any]:
-        """The reducer's status, once the process answering is the one this sandbox started.
-
-        Anything else on the port (a network started earlier, whose reducer answers
-        before ours has failed to bind) must never see our combiners: they would
-        register with it, under names its own combiners may hold.
-        """
-        status = self._api("GET", "/api/v1/status")
-        if status.get("instance") != instance:
-            raise NotOurReducer(f"{self.url} is answered by another reducer, not the one this sandbox started; "
-                                f"nothing else was started: choose another port with --port, or leave it out")
-        return status
+        session_id = self.net.start_session(**{**self.settings, "rounds": o.rounds, "clients_required": o.clients,
+                                               "round_timeout": o.round_timeout, "task": self.task})
+        return self._follow(session_id)
 
     def _show_partitions(self) -> None:
         """Partition the project's labels as the clients will, print the table, save it.
 
-        The clients run the same ``fedtier.partition`` code on the same labels with the
+        The clients run the same ``fedtier.datatools.partition`` code on the same labels with the
         same task config, so this is exactly what each will hold. Skipped (with a note
         when a partition was asked for) if the project declares no ``labels`` function.
         """
@@ -304,7 +211,7 @@ class Sandbox:
             raise SandboxError(f"{self.project.root} has no seed.py; pass --seed FILE")
         out = self.work_dir / "seed.safetensors"
         seed = [] if self.options.seed_value is None else ["--seed", str(self.options.seed_value)]
-        done = subprocess.run([sys.executable, str(script), str(out), *seed], cwd=self.project.root, env=self._env(),
+        done = subprocess.run([sys.executable, str(script), str(out), *seed], cwd=self.project.root, env=self.net.env,
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not out.is_file():
             raise SandboxError(f"seed.py failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
