@@ -59,18 +59,18 @@ def _tiers(combiner: dict[str, Any], reducer: dict[str, Any] | None = None) -> d
 #: strategy's defaults (its registry entry); change them here or pass label=JSON.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "fedavg": {"aggregator": "fedavg"},
-    "fedavgm": _tiers({"name": "fedavg"}, {"name": "fedavgm"}),
+    "fedavgm": _tiers({"name": "fedavg"}, {"name": "fedavgm", "server_lr": 1.0, "momentum": 0.5}),
     "fedadam": _tiers({"name": "fedavg"}, {"name": "fedadam", "eta": 0.01}),
     "fedyogi": _tiers({"name": "fedavg"}, {"name": "fedyogi", "eta": 0.01}),
     "fedadagrad": _tiers({"name": "fedavg"}, {"name": "fedadagrad", "eta": 0.01}),
-    "fedprox": _tiers({"name": "fedprox", "mu": 0.01}),
+    "fedprox": _tiers({"name": "fedprox", "mu": 0.1}),
     "median": _tiers({"name": "median"}),
     "median-both": _tiers({"name": "median"}, {"name": "median"}),
     "trimmed_mean": _tiers({"name": "trimmed_mean", "beta": 0.2}),
     "trimmed_mean-both": _tiers({"name": "trimmed_mean", "beta": 0.2}, {"name": "trimmed_mean", "beta": 0.2}),
     "krum": _tiers({"name": "krum", "f": 1}),
     "multikrum": _tiers({"name": "multikrum", "f": 1, "m": 3}),
-    "fedper": _tiers({"name": "fedper"}),
+    "fedper": _tiers({"name": "fedper", "personal": "9.*"}),  # the MNIST CNN's last layer, its head
 }
 ADAPTIVE = ("fedprox", "fedavgm", "fedadam")
 ROBUST = ("median", "trimmed_mean", "krum", "multikrum")
