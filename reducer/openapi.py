@@ -143,6 +143,10 @@ SCHEMAS: dict[str, Any] = {
         "validation_quorums": {"type": "object", "additionalProperties": QUORUM,
                                "description": "the quorum each combiner's validation round ran with"},
         "participants": {"type": "array", "items": STRING},
+        "participants_count": {**INTEGER, "description": "in a summary (view=summary, status.last_round): how many "
+                                                         "participants; the per-client lists (participants, capped, "
+                                                         "each combiner's updates, clients, failures) become counts"},
+        "capped_count": INTEGER,
         "capped": {"type": "array", "description": "clients whose reported examples were cut to the weight cap",
                    "items": {"type": "object", "required": ["client", "combiner", "reported", "used"], "properties": {
                        "client": STRING, "combiner": STRING, "reported": INTEGER, "used": INTEGER}}},
@@ -192,7 +196,10 @@ SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "required": ["state", "combiners", "clients"], "properties": {
         "state": {"enum": ["setup", "idle", "instructing", "monitoring"]}, "instance": STRING,
         "latest_model": nullable("Model"), "production_model": nullable("ProductionModel"),
-        "session": nullable("Session"), "last_round": nullable("Round"),
+        "session": nullable("Session"),
+        "last_round": {**nullable("Round"), "description": "the newest round as a summary: its per-client lists as "
+                                                           "counts (participants_count, ...), the same size at any "
+                                                           "number of clients"},
         "combiners_online": INTEGER, "combiners": INTEGER, "clients_active": INTEGER, "clients": INTEGER}},
     "Promotion": {"type": "object", "required": ["id", "model_id", "sha256", "promoted_by", "promoted_at"],
                   "properties": {"id": STRING, "model_id": STRING, "sha256": STRING, "round": INTEGER,
@@ -378,7 +385,10 @@ def document() -> dict[str, Any]:
                     "counts"), **_errors(401)}}},
             "/api/v1/sessions": _list("Session", [LIMIT]),
             "/api/v1/sessions/{session_id}": _one("Session", "session_id"),
-            "/api/v1/rounds": _paged(_list("Round", ROUND_PAGE_PARAMS)),
+            "/api/v1/rounds": _paged(_list("Round", [*ROUND_PAGE_PARAMS, {
+                "name": "view", "in": "query", "schema": {"enum": ["full", "summary"]},
+                "description": "summary: each round without its per-client lists (counts instead), what a chart "
+                               "needs at any number of clients; full (default): the records as stored"}])),
             "/api/v1/rounds.csv": {"get": {
                 "summary": "the same rounds as /api/v1/rounds (same parameters) as CSV: session_id, session_round, "
                            "seq, model_round, status, started_at, finished_at, seconds, one column per metric "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 ROUND_OUTCOMES = ("running", "success", "failed", "stopped")
 
@@ -44,6 +44,25 @@ class RoundRecord:
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: what a round record holds per client: a thousand clients make these lists most of its size
+PER_CLIENT_FIELDS = ("participants", "capped")
+PER_CLIENT_COMBINER_FIELDS = ("updates", "clients", "failures")
+
+
+def round_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A round record without its per-client lists, each replaced by its length
+    (``participants`` -> ``participants_count``): what a page that polls needs (outcome,
+    metrics, timings), the same size at ten clients or ten thousand. The clients' part is
+    served a page at a time (the live view, the timeline, each client's history)."""
+    summary = {k: v for k, v in doc.items() if k not in PER_CLIENT_FIELDS}
+    for name in PER_CLIENT_FIELDS:
+        summary[f"{name}_count"] = len(doc.get(name) or ())
+    summary["combiners"] = [{**{k: v for k, v in c.items() if k not in PER_CLIENT_COMBINER_FIELDS},
+                             **{f"{k}_count": len(c.get(k) or ()) for k in PER_CLIENT_COMBINER_FIELDS}}
+                            for c in doc.get("combiners") or ()]
+    return summary
 
 
 @dataclass

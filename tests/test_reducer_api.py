@@ -195,3 +195,29 @@ def test_rounds_csv_matches_the_api_and_cannot_run_formulas(app, api: FlaskClien
     assert last["loss"] == "-0.25" and last["error"] == "'@SUM(A1)" and last["model_round"] == ""
     assert not any(k.startswith(("=", "+", "-", "@")) for k in rows[0])
     assert len(docs) == 63
+
+
+def test_a_summary_round_is_the_same_size_at_a_thousand_clients(app, api: FlaskClient) -> None:
+    """What the dashboard polls (view=summary, status.last_round) carries counts, not a list
+    per client: the full record of a 1,000-client round is hundreds of KB, its summary is not."""
+    state = app.extensions["fedtier"].state
+    names = [f"client-{i:04d}" for i in range(1000)]
+    update = {"num_examples": 10, "weight_used": 10, "capped": False, "timings": {"train": 1.0}}
+    state.insert("rounds", {
+        "id": "big", "session_id": "s", "round": 1, "seq": 1, "status": "success", "model_in": "m0",
+        "started_at": 1.0, "finished_at": 2.0, "timings": {"total": 1.0}, "metrics": {"accuracy": 0.9},
+        "participants": names, "capped": [],
+        "combiners": [{"name": f"c{k}", "success": True, "num_examples": 5000, "failures": [],
+                       "updates": [{"client": n, **update} for n in names[k::2]],
+                       "clients": [{"client": n, "state": "reported"} for n in names[k::2]]} for k in (0, 1)]})
+    full = api.get("/api/v1/rounds?offset=0")
+    summary = api.get("/api/v1/rounds?offset=0&view=summary")
+    status = api.get("/api/v1/status").json["last_round"]
+    assert len(full.data) > 100_000 and len(summary.data) < 2_000, (len(full.data), len(summary.data))
+    (one,) = summary.json
+    assert one == status and one["participants_count"] == 1000 and "participants" not in one
+    assert [(c["name"], c["updates_count"], c["clients_count"]) for c in one["combiners"]] == [("c0", 500, 500),
+                                                                                              ("c1", 500, 500)]
+    assert one["metrics"] == {"accuracy": 0.9} and one["timings"] == {"total": 1.0}
+    bad = api.get("/api/v1/rounds?view=compact")
+    assert bad.status_code == 400 and bad.json["field"] == "view"

@@ -18,7 +18,8 @@ from fedtier.round_config import RoundConfig
 from test_faults import Network, helper, wait_until
 
 FAMILIES: list[tuple[str, dict[str, Any]]] = [
-    ("plain", {"aggregation": {"combiner": "fedavg", "reducer": "fedavg"}}),
+    ("adaptive", {"aggregation": {"combiner": "fedavg", "reducer": {"name": "fedadam", "eta": 0.1}}}),
+    ("proximal", {"aggregation": {"combiner": {"name": "fedprox", "mu": 0.5}, "reducer": "fedavgm"}}),
 ]
 
 

@@ -395,7 +395,7 @@ def test_charts_reach_old_rounds_overlay_sessions_log_smooth_and_export(chromium
         assert "rounds 71–120 of 120" in page.inner_text("#range-summary")
         # polls fetch only new or running rounds: after the first page, one round past the end
         page.wait_for_event("request", lambda r: "/api/v1/rounds?" in r.url, timeout=5_000)  # the next poll
-        assert requested[0].endswith("/api/v1/rounds?last=50"), requested
+        assert requested[0].endswith("/api/v1/rounds?last=50&view=summary"), requested
         assert all("offset=120" in u for u in requested[1:]), requested
 
         # a range older than the latest 50, both sessions and their boundary in it

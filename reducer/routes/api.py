@@ -14,6 +14,7 @@ from fedtier.reducer.live import LIVE_FRESH_S, PAGE_DEFAULT, PAGE_MAX, STATES, c
 from fedtier.reducer.network import CLIENT_STATES, MAX_PAGE, MAX_QUERY_CHARS
 from fedtier.reducer.network import MAX_OFFSET as MAX_CLIENT_OFFSET
 from fedtier.reducer.participation import MAX_SEQ
+from fedtier.reducer.records import round_summary
 from fedtier.reducer.trail import MAX_MODELS_PAGE
 from fedtier.reducer.routes.network import NAME
 from fedtier.round_config import integer_setting
@@ -39,9 +40,9 @@ def _limit() -> int | None:
 
 @bp.get("/status")
 def status():
-    """``brief=true`` leaves out the running session and the last round: at a thousand clients the
-    round carries every client's update and times, which a page that polls for the state alone
-    (the network, a client, the trail) must not fetch every few seconds."""
+    """``brief=true`` leaves out the running session and the last round, for a page that polls
+    for the state alone (the network, a client, the trail). The last round comes as a summary
+    (reducer/records.py): at a thousand clients its per-client lists would be most of every poll."""
     raw = request.args.get("brief")
     if raw is not None and raw not in ("true", "false"):
         raise APIError(400, "brief must be true or false", field="brief")
@@ -62,7 +63,8 @@ def status():
     if raw != "true":
         running = r.state.find(SESSIONS, where={"status": "running"}, limit=1)
         last_round = r.state.find(ROUNDS, order_by="started_at", descending=True, limit=1)
-        reply.update(session=running[0] if running else None, last_round=last_round[0] if last_round else None)
+        reply.update(session=running[0] if running else None,
+                     last_round=round_summary(last_round[0]) if last_round else None)
     return jsonify(reply)
 
 
@@ -199,7 +201,8 @@ def _rounds_page() -> tuple[list[dict[str, Any]], int, int]:
 @bp.get("/rounds")
 def rounds():
     found, total, offset = _rounds_page()
-    reply = jsonify(found)
+    view = _choice("view", ("full", "summary")) or "full"
+    reply = jsonify(found if view == "full" else [round_summary(r) for r in found])
     reply.headers["X-Total-Count"] = str(total)
     reply.headers["X-Offset"] = str(offset)
     return reply

@@ -80,7 +80,7 @@ function renderRound(status, now, current) {
   }
   replace($("#round-status"), `Round #${roundNo(last)}`, pill(last.status));
   replace($("#round-detail"), last.status === "success"
-    ? `took ${seconds(last.timings.total)} · ${plural((last.participants || []).length, "client")} · finished ${when(last.finished_at)}`
+    ? `took ${seconds(last.timings.total)} · ${plural(last.participants_count ?? (last.participants || []).length, "client")} · finished ${when(last.finished_at)}`
     : last.error || "");
 }
 
@@ -224,7 +224,7 @@ function renderRoundTable(rounds, now, current) {
     { label: "Metrics", cell: (r) => metricsNode(r.metrics) },
     { label: "Time", class: "num nowrap", cell: (r) => (r.status === "running" ? `${seconds(now - r.started_at)}…` : seconds(r.timings.total)) },
     { label: "Clients", class: "num", cell: (r) => (r.status === "running" && current.round && current.round.id === r.id
-      ? current.total : (r.participants || []).length) },
+      ? current.total : r.participants_count ?? (r.participants || []).length) },
     { label: "Model", cell: (r) => idCode(r.model_out) },
     { label: "Started", class: "nowrap", cell: (r) => when(r.started_at) },
   ], rows, { empty: "No rounds yet.", rowAttrs: (r) => ({ "data-round-id": r.id }) }));
@@ -278,6 +278,7 @@ function cacheOf(filter) {
 async function fetchInto(cache, filter, params) {
   const q = new URLSearchParams(params);
   if (filter) q.set("session_id", filter);
+  q.set("view", "summary");  // no per-client lists: the same size at ten clients or a thousand
   const page = await getPage(`/api/v1/rounds?${q}`);
   page.items.forEach((r, i) => { cache.rounds[page.offset + i] = r; });
   cache.total = page.total;
