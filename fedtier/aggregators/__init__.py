@@ -11,9 +11,13 @@ from typing import Any
 from fedtier.aggregators.base import (COMBINER, REDUCER, TIERS, Aggregator, RoundContext, Strategy,
                                       StrategyError, Update)
 from fedtier.aggregators.fedavg import FedAvg
+from fedtier.aggregators.krum import Krum
+from fedtier.aggregators.median import Median
+from fedtier.aggregators.multikrum import MultiKrum
+from fedtier.aggregators.trimmed_mean import TrimmedMean
 from fedtier.helpers.base import Helper
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, Median, TrimmedMean, Krum, MultiKrum)}
 AGGREGATORS = STRATEGIES  # the older name
 
 
