@@ -69,7 +69,7 @@ class SliceReader:
     def __init__(self, kept: Sequence[Kept], rows: int) -> None:
         self.kept = list(kept)
         self.slice = slice_elements(rows)
-        self.work = np.empty((rows, self.slice), dtype=WORK)
+        self.work = np.empty(rows * self.slice, dtype=WORK)
         largest = max((spec.dtype.itemsize for k in self.kept for spec in k.header.tensors), default=1)
         self.raw = np.empty(self.slice * largest, dtype=np.uint8)
         self._fds: list[int | None] = []
@@ -112,8 +112,9 @@ class SliceReader:
 
     def read(self, spec: TensorSpec, start: int, count: int, which: Sequence[int]) -> np.ndarray:
         """Elements [start, start + count) of tensor ``spec`` of the kept updates ``which``,
-        as rows of the work buffer (overwritten by the next read)."""
-        rows = self.work[:len(which), :count]
+        as rows of the work buffer (overwritten by the next read). Contiguous: numpy copies
+        a strided array before it partitions it (np.median), a copy the size of the buffer."""
+        rows = self.work[:len(which) * count].reshape(len(which), count)
         itemsize = spec.dtype.itemsize
         raw = self.raw[:count * itemsize]
         for row, index in enumerate(which):
