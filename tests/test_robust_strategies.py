@@ -4,6 +4,7 @@ number of updates; what composing them over two tiers guarantees and what it doe
 their settings refused at /start with the field named."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -362,7 +363,7 @@ def test_a_median_of_combiner_medians_is_not_the_flat_median(tmp_path: Path) -> 
 
 # ---- settings
 
-@pytest.mark.parametrize("settings, field, words", [
+BAD_SETTINGS = [
     ({"aggregation": {"combiner": {"name": "trimmed_mean", "beta": 0.6}}}, "aggregation.combiner.beta", "at most 0.5"),
     ({"aggregation": {"combiner": {"name": "trimmed_mean", "beta": -0.1}}}, "aggregation.combiner.beta", "at least 0"),
     ({"aggregation": {"reducer": {"name": "trimmed_mean", "beta": "x"}}}, "aggregation.reducer.beta", "number"),
@@ -372,13 +373,16 @@ def test_a_median_of_combiner_medians_is_not_the_flat_median(tmp_path: Path) -> 
     ({"aggregation": {"reducer": {"name": "multikrum", "m": -1}}}, "aggregation.reducer.m", "at least 0"),
     ({"aggregation": {"combiner": {"name": "median", "beta": 0.1}}}, "aggregation.combiner.beta", "accepted: none"),
     ({"aggregator": "multikrum", "aggregator_kwargs": {"f": True}}, "aggregator_kwargs.f", "number"),
-])
-def test_bad_robust_settings_are_a_400_naming_the_field(api, settings: dict, field: str, words: str) -> None:
-    with pytest.raises(RoundConfigError) as caught:
-        RoundConfig.from_dict(settings)
-    assert caught.value.field == field and words in str(caught.value)
-    body = refused(api, api.post("/start", json={"rounds": 1, **settings}), 400, field)
-    assert words in body["error"]
+]
+
+
+def test_bad_robust_settings_are_a_400_naming_the_field(api) -> None:
+    for settings, field, words in BAD_SETTINGS:
+        with pytest.raises(RoundConfigError) as caught:
+            RoundConfig.from_dict(settings)
+        assert caught.value.field == field and words in str(caught.value), settings
+        body = refused(api, api.post("/start", json={"rounds": 1, **settings}), 400, field)
+        assert words in body["error"], body
 
 
 def test_robust_settings_are_taken_and_listed_for_either_tier() -> None:
@@ -388,3 +392,17 @@ def test_robust_settings_are_taken_and_listed_for_either_tier() -> None:
     assert RoundConfig.from_json(config.to_json()) == config
     for name in ROBUST:
         assert STRATEGIES[name].tiers == ("combiner", "reducer")
+
+
+# ---- the bench still runs
+
+@pytest.mark.timeout(120)
+def test_robust_memory_bench_smoke(tmp_path: Path) -> None:
+    from conftest import run_bench
+    out = tmp_path / "robust.json"
+    done = run_bench("robust_memory.py", "--smoke", "--json", str(out))
+    assert "peak / fedavg" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True
+    assert [r["strategy"] for r in result["rows"]] == ["fedavg", "median", "trimmed_mean", "krum", "multikrum"]
+    assert all(r["weight_ok"] and r["peak_rss"] > 0 and r["ratio_vs_fedavg"] > 0 for r in result["rows"])
