@@ -68,7 +68,9 @@ class SliceReader:
 
     def __init__(self, kept: Sequence[Kept], rows: int) -> None:
         self.kept = list(kept)
-        self.slice = slice_elements(rows)
+        # no longer than the largest tensor: a small model needs no 64 MiB buffer
+        longest = max((spec.size for k in self.kept[:1] for spec in k.header.tensors), default=1)
+        self.slice = min(slice_elements(rows), max(1, longest))
         self.work = np.empty(rows * self.slice, dtype=WORK)
         largest = max((spec.dtype.itemsize for k in self.kept for spec in k.header.tensors), default=1)
         self.raw = np.empty(self.slice * largest, dtype=np.uint8)
