@@ -400,9 +400,10 @@ def test_robust_settings_are_taken_and_listed_for_either_tier() -> None:
 def test_robust_memory_bench_smoke(tmp_path: Path) -> None:
     from conftest import run_bench
     out = tmp_path / "robust.json"
-    done = run_bench("robust_memory.py", "--smoke", "--json", str(out))
+    # three strategies of five: each runs in its own process (the bench's point), which costs a start-up
+    done = run_bench("robust_memory.py", "--smoke", "--strategies", "fedavg,median,krum", "--json", str(out))
     assert "peak / fedavg" in done.stdout
     result = json.loads(out.read_text())
     assert result["ok"] is True
-    assert [r["strategy"] for r in result["rows"]] == ["fedavg", "median", "trimmed_mean", "krum", "multikrum"]
+    assert [r["strategy"] for r in result["rows"]] == ["fedavg", "median", "krum"]
     assert all(r["weight_ok"] and r["peak_rss"] > 0 and r["ratio_vs_fedavg"] > 0 for r in result["rows"])
