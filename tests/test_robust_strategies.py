@@ -22,6 +22,7 @@ from fedtier.helpers import IncompatibleModelError, get_helper
 from fedtier.helpers.format import read_model, write_model
 from fedtier.round_config import RoundConfig, RoundConfigError
 
+from test_reducer_round import reducer  # noqa: F401  (fixture: a trail with a seed)
 from test_routes_input import api, app, refused  # noqa: F401  (fixtures: a seeded reducer)
 
 helper = get_helper("numpy")
@@ -407,3 +408,32 @@ def test_robust_memory_bench_smoke(tmp_path: Path) -> None:
     assert result["ok"] is True
     assert [r["strategy"] for r in result["rows"]] == ["fedavg", "median", "krum"]
     assert all(r["weight_ok"] and r["peak_rss"] > 0 and r["ratio_vs_fedavg"] > 0 for r in result["rows"])
+
+
+# ---- the reducer's side: its round with a robust reducer tier (combiners faked, tests/test_reducer_round.py)
+
+def test_a_reducer_round_with_a_robust_reducer_tier(reducer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_reducer_round import LATEST, Control, FakeCombiner, FakeNetwork, helper as numpy_helper, model_file, \
+        run_round
+    import fedtier.aggregators.kept as kept_module
+
+    _, trail, _, tmp_path = reducer
+    file_checks: list[Any] = []
+    monkeypatch.setattr(kept_module, "check_file", lambda *args: file_checks.append(args))
+    combiners = [FakeCombiner(f"c{i}", model_file(tmp_path / f"m{i}", value), 10 * (i + 1))
+                 for i, value in enumerate((1.0, 4.0, 100.0))]
+    median = {"combiner": {"name": "fedavg"}, "reducer": {"name": "median"}}
+    config = RoundConfig.from_dict({"aggregation": median})
+    round_doc, _ = run_round(trail, tmp_path / "work", combiners, monkeypatch, aggregation=config.aggregation)
+    out = tmp_path / "work" / LATEST / round_doc["model_out"]
+    np.testing.assert_allclose(numpy_helper.load(out)["w"], 4.0)  # the combiner model at 100 is out
+    assert file_checks == []  # each combiner model was checked on arrival, not read again
+    assert not list((tmp_path / "work").rglob("kept-*"))  # the round's scratch went with the round
+    # Krum at the reducer with 3 combiners and f = 1 (needs 5): the round fails naming the numbers
+    krum = RoundConfig.from_dict({"aggregation": {"reducer": {"name": "krum", "f": 1}}, "validate": False,
+                                  "wait_for_clients": 1.0})
+    control = Control(trail.state, trail, FakeNetwork(combiners), tmp_path / "work")  # type: ignore[arg-type]
+    failed = control._run_round("session-1", krum)
+    assert failed["status"] == "failed"
+    assert "needs more than 2f + 2 = 4 updates, and this round has 3" in failed["error"], failed["error"]
+    assert trail.latest()["id"] == round_doc["model_out"]  # the trail did not move
