@@ -297,13 +297,14 @@ def client_update(folder: Path, name: str, attacker: bool, rng: np.random.Genera
     return path
 
 
-def two_tier(tmp_path: Path, layout: list[list[bool]], combiner: tuple[str, dict], reducer: tuple[str, dict],
+def two_tier(tmp_path: Path, layout: list[list[bool]], at_combiners: tuple[str, dict],
+             at_reducer: tuple[str, dict],
              seed: int = 0) -> np.ndarray:
     """Clients grouped by combiner (True: an attacker), each combiner reducing its clients'
-    updates with ``combiner``, the reducer the combiner models with ``reducer``, weighted by
+    updates with ``at_combiners``, the reducer the combiner models with ``at_reducer``, weighted by
     what each combiner returns (as reducer/control.py does)."""
     rng = np.random.default_rng(seed)
-    folder = tmp_path / f"{combiner[0]}-{reducer[0]}-{seed}"
+    folder = tmp_path / f"{at_combiners[0]}-{at_reducer[0]}-{seed}"
     folder.mkdir()
     reference = folder / "global"
     write_model(reference, {"w": np.zeros(HONEST.size, np.float32)})
@@ -312,9 +313,9 @@ def two_tier(tmp_path: Path, layout: list[list[bool]], combiner: tuple[str, dict
         updates = [client_update(folder, f"c{c}-{i}", attacker, rng) for i, attacker in enumerate(clients)]
         examples = [float(rng.integers(50, 150)) for _ in updates]
         out = folder / f"combiner{c}"
-        weights.append(aggregate(combiner[0], reference, updates, examples, out, folder / f"w{c}", **combiner[1]))
+        weights.append(aggregate(at_combiners[0], reference, updates, examples, out, folder / f"w{c}", **at_combiners[1]))
         models.append(out)
-    aggregate(reducer[0], reference, models, weights, folder / "out", folder / "wr", **reducer[1])
+    aggregate(at_reducer[0], reference, models, weights, folder / "out", folder / "wr", **at_reducer[1])
     return read_model(folder / "out")["w"].astype(np.float64)
 
 
