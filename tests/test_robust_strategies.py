@@ -43,7 +43,9 @@ def make_updates(folder: Path, count: int, seed: int = 0) -> tuple[list[Path], l
     paths = []
     for i in range(count):
         path = folder / f"update-{seed}-{i}"
-        write_model(path, random_model(rng))
+        model = random_model(rng)
+        # another writer's header (metadata) puts this one's tensors at other offsets
+        write_model(path, model, metadata={"writer": "other"} if i == 1 else None)
         paths.append(path)
     return paths, [float(w) for w in rng.integers(1, 500, size=count)]
 

@@ -48,13 +48,16 @@ WORK = np.dtype(np.float64)
 
 @dataclass(frozen=True)
 class Kept:
-    """One update kept for ``finish``: its own link, its checked header (its tensors may sit
-    at other offsets than the reference's), its weight and sender."""
+    """One update kept for ``finish``: its own link, its checked header, its weight and
+    sender. ``begins`` maps tensor names to file offsets when its layout differs from the
+    reference's (a header with metadata); None, the usual case, means the same
+    offsets, so no per-update table is held and no header is searched per read."""
 
     path: Path
     header: ModelHeader
     weight: float
     sender: str
+    begins: dict[str, int] | None = None
 
 
 def slice_elements(count: int, buffer_bytes: int | None = None) -> int:
@@ -113,15 +116,15 @@ class SliceReader:
                 yield spec, start, min(self.slice, total - start)
 
     def read(self, spec: TensorSpec, start: int, count: int, which: Sequence[int]) -> np.ndarray:
-        """Elements [start, start + count) of tensor ``spec`` of the kept updates ``which``,
-        as rows of the work buffer (overwritten by the next read). Contiguous: numpy copies
+        """Elements [start, start + count) of the reference's tensor ``spec`` in the kept
+        updates ``which``, as rows of the work buffer (overwritten by the next read). Contiguous: numpy copies
         a strided array before it partitions it (np.median), a copy the size of the buffer."""
         rows = self.work[:len(which) * count].reshape(len(which), count)
         itemsize = spec.dtype.itemsize
         raw = self.raw[:count * itemsize]
         for row, index in enumerate(which):
             kept = self.kept[index]
-            offset = kept.header[spec.name].begin + start * itemsize
+            offset = (spec.begin if kept.begins is None else kept.begins[spec.name]) + start * itemsize
             fd = self._fds[index]
             if fd is None:
                 fd = self._open(kept)
@@ -171,7 +174,8 @@ class KeptUpdates(Strategy):
     def add(self, update: Update) -> None:
         _check_weight(update.weight)
         header = self._verdict(update)
-        self._kept.append(Kept(self.keep(update), header, float(update.weight), update.sender))
+        begins = None if header.tensors == self._reference.tensors else {t.name: t.begin for t in header.tensors}
+        self._kept.append(Kept(self.keep(update), header, float(update.weight), update.sender, begins))
         self.total_weight += float(update.weight)
         self.num_updates += 1
 
