@@ -21,7 +21,12 @@ from fedtier.aggregators.kept import KeptUpdates
 
 
 def _median(rows: np.ndarray) -> np.ndarray:
-    return np.median(rows, axis=0, overwrite_input=True)
+    """The median of each column; sorts ``rows`` in place. A sort along the updates is
+    several times faster than np.median's partition for the tens of updates a tier sees."""
+    rows.sort(axis=0)
+    n = rows.shape[0]
+    low, high = rows[(n - 1) // 2], rows[n // 2]
+    return low if n % 2 else (low + high) * 0.5
 
 
 class Median(KeptUpdates):

@@ -36,7 +36,7 @@ class TrimmedMean(KeptUpdates):
 
         def trimmed(rows: np.ndarray) -> np.ndarray:
             if k:
-                rows.partition((k, n - k - 1), axis=0)  # rows k .. n-k-1 now hold the middle values
+                rows.sort(axis=0)  # faster than a partition at k and n - k - 1 (median.py)
             return rows[k:n - k].mean(axis=0)
 
         self.reduce_slices(out, range(n), trimmed)
