@@ -8,7 +8,7 @@ updates on disk and read them back slice by slice (fedtier/aggregators/kept.py),
 their peak memory should be the output model plus a bounded buffer whatever the number
 of updates, as FedAvg's is its running mean plus a slice. Each (strategy, updates) pair
 runs in a fresh process, which adds every update (the same check FedAvg makes) and
-finishes; the table shows the process's peak RSS (``ru_maxrss``), its RSS before the
+finishes; the table shows the process's peak RSS (``VmHWM``), its RSS before the
 first update, the seconds spent in ``add`` and in ``finish``, and the peak over FedAvg's
 peak with the same updates.
 
@@ -73,6 +73,13 @@ def link_updates(folder: Path, distinct: list[Path], count: int) -> list[Path]:
 
 
 def peak_rss() -> int:
+    """This process's peak RSS since its exec (VmHWM). Not ``ru_maxrss``: Linux carries the
+    forking parent's RSS into it across exec, so every child would report at least the
+    parent's (which wrote the update files)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 

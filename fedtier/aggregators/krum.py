@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedtier.aggregators.base import StrategyError, Update
 from fedtier.aggregators.kept import KeptUpdates, SliceReader, link_or_copy
@@ -57,7 +58,10 @@ class Krum(KeptUpdates):
         distances to the others."""
         n = len(self._kept)
         distances = np.zeros((n, n), dtype=np.float64)
-        with SliceReader(self._kept, n) as reader:
+        # One BLAS thread: the n x n products are small and many, and OpenBLAS's threads spin
+        # waiting for each other; on a busy machine (a combiner's gRPC threads, other
+        # processes) one product took 250 times as long with them as without.
+        with SliceReader(self._kept, n) as reader, threadpool_limits(limits=1, user_api="blas"):
             for spec, start, count in reader.slices(self._reference):
                 if not count:
                     continue
