@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedtier.aggregators.krum import MAX_F, Krum
 from fedtier.aggregators.params import Param
@@ -40,4 +41,5 @@ class MultiKrum(Krum):
         chosen = self.chosen()
         weights = np.array([self._kept[i].weight for i in chosen], dtype=np.float64)
         weights /= weights.sum()
-        self.reduce_slices(out, chosen, lambda rows: weights @ rows)
+        with threadpool_limits(limits=1, user_api="blas"):  # as Krum's products (krum.py)
+            self.reduce_slices(out, chosen, lambda rows: weights @ rows)
