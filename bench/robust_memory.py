@@ -121,7 +121,11 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     for n in args.updates:
         folder = scratch / f"n{n}"
         link_updates(folder, distinct, n)
-        by_name = {s: run_child(s, distinct[0], folder) for s in args.strategies}
+        by_name = {}
+        for s in args.strategies:
+            by_name[s] = run_child(s, distinct[0], folder)
+            print(f"{s} with {n} updates: peak RSS {by_name[s]['peak_rss'] / MiB:.1f} MiB, "
+                  f"finish {by_name[s]['finish_s']:.1f} s", file=sys.stderr, flush=True)  # a long run's progress
         base = by_name.get("fedavg")
         for s, r in by_name.items():
             r["over_before"] = r["peak_rss"] - r["rss_before"]
