@@ -56,6 +56,7 @@ setup(
         "croniter>=6.0",  # schedules' cron expressions (reducer/schedules.py)
         "cheroot>=11.1",  # the reducer's HTTP server: threads in its process, TLS (reducer/serve.py)
         "prometheus-client>=0.20",  # /metrics of the reducer and each combiner (reducer/metrics.py, combiner/metrics.py)
+        "threadpoolctl>=3.1",  # Krum's distance products on one BLAS thread (fedtier/aggregators/krum.py)
     ],
     extras_require={
         "torch": TORCH,

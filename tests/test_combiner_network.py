@@ -89,6 +89,21 @@ def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path:
     combiner.download_model(again.model_id, tmp_path / "again")
     np.testing.assert_allclose(numpy_helper.load(tmp_path / "again")["b"], seed["b"] + 2 * 140 / 60, rtol=1e-6)
 
+    # a robust combiner tier on the same network: the median of the shifts 1, 2, 3 is 2, the
+    # weight returned is still every example; the updates it kept on disk are gone after the round
+    median = combiner.start_round(round_request(pb.TRAINING, again.model_id,
+                                                aggregation={"combiner": {"name": "median"}}), timeout=120)
+    assert median.success, median.error
+    assert median.num_examples == 60
+    combiner.download_model(median.model_id, tmp_path / "median")
+    np.testing.assert_allclose(numpy_helper.load(tmp_path / "median")["b"],
+                               numpy_helper.load(tmp_path / "again")["b"] + 2, rtol=1e-6)
+    assert not [p for p in (tmp_path / "c1").rglob("kept-*/*")]
+    # Krum with f = 1 needs more than 4 updates: 3 fail the round, naming the numbers
+    krum = combiner.start_round(round_request(pb.TRAINING, again.model_id,
+                                              aggregation={"combiner": {"name": "krum", "f": 1}}), timeout=120)
+    assert not krum.success and "needs more than 2f + 2 = 4 updates, and this round has 3" in krum.error
+
 
 @pytest.mark.parametrize("bad", ["nan_client", "wrong_shape_client"])
 def test_malformed_update_is_rejected_and_round_completes(procs: ProcessGroup, tmp_path: Path, bad: str) -> None:

@@ -17,6 +17,10 @@ from fedtier.aggregators.fedavgm import FedAvgM
 from fedtier.aggregators.fedper import FedPer
 from fedtier.aggregators.fedprox import FedProx
 from fedtier.aggregators.fedyogi import FedYogi
+from fedtier.aggregators.krum import Krum
+from fedtier.aggregators.median import Median
+from fedtier.aggregators.multikrum import MultiKrum
+from fedtier.aggregators.trimmed_mean import TrimmedMean
 from fedtier.helpers.base import Helper
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
@@ -26,6 +30,10 @@ STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     FedYogi,
     FedAdagrad,
     FedProx,
+    Median,
+    TrimmedMean,
+    Krum,
+    MultiKrum,
     FedPer,
 )}
 AGGREGATORS = STRATEGIES  # the older name
