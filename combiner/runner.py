@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from fedtier import limits
-from fedtier.aggregators import COMBINER, RoundContext, get_strategy
+from fedtier.aggregators import COMBINER, RoundContext, StrategyError, get_strategy
 from fedtier.aggregators.update_check import UpdateCheck
 from fedtier.combiner.metrics import CombinerMetrics
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
@@ -64,6 +64,9 @@ class RoundRunner:
         started = time.perf_counter()
         try:
             result = self._run(request)
+            return result
+        except StrategyError as exc:  # the strategy cannot work with this round (Krum with too few updates)
+            result = self._failed(request, str(exc))
             return result
         except Exception as exc:  # a round must end with a result, never a dropped RPC
             log.exception("round %s failed", request.round_id)
