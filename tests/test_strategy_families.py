@@ -20,6 +20,7 @@ from test_faults import Network, helper, wait_until
 FAMILIES: list[tuple[str, dict[str, Any]]] = [
     ("adaptive", {"aggregation": {"combiner": "fedavg", "reducer": {"name": "fedadam", "eta": 0.1}}}),
     ("proximal", {"aggregation": {"combiner": {"name": "fedprox", "mu": 0.5}, "reducer": "fedavgm"}}),
+    ("robust", {"aggregation": {"combiner": "median", "reducer": {"name": "trimmed_mean", "beta": 0.0}}}),
 ]
 
 
