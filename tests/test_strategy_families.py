@@ -75,7 +75,8 @@ def test_each_family_runs_over_the_network_as_it_computes_in_process(procs: Proc
         assert net.finished(session)["rounds_succeeded"] == 2, (family, net.get("/api/v1/rounds"))
         rounds = [r for r in net.get("/api/v1/rounds") if r["session_id"] == session]
         final = requests.get(f"{net.url}/api/v1/models/{rounds[-1]['model_out']}/download", timeout=10)
-        expected = replay(settings, rounds, tmp_path / family)
+        first = requests.get(f"{net.url}/api/v1/models/{rounds[0]['model_in']}/download", timeout=10)
+        expected = replay(settings, rounds, tmp_path / family, start=helper.from_bytes(first.content)["w"])
         np.testing.assert_allclose(helper.from_bytes(final.content)["w"], expected, rtol=1e-5, atol=1e-6,
                                    err_msg=family)
 
