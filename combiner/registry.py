@@ -1,6 +1,18 @@
 """Which clients are connected to this combiner, and which of them can take tasks.
 
-A client is *active* while its task stream is open and its last heartbeat is recent.
+A client is *active* while its task stream is open (liveness ``stream``, the default).
+The stream is the one thing a task needs, and the transport watches it without any
+Python code on either side: a client that exits or whose connection resets ends its
+stream at once, and one whose machine vanishes is found by the server's HTTP/2
+keepalive pings (fedtier/transport/channel.py), which the client's gRPC core answers
+however busy its interpreter is. Heartbeat calls, whose gaps grow with the number of
+clients sharing a process and a core (a thousand clients on two cores saw 15 s gaps
+against a 10 s timeout), then no longer decide who is active: they are a fallback
+that lets a client learn its combiner has forgotten it. Liveness ``heartbeat`` keeps
+FEDn's rule, for a network where something between client and combiner (an HTTP/2
+proxy) can hold a stream open after its client is gone: a client is then active
+only while its stream is open *and* its last heartbeat is within the timeout.
+
 Tasks reach a client through a queue that its TaskStream call drains; a reconnecting
 client gets a fresh queue and the old stream is told to end.
 """
@@ -18,6 +30,9 @@ from fedtier.proto import fedtier_pb2 as pb
 log = logging.getLogger(__name__)
 
 END_OF_STREAM = None  # put on a queue to end that client's TaskStream
+
+
+LIVENESS = ("stream", "heartbeat")
 
 
 class CombinerFullError(RuntimeError):
@@ -38,8 +53,11 @@ class ClientEntry:
 class ClientRegistry:
     def __init__(self, heartbeat_timeout: float = 15.0, max_streams: int = 1000,
                  clock: Callable[[], float] = time.monotonic,
-                 on_disconnect: Callable[[str], None] | None = None) -> None:
+                 on_disconnect: Callable[[str], None] | None = None, liveness: str = "stream") -> None:
+        if liveness not in LIVENESS:
+            raise ValueError(f"liveness must be one of {', '.join(LIVENESS)}, got {liveness!r}")
         self.heartbeat_timeout = heartbeat_timeout
+        self.liveness = liveness
         self.on_disconnect = on_disconnect  # so a round stops waiting for a client that left
         self.max_streams = max_streams
         self._clock = clock
@@ -134,8 +152,9 @@ class ClientRegistry:
                 remaining = deadline - self._clock()
                 if active >= count or remaining <= 0:
                     return active
-                # heartbeats going stale do not notify, so wake up now and then
-                self._changed.wait(min(remaining, 0.5))
+                # heartbeats going stale do not notify, so wake up now and then (with liveness
+                # "stream" every change notifies: this wait is only a safety net)
+                self._changed.wait(min(remaining, 0.5 if self.liveness == "heartbeat" else 5.0))
 
     def snapshot(self) -> list[pb.ClientInfo]:
         now = self._clock()
@@ -151,6 +170,8 @@ class ClientRegistry:
             return self._open_streams(), sum(1 for e in self._clients.values() if self._is_active(e))
 
     def _is_active(self, entry: ClientEntry) -> bool:
+        if self.liveness == "stream":
+            return entry.stream_open
         return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
 
     def _open_streams(self) -> int:

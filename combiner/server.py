@@ -23,6 +23,15 @@ from fedtier.transport.wire import add_model_transfer_servicer
 log = logging.getLogger(__name__)
 
 STREAM_HEADROOM = 32  # worker threads kept free of task streams for heartbeats and uploads
+# seconds between a client's heartbeats unless set: FEDn's 2 s where heartbeats decide who is
+# active; where the open stream does, a heartbeat is only a fallback and need not come often
+HEARTBEAT_INTERVAL = {"stream": 10.0, "heartbeat": 2.0}
+
+
+def heartbeat_interval(settings: "CombinerSettings") -> float:
+    """The interval this combiner tells its clients (``--heartbeat-interval``, else its liveness' default)."""
+    return settings.heartbeat_interval if settings.heartbeat_interval is not None \
+        else HEARTBEAT_INTERVAL[settings.liveness]
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,9 @@ class CombinerSettings:
     host: str = "127.0.0.1"
     port: int = 12080
     work_dir: Path = Path("var/combiner")
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float | None = None  # None: HEARTBEAT_INTERVAL[liveness]
     heartbeat_timeout: float = 10.0
+    liveness: str = "stream"  # combiner/registry.py: "stream" or FEDn's "heartbeat"
     max_workers: int = 1024
     max_model_bytes: int | None = None
     verify_key: str = ""      # FEDTIER_TOKEN_VERIFY_KEY: checks every caller's credential; unset: trust all
@@ -46,7 +56,8 @@ class CombinerServer:
         self.settings = settings
         self.cache = ModelCache(Path(settings.work_dir) / "models", settings.max_model_bytes)
         self.registry = ClientRegistry(settings.heartbeat_timeout,
-                                       max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
+                                       max_streams=max(1, settings.max_workers - STREAM_HEADROOM),
+                                       liveness=settings.liveness)
         self.metrics = CombinerMetrics()
         self.metrics.watch(self.registry)
         self.runner = RoundRunner(settings.name, self.registry, self.cache, metrics=self.metrics)
@@ -60,7 +71,7 @@ class CombinerServer:
                         "network reachable by others", settings.name)
         self.server = make_server(settings.max_workers, interceptors=[self.auth])
         rpc.add_CombinerServicer_to_server(
-            CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval, self.auth),
+            CombinerServicer(settings.name, self.registry, self.runner, heartbeat_interval(settings), self.auth),
             self.server)
         add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check, auth=self.auth,
                                                           metrics=self.metrics), self.server)  # wire.py: fast chunks
