@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from fedtier.proto import fedtier_pb2 as pb
 
@@ -33,6 +33,13 @@ END_OF_STREAM = None  # put on a queue to end that client's TaskStream
 
 
 LIVENESS = ("stream", "heartbeat")
+
+
+class Mailbox(Protocol):
+    """Where a client's tasks are put: a queue.Queue, or an asyncio server's LoopMailbox.
+    ``put`` is called from any thread and must not block."""
+
+    def put(self, item: "pb.Task | None") -> None: ...
 
 
 class CombinerFullError(RuntimeError):
@@ -46,7 +53,7 @@ class ClientEntry:
     connected_at: float
     stream_generation: int = 0
     stream_open: bool = False
-    tasks: "queue.Queue[pb.Task | None]" = field(default_factory=queue.Queue)
+    tasks: Mailbox = field(default_factory=queue.Queue)
     rounds_joined: int = 0
 
 
@@ -97,7 +104,9 @@ class ClientRegistry:
                 self._changed.notify_all()
             return True
 
-    def open_stream(self, name: str) -> tuple[int, "queue.Queue[pb.Task | None]"]:
+    def open_stream(self, name: str, mailbox: Mailbox | None = None) -> tuple[int, Mailbox]:
+        """Open ``name``'s task stream; tasks for it go to ``mailbox`` (a new queue.Queue when
+        none is given), END_OF_STREAM when it is replaced or closed."""
         with self._changed:
             entry = self._clients.get(name)
             if entry is None:
@@ -111,7 +120,7 @@ class ClientRegistry:
                 entry.tasks.put(END_OF_STREAM)
             entry.stream_generation += 1
             entry.stream_open = True
-            entry.tasks = queue.Queue()
+            entry.tasks = mailbox if mailbox is not None else queue.Queue()
             entry.last_seen = self._clock()
             self._changed.notify_all()
             return entry.stream_generation, entry.tasks

@@ -110,7 +110,7 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name, host=args.host, port=args.port,
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        liveness=args.liveness, max_workers=args.max_clients + 32, verify_key=settings.token_verify_key,
+        liveness=args.liveness, max_clients=args.max_clients, verify_key=settings.token_verify_key,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         metrics_port=(args.metrics_port if args.metrics_port is not None else settings.metrics_port) or None))
     stop = _stop_on_signals()
