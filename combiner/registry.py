@@ -43,7 +43,7 @@ class Mailbox(Protocol):
 
 
 class CombinerFullError(RuntimeError):
-    """More task streams than the server has worker threads to hold."""
+    """More task streams than the combiner holds (``--max-clients``)."""
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The server is grpc's asyncio server, on an event loop in a thread of its own, so a
 combiner is started, stopped and tested from ordinary synchronous code. Each client's
 task stream waits there as a coroutine; the handlers that block run on a thread pool
-of ``max_workers`` (combiner/servicer.py).
+of ``max_workers`` (combiner/servicer.py), a round on the loop's default executor so
+that it never waits behind clients' transfers.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class CombinerSettings:
     heartbeat_timeout: float = 10.0
     liveness: str = "stream"  # combiner/registry.py: "stream" or FEDn's "heartbeat"
     max_clients: int = 1000  # task streams held at once (--max-clients)
-    max_workers: int = 64     # threads for the blocking handlers: rounds, uploads, downloads, reports
+    max_workers: int = 128    # threads for the blocking handlers: uploads, downloads, reports (--max-workers)
     max_model_bytes: int | None = None
     verify_key: str = ""      # FEDTIER_TOKEN_VERIFY_KEY: checks every caller's credential; unset: trust all
     tls_cert: str = ""        # serve over TLS when both are set
@@ -95,8 +96,8 @@ class CombinerServer:
         add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check, auth=self.auth,
                                                           metrics=self.metrics, executor=self.pool),
                                     server)  # wire.py: fast chunks
-        rpc.add_ControlServicer_to_server(ControlServicer(self.settings.name, self.registry, self.runner, self.pool),
-                                       server)
+        rpc.add_ControlServicer_to_server(ControlServicer(self.settings.name, self.registry, self.runner),
+                                       server)  # a round runs on the loop's own executor, never queued behind uploads
         return server
 
     def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

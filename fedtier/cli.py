@@ -63,6 +63,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count is an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -110,7 +120,8 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name, host=args.host, port=args.port,
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        liveness=args.liveness, max_clients=args.max_clients, verify_key=settings.token_verify_key,
+        liveness=args.liveness, max_clients=args.max_clients, max_workers=args.max_workers,
+        verify_key=settings.token_verify_key,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         metrics_port=(args.metrics_port if args.metrics_port is not None else settings.metrics_port) or None))
     stop = _stop_on_signals()
@@ -145,7 +156,10 @@ def add_combiner(sub: argparse._SubParsersAction) -> None:
                         "a fallback; 2 with --liveness heartbeat)")
     p.add_argument("--heartbeat-timeout", type=_positive_seconds, default=10.0,
                    help="silence after which a client is inactive, with --liveness heartbeat (default 10)")
-    p.add_argument("--max-clients", type=int, default=1000, help="task streams this combiner holds at most")
+    p.add_argument("--max-clients", type=_at_least_one, default=1000,
+                   help="task streams (connected clients) this combiner holds at most (default 1000)")
+    p.add_argument("--max-workers", type=_at_least_one, default=128,
+                   help="threads for calls that block: uploads, downloads, reports; more wait (default 128)")
     p.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on --host:PORT/metrics (default $FEDTIER_METRICS_PORT; 0: off)")
     p.set_defaults(run=cmd_combiner)

@@ -66,9 +66,8 @@ def add_port(server: grpc.Server, address: str, cert_file: str | os.PathLike | N
 
 
 def make_server(max_workers: int, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
-    """A thread-pool server. Each connected client holds one worker for its task
-    stream, so the combiner caps streams below ``max_workers`` (see ClientRegistry)
-    to leave workers for heartbeats and uploads."""
+    """A thread-pool server, for services whose every call is short. A combiner serves with
+    :func:`make_aio_server` instead: there a client's long-lived task stream holds no thread."""
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                   thread_name_prefix="grpc"),
                        options=SERVER_OPTIONS, interceptors=list(interceptors))
