@@ -139,9 +139,16 @@ class LoadNetwork:
                 "--task-slots", str(a.task_slots)],
                 env=self.env)
             offset += count
-        self.wait(f"{a.clients} clients active on the combiners",
-                  lambda: sum(c.status().active_clients for c in self.combiners.values()) >= a.clients,
-                  max(180, a.clients / 20))
+        seen = [0]
+
+        def all_active() -> bool:
+            seen[0] = sum(c.status(timeout=30).active_clients for c in self.combiners.values())
+            return seen[0] >= a.clients
+
+        try:
+            self.wait(f"{a.clients} clients active on the combiners", all_active, max(180, a.clients / 8))
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} (the last count was {seen[0]})") from None
         seconds = time.monotonic() - started
         self.combiners_held = {name: {**process_figures(self.procs.procs[name].pid),
                                       "clients": handle.status(timeout=30).active_clients}

@@ -239,13 +239,27 @@ class ModelTransferServicer(rpc.ModelTransferServicer):
         return pb.UploadResponse(model_id=received.path.name, size=received.size, sha256=received.sha256,
                                  xxh3=received.xxh3)
 
-    def DownloadModel(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
-        require_own_name(self.auth, request.client_name, context)
+    async def DownloadModel(self, request: pb.DownloadRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[Chunk]:
+        refused = own_name_refusal(self.auth, request.client_name, context)
+        if refused is not None:
+            await context.abort(*refused)
         try:
             chunks = self.cache.chunks(request.model_id)
         except (KeyError, ValueError):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_id!r} is not on this combiner")
-        yield from counting(chunks, self.metrics.model_bytes.labels("sent").inc)
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_id!r} is not on this combiner")
+        # each chunk is read from disk on the pool, and sent from the loop: a client that reads
+        # slowly holds a coroutine, not one of the pool's threads
+        counted = counting(chunks, self.metrics.model_bytes.labels("sent").inc)
+        loop = asyncio.get_running_loop()
+        try:
+            while (chunk := await loop.run_in_executor(self.executor, next, counted, None)) is not None:
+                yield chunk
+        finally:
+            try:
+                counted.close()
+            except ValueError:  # cancelled while the pool was reading its next chunk: that read ends it
+                pass
 
 
 class _Refused(Exception):
