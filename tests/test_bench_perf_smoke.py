@@ -1,4 +1,4 @@
-"""bench/gigabyte.py, flower_compare.py and scale_out.py still run: small sizes, sane outputs, no speed asserted.
+"""bench/gigabyte.py, flower_compare.py, scale_out.py and hold_streams.py still run: small sizes, sane outputs, no speed asserted.
 
 Each runs as the command a person would type (so --help, the tables and --json are
 exercised too), with a model and a network small enough to finish in seconds. The
@@ -158,3 +158,15 @@ def test_scale_out_liveness_ratios_and_memory_per_client() -> None:
     result = {"combiners_idle": {"a": {"rss_mib": 100.0}, "b": {"rss_mib": 100.0}},
               "combiners_held": {"a": {"rss_mib": 110.0, "clients": 512}, "b": {"rss_mib": 105.0, "clients": 512}}}
     assert scale_out.per_client_kib(result) == 20.0  # 10 MiB over 512 clients
+
+
+@pytest.mark.timeout(60)
+def test_hold_streams_smoke(tmp_path: Path) -> None:
+    """A combiner holds every client without a thread each, and counts none active once they go."""
+    out = tmp_path / "hold.json"
+    done = run_bench("hold_streams.py", "--clients", "50", "--json", str(out), timeout=55)
+    assert "Clients held by one combiner" in done.stdout
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["held"]["active"] == 50 and run["refused"] == 0
+    assert run["held"]["threads"] < run["idle"]["threads"] + 10  # no thread per client
+    assert positive(run["kib_per_client"]) and 0 <= run["release_s"] < 30
