@@ -156,18 +156,16 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
     async def abort_aio(request_or_iterator: Any, context: Any) -> None:
         await context.abort(code, message)
 
-    if aio:
-        abort = abort_aio  # noqa: F811
-
+    refuse = abort_aio if aio else abort
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
 
 
 class _ClientCallDetails(grpc.ClientCallDetails):
