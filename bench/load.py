@@ -51,6 +51,12 @@ EXAMPLES_PER_CLIENT = 100  # bench/projects/noop/noop.py NUM_EXAMPLES
 STATUS_TIMEOUT_S = 10.0  # a combiner's Status slower than this counts as unanswered
 
 
+def process_figures(pid: int) -> dict[str, float]:
+    """RSS (MiB) and threads of a process now."""
+    proc = psutil.Process(pid)
+    return {"rss_mib": proc.memory_info().rss / MiB, "threads": proc.num_threads()}
+
+
 class LoadNetwork:
     """The processes of one run (fedtier.launch.network) and the REST/gRPC handles to watch them with."""
 
@@ -84,6 +90,10 @@ class LoadNetwork:
             extra += ["--heartbeat-interval", str(a.heartbeat_interval)]
         if a.heartbeat_timeout:
             extra += ["--heartbeat-timeout", str(a.heartbeat_timeout)]
+        if getattr(a, "liveness", ""):
+            extra += ["--liveness", a.liveness]
+        if getattr(a, "max_clients", 0):
+            extra += ["--max-clients", str(a.max_clients)]
         env, combiner_level = None, None
         if getattr(a, "trace_combiners", False):  # tracemalloc on, and the INFO line that reports it
             env, combiner_level = {"PYTHONTRACEMALLOC": "1"}, "INFO"
@@ -94,6 +104,7 @@ class LoadNetwork:
                        cwd=NOOP_PROJECT)
         self.local.seed(seed, timeout=60)
 
+        self.combiners_idle = {name: process_figures(self.procs.procs[name].pid) for name in self.combiners}
         started = time.monotonic()
         shares = [a.clients // a.swarms + (1 if i < a.clients % a.swarms else 0) for i in range(a.swarms)]
         offset = 0
@@ -107,9 +118,20 @@ class LoadNetwork:
                 "--work-dir", str(self.work / f"swarm-{i}"), "--stats", str(stats), "--stats-interval", "1",
                 "--task-slots", str(a.task_slots))
             offset += count
-        self.wait(f"{a.clients} clients active on the combiners",
-                  lambda: sum(c.status().active_clients for c in self.combiners.values()) >= a.clients, 180)
+        seen = [0]
+
+        def all_active() -> bool:
+            seen[0] = sum(c.status(timeout=30).active_clients for c in self.combiners.values())
+            return seen[0] >= a.clients
+
+        try:
+            self.wait(f"{a.clients} clients active on the combiners", all_active, max(180, a.clients / 8))
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} (the last count was {seen[0]})") from None
         seconds = time.monotonic() - started
+        self.combiners_held = {name: {**process_figures(self.procs.procs[name].pid),
+                                      "clients": handle.status(timeout=30).active_clients}
+                               for name, handle in self.combiners.items()}
         self.wait(f"the reducer to see {a.clients} active clients",
                   lambda: self.get("/api/v1/status")["clients_active"] >= a.clients, 60)
         return seconds
@@ -220,6 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = local.procs
         net = LoadNetwork(local, args)
         result["startup_s"] = net.start()
+        # each combiner without clients, then holding them (all active, before any round)
+        result["combiners_idle"] = net.combiners_idle
+        result["combiners_held"] = net.combiners_held
         watcher = Watcher(net)
         result["rss_before_mib"] = {n: v / MiB for n, v in watcher.rss().items()}
         result["threads_before"] = watcher.threads()
@@ -367,6 +392,11 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
                                               "max growth after round 2", "peak MiB"], print_rows)
     print(f"\nstartup (all clients active): {result['startup_s']:.1f}s; threads per swarm process: "
           + ", ".join(str(v) for k, v in result["threads_before"].items() if k.startswith("swarm")))
+    for name, held in result["combiners_held"].items():
+        idle = result["combiners_idle"][name]
+        per_client = (held["rss_mib"] - idle["rss_mib"]) * 1024 / held["clients"] if held["clients"] else 0.0
+        print(f"{name}: {held['clients']} clients, {held['threads']} threads ({idle['threads']} without clients), "
+              f"RSS {held['rss_mib']:.1f} MiB ({idle['rss_mib']:.1f} without clients: {per_client:.1f} KiB a client)")
     print(f"round time: median {s['round_time_s']['median']:.2f}s, min {s['round_time_s']['min']:.2f}s, "
           f"max {s['round_time_s']['max']:.2f}s")
     print(f"heartbeats: {result['status_polls']} status polls ({result['status_unanswered']} unanswered), "
@@ -396,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="combiner --heartbeat-interval (default: the combiner's own default)")
     parser.add_argument("--heartbeat-timeout", type=float, default=0.0,
                         help="combiner --heartbeat-timeout (default: the combiner's own default)")
+    parser.add_argument("--liveness", choices=("stream", "heartbeat"), default=None,
+                        help="combiner --liveness (default: the combiner's own, stream)")
+    parser.add_argument("--max-clients", type=int, default=0,
+                        help="combiner --max-clients (default: the combiner's own)")
     parser.add_argument("--task-slots", type=int, default=8,
                         help="fedtier swarm --task-slots: tasks at once per swarm process (default 8; 0: no limit)")
     parser.add_argument("--trace-combiners", action="store_true",

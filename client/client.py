@@ -1,9 +1,12 @@
 """A federated client: connects out to a combiner, takes tasks, runs the project's code.
 
 The client opens no port. It finds its combiner (given, or assigned by the reducer's
-``/assign``), connects, heartbeats, and reads tasks from one long-lived stream. When
-the combiner goes away the stream or the heartbeats fail; the client then backs off
-exponentially, asks for a combiner again, and resumes taking tasks when one answers.
+``/assign``), connects, and reads tasks from one long-lived stream; while that stream
+is open the combiner counts it active (combiner/registry.py). It also heartbeats, as
+often as the combiner says: a fallback that tells it when the combiner has forgotten
+it. When the combiner goes away the stream (its keepalive pings) or the heartbeats
+fail; the client then backs off exponentially, asks for a combiner again, and resumes
+taking tasks when one answers.
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ class FedClient:
         self._progress_unsupported = False  # the combiner predates ReportProgress: stop sending it
         if settings.attack is not None:
             log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
+        self._stream: Any = None  # the open task stream, so interrupt() can end it
+        self._stream_lock = threading.Lock()
 
     # ---- connection lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -155,6 +160,10 @@ class FedClient:
             self.stats.connects += 1
             log.info("%s: connected to combiner %s at %s", self.settings.name, reply.combiner_name, address)
             stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name))
+            with self._stream_lock:
+                self._stream = stream
+            if stop.is_set():  # stopped while connecting: interrupt() found no stream to end
+                stream.cancel()
             beat = threading.Thread(target=self._heartbeats, name=f"{self.settings.name}-heartbeat", daemon=True,
                                     args=(stub, stream, max(0.1, reply.heartbeat_interval_s), stop, done))
             beat.start()
@@ -167,8 +176,18 @@ class FedClient:
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
             return True
         finally:
+            with self._stream_lock:
+                self._stream = None
             done.set()
             channel.close()
+
+    def interrupt(self) -> None:
+        """End the open task stream now (after ``stop`` is set: ``run`` then returns once a
+        task in progress is done), rather than at the next heartbeat, which may be seconds away."""
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
 
     def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
                     stop: threading.Event, done: threading.Event) -> None:

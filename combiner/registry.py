@@ -1,6 +1,18 @@
 """Which clients are connected to this combiner, and which of them can take tasks.
 
-A client is *active* while its task stream is open and its last heartbeat is recent.
+A client is *active* while its task stream is open (liveness ``stream``, the default).
+The stream is the one thing a task needs, and the transport watches it without any
+Python code on either side: a client that exits or whose connection resets ends its
+stream at once, and one whose machine vanishes is found by the server's HTTP/2
+keepalive pings (fedtier/transport/channel.py), which the client's gRPC core answers
+however busy its interpreter is. Heartbeat calls, whose gaps grow with the number of
+clients sharing a process and a core (a thousand clients on two cores saw 15 s gaps
+against a 10 s timeout), then no longer decide who is active: they are a fallback
+that lets a client learn its combiner has forgotten it. Liveness ``heartbeat`` keeps
+FEDn's rule, for a network where something between client and combiner (an HTTP/2
+proxy) can hold a stream open after its client is gone: a client is then active
+only while its stream is open *and* its last heartbeat is within the timeout.
+
 Tasks reach a client through a queue that its TaskStream call drains; a reconnecting
 client gets a fresh queue and the old stream is told to end.
 """
@@ -11,7 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from fedtier.proto import fedtier_pb2 as pb
 
@@ -20,8 +32,18 @@ log = logging.getLogger(__name__)
 END_OF_STREAM = None  # put on a queue to end that client's TaskStream
 
 
+LIVENESS = ("stream", "heartbeat")
+
+
+class Mailbox(Protocol):
+    """Where a client's tasks are put: a queue.Queue, or an asyncio server's LoopMailbox.
+    ``put`` is called from any thread and must not block."""
+
+    def put(self, item: "pb.Task | None") -> None: ...
+
+
 class CombinerFullError(RuntimeError):
-    """More task streams than the server has worker threads to hold."""
+    """More task streams than the combiner holds (``--max-clients``)."""
 
 
 @dataclass
@@ -31,15 +53,18 @@ class ClientEntry:
     connected_at: float
     stream_generation: int = 0
     stream_open: bool = False
-    tasks: "queue.Queue[pb.Task | None]" = field(default_factory=queue.Queue)
+    tasks: Mailbox = field(default_factory=queue.Queue)
     rounds_joined: int = 0
 
 
 class ClientRegistry:
     def __init__(self, heartbeat_timeout: float = 15.0, max_streams: int = 1000,
                  clock: Callable[[], float] = time.monotonic,
-                 on_disconnect: Callable[[str], None] | None = None) -> None:
+                 on_disconnect: Callable[[str], None] | None = None, liveness: str = "stream") -> None:
+        if liveness not in LIVENESS:
+            raise ValueError(f"liveness must be one of {', '.join(LIVENESS)}, got {liveness!r}")
         self.heartbeat_timeout = heartbeat_timeout
+        self.liveness = liveness
         self.on_disconnect = on_disconnect  # so a round stops waiting for a client that left
         self.max_streams = max_streams
         self._clock = clock
@@ -79,7 +104,9 @@ class ClientRegistry:
                 self._changed.notify_all()
             return True
 
-    def open_stream(self, name: str) -> tuple[int, "queue.Queue[pb.Task | None]"]:
+    def open_stream(self, name: str, mailbox: Mailbox | None = None) -> tuple[int, Mailbox]:
+        """Open ``name``'s task stream; tasks for it go to ``mailbox`` (a new queue.Queue when
+        none is given), END_OF_STREAM when it is replaced or closed."""
         with self._changed:
             entry = self._clients.get(name)
             if entry is None:
@@ -93,7 +120,7 @@ class ClientRegistry:
                 entry.tasks.put(END_OF_STREAM)
             entry.stream_generation += 1
             entry.stream_open = True
-            entry.tasks = queue.Queue()
+            entry.tasks = mailbox if mailbox is not None else queue.Queue()
             entry.last_seen = self._clock()
             self._changed.notify_all()
             return entry.stream_generation, entry.tasks
@@ -134,8 +161,9 @@ class ClientRegistry:
                 remaining = deadline - self._clock()
                 if active >= count or remaining <= 0:
                     return active
-                # heartbeats going stale do not notify, so wake up now and then
-                self._changed.wait(min(remaining, 0.5))
+                # heartbeats going stale do not notify, so wake up now and then (with liveness
+                # "stream" every change notifies: this wait is only a safety net)
+                self._changed.wait(min(remaining, 0.5 if self.liveness == "heartbeat" else 5.0))
 
     def snapshot(self) -> list[pb.ClientInfo]:
         now = self._clock()
@@ -151,6 +179,8 @@ class ClientRegistry:
             return self._open_streams(), sum(1 for e in self._clients.values() if self._is_active(e))
 
     def _is_active(self, entry: ClientEntry) -> bool:
+        if self.liveness == "stream":
+            return entry.stream_open
         return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
 
     def _open_streams(self) -> int:

@@ -1,9 +1,19 @@
-"""A combiner process: the gRPC server plus its announcement to the reducer."""
+"""A combiner process: the gRPC server plus its announcement to the reducer.
+
+The server is grpc's asyncio server, on an event loop in a thread of its own, so a
+combiner is started, stopped and tested from ordinary synchronous code. Each client's
+task stream waits there as a coroutine; the handlers that block run on a thread pool
+of ``max_workers`` (combiner/servicer.py), a round on the loop's default executor so
+that it never waits behind clients' transfers.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Coroutine, TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +26,22 @@ from fedtier.combiner.runner import RoundRunner
 from fedtier.combiner.servicer import CombinerServicer, ControlServicer, ModelTransferServicer
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.identity import Verifier, load_verify_key
-from fedtier.transport.auth import IdentityInterceptor
-from fedtier.transport.channel import add_port, make_server, resolves
+from fedtier.transport.auth import AioIdentityInterceptor, IdentityInterceptor
+from fedtier.transport.channel import add_port, make_aio_server, resolves
 from fedtier.transport.wire import add_model_transfer_servicer
 
 log = logging.getLogger(__name__)
 
-STREAM_HEADROOM = 32  # worker threads kept free of task streams for heartbeats and uploads
+T = TypeVar("T")
+# seconds between a client's heartbeats unless set: FEDn's 2 s where heartbeats decide who is
+# active; where the open stream does, a heartbeat is only a fallback and need not come often
+HEARTBEAT_INTERVAL = {"stream": 10.0, "heartbeat": 2.0}
+
+
+def heartbeat_interval(settings: "CombinerSettings") -> float:
+    """The interval this combiner tells its clients (``--heartbeat-interval``, else its liveness' default)."""
+    return settings.heartbeat_interval if settings.heartbeat_interval is not None \
+        else HEARTBEAT_INTERVAL[settings.liveness]
 
 
 @dataclass(frozen=True)
@@ -31,9 +50,11 @@ class CombinerSettings:
     host: str = "127.0.0.1"
     port: int = 12080
     work_dir: Path = Path("var/combiner")
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float | None = None  # None: HEARTBEAT_INTERVAL[liveness]
     heartbeat_timeout: float = 10.0
-    max_workers: int = 1024
+    liveness: str = "stream"  # combiner/registry.py: "stream" or FEDn's "heartbeat"
+    max_clients: int = 1000  # task streams held at once (--max-clients)
+    max_workers: int = 128    # threads for the blocking handlers: uploads, downloads, reports (--max-workers)
     max_model_bytes: int | None = None
     verify_key: str = ""      # FEDTIER_TOKEN_VERIFY_KEY: checks every caller's credential; unset: trust all
     tls_cert: str = ""        # serve over TLS when both are set
@@ -45,8 +66,8 @@ class CombinerServer:
     def __init__(self, settings: CombinerSettings) -> None:
         self.settings = settings
         self.cache = ModelCache(Path(settings.work_dir) / "models", settings.max_model_bytes)
-        self.registry = ClientRegistry(settings.heartbeat_timeout,
-                                       max_streams=max(1, settings.max_workers - STREAM_HEADROOM))
+        self.registry = ClientRegistry(settings.heartbeat_timeout, max_streams=max(1, settings.max_clients),
+                                       liveness=settings.liveness)
         self.metrics = CombinerMetrics()
         self.metrics.watch(self.registry)
         self.runner = RoundRunner(settings.name, self.registry, self.cache, metrics=self.metrics)
@@ -58,21 +79,38 @@ class CombinerServer:
             log.warning("IDENTITIES ARE NOT CHECKED on combiner %s: any caller may connect under any client "
                         "name and run rounds. Set FEDTIER_TOKEN_VERIFY_KEY (fedtier token keygen) for any "
                         "network reachable by others", settings.name)
-        self.server = make_server(settings.max_workers, interceptors=[self.auth])
-        rpc.add_CombinerServicer_to_server(
-            CombinerServicer(settings.name, self.registry, self.runner, settings.heartbeat_interval, self.auth),
-            self.server)
-        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check, auth=self.auth,
-                                                          metrics=self.metrics), self.server)  # wire.py: fast chunks
-        rpc.add_ControlServicer_to_server(ControlServicer(settings.name, self.registry, self.runner), self.server)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.max_workers), thread_name_prefix="grpc")
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name=f"{settings.name}-grpc-loop",
+                                             daemon=True)
+        self._loop_thread.start()
+        self.server = self._on_loop(self._make_server())
         self.port = 0
         self.metrics_port = 0
+
+    async def _make_server(self) -> Any:  # on the loop: grpc.aio binds a server to the loop it is made on
+        server = make_aio_server(self.pool, interceptors=[AioIdentityInterceptor(self.auth)])
+        rpc.add_CombinerServicer_to_server(
+            CombinerServicer(self.settings.name, self.registry, self.runner, heartbeat_interval(self.settings),
+                             self.auth), server)
+        add_model_transfer_servicer(ModelTransferServicer(self.cache, self.runner.arrival_check, auth=self.auth,
+                                                          metrics=self.metrics, executor=self.pool),
+                                    server)  # wire.py: fast chunks
+        rpc.add_ControlServicer_to_server(ControlServicer(self.settings.name, self.registry, self.runner),
+                                       server)  # a round runs on the loop's own executor, never queued behind uploads
+        return server
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0 in tests)."""
         address = f"{self.settings.host}:{self.settings.port}"
+        async def bind() -> int:
+            return add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+
         try:  # grpc raises, or returns 0 in older versions, when the address is taken
-            self.port = add_port(self.server, address, self.settings.tls_cert or None, self.settings.tls_key or None)
+            self.port = self._on_loop(bind())
         except RuntimeError:
             self.port = 0
         if not self.port:
@@ -82,18 +120,22 @@ class CombinerServer:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
             log.info("combiner %s: Prometheus metrics on http://%s:%d/metrics", self.settings.name,
                      self.settings.host, self.metrics_port)
-        self.server.start()
+        self._on_loop(self.server.start())
         log.info("combiner %s serving on %s:%d (%s, tokens %s)", self.settings.name, self.settings.host, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext",
                  "identities checked" if self.auth.enabled else "IDENTITIES NOT CHECKED")
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:
-        self.server.stop(grace).wait()
+        if self._loop.is_running():
+            self._on_loop(self.server.stop(grace))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(10)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self._on_loop(self.server.wait_for_termination())
 
 
 ALL_INTERFACES = ("", "0.0.0.0", "::", "[::]")

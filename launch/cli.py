@@ -64,6 +64,26 @@ def _port(text: str) -> int:
     return port
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count is an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds are a number, got {text!r}") from None
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"seconds must be above 0 and at most 86400, got {text}")
+    return seconds
+
+
 def _own_credential(settings: Settings, name: str, role: str) -> str:
     """This participant's credential, checked at start-up (not at its first call) when this
     process has the verify key: a credential for another name or role is a clear error now."""
@@ -101,7 +121,8 @@ def cmd_combiner(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name, host=args.host, port=args.port,
         work_dir=Path(args.work_dir or settings.data_dir / "combiners" / args.name),
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        max_workers=args.max_clients + 32, verify_key=settings.token_verify_key,
+        liveness=args.liveness, max_clients=args.max_clients, max_workers=args.max_workers,
+        verify_key=settings.token_verify_key,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key,
         metrics_port=(args.metrics_port if args.metrics_port is not None else settings.metrics_port) or None))
     stop = _stop_on_signals()
@@ -126,9 +147,20 @@ def add_combiner(sub: argparse._SubParsersAction) -> None:
                                                          "else this machine's host name)")
     p.add_argument("--reducer", default="", help="reducer URL to announce to, e.g. http://reducer:8090")
     p.add_argument("--work-dir", default="", help="where models are kept (default $FEDTIER_DATA_DIR/combiners/NAME)")
-    p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between client heartbeats")
-    p.add_argument("--heartbeat-timeout", type=float, default=10.0, help="silence after which a client is inactive")
-    p.add_argument("--max-clients", type=int, default=1000, help="task streams this combiner holds at most")
+    p.add_argument("--liveness", choices=("stream", "heartbeat"), default="stream",
+                   help="what makes a client active: 'stream' (default), its open task stream, watched by the "
+                        "transport; 'heartbeat', FEDn's rule, also a heartbeat within --heartbeat-timeout (for "
+                        "an HTTP/2 proxy between clients and combiner that keeps streams open; see "
+                        "combiner/registry.py)")
+    p.add_argument("--heartbeat-interval", type=_positive_seconds, default=None,
+                   help="seconds between client heartbeats (default 10 with --liveness stream, where they are "
+                        "a fallback; 2 with --liveness heartbeat)")
+    p.add_argument("--heartbeat-timeout", type=_positive_seconds, default=10.0,
+                   help="silence after which a client is inactive, with --liveness heartbeat (default 10)")
+    p.add_argument("--max-clients", type=_at_least_one, default=1000,
+                   help="task streams (connected clients) this combiner holds at most (default 1000)")
+    p.add_argument("--max-workers", type=_at_least_one, default=128,
+                   help="threads for calls that block: uploads, downloads, reports; more wait (default 128)")
     p.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on --host:PORT/metrics (default $FEDTIER_METRICS_PORT; 0: off)")
     p.set_defaults(run=cmd_combiner)
@@ -157,7 +189,9 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
         work_dir=Path(args.work_dir or settings.data_dir / "clients" / name),
         token=_own_credential(settings, name, "client"), tls_ca=settings.tls_ca,
         package_sha256=args.package_sha256, attack=attack))
-    client.run(_stop_on_signals())
+    stop = _stop_on_signals()
+    threading.Thread(target=lambda: (stop.wait(), client.interrupt()), name="interrupt", daemon=True).start()
+    client.run(stop)
     client.close()
     return 0
 

@@ -178,6 +178,12 @@ class Network:
         missed poll does not send clients elsewhere), and a restarted combiner (a new
         ``instance_id``) or one that no longer lists a client has lost it. Stored flags from
         an earlier poll are never counted, so a round cannot start on a dead process's clients.
+
+        The stored flags (the API's and the dashboard's view) follow what is known: a combiner
+        that cannot be reached (UNAVAILABLE: its process is gone, so are its clients' streams)
+        or that has gone offline has no active clients; one that was merely slow to answer
+        (a busy combiner holding thousands of clients) still holds them, and its clients are
+        not rewritten inactive, then active again, on every poll it misses.
         """
         answered: dict[str, int] = {}
         for doc in self.combiners():
@@ -205,7 +211,8 @@ class Network:
                 self._live_rounds.pop(name, None)
                 if doc.get("active_clients") or len(update) > 1:
                     self.state.update(COMBINERS, name, update)
-                self._clients_inactive(name)
+                if exc.code() == grpc.StatusCode.UNAVAILABLE or not update.get("online", doc.get("online")):
+                    self._clients_inactive(name)
                 continue
             now = time.time()
             self._keep_live(name, status, now)

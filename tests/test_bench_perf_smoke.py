@@ -1,4 +1,4 @@
-"""bench/gigabyte.py, flower_compare.py and scale_out.py still run: small sizes, sane outputs, no speed asserted.
+"""bench/gigabyte.py, flower_compare.py, scale_out.py and hold_streams.py still run: small sizes, sane outputs, no speed asserted.
 
 Each runs as the command a person would type (so --help, the tables and --json are
 exercised too), with a model and a network small enough to finish in seconds. The
@@ -110,6 +110,8 @@ def test_scale_out_smoke(tmp_path: Path) -> None:
         # every client held by a combiner and counted once: the updates add up to the clients
         assert sum(r["clients_per_combiner"].values()) == r["clients"]
         assert len(r["clients_per_combiner"]) == r["combiners"]
+        assert r["liveness"] == "stream" and r["combiner_threads"] >= r["combiner_threads_idle"] > 0
+        assert r["inactive_observations"] == r["reducer_inactive_observations"] == 0
     assert [(c["clients"], c["combiners"]) for c in result["combiner_ratios"]] == [(4, [1, 2])]
     assert all(positive(c["ratio"]) for c in result["combiner_ratios"])
     assert set(result["knees"]) == {"1", "2"}
@@ -134,3 +136,37 @@ def test_scale_out_knee_and_combiner_ratios() -> None:
     ratios = scale_out.compare_combiners(runs)
     assert [(r["clients"], r["combiners"], round(r["ratio"], 3)) for r in ratios] == \
         [(100, [2, 4], 1.0), (200, [2, 4], round(1.8 / 2.2, 3))]  # 400 x 4 failed: no ratio
+
+
+def test_scale_out_liveness_ratios_and_memory_per_client() -> None:
+    """Each liveness rule is compared with the first at the same size; a client's memory is
+    the growth of its combiner's RSS over the clients it holds, the worst combiner's."""
+    sys.path.insert(0, str(BENCH))
+    import scale_out
+
+    def run(liveness: str, seconds: float, inactive: int, ok: bool = True) -> dict[str, Any]:
+        return {"clients": 1000, "combiners": 2, "liveness": liveness, "ok": ok, "rounds_timed": 3 if ok else 0,
+                "round_s": {"median": seconds}, "inactive_observations": inactive}
+
+    ratios = scale_out.compare_liveness([run("stream", 10.0, 0), run("heartbeat", 15.0, 900)],
+                                        ["stream", "heartbeat"])
+    assert ratios == [{"clients": 1000, "combiners": 2, "modes": ["heartbeat", "stream"], "rounds_ok": [3, 3],
+                       "inactive": [900, 0], "round_time_ratio": 1.5}]
+    failed = scale_out.compare_liveness([run("stream", 10.0, 0), run("heartbeat", 0.0, 5000, ok=False)],
+                                        ["stream", "heartbeat"])
+    assert failed[0]["round_time_ratio"] is None and failed[0]["rounds_ok"] == [0, 3]
+    result = {"combiners_idle": {"a": {"rss_mib": 100.0}, "b": {"rss_mib": 100.0}},
+              "combiners_held": {"a": {"rss_mib": 110.0, "clients": 512}, "b": {"rss_mib": 105.0, "clients": 512}}}
+    assert scale_out.per_client_kib(result) == 20.0  # 10 MiB over 512 clients
+
+
+@pytest.mark.timeout(60)
+def test_hold_streams_smoke(tmp_path: Path) -> None:
+    """A combiner holds every client without a thread each, and counts none active once they go."""
+    out = tmp_path / "hold.json"
+    done = run_bench("hold_streams.py", "--clients", "50", "--json", str(out), timeout=55)
+    assert "Clients held by one combiner" in done.stdout
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["held"]["active"] == 50 and run["refused"] == 0
+    assert run["held"]["threads"] < run["idle"]["threads"] + 10  # no thread per client
+    assert positive(run["kib_per_client"]) and 0 <= run["release_s"] < 30

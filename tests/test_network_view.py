@@ -19,15 +19,21 @@ class Down(grpc.RpcError):
         return grpc.StatusCode.UNAVAILABLE
 
 
+class Slow(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Handle:
     """Stands in for CombinerClient: answers with ``status``, or fails while it is None."""
 
     def __init__(self) -> None:
         self.answer: pb.CombinerStatus | None = None
+        self.failure: type[grpc.RpcError] = Down
 
     def status(self, timeout: float = 5.0) -> pb.CombinerStatus:
         if self.answer is None:
-            raise Down()
+            raise self.failure()
         return self.answer
 
 
@@ -102,3 +108,22 @@ def test_the_live_view_stays_bounded_and_its_counts_match_its_list() -> None:
         assert only["matching"] == view["counts"][state]
         assert {c["state"] for c in only["clients"]} == {state} and len(only["clients"]) == min(200, only["matching"])
     assert current_round(None, "idle", live, ended)["round"] is None
+
+
+def test_a_slow_combiner_keeps_its_clients_until_it_goes_offline(view) -> None:
+    """A combiner too busy to answer one poll in time still holds its clients' streams: the
+    round counts none of them (no current answer), but the stored view is not rewritten
+    (a thousand writes, and clients wrongly shown inactive) on every poll it misses."""
+    network, handle, store = view
+    handle.answer = answer("boot-1", "a", "b")
+    network.refresh()
+    handle.answer, handle.failure = None, Slow
+    writes: list[str] = []
+    update = store.update
+    store.update = lambda collection, doc_id, fields: writes.append(doc_id) or update(collection, doc_id, fields)
+    assert network.refresh() == {}  # a round counts nothing here
+    assert active(store) == ["a", "b"] and store.get(COMBINERS, "c0")["online"]
+    assert "a" not in writes and "b" not in writes
+    network.offline_after_s = 0  # silent for longer than that: offline, and so are its clients
+    assert network.refresh() == {}
+    assert active(store) == [] and not store.get(COMBINERS, "c0")["online"]

@@ -84,13 +84,19 @@ class IdentityInterceptor(grpc.ServerInterceptor):
             raise NotPermitted(f"combiner credential for {identity.name} is not valid on combiner {self.name}")
         return identity
 
-    def identity(self, context: grpc.ServicerContext) -> Identity | None:
+    def caller(self, context: Any) -> Identity | None:
         """The verified caller of a call the interceptor let through; None when identities are
-        not checked. (The verifier's cache makes this a lookup, not a second signature check.)"""
+        not checked; CredentialError when it expired since the interceptor looked. (The
+        verifier's cache makes this a lookup, not a second signature check.) For handlers of
+        either server, synchronous or asyncio, which abort each in their own way."""
         if self.verifier is None:
             return None
+        return self.verifier.verify(presented_token(context), audience=self.name)
+
+    def identity(self, context: grpc.ServicerContext) -> Identity | None:
+        """:meth:`caller`, aborting the (synchronous) call when the credential no longer holds."""
         try:
-            return self.verifier.verify(presented_token(context), audience=self.name)
+            return self.caller(context)
         except CredentialError as exc:  # it expired since the interceptor looked
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # abort raises; this keeps type checkers informed
@@ -101,39 +107,65 @@ class IdentityInterceptor(grpc.ServerInterceptor):
         caller = self.identity(context)
         return caller is None or caller.role == "reducer"
 
+    def may_name_caller(self, context: Any) -> tuple[bool, str | None]:
+        """(:meth:`may_name`, the caller's client name or None), raising CredentialError as
+        :meth:`caller` does: what an upload needs to know of its sender, on either server."""
+        caller = self.caller(context)
+        return (caller is None or caller.role == "reducer",
+                caller.name if caller is not None and caller.role == "client" else None)
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+        return self.screen(continuation(details), details)
+
+    def screen(self, handler: Any, details: grpc.HandlerCallDetails, aio: bool = False) -> Any:
+        """``handler`` if the call's credential may call its method, else one that refuses it
+        (a coroutine for an asyncio server, which runs a plain streaming handler on its loop)."""
         if handler is None or self.verifier is None:
             return handler
         metadata = dict(details.invocation_metadata or ())
         token = parse_authorization(metadata.get(METADATA_KEY))
         if token is None:
             message = f"{details.method} requires a credential ('authorization: Token ...' metadata)"
-            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message, aio)
         try:
             self.check(details.method, token)
         except CredentialError as exc:
             log.warning("refused a call to %s: %s", details.method, exc)
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED if isinstance(exc, NotPermitted)
-                             else grpc.StatusCode.UNAUTHENTICATED, f"{details.method}: {exc}")
+                             else grpc.StatusCode.UNAUTHENTICATED, f"{details.method}: {exc}", aio)
         return handler
 
 
-def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+class AioIdentityInterceptor(grpc.aio.ServerInterceptor):
+    """The same rule on an asyncio server (grpc.aio takes only its own interceptors)."""
+
+    def __init__(self, rule: IdentityInterceptor) -> None:
+        self.rule = rule
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        return self.rule.screen(await continuation(details), details, aio=True)
+
+
+def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+              aio: bool = False) -> grpc.RpcMethodHandler:
     """A handler of the same streaming kind as ``handler`` that aborts with ``code``."""
 
     def abort(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
+    async def abort_aio(request_or_iterator: Any, context: Any) -> None:
+        await context.abort(code, message)
+
+    refuse = abort_aio if aio else abort
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
 
 
 class _ClientCallDetails(grpc.ClientCallDetails):

@@ -10,7 +10,7 @@ import os
 import socket
 from concurrent import futures
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 
@@ -66,12 +66,18 @@ def add_port(server: grpc.Server, address: str, cert_file: str | os.PathLike | N
 
 
 def make_server(max_workers: int, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
-    """A thread-pool server. Each connected client holds one worker for its task
-    stream, so the combiner caps streams below ``max_workers`` (see ClientRegistry)
-    to leave workers for heartbeats and uploads."""
+    """A thread-pool server, for services whose every call is short. A combiner serves with
+    :func:`make_aio_server` instead: there a client's long-lived task stream holds no thread."""
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                   thread_name_prefix="grpc"),
                        options=SERVER_OPTIONS, interceptors=list(interceptors))
+
+
+def make_aio_server(pool: futures.Executor, interceptors: Sequence[Any] = ()) -> "grpc.aio.Server":
+    """An asyncio server (call on the loop it will serve from). Its coroutine handlers hold no
+    thread while they wait, so a combiner holds a client's task stream without one; its plain
+    handlers run on ``pool``."""
+    return grpc.aio.server(migration_thread_pool=pool, options=SERVER_OPTIONS, interceptors=list(interceptors))
 
 
 def resolves(host: str) -> bool:
