@@ -13,28 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtier.aggregators.fedadam import BETA_1_DOC, ETA_DOC, TAU_DOC, adaptive_step, first_moment
+from fedtier.aggregators.fedadam import BETA_1_DOC, AdaptiveOptimizer
 from fedtier.aggregators.params import Param
-from fedtier.aggregators.server_optimizer import ServerOptimizer
 
 
-class FedAdagrad(ServerOptimizer):
+class FedAdagrad(AdaptiveOptimizer):
     name = "fedadagrad"
     summary = "Adagrad on the pseudo-gradient (Reddi et al.); reducer tier"
-    params = {
-        "eta": Param(float, default=0.01, minimum=1e-6, maximum=10.0, doc=ETA_DOC),
-        "beta_1": Param(float, default=0.0, minimum=0.0, maximum=0.999, doc=BETA_1_DOC),
-        "tau": Param(float, default=1e-3, minimum=1e-9, maximum=1.0, doc=TAU_DOC),
-    }
-    moments = ("m", "v")
+    params = {**AdaptiveOptimizer.params,
+              "beta_1": Param(float, default=0.0, minimum=0.0, maximum=0.999, doc=BETA_1_DOC)}
 
-    def initial(self, moment: str) -> float:
-        return self.settings["tau"] ** 2 if moment == "v" else 0.0
-
-    def step(self, x: np.ndarray, delta: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        s = self.settings
-        m, v = state["m"], state["v"]
-        first_moment(m, delta, s["beta_1"])
-        np.square(delta, out=delta)
-        v += delta
-        return adaptive_step(x, m, v, s["eta"], s["tau"], out=delta)
+    def second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        v += squared

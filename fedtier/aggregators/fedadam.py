@@ -41,13 +41,14 @@ def adaptive_step(x: np.ndarray, m: np.ndarray, v: np.ndarray, eta: float, tau: 
     return out
 
 
-class FedAdam(ServerOptimizer):
-    name = "fedadam"
-    summary = "Adam on the pseudo-gradient (Reddi et al.); reducer tier"
+class AdaptiveOptimizer(ServerOptimizer):
+    """The shape FedAdam, FedYogi and FedAdagrad share: a first moment ``m`` (momentum of the
+    pseudo-gradient), a second moment ``v`` of its square that starts at tau^2, and the step
+    ``x + eta * m / (sqrt(v) + tau)``; each says only how ``v`` follows the squared delta."""
+
     params = {
         "eta": Param(float, default=0.01, minimum=1e-6, maximum=10.0, doc=ETA_DOC),
         "beta_1": Param(float, default=0.9, minimum=0.0, maximum=0.999, doc=BETA_1_DOC),
-        "beta_2": Param(float, default=0.99, minimum=0.0, maximum=0.9999, doc=BETA_2_DOC),
         "tau": Param(float, default=1e-3, minimum=1e-9, maximum=1.0, doc=TAU_DOC),
     }
     moments = ("m", "v")
@@ -55,12 +56,26 @@ class FedAdam(ServerOptimizer):
     def initial(self, moment: str) -> float:
         return self.settings["tau"] ** 2 if moment == "v" else 0.0
 
+    def second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        """Move ``v`` with this round's squared pseudo-gradient, in place (``squared`` is scratch)."""
+        raise NotImplementedError
+
     def step(self, x: np.ndarray, delta: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         s = self.settings
         m, v = state["m"], state["v"]
         first_moment(m, delta, s["beta_1"])
         np.square(delta, out=delta)
-        v *= s["beta_2"]
-        delta *= 1.0 - s["beta_2"]
-        v += delta
+        self.second_moment(v, delta)
         return adaptive_step(x, m, v, s["eta"], s["tau"], out=delta)
+
+
+class FedAdam(AdaptiveOptimizer):
+    name = "fedadam"
+    summary = "Adam on the pseudo-gradient (Reddi et al.); reducer tier"
+    params = {**AdaptiveOptimizer.params,
+              "beta_2": Param(float, default=0.99, minimum=0.0, maximum=0.9999, doc=BETA_2_DOC)}
+
+    def second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        v *= self.settings["beta_2"]
+        squared *= 1.0 - self.settings["beta_2"]
+        v += squared

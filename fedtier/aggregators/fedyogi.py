@@ -13,32 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtier.aggregators.fedadam import BETA_1_DOC, BETA_2_DOC, ETA_DOC, TAU_DOC, adaptive_step, first_moment
+from fedtier.aggregators.fedadam import BETA_2_DOC, AdaptiveOptimizer
 from fedtier.aggregators.params import Param
-from fedtier.aggregators.server_optimizer import ServerOptimizer
 
 
-class FedYogi(ServerOptimizer):
+class FedYogi(AdaptiveOptimizer):
     name = "fedyogi"
     summary = "Yogi on the pseudo-gradient (Reddi et al.); reducer tier"
-    params = {
-        "eta": Param(float, default=0.01, minimum=1e-6, maximum=10.0, doc=ETA_DOC),
-        "beta_1": Param(float, default=0.9, minimum=0.0, maximum=0.999, doc=BETA_1_DOC),
-        "beta_2": Param(float, default=0.99, minimum=0.0, maximum=0.9999, doc=BETA_2_DOC),
-        "tau": Param(float, default=1e-3, minimum=1e-9, maximum=1.0, doc=TAU_DOC),
-    }
-    moments = ("m", "v")
+    params = {**AdaptiveOptimizer.params,
+              "beta_2": Param(float, default=0.99, minimum=0.0, maximum=0.9999, doc=BETA_2_DOC)}
 
-    def initial(self, moment: str) -> float:
-        return self.settings["tau"] ** 2 if moment == "v" else 0.0
-
-    def step(self, x: np.ndarray, delta: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-        s = self.settings
-        m, v = state["m"], state["v"]
-        first_moment(m, delta, s["beta_1"])
-        np.square(delta, out=delta)
-        change = np.sign(v - delta)
-        change *= delta
-        change *= 1.0 - s["beta_2"]
+    def second_moment(self, v: np.ndarray, squared: np.ndarray) -> None:
+        change = np.sign(v - squared)
+        change *= squared
+        change *= 1.0 - self.settings["beta_2"]
         v -= change
-        return adaptive_step(x, m, v, s["eta"], s["tau"], out=delta)
