@@ -246,7 +246,7 @@ def test_nobody_capped_is_two_tier_fedavg_exactly(reducer, monkeypatch):
 def test_combiner_models_are_checked_as_they_arrive_not_read_again(reducer, monkeypatch, count):
     """The reducer feeds each combiner model to its aggregator's check on the way in, so
     neither aggregate_one nor add reads the file to check it."""
-    import fedtier.aggregators.fedavg as fedavg_module
+    import fedtier.aggregators.base as fedavg_module
 
     _, trail, _, tmp_path = reducer
     file_checks: list[Any] = []

@@ -418,7 +418,7 @@ def test_robust_memory_bench_smoke(tmp_path: Path) -> None:
 def test_a_reducer_round_with_a_robust_reducer_tier(reducer, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_reducer_round import LATEST, Control, FakeCombiner, FakeNetwork, helper as numpy_helper, model_file, \
         run_round
-    import fedtier.aggregators.kept as kept_module
+    import fedtier.aggregators.base as kept_module
 
     _, trail, _, tmp_path = reducer
     file_checks: list[Any] = []

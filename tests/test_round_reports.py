@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedtier.aggregators.fedavg as fedavg_module
+import fedtier.aggregators.base as fedavg_module
 from fedtier.aggregators import FedAvg, Update
 from fedtier.combiner.model_cache import ModelCache, UploadRefused
 from fedtier.combiner.registry import ClientRegistry

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedtier.aggregators.fedavg as fedavg_module
+import fedtier.aggregators.base as fedavg_module
 from fedtier.aggregators import FedAvg, Update
 from fedtier.aggregators.update_check import UpdateCheck, check_file
 from fedtier.helpers import get_helper

@@ -18,6 +18,7 @@ produced, so the state follows the trail and a restarted reducer continues from 
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from fedtier.aggregators.params import Param, check_params
-from fedtier.aggregators.update_check import UpdateCheck
+from fedtier.aggregators.update_check import UpdateCheck, check_file
 from fedtier.helpers.base import Helper
+from fedtier.helpers.format import ModelHeader, read_header
 
 COMBINER, REDUCER = "combiner", "reducer"
 TIERS: tuple[str, ...] = (COMBINER, REDUCER)
@@ -163,6 +165,50 @@ class Strategy(ABC):
         except OSError:
             shutil.copyfile(update.path, target)
         return target
+
+
+def check_weight(weight: float) -> None:
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+        raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
+
+
+class CheckedStrategy(Strategy):
+    """A strategy that checks every update completely against the round's model (shapes,
+    dtypes, finite values: update_check.py) before taking any of it in, on a combiner as its
+    bytes arrive, and for which one update alone is the result (``aggregate_one``)."""
+
+    def start(self, reference: Path, context: RoundContext | None = None) -> None:
+        self.context = context or RoundContext()
+        self._reference_path = reference
+        self._reference: ModelHeader = read_header(reference)
+        self.num_updates = 0
+        self.total_weight = 0.0
+
+    def arrival_check(self, size: int) -> UpdateCheck:
+        return UpdateCheck(self.helper, self._reference, size)
+
+    def check(self, update: Update) -> None:
+        self._verdict(update)
+
+    def _verdict(self, update: Update) -> ModelHeader:
+        """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
+        verdict of a check this round made on the update's bytes as they arrived, else a
+        read of the file."""
+        checked = update.checked
+        if isinstance(checked, UpdateCheck) and checked.reference is self._reference:
+            return checked.verdict()
+        return check_file(self.helper, self._reference, update.path)
+
+    def aggregate_one(self, update: Update, out: Path) -> float | None:
+        """One update is the result (the weighted mean, the median... of one model): checked,
+        then moved to ``out``. Strategies whose result is not the update say None."""
+        if self.num_updates:
+            raise ValueError("aggregate_one is for a round with a single update, and updates were added")
+        check_weight(update.weight)
+        self._verdict(update)
+        os.replace(update.path, out)
+        self.num_updates, self.total_weight = 1, float(update.weight)
+        return self.total_weight
 
 
 Aggregator = Strategy  # the older name

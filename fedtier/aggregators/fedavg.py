@@ -12,42 +12,28 @@ bench/aggregation.py (docs/performance.md).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from fedtier.aggregators.arithmetic import increment_average
-from fedtier.aggregators.base import RoundContext, Strategy, Update
-from fedtier.aggregators.update_check import UpdateCheck, check_file
-from fedtier.helpers.format import ModelHeader, iter_slices, read_header, read_model, write_model
+from fedtier.aggregators.base import CheckedStrategy, RoundContext, Update, check_weight
+from fedtier.helpers.format import iter_slices, read_model, write_model
 
 SLICE_BYTES = 2 << 20  # one reused slice buffer: stays in the CPU cache between read and fold
 
 
-def _check_weight(weight: float) -> None:
-    if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
-        raise ValueError(f"update weight must be a positive number of examples, got {weight!r}")
-
-
-class FedAvg(Strategy):
+class FedAvg(CheckedStrategy):
     name = "fedavg"
     summary = "the weighted mean of the updates, by examples (McMahan et al.)"
 
     def start(self, reference: Path, context: RoundContext | None = None) -> None:
-        self.context = context or RoundContext()
-        self._reference_path = reference
-        self._reference: ModelHeader = read_header(reference)
+        super().start(reference, context)
         self._mean: dict[str, np.ndarray] | None = None
-        self.num_updates = 0
-        self.total_weight = 0.0
-
-    def arrival_check(self, size: int) -> UpdateCheck:
-        return UpdateCheck(self.helper, self._reference, size)
 
     def add(self, update: Update) -> None:
         weight = update.weight
-        _check_weight(weight)
+        check_weight(weight)
         header = self._verdict(update)  # pass 1 (unless checked as it arrived)
         if self._mean is None:
             self._mean = {t.name: np.zeros(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
@@ -61,31 +47,9 @@ class FedAvg(Strategy):
         self.total_weight = total
         self.num_updates += 1
 
-    def check(self, update: Update) -> None:
-        self._verdict(update)
-
     def aggregated(self, tensor: str) -> bool:
         """Whether ``tensor`` is averaged; one that is not keeps the reference's values."""
         return True
-
-    def _verdict(self, update: Update) -> ModelHeader:
-        """Shapes and dtypes as the reference's, every value finite; raises otherwise. The
-        verdict of a check this round made on the update's bytes as they arrived, else a
-        read of the file."""
-        checked = update.checked
-        if isinstance(checked, UpdateCheck) and checked.reference is self._reference:
-            return checked.verdict()
-        return check_file(self.helper, self._reference, update.path)
-
-    def aggregate_one(self, update: Update, out: Path) -> float | None:
-        """The weighted mean of one model is that model: checked, then moved to ``out``."""
-        if self.num_updates:
-            raise ValueError("aggregate_one is for a round with a single update, and updates were added")
-        _check_weight(update.weight)
-        self._verdict(update)
-        os.replace(update.path, out)
-        self.num_updates, self.total_weight = 1, float(update.weight)
-        return self.total_weight
 
     def finish(self, out: Path) -> float:
         if self._mean is None:

@@ -33,10 +33,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from fedtier.aggregators.arithmetic import finalize
-from fedtier.aggregators.base import RoundContext, Strategy, Update
-from fedtier.aggregators.fedavg import _check_weight
-from fedtier.aggregators.update_check import UpdateCheck, check_file
-from fedtier.helpers.format import ModelFormatError, ModelHeader, TensorSpec, read_header, write_model
+from fedtier.aggregators.base import CheckedStrategy, RoundContext, Update, check_weight
+from fedtier.helpers.format import ModelFormatError, ModelHeader, TensorSpec, write_model
 
 #: the n x slice float64 work buffer's bound, whatever the number of updates n
 BUFFER_BYTES = 64 << 20
@@ -148,46 +146,20 @@ def _pread_into(fd: int, buffer: np.ndarray, offset: int, kept: Kept) -> None:
         done += got
 
 
-class KeptUpdates(Strategy):
+class KeptUpdates(CheckedStrategy):
     """A strategy that keeps every update and computes its result in ``combine``."""
 
     def start(self, reference: Path, context: RoundContext | None = None) -> None:
-        self.context = context or RoundContext()
-        self._reference: ModelHeader = read_header(reference)
+        super().start(reference, context)
         self._kept: list[Kept] = []
-        self.num_updates = 0
-        self.total_weight = 0.0
-
-    def arrival_check(self, size: int) -> UpdateCheck:
-        return UpdateCheck(self.helper, self._reference, size)
-
-    def check(self, update: Update) -> None:
-        self._verdict(update)
-
-    def _verdict(self, update: Update) -> ModelHeader:
-        """As FedAvg's: the check made on the bytes as they arrived, else a read of the file."""
-        checked = update.checked
-        if isinstance(checked, UpdateCheck) and checked.reference is self._reference:
-            return checked.verdict()
-        return check_file(self.helper, self._reference, update.path)
 
     def add(self, update: Update) -> None:
-        _check_weight(update.weight)
+        check_weight(update.weight)
         header = self._verdict(update)
         begins = None if header.tensors == self._reference.tensors else {t.name: t.begin for t in header.tensors}
         self._kept.append(Kept(self.keep(update), header, float(update.weight), update.sender, begins))
         self.total_weight += float(update.weight)
         self.num_updates += 1
-
-    def aggregate_one(self, update: Update, out: Path) -> float | None:
-        """The median (trimmed mean, ...) of one model is that model: checked, then moved."""
-        if self.num_updates:
-            raise ValueError("aggregate_one is for a round with a single update, and updates were added")
-        _check_weight(update.weight)
-        self._verdict(update)
-        os.replace(update.path, out)
-        self.num_updates, self.total_weight = 1, float(update.weight)
-        return self.total_weight
 
     def finish(self, out: Path) -> float:
         if not self._kept:
