@@ -32,6 +32,7 @@ from fedtier.client.attack import AttackPlan
 from fedtier.client.project import Project, ProjectError
 from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
 from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
+from fedtier.round_config import RoundConfig, RoundConfigError
 from fedtier.seed_args import MAX_SEED
 
 
@@ -65,16 +66,21 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def _json_object(flag: str, text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}")
+    return value
+
+
 class Sandbox:
     def __init__(self, options: SandboxOptions, stop: threading.Event | None = None) -> None:
         if options.combiners < 1 or options.clients < 1 or options.rounds < 1:
             raise ValueError("--combiners, --clients and --rounds must each be at least 1")
-        try:
-            self.task = json.loads(options.task or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--task is not valid JSON: {exc}") from None
-        if not isinstance(self.task, dict):
-            raise ValueError(f"--task must be a JSON object, got {options.task!r}")
+        self.task = _json_object("--task", options.task)
         if options.seed_value is not None:
             if options.seed is not None:
                 raise ValueError("--seed-value makes the seed model with seed.py; --seed FILE brings one: not both")
@@ -94,12 +100,11 @@ class Sandbox:
             options = dataclasses.replace(options, data_path=str(data))
         self.plan = AttackPlan.parse(options.byzantine, options.clients, options.combiners) \
             if options.byzantine else None
-        try:
-            self.settings = json.loads(options.settings or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--settings is not valid JSON: {exc}") from None
-        if not isinstance(self.settings, dict):
-            raise ValueError(f"--settings must be a JSON object, got {options.settings!r}")
+        self.settings = _json_object("--settings", options.settings)
+        try:  # what /start would refuse is refused before any process starts
+            RoundConfig.from_dict({k: v for k, v in self.settings.items() if k != "rounds"})
+        except RoundConfigError as exc:
+            raise ValueError(f"--settings: {exc}") from None
         self.options = options
         self.project = Project.load(options.project)
         self.stop = stop or threading.Event()

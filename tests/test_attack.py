@@ -139,6 +139,7 @@ def test_client_refuses_attack_outside_the_lab(tmp_path: Path, monkeypatch: pyte
     ({"byzantine": "flip:fraction=0.5"}, "unknown attack 'flip'"),
     ({"settings": "{"}, "--settings is not valid JSON"),
     ({"settings": "[1]"}, "--settings must be a JSON object"),
+    ({"settings": '{"aggregation": {"combiner": "fedadam"}}'}, "--settings: aggregation.combiner.name: strategy .fedadam. runs only at the reducer tier"),
 ])
 def test_sandbox_refuses_bad_attackers_or_settings_before_starting(tmp_path: Path, kwargs: dict, match: str) -> None:
     from fedtier.launch.sandbox import Sandbox, SandboxOptions
