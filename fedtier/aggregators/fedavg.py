@@ -18,7 +18,7 @@ import numpy as np
 
 from fedtier.aggregators.arithmetic import increment_average
 from fedtier.aggregators.base import CheckedStrategy, RoundContext, Update, check_weight
-from fedtier.helpers.format import iter_slices, read_model, write_model
+from fedtier.helpers.format import iter_slices, write_model
 
 SLICE_BYTES = 2 << 20  # one reused slice buffer: stays in the CPU cache between read and fold
 
@@ -57,7 +57,12 @@ class FedAvg(CheckedStrategy):
         # A scratch file in both tiers: sent on by the combiner, committed to the store
         # (which makes its own copy durable) by the reducer; no fsync on the round's path.
         mean = self._mean
-        kept = read_model(self._reference_path, self._reference) if len(mean) < len(self._reference.tensors) else {}
-        write_model(out, {t.name: mean[t.name].reshape(t.shape) if t.name in mean else kept[t.name]
+        kept = {t.name: np.empty(int(np.prod(t.shape, dtype=np.int64)), dtype=t.dtype)
+                for t in self._reference.tensors if t.name not in mean}  # fedper.py: the round's own values
+        if kept:
+            for spec, offset, values in iter_slices(self._reference_path, self._reference, SLICE_BYTES, reuse=True):
+                if spec.name in kept:
+                    kept[spec.name][offset:offset + values.size] = values
+        write_model(out, {t.name: (mean if t.name in mean else kept)[t.name].reshape(t.shape)
                           for t in self._reference.tensors}, durable=False)
         return self.total_weight
