@@ -162,9 +162,10 @@ def sample_rounds(clients: int, per_round: int, rounds: int, seed: int) -> list[
     return [sorted(int(c) for c in rng.choice(clients, size=per_round, replace=False)) for _ in range(rounds)]
 
 
-def task_seed(round_number: int, client: int) -> int:
-    """The shuffle of a (round, client) pair: fixed, different between pairs (same in the Flower app)."""
-    return int.from_bytes(hashlib.sha256(f"{round_number}|{client}".encode()).digest()[:8], "little")
+def task_seed(round_number: int, client: int, seed: int) -> int:
+    """The shuffle of a (round, client) pair under a run's seed: fixed, different between pairs
+    (the same function in the Flower app)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{round_number}|{client}".encode()).digest()[:8], "little")
 
 
 # ================================================================ in-process FedAvg
@@ -217,7 +218,7 @@ def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, see
             model = build()
             model.load_state_dict(state)
             idx = parts[client]
-            local_train(model, standardise(x_train[idx]), y_train[idx], hp, task_seed(number, client))
+            local_train(model, standardise(x_train[idx]), y_train[idx], hp, task_seed(number, client, seed))
             for k, v in model.state_dict().items():
                 total[k] += v.double() * len(idx)
             examples += len(idx)
@@ -365,6 +366,7 @@ per-round = 100
 clients = 1000
 workload = ""
 out = ""
+seed = 0
 learning-rate = 0.01
 batch-size = 16
 momentum = 0.9
@@ -413,8 +415,8 @@ def seed_state(path):
     return {{str(name): torch.tensor(data[f"w_{{i}}"]) for i, name in enumerate(data["weight_names"])}}
 
 
-def task_seed(round_number, client):
-    return int.from_bytes(hashlib.sha256(f"{{round_number}}|{{client}}".encode()).digest()[:8], "little")
+def task_seed(round_number, client, seed):
+    return int.from_bytes(hashlib.sha256(f"{{seed}}|{{round_number}}|{{client}}".encode()).digest()[:8], "little")
 '''
 
 CLIENT_APP = '''\
@@ -439,7 +441,8 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     optimizer = _SGDMomentum(model, lr=float(cfg["learning-rate"]), momentum=float(cfg["momentum"]))
-    generator = torch.Generator().manual_seed(task_seed(int(msg.content["config"]["server-round"]), client))
+    generator = torch.Generator().manual_seed(task_seed(int(msg.content["config"]["server-round"]), client,
+                                                     int(cfg["seed"])))
     model.train()
     for _ in range(int(cfg["epochs"])):
         for batch in torch.randperm(len(xt), generator=generator).split(int(cfg["batch-size"])):
@@ -523,7 +526,7 @@ def write_flower_app(folder: Path) -> Path:
     return app
 
 
-def run_flower(work: Path, bin_dir: Path, npz: Path, clients: int, per_round: int, rounds: int,
+def run_flower(work: Path, bin_dir: Path, npz: Path, clients: int, per_round: int, rounds: int, seed: int,
                cpus_per_client: int, timeout: float) -> dict[str, Any]:
     """One Flower simulation run; its round times, final weights, time and peak memory."""
     work.mkdir(parents=True, exist_ok=True)
@@ -559,7 +562,7 @@ def run_flower(work: Path, bin_dir: Path, npz: Path, clients: int, per_round: in
                 "--disable-runtime-dependency-installation"], env=env)
             common.wait_for_port(link_port, timeout=120, proc=link)
             run_config = (f"num-server-rounds={rounds} fraction-train={per_round / clients!r} per-round={per_round} "
-                          f"clients={clients} "
+                          f"clients={clients} seed={seed} "
                           f'workload="{npz}" out="{out}"')
             for key, value in hyperparameters().items():
                 run_config += f" {key.replace('_', '-')}={value!r}"
@@ -703,6 +706,13 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         reference["peak_rss_bytes"] = memory.peak_bytes
         result["in_process"] = reference
         print(f"in-process FedAvg: accuracy {reference['test_accuracy']:.4f}", flush=True)
+        # the same partition, other sampling and shuffle seeds: how far accuracy moves by chance
+        spread = [reference["test_accuracy"]]
+        for other in range(options.seed + 1, options.seed + options.reference_seeds):
+            spread.append(fedavg_in_process(workload, options.per_round, options.rounds, other)["test_accuracy"])
+            print(f"in-process FedAvg, sampling seed {other}: accuracy {spread[-1]:.4f}", flush=True)
+        result["in_process_seeds"] = {"seeds": list(range(options.seed, options.seed + options.reference_seeds)),
+                                      "test_accuracy": spread, **common.summarize(spread)}
 
         timeout = 600 + options.rounds * options.round_limit
         if not options.skip_flower:
@@ -712,7 +722,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 print(f"Flower simulation: {options.clients} SuperNodes, {options.flower_cpus} CPU per ClientApp...",
                       flush=True)
                 flower = run_flower(work / "flower", bin_dir, npz, options.clients, options.per_round,
-                                    options.rounds, options.flower_cpus, timeout)
+                                    options.rounds, options.seed, options.flower_cpus, timeout)
                 flower["test_accuracy"] = test_accuracy(flower.pop("final"), workload["x_test"], workload["y_test"])
                 result["flower"] = flower
                 print(f"Flower: median round {common.fmt(common.summarize(flower['round_s'])['median'])} s, "
@@ -795,6 +805,11 @@ def report(result: dict[str, Any]) -> None:
          "test accuracy", "vs in-process (points)"], rows)
     if ref:
         print(f"seed model accuracy {common.fmt(result.get('seed_accuracy'))}")
+    seeds = result.get("in_process_seeds")
+    if seeds and seeds["n"] > 1:
+        print(f"in-process FedAvg over sampling seeds {seeds['seeds']}: accuracy "
+              + ", ".join(f"{a:.4f}" for a in seeds["test_accuracy"])
+              + f" (spread {(seeds['max'] - seeds['min']) * 100:.2f} points)")
     if "ratios_fedtier_vs_flower" in result:
         r = result["ratios_fedtier_vs_flower"]
         print(f"fedtier / Flower: median round {r['median_round']:.2f}, total {r['total']:.2f}, "
@@ -816,6 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
     p.add_argument("--seed", type=int, default=0, help="partition and sampling seed (default 0)")
     p.add_argument("--data-path", default=str(DEFAULT_DATA), help="MNIST IDX files (default ../shared/data/mnist)")
+    p.add_argument("--reference-seeds", type=int, default=3,
+                   help="in-process FedAvg runs with sampling seeds seed, seed+1, ...: the accuracy one gets by "
+                        "chance on the same partition (default 3)")
     p.add_argument("--flower-cpus", type=int, default=1,
                    help="CPUs per ClientApp in Flower's Ray backend (default 1: two at once on two cores)")
     p.add_argument("--workers", type=int, default=2, help="the lab's training worker processes (default 2)")
@@ -833,8 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if options.clients < 1 or not 1 <= options.per_round <= options.clients or options.rounds < 1:
-        raise SystemExit("--clients and --rounds must be at least 1, --per-round between 1 and --clients")
+    if options.clients < 1 or not 1 <= options.per_round <= options.clients or options.rounds < 1 \
+            or options.reference_seeds < 1:
+        raise SystemExit("--clients, --rounds and --reference-seeds must be at least 1, "
+                         "--per-round between 1 and --clients")
     return common.conclude(run(options), report, options.json)
 
 
