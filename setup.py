@@ -69,6 +69,7 @@ setup(
             "grpcio-tools==1.85.1",  # pinned: tests/test_proto.py compares its output byte for byte
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",  # property tests (tests/test_heterogeneity.py, tests/test_server_strategies.py)
             "moto[server]>=5.0",
             "mongomock>=4.1",
             "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
