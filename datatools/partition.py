@@ -523,6 +523,11 @@ def _check_params(scheme: str, params: Mapping[str, Any]) -> None:
         inspect.signature(SCHEMES[scheme]).bind(None, 1, seed=0, **params)
     except TypeError as exc:
         raise ValueError(f"invalid parameters for scheme {scheme!r}: {sorted(params)} ({exc})") from None
+    for name, value in params.items():  # what can be checked without the data, as the schemes check it
+        if name in ("alpha", "beta"):
+            _positive(name, value)
+        elif name in ("k", "min", "max", "min_size"):
+            _integer(name, value, 1)
 
 
 def resolve_config(config: Mapping[str, Any] | None) -> tuple[str, int, dict[str, Any]]:
@@ -531,7 +536,8 @@ def resolve_config(config: Mapping[str, Any] | None) -> tuple[str, int, dict[str
     The config usually arrives in a round's task settings, written by a person or by
     ``fedtier sandbox --partition``; checking the scheme, the seed and the parameter
     names here gives every client the same clear error instead of a TypeError from a
-    scheme. ``None`` means IID with seed 0. Parameter *values* are checked by the scheme.
+    scheme. ``None`` means IID with seed 0. Parameter values are checked as far as they can be
+    without the data (``alpha > 0``, ``k >= 1``...); the scheme checks them against the data.
     """
     if config is None:
         return "iid", 0, {}

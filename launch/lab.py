@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from typing import Any, Mapping
 import psutil
 
 from fedtier.client.project import Project
+from fedtier.datatools.heterogeneity import DataRules, average_forgetting, forgetting, task_accuracies, task_of_round
 from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
 from fedtier.launch.sandbox import make_seed, say
 from fedtier.launch.scenario import Scenario, ScenarioError
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 SWARM_PREFIX = "lab"           # client k of swarm j is lab<j>-<i>
 MEMORY_INTERVAL_S = 0.5
-TASK_ACCURACY = re.compile(r"^task_(\d+)_test_accuracy$")
 
 
 class LabError(LaunchError):
@@ -311,7 +310,7 @@ class Lab:
             "memory": {"peak_rss_bytes": dict(peaks), "idle": dict(idle)},
             "processes_peak_rss_bytes": peaks.get("total", 0),
             "logs": str(net.logs)}
-        tasks = task_summary(self.rows)
+        tasks = task_summary(self.rows, s.heterogeneity)
         if tasks:
             summary["tasks"] = tasks
         return summary
@@ -350,7 +349,7 @@ def round_row(doc: Mapping[str, Any], group_of: Mapping[str, str]) -> dict[str, 
         g["task_seconds_mean"] = round(sum(seconds) / len(seconds), 3) if seconds else None
         g["task_seconds_max"] = round(max(seconds), 3) if seconds else None
     scores = {**(doc.get("metrics") or {}), **(doc.get("reducer_metrics") or {})}
-    tasks = {int(m.group(1)): float(v) for k, v in scores.items() if (m := TASK_ACCURACY.match(k))}
+    tasks = task_accuracies(scores)
     return {"round": doc["round"], "status": doc["status"], "error": doc.get("error"),
             "seconds": round(float((doc.get("timings") or {}).get("total", 0.0)), 3),
             "test_accuracy": scores.get("test_accuracy"), "test_loss": scores.get("test_loss"),
@@ -379,17 +378,17 @@ def progress_line(row: Mapping[str, Any], scenario: Scenario) -> str:
     return text
 
 
-def task_summary(rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Accuracy per task per round and the forgetting of each task (datatools/heterogeneity.py)."""
-    history = [{int(k): v for k, v in r["task_accuracy"].items()} for r in rows if r["task_accuracy"]]
-    if not history:
+def task_summary(rows: list[Mapping[str, Any]], heterogeneity: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Accuracy per task per round and each task's forgetting (datatools/heterogeneity.py);
+    the average is over the tasks finished by the last round."""
+    scored = [r for r in rows if r["task_accuracy"]]
+    if not scored:
         return None
-    from fedtier.datatools.heterogeneity import forgetting
-
-    per_task = forgetting(history)
-    return {"accuracy_per_round": [{str(k): v for k, v in h.items()} for h in history],
-            "forgetting": {str(k): v for k, v in per_task.items()},
-            "average_forgetting": sum(per_task.values()) / len(per_task) if per_task else None}
+    history = [{int(k): v for k, v in r["task_accuracy"].items()} for r in scored]
+    current = task_of_round(DataRules.from_config(heterogeneity), scored[-1]["round"]) if heterogeneity else None
+    return {"accuracy_per_round": [{"round": r["round"], **r["task_accuracy"]} for r in scored],
+            "forgetting": {str(k): v for k, v in forgetting(history).items()},
+            "task_at_the_end": current, "average_forgetting": average_forgetting(history, current)}
 
 
 def run_lab(path: str, overrides: Mapping[str, Any], out: str | None, port: int, check_only: bool,

@@ -31,6 +31,7 @@ from typing import Any
 from fedtier.client.attack import AttackPlan
 from fedtier.client.project import Project, ProjectError
 from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.reducer.control import check_task_data
 from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
 from fedtier.round_config import RoundConfig, RoundConfigError
 from fedtier.seed_args import MAX_SEED
@@ -105,6 +106,7 @@ class Sandbox:
             self.task["partition"] = parse_spec(options.partition)
         elif "partition" in self.task:
             resolve_config(self.task["partition"])  # a mistake should stop us before any process starts
+        check_task_data(self.task)  # as /start would: partition and the lab's data rules
         if options.data_path:
             # Children run in the work dir: a relative path would point somewhere else there.
             data = Path(options.data_path).expanduser().resolve()

@@ -117,8 +117,11 @@ def test_a_round_is_read_per_group() -> None:
     assert row["groups"]["slow"] == {"chosen": 2, "updated": 1, "failed": 1, "_task_seconds": [4.0],
                                      "task_seconds_mean": 4.0, "task_seconds_max": 4.0}
     assert row["task_accuracy"] == {"0": 0.9, "1": 0.1}
-    tasks = task_summary([{"task_accuracy": {"0": 0.9}}, {"task_accuracy": {"0": 0.5, "1": 0.8}}])
+    rules = {"tasks": [{"classes": [0, 1], "rounds": 1}, {"classes": [2, 3], "rounds": 1}]}
+    tasks = task_summary([{"round": 1, "task_accuracy": {"0": 0.9, "1": 0.0}},
+                          {"round": 2, "task_accuracy": {"0": 0.5, "1": 0.8}}], rules)
     assert tasks is not None and tasks["forgetting"]["0"] == pytest.approx(0.4)
+    assert tasks["task_at_the_end"] == 1 and tasks["average_forgetting"] == pytest.approx(0.4)
 
 
 def test_check_prints_the_plan_and_a_bad_file_exits_2(tmp_path: Path) -> None:
