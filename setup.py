@@ -57,6 +57,9 @@ setup(
         "cheroot>=11.1",  # the reducer's HTTP server: threads in its process, TLS (reducer/serve.py)
         "prometheus-client>=0.20",  # /metrics of the reducer and each combiner (reducer/metrics.py, combiner/metrics.py)
         "threadpoolctl>=3.1",  # Krum's distance products on one BLAS thread (fedtier/aggregators/krum.py)
+        "jsonschema>=4.20",  # the lab's scenario file (launch/scenario.py)
+        "psutil>=5.9",  # the lab's memory figures: RSS of every process of its network (launch/lab.py)
+        "matplotlib>=3.8",  # the lab's plots, PNG through the Agg backend (launch/lab_report.py)
     ],
     extras_require={
         "torch": TORCH,
@@ -66,10 +69,9 @@ setup(
             "grpcio-tools==1.85.1",  # pinned: tests/test_proto.py compares its output byte for byte
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",  # property tests (tests/test_heterogeneity.py, tests/test_server_strategies.py)
             "moto[server]>=5.0",
             "mongomock>=4.1",
-            "jsonschema>=4.20",
-            "psutil>=5.9",
             "safetensors>=0.4",  # only to prove our files interoperate (tests/test_format.py)
             "playwright>=1.45",  # tests/test_ui.py: only its driver, with Debian's chromium (no playwright install)
             "schemathesis>=4.0",  # fuzzes a live reducer against its OpenAPI document

@@ -21,6 +21,12 @@ Schemes (``SCHEMES``; parameters are keyword arguments of ``partition_indices``)
     Pathological label skew (McMahan et al. 2017): every client holds samples of
     exactly ``k`` classes. Classes are handed out so each is held by the same number
     of clients (within one); each class's samples are split evenly among its holders.
+``randk`` (``min``, ``max``)
+    Label skew with unequal clients (the lab's "random number of labels per client"):
+    client ``i`` holds samples of ``k_i`` classes, ``k_i`` drawn uniformly in
+    ``[min, max]`` from the seed, one draw per client. Otherwise as ``kclass``: classes
+    are handed out so each is held by the same number of clients (within one) and each
+    class's samples are split evenly among its holders.
 ``quantity`` (``beta``, ``min_size=1``)
     Quantity skew with IID labels: client ``i`` receives a share ``q_i`` of the
     samples, ``q ~ Dirichlet(beta)`` over the clients (NIID-Bench's quantity skew).
@@ -65,6 +71,7 @@ __all__ = [
     "iid",
     "dirichlet",
     "kclass",
+    "randk",
     "quantity",
     "kclass_quantity",
     "partition_indices",
@@ -222,17 +229,20 @@ def _assemble(chunks: list[list[np.ndarray]]) -> list[np.ndarray]:
             for parts in chunks]
 
 
-def _assign_classes(num_classes: int, num_partitions: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Give every partition ``k`` distinct classes, every class to (almost) equally many.
+def _assign_classes(num_classes: int, num_partitions: int, k: int | Sequence[int],
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Give every partition ``k`` distinct classes (or ``k[i]`` to partition ``i``), every
+    class to (almost) equally many.
 
     Greedy: each partition takes the ``k`` classes held by the fewest partitions so far,
     ties broken at random. Holder counts therefore never differ by more than one, and
-    every class is held as soon as ``num_partitions * k >= num_classes``.
+    every class is held as soon as the partitions' class counts add up to ``num_classes``.
     """
+    ks = [int(k)] * num_partitions if isinstance(k, (int, np.integer)) else [int(v) for v in k]
     load = np.zeros(num_classes, dtype=np.int64)
     assigned = []
-    for _ in range(num_partitions):
-        chosen = np.sort(np.lexsort((rng.random(num_classes), load))[:k])
+    for k_i in ks:
+        chosen = np.sort(np.lexsort((rng.random(num_classes), load))[:k_i])
         load[chosen] += 1
         assigned.append(chosen)
     return assigned
@@ -248,16 +258,24 @@ def _check_kclass(classes: np.ndarray, class_sizes: np.ndarray, num_partitions: 
             f"{scheme}: {num_partitions} partitions x k={k} classes hold at most {num_partitions * k} of the "
             f"{len(classes)} classes, so some samples could not be assigned; raise k or the number of partitions"
         )
-    # Holder counts are ceil or floor of P*k/C; the most-held classes need that many samples.
-    most_holders = -(-num_partitions * k // len(classes))
+    _check_holders(classes, class_sizes, num_partitions * k, scheme, "k")
+    return k
+
+
+def _check_holders(classes: np.ndarray, class_sizes: np.ndarray, holdings: int, scheme: str, knob: str) -> None:
+    """Every holder of a class gets one of its samples: refuse classes too small for that.
+
+    ``holdings`` is the sum of the partitions' class counts; holder counts are the ceil
+    or floor of ``holdings / classes``, so the most-held classes need that many samples.
+    """
+    most_holders = -(-holdings // len(classes))
     small = np.flatnonzero(class_sizes < most_holders)
     if len(small):
         c = small[0]
         raise ValueError(
             f"{scheme}: class {_plain(classes[c])!r} has {class_sizes[c]} sample(s) but up to {most_holders} partitions "
-            f"must each get one of it; lower k or the number of partitions"
+            f"must each get one of it; lower {knob} or the number of partitions"
         )
-    return k
 
 
 def _split_class(indices: np.ndarray, holders: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
@@ -266,9 +284,9 @@ def _split_class(indices: np.ndarray, holders: np.ndarray, weights: np.ndarray) 
     return np.split(indices, np.cumsum(counts)[:-1])
 
 
-def _kclass_split(class_of_sample: np.ndarray, classes: np.ndarray, num_partitions: int, k: int,
+def _kclass_split(class_of_sample: np.ndarray, classes: np.ndarray, num_partitions: int, k: int | Sequence[int],
                   rng: np.random.Generator, target_sizes: np.ndarray | None) -> list[np.ndarray]:
-    """The shared body of ``kclass`` and ``kclass_quantity``.
+    """The shared body of ``kclass``, ``randk`` and ``kclass_quantity`` (``k``: one count, or one per partition).
 
     ``target_sizes`` None splits each class evenly among its holders. Otherwise the
     partition-by-class counts are fitted by iterative proportional fitting: start from
@@ -361,6 +379,47 @@ def kclass(labels: npt.ArrayLike, num_partitions: int, seed: int = 0, *, k: int)
     return _kclass_split(class_of_sample, classes, num_partitions, k, np.random.default_rng(seed), None)
 
 
+def _randk_bounds(low: Any, high: Any) -> tuple[int, int]:
+    """``randk``'s ``min`` and ``max`` as far as they can be checked without the labels."""
+    low, high = _integer("min", low, 1), _integer("max", high, 1)
+    if low > high:
+        raise ValueError(f"randk: min={low} must be <= max={high}")
+    return low, high
+
+
+def randk(labels: npt.ArrayLike, num_partitions: int, seed: int = 0, *, min: int, max: int) -> list[np.ndarray]:
+    """Label skew with a random number of labels per partition, drawn uniformly in ``[min, max]``.
+
+    Real federations are not as regular as ``kclass``: one client sees two labels,
+    another seven. Each partition's count is one uniform draw from the seed (in
+    partition order, so partition ``i``'s count depends only on the seed and ``i``'s
+    place), then classes are handed out as in ``kclass`` (each class to equally many
+    holders, within one; each class split evenly among them).
+
+    Every sample must have a holder, so the counts must add up to at least the number
+    of classes: needs ``partitions * max >= classes``, and when a draw falls short,
+    counts below ``max`` are raised by one at a time (partitions picked at random) until
+    they do; the counts stay within ``[min, max]``. Needs ``1 <= min <= max <= classes``.
+    """
+    classes, class_of_sample = _labels(labels, "randk")
+    _check_sizes(len(class_of_sample), num_partitions)
+    class_sizes = np.bincount(class_of_sample, minlength=len(classes))
+    low, high = _randk_bounds(min, max)
+    if high > len(classes):
+        raise ValueError(f"randk: max={high} but the labels have only {len(classes)} classes")
+    if num_partitions * high < len(classes):
+        raise ValueError(
+            f"randk: {num_partitions} partitions x max={high} classes hold at most {num_partitions * high} of the "
+            f"{len(classes)} classes, so some samples could not be assigned; raise max or the number of partitions"
+        )
+    rng = np.random.default_rng(seed)
+    ks = rng.integers(low, high + 1, size=int(num_partitions))
+    while ks.sum() < len(classes):
+        ks[rng.choice(np.flatnonzero(ks < high))] += 1
+    _check_holders(classes, class_sizes, int(ks.sum()), "randk", "max")
+    return _kclass_split(class_of_sample, classes, num_partitions, ks.tolist(), rng, None)
+
+
 def _quantity_shares(num_partitions: int, beta: float, rng: np.random.Generator) -> np.ndarray:
     return rng.dirichlet(np.full(int(num_partitions), beta))
 
@@ -415,6 +474,7 @@ SCHEMES: dict[str, Scheme] = {
     "iid": _iid_scheme,
     "dirichlet": dirichlet,
     "kclass": kclass,
+    "randk": randk,
     "quantity": quantity,
     "kclass_quantity": kclass_quantity,
 }
@@ -463,6 +523,11 @@ def _check_params(scheme: str, params: Mapping[str, Any]) -> None:
         inspect.signature(SCHEMES[scheme]).bind(None, 1, seed=0, **params)
     except TypeError as exc:
         raise ValueError(f"invalid parameters for scheme {scheme!r}: {sorted(params)} ({exc})") from None
+    for name, value in params.items():  # what can be checked without the data, as the schemes check it
+        if name in ("alpha", "beta"):
+            _positive(name, value)
+        elif name in ("k", "min", "max", "min_size"):
+            _integer(name, value, 1)
 
 
 def resolve_config(config: Mapping[str, Any] | None) -> tuple[str, int, dict[str, Any]]:
@@ -471,7 +536,8 @@ def resolve_config(config: Mapping[str, Any] | None) -> tuple[str, int, dict[str
     The config usually arrives in a round's task settings, written by a person or by
     ``fedtier sandbox --partition``; checking the scheme, the seed and the parameter
     names here gives every client the same clear error instead of a TypeError from a
-    scheme. ``None`` means IID with seed 0. Parameter *values* are checked by the scheme.
+    scheme. ``None`` means IID with seed 0. Parameter values are checked as far as they can be
+    without the data (``alpha > 0``, ``k >= 1``...); the scheme checks them against the data.
     """
     if config is None:
         return "iid", 0, {}
@@ -483,6 +549,8 @@ def resolve_config(config: Mapping[str, Any] | None) -> tuple[str, int, dict[str
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"partition seed must be an int >= 0, got {seed!r}")
     _check_params(scheme, params)
+    if scheme == "randk":  # its bounds need no data: refuse min > max before any is read
+        _randk_bounds(params["min"], params["max"])
     return scheme, int(seed), params
 
 
@@ -506,7 +574,7 @@ def parse_spec(spec: str) -> dict[str, Any]:
     """Parse a command-line spec such as ``dirichlet:alpha=0.5`` into a config dict.
 
     Grammar: ``SCHEME[:KEY=VALUE[,KEY=VALUE...]]`` with numeric values (``seed`` is
-    accepted as a key too), e.g. ``iid``, ``kclass:k=2``, ``quantity:beta=0.5,min_size=20``,
+    accepted as a key too), e.g. ``iid``, ``kclass:k=2``, ``quantity:beta=0.5,min_size=20``, ``randk:min=1,max=4``,
     ``kclass_quantity:k=2,beta=1,seed=3``. The result is checked like ``resolve_config``.
     """
     if not isinstance(spec, str) or not spec.strip():

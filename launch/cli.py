@@ -247,6 +247,45 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_swarm)
 
 
+# ---------------------------------------------------------------- lab
+def cmd_lab(args: argparse.Namespace, settings: Settings) -> int:
+    from fedtier.launch.lab import run_lab
+
+    overrides = {"clients": args.clients, "rounds": args.rounds, "combiners": args.combiners, "seed": args.seed,
+                 "data_path": args.data_path}
+    if args.workers is not None:
+        overrides["pool"] = {**_scenario_section(args.scenario, "pool"), "workers": args.workers}
+    return run_lab(args.scenario, overrides, args.out or None, args.port, args.check, _stop_on_signals())
+
+
+def _scenario_section(path: str, key: str) -> dict:
+    """One section of the scenario file as written, for a flag that overrides one of its keys
+    (unreadable or not a mapping: empty, and the full check reports the file's problem)."""
+    from fedtier.launch.scenario import ScenarioError, parse_yaml
+
+    try:
+        data = parse_yaml(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ScenarioError):
+        return {}
+    section = data.get(key) if isinstance(data, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def add_lab(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="run a scenario of many unequal virtual clients on this machine (docs/lab.md)")
+    p.add_argument("scenario", help="scenario file (YAML; docs/lab.md lists every setting)")
+    p.add_argument("--out", default="", help="output folder (default lab-runs/SCENARIO-TIME; never an earlier run's)")
+    p.add_argument("--check", action="store_true", help="check the scenario, print it with its defaults, start nothing")
+    p.add_argument("--clients", type=int, default=None, help="override the scenario's clients")
+    p.add_argument("--rounds", type=int, default=None, help="override the scenario's rounds")
+    p.add_argument("--combiners", type=int, default=None, help="override the scenario's combiners")
+    p.add_argument("--workers", type=int, default=None, help="override pool.workers (default one per core)")
+    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    p.add_argument("--data-path", default=None, help="override the scenario's data_path")
+    p.add_argument("--port", type=int, default=0, help="reducer HTTP port (default: a free one)")
+    p.set_defaults(run=cmd_lab)
+
+
 # ---------------------------------------------------------------- reducer
 def cmd_reducer(args: argparse.Namespace, settings: Settings) -> int:
     from fedtier.reducer.serve import serve
@@ -426,7 +465,8 @@ def add_package(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- parser and main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_reducer, add_combiner, add_client,
                                                                    add_sandbox, add_health, add_certs, add_package,
-                                                                   add_swarm, add_token, control_cli.add_control]
+                                                                   add_swarm, add_lab, add_token,
+                                                                   control_cli.add_control]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from typing import Any
 from fedtier.client.attack import AttackPlan
 from fedtier.client.project import Project, ProjectError
 from fedtier.datatools.partition import format_summary, parse_spec, partition_from_config, resolve_config, summarize
+from fedtier.reducer.control import check_task_data
 from fedtier.launch.network import LaunchError, LocalNetwork, NotOurReducer, PortInUse
 from fedtier.round_config import RoundConfig, RoundConfigError
 from fedtier.seed_args import MAX_SEED
@@ -76,6 +77,19 @@ def _json_object(flag: str, text: str | None) -> dict[str, Any]:
     return value
 
 
+def make_seed(project: Path, out: Path, env: dict[str, str], seed_value: int | None = None) -> Path:
+    """The project's first model, made by its ``seed.py`` (``--seed N`` when a value is given)."""
+    script = project / "seed.py"
+    if not script.is_file():
+        raise SandboxError(f"{project} has no seed.py; pass --seed FILE")
+    seed = [] if seed_value is None else ["--seed", str(seed_value)]
+    done = subprocess.run([sys.executable, str(script), str(out), *seed], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not out.is_file():
+        raise SandboxError(f"seed.py failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
+    return out
+
+
 class Sandbox:
     def __init__(self, options: SandboxOptions, stop: threading.Event | None = None) -> None:
         if options.combiners < 1 or options.clients < 1 or options.rounds < 1:
@@ -92,6 +106,7 @@ class Sandbox:
             self.task["partition"] = parse_spec(options.partition)
         elif "partition" in self.task:
             resolve_config(self.task["partition"])  # a mistake should stop us before any process starts
+        check_task_data(self.task)  # as /start would: partition and the lab's data rules
         if options.data_path:
             # Children run in the work dir: a relative path would point somewhere else there.
             data = Path(options.data_path).expanduser().resolve()
@@ -211,16 +226,7 @@ class Sandbox:
         (self.work_dir / "partitions.json").write_text(json.dumps(record, indent=2))
 
     def _make_seed(self) -> Path:
-        script = self.project.root / "seed.py"
-        if not script.is_file():
-            raise SandboxError(f"{self.project.root} has no seed.py; pass --seed FILE")
-        out = self.work_dir / "seed.safetensors"
-        seed = [] if self.options.seed_value is None else ["--seed", str(self.options.seed_value)]
-        done = subprocess.run([sys.executable, str(script), str(out), *seed], cwd=self.project.root, env=self.net.env,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not out.is_file():
-            raise SandboxError(f"seed.py failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
-        return out
+        return make_seed(self.project.root, self.work_dir / "seed.safetensors", self.net.env, self.options.seed_value)
 
     def _follow(self, session_id: str) -> list[dict[str, Any]]:
         """Print each round as it finishes; return the rounds when the session ends."""

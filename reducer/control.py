@@ -199,6 +199,7 @@ class Control:
         """Start a session now; StateConflict if one runs or the network has no seed.
         ``schedule_id`` names the schedule that started it (reducer/schedules.py), if any."""
         self._check_strategies(request.config)
+        check_task_data(request.config.task)
         with self._lock:
             if self.state != ReducerState.IDLE:
                 verb = "seed the network first" if self.state == ReducerState.SETUP else "a session is running"
@@ -661,3 +662,22 @@ class Control:
             if not result.success:
                 log.warning("validation on combiner %s failed: %s", name, result.error)
         return weighted_metrics(reports, config.weight_policy())
+
+
+def check_task_data(task: Mapping[str, Any]) -> None:
+    """The data settings every client would check in its first task (``partition``, the lab's
+    ``heterogeneity``: datatools), checked at ``/start`` instead, naming the field: a mistake
+    there would otherwise fail every client in every round."""
+    from fedtier.datatools.heterogeneity import DataRules, DataRulesError
+    from fedtier.datatools.partition import resolve_config
+
+    if "partition" in task:
+        try:
+            resolve_config(task["partition"])
+        except ValueError as exc:
+            raise RoundConfigError("task.partition", str(exc)) from None
+    if "heterogeneity" in task:
+        try:
+            DataRules.from_config(task["heterogeneity"], where="task.heterogeneity")
+        except DataRulesError as exc:
+            raise RoundConfigError(exc.field, str(exc).split(": ", 1)[-1]) from None

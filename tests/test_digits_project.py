@@ -181,6 +181,31 @@ def test_fedprox_mu_holds_the_trained_model_near_the_round_model(
     assert 0 < distance[5.0] < 0.5 * distance[0.0], distance
 
 
+def test_heterogeneity_config_restricts_training_and_adds_task_accuracies(
+    project: dict[str, ModuleType], seed_model: str, tmp_path: Path
+) -> None:
+    """With the lab's "heterogeneity" in the task config the client trains on its view only:
+    in round 3 (task 1: digits 5-9), half its examples, noisy; so the trained model scores
+    on task 1's digits and never predicts task 0's, and validate reports both tasks."""
+    from fedtier.datatools.heterogeneity import DataRules, client_view
+
+    ep = project["entrypoints"]
+    heterogeneity = {"noise": [0.05, 0.1], "labelled": [0.5, 0.5], "seed": 3,
+                     "tasks": [{"classes": [0, 1, 2, 3, 4], "rounds": 2}, {"classes": [5, 6, 7, 8, 9], "rounds": 2}]}
+    ctx = TaskContext(client_name="client-1", partition_index=1, num_partitions=NUM_PARTITIONS, round_id="r3",
+                      round_number=3, config={"heterogeneity": heterogeneity})
+    x_train, y_train = project["data"].load_partition(1, NUM_PARTITIONS)[:2]
+    _, y_view = client_view(DataRules.from_config(heterogeneity), x_train, y_train, client_index=1, round_number=3)
+    assert set(y_view) == {5, 6, 7, 8, 9} and len(y_view) == round(0.5 * np.isin(y_train, [5, 6, 7, 8, 9]).sum())
+    metadata = ep.train(seed_model, str(tmp_path / "task1"), ctx)
+    assert metadata["num_examples"] == len(y_view)
+    metrics = ep.validate(str(tmp_path / "task1"), ctx)
+    assert metrics["task_1_test_accuracy"] > 0.6 and metrics["task_0_test_accuracy"] < 0.05, metrics
+    assert metrics["test_accuracy"] == pytest.approx(
+        (metrics["task_0_test_accuracy"] + metrics["task_1_test_accuracy"]) / 2, abs=0.02)  # stratified test set
+    assert not [key for key in ep.validate(seed_model, _ctx(1)) if key.startswith("task_")]
+
+
 def test_fedavg_reaches_90_percent_in_three_rounds(
     project: dict[str, ModuleType], seed_model: str, tmp_path: Path
 ) -> None:

@@ -140,6 +140,30 @@ def test_fedprox_mu_reaches_train_and_holds_the_model_near_the_round_model(
     assert 0 < distance[5.0] < 0.7 * distance[0.0], distance
 
 
+def test_heterogeneity_config_restricts_training_and_adds_task_accuracies(
+        project: dict[str, ModuleType], tmp_path: Path) -> None:
+    """mnist-pytorch opts in to the lab's data heterogeneity (datatools/heterogeneity.py):
+    round 2 of a [digits 0-4, digits 5-9] schedule trains on the client's 5-9 only."""
+    if project["name"] != "mnist-pytorch":
+        pytest.skip("the heterogeneity opt-in is in mnist-pytorch (and digits)")
+    from fedtier.datatools.heterogeneity import DataRules, client_view
+
+    seed_path, ep = str(tmp_path / "seed.model"), project["entrypoints"]
+    project["seed"].make_seed(seed_path)
+    heterogeneity = {"labelled": [0.5, 0.5], "scale": [0.9, 1.1],
+                     "tasks": [{"classes": [0, 1, 2, 3, 4], "rounds": 1}, {"classes": [5, 6, 7, 8, 9], "rounds": 1}]}
+    config = {**SUBSET, "epochs": 1, "heterogeneity": heterogeneity}
+    ctx = TaskContext(client_name="client-1", data_path=str(MNIST), partition_index=1, num_partitions=5,
+                      round_id="r2", round_number=2, config=config)
+    x_train, y_train = project["data"].load_partition(str(MNIST), 1, 5, config)[:2]
+    _, y_view = client_view(DataRules.from_config(heterogeneity), x_train, y_train, client_index=1, round_number=2)
+    assert set(y_view) == {5, 6, 7, 8, 9}
+    assert ep.train(seed_path, str(tmp_path / "t1"), ctx)["num_examples"] == len(y_view)
+    metrics = ep.validate(str(tmp_path / "t1"), ctx)
+    assert metrics["task_1_test_accuracy"] > 0.3 and metrics["task_0_test_accuracy"] < 0.05, metrics  # 1 epoch, ~240 images
+    assert not [key for key in ep.validate(seed_path, _ctx(1, SUBSET)) if key.startswith("task_")]
+
+
 # ---------------------------------------------------------------------------- the real network
 @pytest.mark.parametrize("name", PROJECTS)
 def test_sandbox_reaches_90_percent_in_two_rounds(name: str, tmp_path: Path) -> None:

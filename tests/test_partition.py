@@ -153,6 +153,8 @@ SCHEME_CASES = [
     ("kclass", {"k": 1}),
     ("kclass", {"k": 2}),
     ("kclass", {"k": 10}),
+    ("randk", {"min": 1, "max": 4}),
+    ("randk", {"min": 10, "max": 10}),
     ("quantity", {"beta": 0.1}),
     ("quantity", {"beta": 5, "min_size": 10}),
     ("kclass_quantity", {"k": 3, "beta": 0.5}),
@@ -169,8 +171,8 @@ def test_every_scheme_is_tested() -> None:
 
 @pytest.mark.parametrize("scheme,params,num_partitions", [
     (scheme, params, p) for scheme, params in SCHEME_CASES for p in (1, 5, 10, 17)
-    # k-class schemes need partitions * k >= classes (the error is tested below)
-    if "k" not in params or p * params["k"] >= 10
+    # k-class schemes need partitions * k (randk: max) >= classes (the error is tested below)
+    if p * params.get("k", params.get("max", 10)) >= 10
 ])
 def test_every_scheme_assigns_each_sample_exactly_once(scheme: str, params: dict, num_partitions: int) -> None:
     labels = _labels()

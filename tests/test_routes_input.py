@@ -133,6 +133,11 @@ def test_every_json_route_bounds_depth_and_numbers(api: FlaskClient) -> None:
     ({"helper": "tensorflow"}, "helper", known_helpers()),
     ({"aggregator_kwargs": {"mu": 0.1}}, "aggregator_kwargs.mu", ["none"]),
     ({"aggregator": "fedavg", "aggregator_kwargs": '{"server_lr": 1}'}, "aggregator_kwargs.server_lr", ["none"]),
+    # what every client's data code would refuse in its first task (datatools)
+    ({"task": {"partition": {"scheme": "dirichlet", "alpha": -1}}}, "task.partition", ["alpha"]),
+    ({"task": {"heterogeneity": {"tasks": [{"classes": [0], "rounds": 0}]}}}, "task.heterogeneity.tasks[0].rounds",
+     ["1..100000"]),
+    ({"task": {"heterogeneity": {"labeled": [0, 1]}}}, "task.heterogeneity.labeled", ["labeled"]),
 ])
 def test_what_a_combiner_would_refuse_is_refused_at_start(api: FlaskClient, settings: dict, field: str,
                                                           listed: list[str]) -> None:

@@ -114,6 +114,17 @@ def test_sandbox_prints_and_saves_each_clients_label_histogram(
         assert f"{client['size']}" in out
 
 
+def test_sandbox_table_shows_randk_clients_with_varying_label_counts(
+        tmp_path: Path, isolated_modules: None, capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox = _sandbox(tmp_path, clients=8, partition="randk:min=1,max=4,seed=2")
+    sandbox._show_partitions()
+    assert "partition: randk (min=1, max=4, seed=2), 1437 samples over 8 clients" in capsys.readouterr().out
+    record = json.loads((tmp_path / "partitions.json").read_text())
+    counts = [c["classes"] for c in record["clients"]]
+    assert all(1 <= n <= 4 for n in counts) and len(set(counts)) > 1, counts
+    assert sum(c["size"] for c in record["clients"]) == DIGITS_POOL
+
+
 def test_sandbox_without_partition_shows_the_iid_default(tmp_path: Path, isolated_modules: None) -> None:
     sandbox = _sandbox(tmp_path, clients=3)
     sandbox._show_partitions()

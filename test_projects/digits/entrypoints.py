@@ -27,6 +27,7 @@ from torch import nn
 from data import load_partition, load_test_set
 from fedtier.client.attack import flip_labels_for
 from fedtier.client.context import TaskContext
+from fedtier.datatools.heterogeneity import client_view_for, task_metrics_for
 from fedtier.datatools.partition import resolve_config
 from fedtier.helpers.pytorch_helper import add_proximal_term
 from model import load_model, save_model
@@ -68,16 +69,17 @@ def _client_data(ctx: TaskContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return load_partition(ctx.partition_index, ctx.num_partitions, seed=seed, scheme=scheme, **params)
 
 
-def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``(x, y)``."""
+def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean cross-entropy, predicted labels) of ``model`` on ``(x, y)``."""
     model.eval()
     with torch.no_grad():
         # torch.tensor copies: the cached test arrays are read-only.
         logits = model(torch.tensor(x))
         target = torch.tensor(y)
         loss = nn.functional.cross_entropy(logits, target).item()
-        accuracy = (logits.argmax(dim=1) == target).float().mean().item()
-    return accuracy, loss
+        predicted = logits.argmax(dim=1)
+        accuracy = (predicted == target).float().mean().item()
+    return accuracy, loss, predicted.numpy()
 
 
 class _SGDMomentum:
@@ -120,6 +122,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
     batch_size = int(config["batch_size"])
 
     x_train, y_train, _, _ = _client_data(ctx)
+    x_train, y_train = client_view_for(ctx, x_train, y_train)  # lab data heterogeneity; no-op without it
     x, y = torch.as_tensor(x_train), torch.as_tensor(flip_labels_for(ctx, y_train))  # lab attack; no-op if honest
     model = load_model(in_model_path)
     mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
@@ -159,14 +162,16 @@ def validate(in_model_path: str, ctx: TaskContext) -> dict[str, Any]:
     torch.set_num_threads(1)
     _, _, x_val, y_val = _client_data(ctx)
     model = load_model(in_model_path)
-    accuracy, loss = _metrics(model, x_val, y_val)
-    test_accuracy, test_loss = _metrics(model, *load_test_set())
+    accuracy, loss, _ = _metrics(model, x_val, y_val)
+    x_test, y_test = load_test_set()
+    test_accuracy, test_loss, test_predicted = _metrics(model, x_test, y_test)
     return {
         "accuracy": accuracy,
         "loss": loss,
         "num_examples": int(len(y_val)),
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
+        **task_metrics_for(ctx, y_test, test_predicted),  # lab class-incremental tasks; none without them
     }
 
 
@@ -174,5 +179,5 @@ def evaluate_model_file(path: str) -> dict[str, Any]:
     """Accuracy/loss of the model stored at ``path`` on the global test set."""
     torch.set_num_threads(1)
     x_test, y_test = load_test_set()
-    accuracy, loss = _metrics(load_model(path), x_test, y_test)
+    accuracy, loss, _ = _metrics(load_model(path), x_test, y_test)
     return {"accuracy": accuracy, "loss": loss, "num_examples": int(len(y_test))}

@@ -23,6 +23,7 @@ from torch import nn
 from data import load_partition, load_test_set
 from fedtier.client.attack import flip_labels_for
 from fedtier.client.context import TaskContext
+from fedtier.datatools.heterogeneity import client_view_for, task_metrics_for
 from fedtier.helpers.pytorch_helper import add_proximal_term
 from model import load_model, save_model
 
@@ -62,17 +63,18 @@ def _as_images(x: np.ndarray) -> torch.Tensor:
     return torch.tensor(x).unsqueeze(1)
 
 
-def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``(x, y)``, in batches."""
+def _metrics(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean cross-entropy, predicted labels) of ``model`` on ``(x, y)``, in batches."""
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum, predicted = 0, 0.0, []
     with torch.no_grad():
         for start in range(0, len(y), EVAL_BATCH):
             logits = model(_as_images(x[start:start + EVAL_BATCH]))
             target = torch.tensor(y[start:start + EVAL_BATCH])
             loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == target).sum().item())
-    return correct / len(y), loss_sum / len(y)
+            predicted.append(logits.argmax(dim=1))
+            correct += int((predicted[-1] == target).sum().item())
+    return correct / len(y), loss_sum / len(y), torch.cat(predicted).numpy()
 
 
 class _SGDMomentum:
@@ -111,6 +113,7 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
                          f"{batch_size}, {learning_rate}")
 
     x_train, y_train, _, _ = _client_data(ctx)
+    x_train, y_train = client_view_for(ctx, x_train, y_train)  # lab data heterogeneity; no-op without it
     x, y = _as_images(x_train), torch.tensor(flip_labels_for(ctx, y_train))  # lab attack; no-op if honest
     model = load_model(in_model_path)
     mu = float(ctx.settings.get("mu", 0.0))  # FedProx's weight; absent (FedAvg) is 0
@@ -148,14 +151,16 @@ def validate(in_model_path: str, ctx: TaskContext) -> dict[str, Any]:
     torch.set_num_threads(1)
     _, _, x_val, y_val = _client_data(ctx)
     model = load_model(in_model_path)
-    accuracy, loss = _metrics(model, x_val, y_val)
-    test_accuracy, test_loss = _metrics(model, *load_test_set(ctx.data_path, ctx.config))
+    accuracy, loss, _ = _metrics(model, x_val, y_val)
+    x_test, y_test = load_test_set(ctx.data_path, ctx.config)
+    test_accuracy, test_loss, test_predicted = _metrics(model, x_test, y_test)
     return {
         "accuracy": accuracy,
         "loss": loss,
         "num_examples": int(len(y_val)),
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
+        **task_metrics_for(ctx, y_test, test_predicted),  # lab class-incremental tasks; none without them
     }
 
 
@@ -163,5 +168,5 @@ def evaluate_model_file(path: str, data_path: str | None = None, max_test: int |
     """Accuracy/loss of the model stored at ``path`` on the global test set."""
     torch.set_num_threads(1)
     x_test, y_test = load_test_set(data_path, {"max_test": max_test})
-    accuracy, loss = _metrics(load_model(path), x_test, y_test)
+    accuracy, loss, _ = _metrics(load_model(path), x_test, y_test)
     return {"accuracy": accuracy, "loss": loss, "num_examples": int(len(y_test))}
