@@ -8,7 +8,7 @@ The workload (issue 16, "Side by side with Flower's simulation"): MNIST's 60,000
 images split IID over ``--clients`` clients by ``fedtier.datatools.partition`` (seed
 ``--seed``), ``--per-round`` clients sampled per round, the CNN of
 test_projects/mnist-pytorch (its ``model.build_model``, 54k parameters) starting from the
-project's seed weights (``seed.py``, ``torch.manual_seed(0)``), one local epoch with the
+project's seed weights (``seed.py --seed SEED``: ``torch.manual_seed(SEED)``, as the lab seeds it), one local epoch with the
 project's learning rate, batch size and momentum, FedAvg weighted by examples,
 ``--rounds`` rounds; then accuracy on the 10,000 test images.
 
@@ -146,7 +146,7 @@ def write_workload(path: Path, data_dir: Path, clients: int, seed: int) -> dict[
     x_test, y_test = load_mnist(data_dir, "test")
     parts = train_indices(y_train, clients, seed)
     offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
-    weights = seed_state(0)
+    weights = seed_state(seed)  # the lab seeds its network with seed.py --seed <scenario seed>
     data = project_module("data")
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
              indices=np.concatenate(parts).astype(np.int64), offsets=offsets,
@@ -192,8 +192,8 @@ def test_accuracy(state: dict[str, np.ndarray], x_test: np.ndarray, y_test: np.n
 
     model = project_module("model").build_model()
     model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()})
-    accuracy, _ = project_module("entrypoints")._metrics(model, standardise(x_test), y_test.astype(np.int64))
-    return float(accuracy)
+    scores = project_module("entrypoints")._metrics(model, standardise(x_test), y_test.astype(np.int64))
+    return float(scores[0])  # (accuracy, loss, ...)
 
 
 def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, seed: int,
