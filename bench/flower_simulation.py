@@ -197,7 +197,8 @@ def test_accuracy(state: dict[str, np.ndarray], x_test: np.ndarray, y_test: np.n
 
 
 def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, seed: int,
-                      on_round: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                      on_round: Callable[[int, float], None] | None = None,
+                      score_rounds: bool = False) -> dict[str, Any]:
     """FedAvg over the same partition in this process: the reference accuracy, and the time the
     training itself takes on one thread (no framework at all)."""
     import torch
@@ -208,7 +209,9 @@ def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, see
     state = {k: torch.tensor(v) for k, v in workload["weights"].items()}
     parts, x_train, y_train = workload["parts"], workload["x_train"], workload["y_train"]
     sampled = sample_rounds(len(parts), per_round, rounds, seed)
-    times = []
+    times: list[float] = []
+    accuracies: list[float] = []
+    scoring = 0.0  # seconds spent scoring rounds, left out of the times: the reference has no framework
     started = time.monotonic()
     for number, chosen in enumerate(sampled, start=1):
         t0 = time.monotonic()
@@ -226,8 +229,14 @@ def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, see
         times.append(time.monotonic() - t0)
         if on_round:
             on_round(number, times[-1])
+        if score_rounds:
+            t1 = time.monotonic()
+            accuracies.append(test_accuracy({k: v.numpy() for k, v in state.items()},
+                                            workload["x_test"], workload["y_test"]))
+            scoring += time.monotonic() - t1
     final = {k: v.numpy() for k, v in state.items()}
-    return {"round_s": times, "total_s": time.monotonic() - started, "sampled": sampled,
+    return {"round_s": times, "total_s": time.monotonic() - started - scoring, "sampled": sampled,
+            "round_accuracy": accuracies,
             "test_accuracy": test_accuracy(final, workload["x_test"], workload["y_test"])}
 
 
@@ -387,6 +396,10 @@ EVAL_BATCH = 1000
 
 {build_model}
 
+{as_images}
+
+{metrics}
+
 {optimizer}
 
 _WORKLOAD = {{}}
@@ -408,6 +421,13 @@ def client_data(path, client):
     data = workload(path)
     idx = data["indices"][data["offsets"][client]:data["offsets"][client + 1]]
     return standardise(data["x_train"][idx], data), data["y_train"][idx].astype(np.int64)
+
+
+def test_set(path):
+    data = workload(path)
+    if "test" not in data:
+        data["test"] = (standardise(data["x_test"], data), data["y_test"].astype(np.int64))
+    return data["test"]
 
 
 def seed_state(path):
@@ -455,16 +475,20 @@ def train(msg: Message, context: Context) -> Message:
 '''
 
 SERVER_APP = '''\
-"""ServerApp: Flower's FedAvg; rounds timed from configure_train to the end of aggregate_train."""
+"""ServerApp: Flower's FedAvg with central evaluation of every global model on the test set (as
+the lab's reducer scores each one); a round is timed from configure_train to the end of that
+evaluation, with the end of aggregate_train stamped too."""
 import json
+import os
 import time
 
 import numpy as np
-from flwr.app import ArrayRecord, Context
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedtiersim.task import seed_state
+from fedtiersim.task import _metrics, build_model, seed_state, test_set
 
 app = ServerApp()
 
@@ -486,8 +510,21 @@ class TimedFedAvg(FedAvg):
         record["partitions"] = sorted(int(r.content["metrics"]["partition-id"]) for r in replies
                                       if not r.has_error())
         out = super().aggregate_train(server_round, replies)
-        record["end"] = time.time()
+        record["trained"] = time.time()
         return out
+
+
+def evaluator(strategy, path):
+    def evaluate(server_round, arrays):
+        if server_round == 0:  # the seed model: not part of any round
+            return None
+        torch.set_num_threads(1)
+        model = build_model()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        accuracy, loss = _metrics(model, *test_set(path))[:2]
+        strategy.rounds[server_round].update(end=time.time(), test_accuracy=accuracy)
+        return MetricRecord({"test_accuracy": accuracy, "test_loss": loss})
+    return evaluate
 
 
 @app.main()
@@ -500,12 +537,12 @@ def main(grid: Grid, context: Context) -> None:
                            min_train_nodes=int(cfg["per-round"]), min_available_nodes=clients,
                            min_evaluate_nodes=0)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(seed_state(cfg["workload"])),
-                            num_rounds=int(cfg["num-server-rounds"]))
+                            num_rounds=int(cfg["num-server-rounds"]),
+                            evaluate_fn=evaluator(strategy, cfg["workload"]))
     state = result.arrays.to_torch_state_dict()
     np.savez(cfg["out"] + ".npz", **{k: v.numpy() for k, v in state.items()})
     with open(cfg["out"] + ".tmp", "w") as f:
         json.dump({"rounds": strategy.rounds}, f)
-    import os
     os.replace(cfg["out"] + ".tmp", cfg["out"])
 '''
 
@@ -520,6 +557,8 @@ def write_flower_app(folder: Path) -> Path:
     (app / "pyproject.toml").write_text(PYPROJECT.replace("{flwr}", FLWR_VERSION).replace("{torch}", TORCH_VERSION))
     (package / "__init__.py").write_text("")
     (package / "task.py").write_text(TASK.format(build_model=inspect.getsource(model.build_model),
+                                                 as_images=inspect.getsource(entry._as_images),
+                                                 metrics=inspect.getsource(entry._metrics),
                                                  optimizer=inspect.getsource(entry._SGDMomentum)))
     (package / "client_app.py").write_text(CLIENT_APP)
     (package / "server_app.py").write_text(SERVER_APP)
@@ -588,6 +627,8 @@ def run_flower(work: Path, bin_dir: Path, npz: Path, clients: int, per_round: in
         final = {k: arrays[k] for k in arrays.files}
     records = [data["rounds"][str(r)] for r in range(1, rounds + 1) if str(r) in data["rounds"]]
     return {"round_s": [r["end"] - r["start"] for r in records],
+            "train_s": [r["trained"] - r["start"] for r in records],
+            "round_accuracy": [r["test_accuracy"] for r in records],
             "period_s": [b["start"] - a["start"] for a, b in zip(records, records[1:])],
             "replies": [r["replies"] for r in records], "errors": sum(r["errors"] for r in records),
             "sampled": [r["partitions"] for r in records], "total_s": total, "final": final,
@@ -702,7 +743,8 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         memory = TreeMemory(lambda: [psutil.Process()])
         with memory:
             reference = fedavg_in_process(workload, options.per_round, options.rounds, options.seed,
-                                          lambda n, t: print(f"  round {n}: {t:.2f} s", flush=True))
+                                          lambda n, t: print(f"  round {n}: {t:.2f} s", flush=True),
+                                          score_rounds=True)
         reference["peak_rss_bytes"] = memory.peak_bytes
         result["in_process"] = reference
         print(f"in-process FedAvg: accuracy {reference['test_accuracy']:.4f}", flush=True)
