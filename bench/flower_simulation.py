@@ -718,6 +718,8 @@ def run_fedtier(work: Path, scenario: Path, timeout: float) -> dict[str, Any]:
     rounds = summary.get("rounds") or []
     accuracy = next((r.get("test_accuracy") for r in reversed(rounds) if r.get("test_accuracy") is not None), None)
     return {"round_s": [float(r["seconds"]) for r in rounds if r.get("seconds") is not None],
+            "round_accuracy": [r.get("test_accuracy") for r in rounds],
+            "updates": [r.get("updates") for r in rounds],
             "rounds_done": len(rounds), "total_s": total, "test_accuracy": accuracy,
             "peak_rss_bytes": memory.peak_bytes, "peak_processes": memory.peak_processes,
             "memory_samples": memory.samples, "lab_reported_peak_rss_bytes": summary.get("processes_peak_rss_bytes"),
@@ -845,6 +847,19 @@ def report(result: dict[str, Any]) -> None:
         f"momentum {result['hyperparameters']['momentum']}), IID seed {result['seed']}",
         ["run", "rounds", "median round s", "min s", "max s", "total s", "peak RSS MiB (tree)", "processes at peak",
          "test accuracy", "vs in-process (points)"], rows)
+    per_round = []
+    for n in range(result["rounds"]):
+        row: list[Any] = [n + 1]
+        for key, field in (("in_process", "round_accuracy"), ("flower", "round_accuracy"),
+                           ("fedtier", "round_accuracy"), ("in_process", "round_s"), ("flower", "round_s"),
+                           ("flower", "train_s"), ("fedtier", "round_s")):
+            values = (result.get(key) or {}).get(field) or []
+            row.append(values[n] if n < len(values) else "-")
+        per_round.append(row)
+    if any(r[1:] != ["-"] * 7 for r in per_round):
+        common.print_table("Per round: the global model's test accuracy, and the round's seconds",
+                           ["round", "in-process acc", "Flower acc", "fedtier acc", "in-process s",
+                            "Flower s", "Flower s (training only)", "fedtier s"], per_round)
     if ref:
         print(f"seed model accuracy {common.fmt(result.get('seed_accuracy'))}")
     seeds = result.get("in_process_seeds")
