@@ -242,15 +242,20 @@ def fedavg_in_process(workload: dict[str, Any], per_round: int, rounds: int, see
 
 # ================================================================ memory
 class TreeMemory:
-    """Peak of the summed RSS of a set of processes, sampled every ``interval`` seconds.
+    """Peak of the summed RSS of a set of processes, sampled every ``interval`` seconds, and the
+    CPU seconds each kind of process used (a profile at the level of processes: which part of a
+    framework the machine's time went to).
 
     ``roots()`` is called at every sample: each root and all its descendants count, so
     processes started late (Ray's workers, the swarm's pool) are caught the moment they exist.
+    CPU is read at every sample, so a process that lives less than ``interval`` is missed and
+    one that exits loses at most its last ``interval``.
     """
 
     def __init__(self, roots: Callable[[], Iterable[psutil.Process]], interval: float = SAMPLE_INTERVAL) -> None:
         self.roots, self.interval = roots, interval
         self.peak_bytes, self.peak_processes, self.samples = 0, 0, 0
+        self._cpu: dict[tuple[int, float], tuple[str, float]] = {}  # (pid, start) -> (role, cpu seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -270,7 +275,12 @@ class TreeMemory:
         total = 0
         for proc in procs.values():
             try:
-                total += proc.memory_info().rss
+                with proc.oneshot():
+                    total += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    key = (proc.pid, proc.create_time())
+                    role = role_of(proc.cmdline())  # read each time: Ray's workers retitle themselves
+                self._cpu[key] = (role, times.user + times.system)
             except psutil.Error:
                 pass
         if total > self.peak_bytes:
@@ -278,10 +288,43 @@ class TreeMemory:
         self.samples += 1
         return total
 
+    def cpu_by_role(self) -> dict[str, dict[str, float]]:
+        """CPU seconds and process count per kind of process, largest first."""
+        roles: dict[str, dict[str, float]] = {}
+        for role, seconds in self._cpu.values():
+            entry = roles.setdefault(role, {"cpu_s": 0.0, "processes": 0})
+            entry["cpu_s"] += seconds
+            entry["processes"] += 1
+        return dict(sorted(roles.items(), key=lambda item: -item[1]["cpu_s"]))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
+
+
+def role_of(cmdline: Sequence[str]) -> str:
+    """A short name for a process from its command line: ``fedtier combiner``, ``python -m
+    fedtier.reducer.evaluation``, ``raylet``, ``ray::ClientAppActor``, ``multiprocessing worker``..."""
+    if not cmdline:
+        return "?"
+    if len(cmdline) == 1 and " " in cmdline[0]:  # Ray's workers rewrite their title into one string
+        cmdline = cmdline[0].split()
+    head, args = Path(cmdline[0]).name, list(cmdline[1:])
+    if head.startswith("ray::"):
+        return head
+    if head.startswith("python"):
+        if args[:1] == ["-m"] and len(args) > 1:
+            return f"python -m {args[1]}"
+        if args[:1] == ["-c"]:
+            return "multiprocessing worker" if "multiprocessing" in " ".join(args[1:2]) else "python -c"
+        script = next((a for a in args if not a.startswith("-")), "")
+        if not script:
+            return head
+        head, args = Path(script).name, args[args.index(script) + 1:]
+    if head in ("fedtier", "flwr") and args:
+        return f"{head} {args[0]}"
+    return head
 
 
 def _descendants(proc: psutil.Process) -> list[psutil.Process]:
@@ -633,7 +676,7 @@ def run_flower(work: Path, bin_dir: Path, npz: Path, clients: int, per_round: in
             "replies": [r["replies"] for r in records], "errors": sum(r["errors"] for r in records),
             "sampled": [r["partitions"] for r in records], "total_s": total, "final": final,
             "peak_rss_bytes": memory.peak_bytes, "peak_processes": memory.peak_processes,
-            "memory_samples": memory.samples, "logs": str(procs.log_dir)}
+            "memory_samples": memory.samples, "cpu_by_role": memory.cpu_by_role(), "logs": str(procs.log_dir)}
 
 
 def stop_flower(procs: common.Processes, marker: str, since: float) -> None:
@@ -722,7 +765,8 @@ def run_fedtier(work: Path, scenario: Path, timeout: float) -> dict[str, Any]:
             "updates": [r.get("updates") for r in rounds],
             "rounds_done": len(rounds), "total_s": total, "test_accuracy": accuracy,
             "peak_rss_bytes": memory.peak_bytes, "peak_processes": memory.peak_processes,
-            "memory_samples": memory.samples, "lab_reported_peak_rss_bytes": summary.get("processes_peak_rss_bytes"),
+            "memory_samples": memory.samples, "cpu_by_role": memory.cpu_by_role(),
+            "lab_reported_peak_rss_bytes": summary.get("processes_peak_rss_bytes"),
             "summary": str(summary_path), "logs": str(procs.log_dir)}
 
 
@@ -860,6 +904,14 @@ def report(result: dict[str, Any]) -> None:
         common.print_table("Per round: the global model's test accuracy, and the round's seconds",
                            ["round", "in-process acc", "Flower acc", "fedtier acc", "in-process s",
                             "Flower s", "Flower s (training only)", "fedtier s"], per_round)
+    for key, name in (("flower", "Flower"), ("fedtier", "fedtier")):
+        roles = (result.get(key) or {}).get("cpu_by_role")
+        if roles:
+            total = sum(r["cpu_s"] for r in roles.values())
+            rows = [[role, int(r["processes"]), r["cpu_s"], f"{100 * r['cpu_s'] / total:.0f}%" if total else "-"]
+                    for role, r in list(roles.items())[:10]]
+            common.print_table(f"{name}: CPU seconds by kind of process over the whole run ({total:.1f} s in all)",
+                               ["process", "count", "CPU s", "share"], rows)
     if ref:
         print(f"seed model accuracy {common.fmt(result.get('seed_accuracy'))}")
     seeds = result.get("in_process_seeds")
