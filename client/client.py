@@ -138,6 +138,8 @@ class FedClient:
                 log.warning("%s: %s", self.settings.name, _describe(exc))
             if stop.is_set():
                 break
+            if self._offline_now:  # an offline window began: wait it out (above), no backoff
+                continue
             away = self._rejoin_at - time.monotonic()
             if away > 0:  # it left on purpose (dropout, crash): back after rejoin_s, not a backoff
                 log.info("%s: away for %.1fs", self.settings.name, away)
@@ -203,7 +205,10 @@ class FedClient:
                         return True  # abandoned unanswered: the channel closes below
                     with self.task_slots:
                         self._handle(task, stub, transfer)
-            except _Departure:
+            except _Departure as exc:
+                if self._offline_now:
+                    log.info("%s: task abandoned, disconnected (offline window): %s", self.settings.name,
+                             exc.__cause__ or exc)
                 return True
             except grpc.RpcError as exc:
                 if self._wake.is_set() and not stop.is_set():
