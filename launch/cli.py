@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fedtier import __version__
 from fedtier import limits
@@ -22,6 +22,9 @@ from fedtier.launch import control_cli
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
 from fedtier.launch.health import add_health
 from fedtier.memory import tune_allocator
+
+if TYPE_CHECKING:
+    from fedtier.client.conditions import Conditions
 
 log = logging.getLogger("fedtier")
 
@@ -198,7 +201,7 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _conditions(text: str):  # -> Conditions | None
+def _conditions(text: str) -> Conditions | None:
     """``fedtier client --conditions JSON``: one client's lab conditions (client/conditions.py)."""
     if not text:
         return None
