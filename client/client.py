@@ -77,8 +77,8 @@ class ClientStats:
 
 
 class _Departure(Exception):
-    """The client leaves now, as its lab conditions say (a crash): the task is abandoned
-    without a report and the connection torn down."""
+    """The client leaves now, as its lab conditions say (a crash, an offline window): the
+    task is abandoned without a report and the connection torn down."""
 
 
 class FedClient:
@@ -211,7 +211,7 @@ class FedClient:
                              exc.__cause__ or exc)
                 return True
             except grpc.RpcError as exc:
-                if self._wake.is_set() and not stop.is_set():
+                if self._offline_now:
                     log.info("%s: disconnected (offline window)", self.settings.name)
                 elif exc.code() != grpc.StatusCode.CANCELLED or not stop.is_set():
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
