@@ -139,6 +139,7 @@ class FedClient:
             if stop.is_set():
                 break
             if self._offline_now:  # an offline window began: wait it out (above), no backoff
+                self._offline_now = False
                 continue
             away = self._rejoin_at - time.monotonic()
             if away > 0:  # it left on purpose (dropout, crash): back after rejoin_s, not a backoff
