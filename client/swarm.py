@@ -249,7 +249,9 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
         if args.stats:
             swarm.write_stats(args.stats)
         totals = swarm.totals()
-        now = {k: totals[k] for k in ("connected", "reconnected", "train", "validate", "failed")}
+        shown = ("connected", "reconnected", "train", "validate", "failed") + (
+            ("dropouts", "crashes", "offline_periods") if conditions else ())
+        now = {k: totals[k] for k in shown}
         if now != last:
             log.info("swarm %s: %s", prefix, " ".join(f"{k}={v}" for k, v in now.items()))
             last = now
