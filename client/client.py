@@ -26,6 +26,7 @@ import requests
 
 from fedtier import __version__, limits
 from fedtier.client.attack import Attack
+from fedtier.client.conditions import Conditions, Throttle, data_bytes, throttled
 from fedtier.client.context import TaskContext
 from fedtier.client.package import PackageUnavailable, fetch_package
 from fedtier.client.personal import PersonalLayers, with_personal
@@ -35,7 +36,7 @@ from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.channel import make_channel
-from fedtier.transport.streams import file_chunks, receive_to_file
+from fedtier.transport.streams import CHUNK_SIZE, file_chunks, receive_to_file
 from fedtier.transport.wire import ModelTransferStub
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ClientSettings:
     models_kept: int = 3             # downloaded models cached on disk
     package_sha256: str = ""         # run only the compute package with this checksum
     attack: Attack | None = None     # a lab attack (client/attack.py): never in a deployment
+    conditions: Conditions | None = None  # lab conditions (client/conditions.py): slower, thinner, away
 
 
 @dataclass
@@ -69,6 +71,14 @@ class ClientStats:
     """Counters a supervisor (or a test) can read to see the client make progress."""
     connects: int = 0
     tasks_done: dict[str, int] = field(default_factory=lambda: {"train": 0, "validate": 0, "failed": 0})
+    dropouts: int = 0          # tasks abandoned by a lab dropout (conditions.dropout)
+    crashes: int = 0           # training tasks ended by a lab crash (conditions.crash)
+    offline_periods: int = 0   # windows of the lab's on/off trace spent disconnected
+
+
+class _Departure(Exception):
+    """The client leaves now, as its lab conditions say (a crash, an offline window): the
+    task is abandoned without a report and the connection torn down."""
 
 
 class FedClient:
@@ -92,6 +102,16 @@ class FedClient:
             log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
         self._stream: Any = None  # the open task stream, so interrupt() can end it
         self._stream_lock = threading.Lock()
+        # lab conditions (client/conditions.py); a client without them behaves as before
+        self.conditions = settings.conditions or Conditions()
+        self._slots = task_slots  # released while the client waits out its conditions
+        self._wake = threading.Event()  # ends those waits early: stopping, or an offline window began
+        self._dropout_draws = random.Random(f"{self.conditions.seed}:dropout")  # one stream per kind, so
+        self._crash_draws = random.Random(f"{self.conditions.seed}:crash")      # one does not shift the other
+        self._rejoin_at = 0.0      # time.monotonic() before which a client that left stays away
+        self._epoch = 0.0          # time.time() the offline trace counts from (set by run)
+        self._offline_seen: set[int] = set()  # trace windows already counted in stats.offline_periods
+        self._offline_now = False  # an offline window closed this session's channel
 
     # ---- connection lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -106,7 +126,10 @@ class FedClient:
         log.info("%s: project %s loaded in %.1fs", self.settings.name, self.project.root.name,
                  time.perf_counter() - started)
         delay = self.settings.backoff_initial
+        self._epoch = self.conditions.epoch or time.time()
         while not stop.is_set():
+            if not self._stay_offline(stop):
+                break
             try:
                 address = self._combiner_address()
                 if self._session(address, stop):
@@ -115,6 +138,14 @@ class FedClient:
                 log.warning("%s: %s", self.settings.name, _describe(exc))
             if stop.is_set():
                 break
+            if self._offline_now:  # an offline window began: wait it out (above), no backoff
+                self._offline_now = False
+                continue
+            away = self._rejoin_at - time.monotonic()
+            if away > 0:  # it left on purpose (dropout, crash): back after rejoin_s, not a backoff
+                log.info("%s: away for %.1fs", self.settings.name, away)
+                stop.wait(away)
+                continue
             wait = delay * random.uniform(0.8, 1.2)
             log.info("%s: reconnecting in %.1fs", self.settings.name, wait)
             stop.wait(wait)
@@ -167,12 +198,23 @@ class FedClient:
             beat = threading.Thread(target=self._heartbeats, name=f"{self.settings.name}-heartbeat", daemon=True,
                                     args=(stub, stream, max(0.1, reply.heartbeat_interval_s), stop, done))
             beat.start()
+            self._watch_offline(channel, done, stop)
             try:
                 for task in stream:
+                    if self._draw(self._dropout_draws, self.conditions.dropout):
+                        self._leave("dropout", task)
+                        return True  # abandoned unanswered: the channel closes below
                     with self.task_slots:
                         self._handle(task, stub, transfer)
+            except _Departure as exc:
+                if self._offline_now:
+                    log.info("%s: task abandoned, disconnected (offline window): %s", self.settings.name,
+                             exc.__cause__ or exc)
+                return True
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED or not stop.is_set():
+                if self._offline_now:
+                    log.info("%s: disconnected (offline window)", self.settings.name)
+                elif exc.code() != grpc.StatusCode.CANCELLED or not stop.is_set():
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
             return True
         finally:
@@ -184,10 +226,90 @@ class FedClient:
     def interrupt(self) -> None:
         """End the open task stream now (after ``stop`` is set: ``run`` then returns once a
         task in progress is done), rather than at the next heartbeat, which may be seconds away."""
+        self._wake.set()  # a wait for the lab's conditions ends now too
         with self._stream_lock:
             stream = self._stream
         if stream is not None:
             stream.cancel()
+
+    # ---- lab conditions (client/conditions.py)
+    def _idle(self, seconds: float) -> None:
+        """Wait ``seconds`` as the lab's conditions say (a slow device's rest of the training, a
+        thin link, latency) without holding a task slot: the clients of a swarm share the
+        slots and the CPU, and a client that only waits must leave both to the others. Ends
+        early when the client stops or goes offline."""
+        if seconds <= 0 or self._wake.is_set():
+            return
+        slots = self._slots
+        if slots is not None:
+            slots.release()
+        try:
+            self._wake.wait(seconds)
+        finally:
+            if slots is not None:
+                slots.acquire()
+
+    @staticmethod
+    def _draw(draws: random.Random, probability: float) -> bool:
+        return probability > 0 and draws.random() < probability
+
+    def _leave(self, why: str, task: pb.Task) -> None:
+        """Count a dropout or a crash and stay away ``rejoin_s`` (the caller tears the connection down)."""
+        if why == "dropout":
+            self.stats.dropouts += 1
+        else:
+            self.stats.crashes += 1
+        self._rejoin_at = time.monotonic() + self.conditions.rejoin_s
+        log.info("%s: lab %s: abandoning task %s of round %d, back in %gs", self.settings.name, why, task.task_id,
+                 task.round_number, self.conditions.rejoin_s)
+
+    def _offline_window(self, now: float) -> tuple[int, float, float] | None:
+        """The trace window holding ``now`` (time.time()), or else the next one: (index, start, end)."""
+        since = now - self._epoch
+        for i, (start, end) in enumerate(self.conditions.offline):
+            if since < end:
+                return i, self._epoch + start, self._epoch + end
+        return None
+
+    def _stay_offline(self, stop: threading.Event) -> bool:
+        """Before connecting: wait out an offline window the client is in; False if stopped meanwhile."""
+        while not stop.is_set():
+            window = self._offline_window(time.time())
+            if window is None or window[1] > time.time():
+                return True
+            index, _, end = window
+            if index not in self._offline_seen:
+                self._offline_seen.add(index)
+                self.stats.offline_periods += 1
+                log.info("%s: offline (lab trace) for %.1fs", self.settings.name, end - time.time())
+            stop.wait(end - time.time())
+        return False
+
+    def _watch_offline(self, channel: grpc.Channel, done: threading.Event, stop: threading.Event) -> None:
+        """While connected, tear the connection down when the next offline window begins."""
+        self._offline_now = False
+        if not stop.is_set():
+            self._wake.clear()
+        window = self._offline_window(time.time())
+        if window is None:
+            return
+
+        def watch() -> None:
+            index, start, _ = window
+            if done.wait(max(0.0, start - time.time())):
+                return
+            if index not in self._offline_seen:
+                self._offline_seen.add(index)
+                self.stats.offline_periods += 1
+            log.info("%s: offline (lab trace) for %.1fs", self.settings.name, window[2] - time.time())
+            self._offline_now = True
+            self._wake.set()
+            channel.close()  # every call in flight ends: whatever task is open is abandoned
+
+        threading.Thread(target=watch, name=f"{self.settings.name}-offline", daemon=True).start()
+
+    def _throttle(self, bps: float) -> Throttle | None:
+        return Throttle(bps, sleep=self._idle) if bps > 0 else None
 
     def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
                     stop: threading.Event, done: threading.Event) -> None:
@@ -203,6 +325,8 @@ class FedClient:
                     stream.cancel()
                     return
                 misses = 0
+            except ValueError:  # the channel was closed under it (an offline window): the session ends
+                return
             except grpc.RpcError as exc:
                 misses += 1
                 if misses >= 3:
@@ -216,6 +340,9 @@ class FedClient:
         kind = "train" if task.type == pb.TRAIN else "validate"
         log.info("%s: %s task for round %d (%s)", self.settings.name, kind, task.round_number, task.round_id)
         timings: dict[str, float] = {}
+        conditions = self.conditions
+        crash_at = (self._crash_draws.random() if task.type == pb.TRAIN and
+                    self._draw(self._crash_draws, conditions.crash) else None)  # the fraction of training done
         try:
             self._progress(stub, task, pb.PHASE_DOWNLOADING)
             t = time.perf_counter()
@@ -238,15 +365,19 @@ class FedClient:
                     self._progress(stub, task, pb.PHASE_TRAINING)
                     t = time.perf_counter()
                     metadata = self.project.train(personal.apply(model, mine) if personal else model, out, ctx)
+                    if crash_at is not None:
+                        self._crash(time.perf_counter() - t, crash_at, task)
                     if personal:
                         personal.remember(out)
                     if self.settings.attack is not None:
                         self.settings.attack.apply_to_file(model, out, task.task_id)
+                    self._slow_down(time.perf_counter() - t, timings)
                     timings["train"] = time.perf_counter() - t
                     self._progress(stub, task, pb.PHASE_UPLOADING)
                     t = time.perf_counter()
-                    uploaded = transfer.UploadModel(file_chunks(out, client_name=self.settings.name))
+                    uploaded = self._upload(transfer, out)
                     timings["upload"] = time.perf_counter() - t
+                    self._idle(conditions.latency_s)
                     ack = stub.ReportUpdate(pb.ModelUpdate(
                         client_name=self.settings.name, task_id=task.task_id, round_id=task.round_id,
                         model_id=uploaded.model_id, parent_model_id=task.model_id,
@@ -258,7 +389,9 @@ class FedClient:
                     metrics = self.project.validate(model, out, ctx)
                     if personal and personal.has_own():  # the personalised model too (fedper)
                         metrics = with_personal(metrics, self.project.validate(personal.apply(model, mine), out, ctx))
+                    self._slow_down(time.perf_counter() - t, timings)
                     timings["validate"] = time.perf_counter() - t
+                    self._idle(conditions.latency_s)
                     ack = stub.ReportValidation(pb.ValidationReport(
                         client_name=self.settings.name, task_id=task.task_id, round_id=task.round_id,
                         model_id=task.model_id, num_examples=int(metrics.get("num_examples", 0)),
@@ -270,11 +403,14 @@ class FedClient:
             if not ack.ok:
                 log.warning("%s: combiner rejected the %s report: %s", self.settings.name, kind, ack.message)
             self.stats.tasks_done[kind] += 1
-        except grpc.RpcError:
-            raise  # the connection is gone: let the session end and reconnect
+        except (grpc.RpcError, _Departure):
+            raise  # the connection is gone (or goes now): let the session end and reconnect
         except Exception as exc:  # the project's code failed: tell the combiner, keep serving
+            if self._offline_now:  # no: the channel was closed under it (a closed channel raises ValueError)
+                raise _Departure("offline") from exc
             log.error("%s: %s task failed: %s", self.settings.name, kind, exc)
             self.stats.tasks_done["failed"] += 1
+            self._idle(conditions.latency_s)
             stub.ReportFailure(pb.TaskFailure(client_name=self.settings.name, task_id=task.task_id,
                                               round_id=task.round_id, error=str(exc)[:4000]))
 
@@ -292,12 +428,37 @@ class FedClient:
                 self._progress_unsupported = True
             log.debug("%s: progress %s not taken: %s", self.settings.name, pb.TaskPhase.Name(phase), _describe(exc))
 
+    def _slow_down(self, measured: float, timings: dict[str, float]) -> None:
+        """A client of speed s takes measured / s: it waits the rest, idle (``_idle``)."""
+        if self.conditions.speed < 1:
+            timings["slowdown"] = measured * (1 / self.conditions.speed - 1)
+            self._idle(timings["slowdown"])
+
+    def _crash(self, measured: float, fraction: float, task: pb.Task) -> None:
+        """Crash at ``fraction`` of the task's (slowed) training time, then tear the connection down.
+
+        The project's training cannot be stopped part way in a thread, so it runs to its end and
+        its result is thrown away; the combiner sees the connection drop at the crash point, or
+        as the training returns when that point fell inside the measured part."""
+        self._idle(fraction * measured / self.conditions.speed - measured)
+        self._leave("crash", task)
+        raise _Departure("crash")
+
+    def _upload(self, transfer: ModelTransferStub, path: Path) -> pb.UploadResponse:
+        self._idle(self.conditions.latency_s)
+        throttle = self._throttle(self.conditions.upload_bps)
+        chunks = file_chunks(path, client_name=self.settings.name,
+                             chunk_size=throttle.chunk_size(CHUNK_SIZE) if throttle else CHUNK_SIZE)
+        return transfer.UploadModel(throttled(chunks, throttle, data_bytes))
+
     def _download(self, transfer: ModelTransferStub, model_id: str) -> Path:
         target = self.work_dir / "models" / check_model_id(model_id)
         if target.is_file():
             return target
+        self._idle(self.conditions.latency_s)
         stream = transfer.DownloadModel(pb.DownloadRequest(model_id=model_id, client_name=self.settings.name))
-        receive_to_file(stream, lambda header: target, durable=False,  # a scratch copy
+        receive_to_file(throttled(stream, self._throttle(self.conditions.download_bps), data_bytes),
+                        lambda header: target, durable=False,  # a scratch copy
                         max_size=limits.current().model_bytes)
         self._cached.append(model_id)
         while len(self._cached) > self.settings.models_kept:

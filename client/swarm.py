@@ -39,15 +39,17 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fedtier.client.client import ClientSettings, FedClient
+from fedtier.client.conditions import Conditions, ConditionsError
 from fedtier.client.project import Project
 from fedtier.identity import own_credential
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 2000  # three threads each: beyond this, run more swarm processes
+MAX_CONDITIONS_BYTES = 64 << 20  # a --conditions file: 2,000 clients with long on/off traces fit
 TASK_SLOTS = 8
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
@@ -80,7 +82,8 @@ class Swarm:
                  work_dir: str | os.PathLike = "var/swarm", data_path: str | None = None,
                  partition_count: int | None = None, partition_offset: int = 0,
                  task_slots: int = TASK_SLOTS, token: str = "", tls_ca: str = "", credentials_dir: str = "",
-                 start_interval: float = 0.01, backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+                 start_interval: float = 0.01, backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 conditions: Sequence[Conditions | None] | None = None) -> None:
         if not 1 <= count <= MAX_CLIENTS:
             raise ValueError(f"a swarm runs 1 to {MAX_CLIENTS} clients, got {count}")
         if bool(reducer_url) == bool(combiner):
@@ -88,6 +91,9 @@ class Swarm:
         partitions = partition_count or count
         if partitions < 1 or partition_offset < 0 or task_slots < 0:
             raise ValueError("partition_count must be positive, partition_offset and task_slots not negative")
+        if conditions is not None and len(conditions) != count:
+            raise ValueError(f"conditions: one entry per client ({count}), got {len(conditions)}")
+        per_client = list(conditions) if conditions is not None else [None] * count
         self.project = project if isinstance(project, Project) else Project.load(project)
         self.start_interval = max(0.0, start_interval)
         self.work_dir = Path(work_dir)
@@ -100,9 +106,12 @@ class Swarm:
                 num_partitions=partitions, work_dir=self.work_dir / f"{name_prefix}-{k}",
                 # each client presents its own credential (a credential names one client)
                 token=own_credential("", credentials_dir, f"{name_prefix}-{k}") if credentials_dir else token,
-                tls_ca=tls_ca, backoff_initial=backoff_initial, backoff_max=backoff_max),
+                tls_ca=tls_ca, backoff_initial=backoff_initial, backoff_max=backoff_max, conditions=per_client[k]),
                 project=self.project, task_slots=slots)
             for k in range(count)]
+        summary = summarize_conditions(per_client)
+        if summary:
+            log.warning("swarm %s: lab conditions: %s", name_prefix, summary)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._starter: threading.Thread | None = None
@@ -165,12 +174,16 @@ class Swarm:
 
     # ---- what the clients did
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per client: connects (1 means it never had to reconnect) and tasks done."""
-        return {c.settings.name: {"connects": c.stats.connects, **c.stats.tasks_done} for c in self.clients}
+        """Per client: connects (1 means it never had to reconnect), tasks done, and what its
+        lab conditions made it do (dropouts, crashes, offline periods)."""
+        return {c.settings.name: {"connects": c.stats.connects, **c.stats.tasks_done, "dropouts": c.stats.dropouts,
+                                  "crashes": c.stats.crashes, "offline_periods": c.stats.offline_periods}
+                for c in self.clients}
 
     def totals(self) -> dict[str, int]:
         per_client = list(self.stats().values())
-        out = {key: sum(s[key] for s in per_client) for key in ("connects", "train", "validate", "failed")}
+        out = {key: sum(s[key] for s in per_client)
+               for key in ("connects", "train", "validate", "failed", "dropouts", "crashes", "offline_periods")}
         out.update(clients=len(self.clients), connected=sum(1 for s in per_client if s["connects"] > 0),
                    reconnected=sum(1 for s in per_client if s["connects"] > 1), running=self.running(),
                    threads=threading.active_count())
@@ -184,8 +197,43 @@ class Swarm:
         os.replace(tmp, path)
 
 
+def summarize_conditions(conditions: Sequence[Conditions | None]) -> str:
+    """One line for a log: how many clients run under which non-default conditions, per kind."""
+    kinds: dict[str, int] = {}
+    for c in conditions:
+        if c is not None and c.changes():
+            kinds[c.describe()] = kinds.get(c.describe(), 0) + 1
+    if not kinds:
+        return ""
+    shown = sorted(kinds.items(), key=lambda kv: -kv[1])
+    text = "; ".join(f"{n} x {{{what}}}" for what, n in shown[:10])
+    return f"{sum(kinds.values())} of {len(conditions)} clients: {text}" + (
+        f"; and {len(shown) - 10} more kinds" if len(shown) > 10 else "")
+
+
+def load_conditions(path: str | os.PathLike, count: int) -> list[Conditions | None]:
+    """``fedtier swarm --conditions FILE``: ``{"clients": [<conditions of client k> or null, ...]}``
+    with exactly ``count`` entries; a bad entry is named (``clients[7].speed``)."""
+    from fedtier.strict_json import loads
+
+    path = Path(path)
+    if path.stat().st_size > MAX_CONDITIONS_BYTES:
+        raise ConditionsError(str(path), f"over {MAX_CONDITIONS_BYTES} bytes")
+    try:
+        data = loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConditionsError(str(path), str(exc)) from None
+    if not isinstance(data, dict) or set(data) != {"clients"} or not isinstance(data["clients"], list):
+        raise ConditionsError(str(path), 'must be a JSON object {"clients": [...]} with one entry per client')
+    entries = data["clients"]
+    if len(entries) != count:
+        raise ConditionsError("clients", f"must have exactly --clients ({count}) entries, got {len(entries)}")
+    return [None if entry is None else Conditions.from_dict(entry, f"clients[{k}]") for k, entry in enumerate(entries)]
+
+
 def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
     """``fedtier swarm``: start the swarm, report now and then, stop on SIGINT/SIGTERM."""
+    conditions = load_conditions(args.conditions, args.clients) if getattr(args, "conditions", "") else None
     own_connections()
     prefix = args.name_prefix or f"{settings.client_name_base}-swarm"
     swarm = Swarm(args.clients, prefix, project=Path(args.project), reducer_url=args.reducer or None,
@@ -193,14 +241,17 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
                   work_dir=Path(args.work_dir or settings.data_dir / "swarms" / prefix),
                   data_path=args.data_path or None, partition_count=args.partition_count or None,
                   partition_offset=args.partition_offset, task_slots=args.task_slots, token=settings.auth_token,
-                  tls_ca=settings.tls_ca, credentials_dir=settings.credentials_dir, start_interval=args.start_interval)
+                  tls_ca=settings.tls_ca, credentials_dir=settings.credentials_dir, start_interval=args.start_interval,
+                  conditions=conditions)
     swarm.start(wait=False)
     last: dict[str, int] = {}
     while not stop.wait(max(0.2, args.stats_interval)):
         if args.stats:
             swarm.write_stats(args.stats)
         totals = swarm.totals()
-        now = {k: totals[k] for k in ("connected", "reconnected", "train", "validate", "failed")}
+        shown = ("connected", "reconnected", "train", "validate", "failed") + (
+            ("dropouts", "crashes", "offline_periods") if conditions else ())
+        now = {k: totals[k] for k in shown}
         if now != last:
             log.info("swarm %s: %s", prefix, " ".join(f"{k}={v}" for k, v in now.items()))
             last = now

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fedtier import __version__
 from fedtier import limits
@@ -22,6 +22,9 @@ from fedtier.launch import control_cli
 from fedtier.config import ConfigError, Settings, load_env_file, setup_logging
 from fedtier.launch.health import add_health
 from fedtier.memory import tune_allocator
+
+if TYPE_CHECKING:
+    from fedtier.client.conditions import Conditions
 
 log = logging.getLogger("fedtier")
 
@@ -188,12 +191,28 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
         partition_index=index, num_partitions=count,
         work_dir=Path(args.work_dir or settings.data_dir / "clients" / name),
         token=_own_credential(settings, name, "client"), tls_ca=settings.tls_ca,
-        package_sha256=args.package_sha256, attack=attack))
+        package_sha256=args.package_sha256, attack=attack, conditions=_conditions(args.conditions)))
+    if client.settings.conditions is not None and client.settings.conditions.changes():
+        log.warning("%s: lab conditions: %s", name, client.settings.conditions.describe())
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), client.interrupt()), name="interrupt", daemon=True).start()
     client.run(stop)
     client.close()
     return 0
+
+
+def _conditions(text: str) -> Conditions | None:
+    """``fedtier client --conditions JSON``: one client's lab conditions (client/conditions.py)."""
+    if not text:
+        return None
+    from fedtier.client.conditions import Conditions
+    from fedtier.strict_json import loads
+
+    try:
+        data = loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--conditions: {exc}") from None
+    return Conditions.from_dict(data, "--conditions")  # a ConditionsError names the key
 
 
 def add_client(sub: argparse._SubParsersAction) -> None:
@@ -216,6 +235,9 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attack", default="", metavar="KIND[:K=V,...]",
                    help="lab only (needs FEDTIER_ALLOW_ATTACKS=true): be Byzantine with sign_flip[:scale=S], "
                         "scaling[:scale=S], noise[:sigma=S] or label_flip (fedtier/client/attack.py)")
+    p.add_argument("--conditions", default="", metavar="JSON",
+                   help="lab: this client's conditions as a JSON object, e.g. '{\"speed\": 0.25, \"upload_bps\": "
+                        "1e6, \"dropout\": 0.1}' (docs/lab.md, \"Client conditions\")")
     p.set_defaults(run=cmd_client)
 
 
@@ -243,6 +265,9 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-slots", type=int, default=8, help="tasks running at once in this process; 0: no "
                                                              "limit (see client/swarm.py; default 8)")
     p.add_argument("--stats", default="", help="write per-client stats (connects, tasks done) to this JSON file")
+    p.add_argument("--conditions", default="", metavar="FILE",
+                   help="lab: JSON {\"clients\": [<conditions of client k> or null, ...]}, one entry per client "
+                        "(docs/lab.md, \"Client conditions\")")
     p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats writes and log lines")
     p.set_defaults(run=cmd_swarm)
 

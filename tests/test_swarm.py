@@ -101,7 +101,8 @@ def test_twenty_clients_connect_train_and_stop(combiner, tmp_path: Path) -> None
         assert sorted(u.client_name for u in result.updates) == sorted(swarm.names)
         wait_until(lambda: swarm.totals()["train"] == 20, 10, "every client to count its task")
         stats = swarm.stats()
-        assert all(s == {"connects": 1, "train": 1, "validate": 0, "failed": 0} for s in stats.values()), stats
+        assert all(s == {"connects": 1, "train": 1, "validate": 0, "failed": 0, "dropouts": 0, "crashes": 0,
+                        "offline_periods": 0} for s in stats.values()), stats
         assert len(server.registry.active_names()) == 20  # still connected after the round
     finally:
         started = time.monotonic()
