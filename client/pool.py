@@ -218,7 +218,13 @@ class WorkerPool:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         with self._cond:
-            self._live.add(worker)
+            closed = self._closed
+            if not closed:
+                self._live.add(worker)
+        if closed:  # close() ran while this worker started: it must not outlive the pool
+            _kill_pid(worker.pid)
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise ProjectError("the worker pool is closed (the swarm is stopping)")
         return worker
 
     def start(self) -> None:
