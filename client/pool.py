@@ -298,10 +298,12 @@ class WorkerPool:
         if kind not in TASK_KINDS:
             raise ValueError(f"a pool task is one of {', '.join(TASK_KINDS)}, got {kind!r}")
         self.start()
-        worker = self._take()
+        worker: _Worker | None = self._take()
         args = (_run_task, kind, str(in_model), str(out), ctx)
         try:
             try:
+                if not _alive(worker.pid):  # before its executor may have noticed
+                    raise BrokenProcessPool(f"worker {worker.pid} exited")
                 future = worker.executor.submit(*args)
             except BrokenProcessPool:  # it died while idle: no task lost, start a new one for this task
                 self._discard(worker, kill=False)
@@ -360,6 +362,18 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _alive(pid: int) -> bool:
+    """False once the process has exited (exited but not yet reaped counts); True where this cannot be told."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return not os.path.isdir("/proc")  # no such process, or no /proc on this platform
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _kill_pid(pid: int) -> None:

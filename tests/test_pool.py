@@ -165,7 +165,6 @@ def test_a_worker_that_dies_fails_its_task_only_and_is_replaced(tmp_path: Path) 
         # a worker that dies while idle costs no task: the next one gets a new worker
         os.kill(after["pid"], signal.SIGKILL)
         wait_until(lambda: gone(after["pid"]), 10, "the idle worker to die")
-        time.sleep(0.3)  # let the executor notice
         again = pool.run("train", project / "in.model", tmp_path / "again", context(tmp_path))
         assert again["pid"] not in (first, after["pid"])
 
