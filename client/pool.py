@@ -141,14 +141,17 @@ def _loaded() -> Project:
     return _project
 
 
-def _run_task(kind: str, in_model: str, out: str, ctx: TaskContext) -> dict[str, Any]:
+def _run_task(kind: str, in_model: str, out: str, ctx: TaskContext) -> tuple[dict[str, Any], float]:
+    """The task's result and the seconds its code ran here (not the wait for a free worker)."""
     from fedtier.client.project import ProjectError
     from fedtier.memory import release_free_memory
 
     project = _loaded()
     try:
         call = project.train if kind == "train" else project.validate
-        return call(Path(in_model), Path(out), ctx)
+        started = time.perf_counter()
+        result = call(Path(in_model), Path(out), ctx)
+        return result, time.perf_counter() - started
     except Exception as exc:  # the project's code: send it back as it is, if it survives the trip
         try:
             pickle.loads(pickle.dumps(exc))
@@ -183,6 +186,7 @@ class WorkerPool:
         self.root = self.project.root
         self.workers = workers
         self.threads = threads
+        self._compute = threading.local()  # each client thread's last task's time in its worker
         self.start_timeout = START_TIMEOUT
         commands = any(e.command for e in self.project.entry_points.values())
         self.task_timeout = self.project.task_timeout + (COMMAND_GRACE if commands else 0.0)
@@ -311,7 +315,8 @@ class WorkerPool:
                 worker = self._ready(*self._spawn())
                 future = worker.executor.submit(*args)
             try:
-                return future.result(timeout=self.task_timeout)
+                result, self._compute.seconds = future.result(timeout=self.task_timeout)
+                return result
             except FutureTimeout:
                 self._discard(worker, kill=True)
                 pid, worker = worker.pid, None
@@ -324,6 +329,10 @@ class WorkerPool:
                                    f"of memory, or a crash in native code); a new worker replaces it") from None
         finally:
             self._give_back(worker)
+
+    def compute_seconds(self) -> float | None:
+        """Seconds the calling thread's last task ran in its worker (None before any)."""
+        return getattr(self._compute, "seconds", None)
 
     # ---- the swarm's view
     def pids(self) -> list[int]:
@@ -429,6 +438,11 @@ class PooledProject:
 
     def train(self, in_model: Path, out_model: Path, ctx: TaskContext) -> dict[str, Any]:
         return self.pool.run("train", in_model, out_model, ctx)
+
+    def compute_seconds(self) -> float | None:
+        """How long the last task of the calling thread (one client's) ran in its worker: a
+        slow client's conditions stretch that, not the time it queued for a free worker."""
+        return self.pool.compute_seconds()
 
     def validate(self, in_model: Path, out_json: Path, ctx: TaskContext) -> dict[str, Any]:
         return self.pool.run("validate", in_model, out_json, ctx)

@@ -133,6 +133,7 @@ class Swarm:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._starter: threading.Thread | None = None
+        self.base_rss_bytes: int | None = None  # set by start()
 
     @property
     def names(self) -> list[str]:
@@ -144,6 +145,7 @@ class Swarm:
         if self._starter is not None:
             raise RuntimeError("this swarm was already started")
         self.project.warm_up()  # once, here, not raced by every client thread (with a pool: its workers)
+        self.base_rss_bytes = process_rss_bytes()  # before any client: what the clients add is the rest
         self._starter = threading.Thread(target=self._start_clients, name="swarm-start", daemon=True)
         self._starter.start()
         if wait:
@@ -201,15 +203,18 @@ class Swarm:
                 for c in self.clients}
 
     def totals(self) -> dict[str, Any]:
-        """Sums over the clients, and this process's memory: ``rss_bytes`` (this process) and
-        ``worker_rss_bytes`` (its pool's workers together, 0 without a pool); None where unreadable."""
+        """Sums over the clients, and this process's memory: ``rss_bytes`` (this process),
+        ``base_rss_bytes`` (this process before its clients started: the difference is what
+        the clients cost) and ``worker_rss_bytes`` (its pool's workers together, 0 without a
+        pool); None where unreadable."""
         per_client = list(self.stats().values())
         out = {key: sum(s[key] for s in per_client)
                for key in ("connects", "train", "validate", "failed", "dropouts", "crashes", "offline_periods")}
         out.update(clients=len(self.clients), connected=sum(1 for s in per_client if s["connects"] > 0),
                    reconnected=sum(1 for s in per_client if s["connects"] > 1), running=self.running(),
                    threads=threading.active_count())
-        out.update(rss_bytes=process_rss_bytes(), worker_rss_bytes=self.pool.rss_bytes() if self.pool else 0)
+        out.update(rss_bytes=process_rss_bytes(), worker_rss_bytes=self.pool.rss_bytes() if self.pool else 0,
+                   base_rss_bytes=self.base_rss_bytes)
         return out
 
     def write_stats(self, path: str | os.PathLike) -> None:
