@@ -724,6 +724,7 @@ def write_scenario(path: Path, data_dir: Path, clients: int, per_round: int, rou
                              "batch_size": hp["batch_size"]}},
         "data": {"partition": {"scheme": "iid", "seed": seed}},
         "seed": seed,
+        "output": {"plots": False},  # the run's figures, not drawing them: Flower draws none either
     }
     path.write_text(yaml.safe_dump(scenario, sort_keys=False))
     return path

@@ -366,12 +366,12 @@ class FedClient:
                     t = time.perf_counter()
                     metadata = self.project.train(personal.apply(model, mine) if personal else model, out, ctx)
                     if crash_at is not None:
-                        self._crash(time.perf_counter() - t, crash_at, task)
+                        self._crash(self._compute_seconds(time.perf_counter() - t), crash_at, task)
                     if personal:
                         personal.remember(out)
                     if self.settings.attack is not None:
                         self.settings.attack.apply_to_file(model, out, task.task_id)
-                    self._slow_down(time.perf_counter() - t, timings)
+                    self._slow_down(self._compute_seconds(time.perf_counter() - t), timings)
                     timings["train"] = time.perf_counter() - t
                     self._progress(stub, task, pb.PHASE_UPLOADING)
                     t = time.perf_counter()
@@ -389,7 +389,7 @@ class FedClient:
                     metrics = self.project.validate(model, out, ctx)
                     if personal and personal.has_own():  # the personalised model too (fedper)
                         metrics = with_personal(metrics, self.project.validate(personal.apply(model, mine), out, ctx))
-                    self._slow_down(time.perf_counter() - t, timings)
+                    self._slow_down(self._compute_seconds(time.perf_counter() - t), timings)
                     timings["validate"] = time.perf_counter() - t
                     self._idle(conditions.latency_s)
                     ack = stub.ReportValidation(pb.ValidationReport(
@@ -427,6 +427,14 @@ class FedClient:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._progress_unsupported = True
             log.debug("%s: progress %s not taken: %s", self.settings.name, pb.TaskPhase.Name(phase), _describe(exc))
+
+    def _compute_seconds(self, measured: float) -> float:
+        """The task's own compute time: in a worker pool (client/pool.py) the time the task ran
+        in its worker, not the wait for a free one, which belongs to the lab's machine, not
+        to the device a slow client stands for."""
+        of_pool = getattr(self.project, "compute_seconds", None)
+        seconds = of_pool() if of_pool is not None else None
+        return measured if seconds is None else min(measured, seconds)
 
     def _slow_down(self, measured: float, timings: dict[str, float]) -> None:
         """A client of speed s takes measured / s: it waits the rest, idle (``_idle``)."""

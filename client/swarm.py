@@ -24,6 +24,14 @@ for a slot with their task in hand, heartbeating). The heartbeat gap then stays 
 interval and rounds get faster (docs/reliability.md, "Load"). ``task_slots=0`` lifts
 the limit, to reproduce the problem.
 
+Worker pool: with ``workers`` > 0 the clients' train and validate calls run in that many
+worker processes (client/pool.py), each with the project loaded and ``worker_threads`` CPU
+threads; this process then never imports the project's framework, so an idle client costs
+only its connection and threads. A task holds its slot while it downloads, waits for a
+worker, trains there and uploads, so the default slots are then ``max(8, 2 x workers)``:
+while one task of a worker trains, another has its model downloaded and ready (or its
+result uploading), and the pool is never starved by transfers.
+
 Connections: gRPC lets channels of one process with the same target and options share
 one TCP connection. Separate machines do not, so ``fedtier swarm`` (which runs nothing
 but clients) gives every channel its own connection; see :func:`own_connections`.
@@ -43,8 +51,10 @@ from typing import Any, Sequence
 
 from fedtier.client.client import ClientSettings, FedClient
 from fedtier.client.conditions import Conditions, ConditionsError
+from fedtier.client.pool import PooledProject, WorkerPool, check_pool_size
 from fedtier.client.project import Project
 from fedtier.identity import own_credential
+from fedtier.memory import process_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +91,28 @@ class Swarm:
                  reducer_url: str | None = None, combiner: str | None = None,
                  work_dir: str | os.PathLike = "var/swarm", data_path: str | None = None,
                  partition_count: int | None = None, partition_offset: int = 0,
-                 task_slots: int = TASK_SLOTS, token: str = "", tls_ca: str = "", credentials_dir: str = "",
+                 task_slots: int | None = None, token: str = "", tls_ca: str = "", credentials_dir: str = "",
                  start_interval: float = 0.01, backoff_initial: float = 0.5, backoff_max: float = 30.0,
-                 conditions: Sequence[Conditions | None] | None = None) -> None:
+                 conditions: Sequence[Conditions | None] | None = None, workers: int = 0,
+                 worker_threads: int = 1) -> None:
         if not 1 <= count <= MAX_CLIENTS:
             raise ValueError(f"a swarm runs 1 to {MAX_CLIENTS} clients, got {count}")
         if bool(reducer_url) == bool(combiner):
             raise ValueError("give a swarm exactly one of a reducer URL or a combiner address")
         partitions = partition_count or count
+        check_pool_size(workers, worker_threads)
+        if task_slots is None:  # the module's docstring says why a pool wants more
+            task_slots = max(TASK_SLOTS, 2 * workers)
         if partitions < 1 or partition_offset < 0 or task_slots < 0:
             raise ValueError("partition_count must be positive, partition_offset and task_slots not negative")
         if conditions is not None and len(conditions) != count:
             raise ValueError(f"conditions: one entry per client ({count}), got {len(conditions)}")
         per_client = list(conditions) if conditions is not None else [None] * count
         self.project = project if isinstance(project, Project) else Project.load(project)
+        # with workers, tasks run in the pool's processes: nothing here imports the project's code
+        self.pool = WorkerPool(self.project.root, workers, worker_threads) if workers else None
+        if self.pool is not None:
+            self.project = PooledProject(self.project, self.pool)  # type: ignore[assignment]
         self.start_interval = max(0.0, start_interval)
         self.work_dir = Path(work_dir)
         self.task_slots = task_slots
@@ -115,6 +133,7 @@ class Swarm:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._starter: threading.Thread | None = None
+        self.base_rss_bytes: int | None = None  # set by start()
 
     @property
     def names(self) -> list[str]:
@@ -125,7 +144,8 @@ class Swarm:
         with ``wait=False`` (a thread of the swarm's then starts them)."""
         if self._starter is not None:
             raise RuntimeError("this swarm was already started")
-        self.project.warm_up()  # once, here, not raced by every client thread
+        self.project.warm_up()  # once, here, not raced by every client thread (with a pool: its workers)
+        self.base_rss_bytes = process_rss_bytes()  # before any client: what the clients add is the rest
         self._starter = threading.Thread(target=self._start_clients, name="swarm-start", daemon=True)
         self._starter.start()
         if wait:
@@ -164,6 +184,8 @@ class Swarm:
             thread.join(max(0.0, deadline - time.monotonic()))
         for client in self.clients:
             client.close()
+        if self.pool is not None:
+            self.pool.close()  # after the clients: a task in progress was finished first
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("swarm: %d clients still running after %gs: %s", len(alive), timeout, ", ".join(alive[:10]))
@@ -180,13 +202,19 @@ class Swarm:
                                   "crashes": c.stats.crashes, "offline_periods": c.stats.offline_periods}
                 for c in self.clients}
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[str, Any]:
+        """Sums over the clients, and this process's memory: ``rss_bytes`` (this process),
+        ``base_rss_bytes`` (this process before its clients started: the difference is what
+        the clients cost) and ``worker_rss_bytes`` (its pool's workers together, 0 without a
+        pool); None where unreadable."""
         per_client = list(self.stats().values())
         out = {key: sum(s[key] for s in per_client)
                for key in ("connects", "train", "validate", "failed", "dropouts", "crashes", "offline_periods")}
         out.update(clients=len(self.clients), connected=sum(1 for s in per_client if s["connects"] > 0),
                    reconnected=sum(1 for s in per_client if s["connects"] > 1), running=self.running(),
                    threads=threading.active_count())
+        out.update(rss_bytes=process_rss_bytes(), worker_rss_bytes=self.pool.rss_bytes() if self.pool else 0,
+                   base_rss_bytes=self.base_rss_bytes)
         return out
 
     def write_stats(self, path: str | os.PathLike) -> None:
@@ -242,7 +270,7 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
                   data_path=args.data_path or None, partition_count=args.partition_count or None,
                   partition_offset=args.partition_offset, task_slots=args.task_slots, token=settings.auth_token,
                   tls_ca=settings.tls_ca, credentials_dir=settings.credentials_dir, start_interval=args.start_interval,
-                  conditions=conditions)
+                  conditions=conditions, workers=args.workers, worker_threads=args.worker_threads)
     swarm.start(wait=False)
     last: dict[str, int] = {}
     while not stop.wait(max(0.2, args.stats_interval)):

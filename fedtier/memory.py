@@ -115,3 +115,28 @@ def python_heap_bytes() -> int | None:
         return None
     current, _peak = tracemalloc.get_traced_memory()
     return current
+
+
+def process_rss_bytes(pid: int | None = None) -> int | None:
+    """Resident memory of a process (this one by default) now, or None if it is gone or cannot be read.
+
+    For a swarm's bytes per idle client and its workers' share (client/swarm.py). Read from
+    ``/proc`` where there is one (no dependency: psutil is a development extra), else from
+    psutil if it is installed.
+    """
+    try:
+        with open(f"/proc/{pid if pid is not None else 'self'}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+        return None  # a process that exited but was not reaped yet has no VmRSS
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None

@@ -77,6 +77,19 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _count_in(low: int, high: int) -> Callable[[str], int]:
+    """An integer option bounded to ``low..high``, refused by argparse with the bound named."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a count is an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+    return parse
+
+
 def _positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -249,6 +262,8 @@ def cmd_swarm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_swarm(sub: argparse._SubParsersAction) -> None:
+    from fedtier.client.pool import MAX_WORKER_THREADS, MAX_WORKERS  # stdlib only until a pool is made
+
     p = sub.add_parser("swarm", help="run many clients in one process (load tests)")
     p.add_argument("--clients", type=int, required=True, help="how many clients this process runs")
     p.add_argument("--project", required=True, help="project folder with fedn.yaml (use python: entry points)")
@@ -262,8 +277,14 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default="", help="data directory handed to every client")
     p.add_argument("--work-dir", default="", help="scratch space (default $FEDTIER_DATA_DIR/swarms/PREFIX)")
     p.add_argument("--start-interval", type=float, default=0.01, help="seconds between client starts")
-    p.add_argument("--task-slots", type=int, default=8, help="tasks running at once in this process; 0: no "
-                                                             "limit (see client/swarm.py; default 8)")
+    p.add_argument("--task-slots", type=int, default=None, help="tasks running at once in this process; 0: no "
+                   "limit (see client/swarm.py; default 8, with --workers the larger of 8 and 2 x workers)")
+    p.add_argument("--workers", type=_count_in(0, MAX_WORKERS), default=0,
+                   help=f"worker processes that run the clients' train/validate tasks, each with the project "
+                        f"loaded (0-{MAX_WORKERS}); this process then never imports the project's framework; "
+                        f"default 0: tasks run in the clients' threads (client/pool.py)")
+    p.add_argument("--worker-threads", type=_count_in(1, MAX_WORKER_THREADS), default=1,
+                   help=f"CPU threads each worker may use (torch, OpenMP, BLAS; 1-{MAX_WORKER_THREADS}, default 1)")
     p.add_argument("--stats", default="", help="write per-client stats (connects, tasks done) to this JSON file")
     p.add_argument("--conditions", default="", metavar="FILE",
                    help="lab: JSON {\"clients\": [<conditions of client k> or null, ...]}, one entry per client "

@@ -164,8 +164,10 @@ class Lab:
             memory.start()
             self._wait_for_clients(net)
             idle = self._idle_memory(net, memory)
-            say(f"clients connected; swarm processes hold {idle['swarm_rss_bytes'] / 2**20:.1f} MiB "
-                f"({idle['bytes_per_client'] / 1024:.1f} KiB per idle client); starting {s.rounds} rounds")
+            per_client = idle["bytes_per_client"]
+            say(f"clients connected; swarm processes hold {idle['swarm_rss_bytes'] / 2**20:.1f} MiB"
+                + (f" ({per_client / 1024:.1f} KiB per idle client)" if per_client is not None else "")
+                + f", workers {idle['worker_rss_bytes'] / 2**20:.1f} MiB; starting {s.rounds} rounds")
             session_id = net.start_session(**s.settings)
             session = self._follow(net, session_id)
         except LaunchError as exc:
@@ -238,10 +240,29 @@ class Lab:
             time.sleep(1.0)
 
     def _idle_memory(self, net: LocalNetwork, memory: MemorySampler) -> dict[str, Any]:
-        """What the connected, idle clients cost: the swarm processes' RSS (their workers apart)."""
+        """What the connected, idle clients cost: the swarm processes' RSS now, less what each
+        held before its first client started (its stats say), over the clients."""
         now = memory.sample()
+        base = 0
+        deadline = time.monotonic() + 10  # a swarm writes its stats every 2 s
+        while time.monotonic() < deadline:
+            totals = [t for t in self._swarm_totals() if t.get("base_rss_bytes")]
+            if len(totals) == self.scenario.processes:
+                base = sum(t["base_rss_bytes"] for t in totals)
+                break
+            time.sleep(0.5)
         return {"swarm_rss_bytes": now["swarms"], "worker_rss_bytes": now["workers"],
-                "bytes_per_client": now["swarms"] / max(1, self.scenario.clients)}
+                "swarm_base_rss_bytes": base or None,
+                "bytes_per_client": (now["swarms"] - base) / self.scenario.clients if base else None}
+
+    def _swarm_totals(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted((self.out / "swarms").glob("stats-*.json")):
+            try:
+                out.append(json.loads(path.read_text()).get("totals", {}))
+            except (OSError, ValueError):  # being replaced: the next read sees it whole
+                continue
+        return out
 
     # ---- following the session
     def _follow(self, net: LocalNetwork, session_id: str) -> dict[str, Any]:

@@ -15,9 +15,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: files, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 SIZE = (7.5, 4.0)
 DPI = 110
+#: one marker and line style per group, so groups whose lines coincide stay visible
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+STYLES = ("-", "--", "-.", ":")
+
+
+def _look(i: int) -> dict[str, Any]:
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": STYLES[(i // len(MARKERS)) % len(STYLES)],
+            "markersize": 7 - 1.5 * (i % 3), "alpha": 0.9}
 
 
 def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
@@ -26,6 +35,7 @@ def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, ax
 
 
@@ -56,21 +66,21 @@ def write_plots(summary: Mapping[str, Any], out: Path) -> list[str]:
     written.append(_save(fig, ax, out / "accuracy.png"))
 
     fig, ax = _figure("Participation per group (updates counted / clients asked)", "share of the clients asked")
-    for g in groups:
+    for i, g in enumerate(groups):
         values = []
         for r in rows:
             figures = r["groups"].get(g) or {}
             values.append(figures["updated"] / figures["chosen"] if figures.get("chosen") else None)
-        ax.plot(rounds, values, marker="o", label=f"{g} ({summary['groups'][g]['clients']} clients)")
+        ax.plot(rounds, values, label=f"{g} ({summary['groups'][g]['clients']} clients)", **_look(i))
     ax.set_ylim(0, 1.05)
     written.append(_save(fig, ax, out / "participation.png"))
 
     fig, ax = _figure("Round time and task time per group", "seconds")
     ax.plot(rounds, [r["seconds"] if r["status"] == "success" else None for r in rows], color="black",
             linestyle="--", label="round (reducer)")
-    for g in groups:
-        ax.plot(rounds, [(r["groups"].get(g) or {}).get("task_seconds_mean") for r in rows], marker="o",
-                label=f"{g}: mean task")
+    for i, g in enumerate(groups):
+        ax.plot(rounds, [(r["groups"].get(g) or {}).get("task_seconds_mean") for r in rows],
+                label=f"{g}: mean task", **_look(i))
     ax.set_ylim(bottom=0)
     written.append(_save(fig, ax, out / "round_time.png"))
     return written

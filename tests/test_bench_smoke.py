@@ -15,7 +15,7 @@ from conftest import positive, run_bench, stats_ok
 
 
 @pytest.mark.parametrize("script", ["round_overhead.py", "transfer.py", "aggregation.py", "run_all.py",
-                                    "network_page.py", "flower_simulation.py"])
+                                    "network_page.py", "idle_clients.py", "flower_simulation.py"])
 def test_help(script: str) -> None:
     done = run_bench(script, "--help", timeout=60)
     assert done.stdout.startswith("usage:") and "--json" in done.stdout

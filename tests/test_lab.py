@@ -158,7 +158,7 @@ def test_the_readme_lab_runs_a_small_scenario_over_real_processes(tmp_path: Path
     assert len(lines) == 3 and all("test accuracy" in line and "fast" in line for line in lines), done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["session"]["status"] == "succeeded" and len(summary["rounds"]) == 3
-    assert summary["final"]["test_accuracy"] > 0.5
+    assert summary["final"]["test_accuracy"] > 0.3  # skewed, noisy, partly labelled: yet above chance (0.1)
     groups = summary["groups"]
     assert {g: groups[g]["clients"] for g in groups} == {"fast": 6, "slow": 3, "flaky": 3}
     assert groups["flaky"]["dropouts"] >= 1 and groups["flaky"]["participation"] < 1
@@ -167,6 +167,6 @@ def test_the_readme_lab_runs_a_small_scenario_over_real_processes(tmp_path: Path
     for row in summary["rounds"]:
         assert row["updates"] >= 4
     memory = summary["memory"]
-    assert memory["idle"]["bytes_per_client"] > 0 and memory["peak_rss_bytes"]["workers"] > 0
+    assert 0 < memory["idle"]["bytes_per_client"] < 4 * 2**20 and memory["peak_rss_bytes"]["workers"] > 0
     for name in ("accuracy.png", "participation.png", "round_time.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

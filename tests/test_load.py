@@ -1,5 +1,8 @@
 """A short load run: 40 virtual clients (2 swarm processes) on 2 combiners, 5 rounds.
 
+The second swarm trains in a pool of 2 worker processes (``--workers 2``, client/pool.py),
+the first in its clients' threads: both must deliver every update of every round.
+
 The long run is ``bench/load.py`` (200 clients, 20 rounds; figures in docs/reliability.md).
 This one keeps its checks in the suite: every round gets every update and aggregates
 exactly what the clients reported, no client is ever seen inactive or has to reconnect,
@@ -27,6 +30,7 @@ from fedtier.reducer.combiner_client import CombinerClient
 NOOP = ROOT / "bench" / "projects" / "noop"  # train copies the model through and reports 100 examples
 EXAMPLES_PER_CLIENT = 100
 SWARMS, PER_SWARM, COMBINERS, ROUNDS = 2, 20, 2, 5
+POOLED_SWARM, POOL_WORKERS = 1, 2  # this swarm runs its clients' tasks in worker processes
 CLIENTS = SWARMS * PER_SWARM
 PARAMS = 500_000  # 2 MB: an update kept in memory by mistake shows plainly in the RSS check
 MiB = 1 << 20
@@ -53,6 +57,13 @@ def wait_until(condition, timeout: float, what: str, procs: ProcessGroup):
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{procs.dump_logs()}")
+
+
+def _status(process: psutil.Process) -> str:
+    try:
+        return process.status()
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_DEAD
 
 
 @pytest.mark.timeout(180)
@@ -85,7 +96,8 @@ def test_forty_virtual_clients_five_rounds(procs: ProcessGroup, tmp_path: Path) 
         procs.start(f"swarm-{k}", *quiet, "swarm", "--clients", str(PER_SWARM), "--reducer", url,
                     "--project", str(NOOP), "--name-prefix", f"s{k}", "--partition-count", str(CLIENTS),
                     "--partition-offset", str(k * PER_SWARM), "--work-dir", str(tmp_path / f"swarm-{k}"),
-                    "--stats", str(stats_files[k]), "--stats-interval", "0.5", env=env)
+                    "--stats", str(stats_files[k]), "--stats-interval", "0.5",
+                    *(["--workers", str(POOL_WORKERS)] if k == POOLED_SWARM else []), env=env)
     wait_until(lambda: sum(c.status().active_clients for c in combiners.values()) == CLIENTS, 90,
                f"{CLIENTS} active clients", procs)
     wait_until(lambda: get("/api/v1/status")["clients_active"] == CLIENTS, 30, "the reducer to see them", procs)
@@ -136,6 +148,12 @@ def test_forty_virtual_clients_five_rounds(procs: ProcessGroup, tmp_path: Path) 
     # heartbeats: nobody ever looked inactive, nobody had to reconnect
     assert not inactive, inactive[:10]
     assert len(known) == CLIENTS
+    pooled = psutil.Process(procs.procs[f"swarm-{POOLED_SWARM}"].pid)
+    workers = pooled.children()
+    running = {k: json.loads(path.read_text())["totals"] for k, path in enumerate(stats_files)}
+    assert running[POOLED_SWARM]["worker_rss_bytes"] > 0 and running[0]["worker_rss_bytes"] == 0, running
+    assert all(t["rss_bytes"] > 0 for t in running.values()), running
+    assert len(workers) >= POOL_WORKERS, workers  # its workers (and multiprocessing's resource tracker)
     for k, path in enumerate(stats_files):
         swarm = procs.procs[f"swarm-{k}"]
         swarm.terminate()  # it writes its final stats as it stops
@@ -143,6 +161,8 @@ def test_forty_virtual_clients_five_rounds(procs: ProcessGroup, tmp_path: Path) 
         clients = json.loads(path.read_text())["clients"]
         assert {name: (s["connects"], s["train"], s["failed"]) for name, s in clients.items()} == \
             {name: (1, ROUNDS, 0) for name in clients}
+    _, alive = psutil.wait_procs(workers, timeout=10)  # the pool stopped with its swarm: no orphan
+    assert not [p for p in alive if _status(p) != psutil.STATUS_ZOMBIE], alive
 
     # memory and disk flat across rounds: no per-round state kept, no update file left behind
     for name, values in rss.items():

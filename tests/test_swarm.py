@@ -141,7 +141,7 @@ def test_swarm_arguments(tmp_path: Path) -> None:
                                       "--project", str(NOOP), "--name-prefix", "s1", "--partition-count", "200",
                                       "--partition-offset", "50"])
     assert (args.clients, args.name_prefix, args.partition_count, args.partition_offset, args.task_slots) == \
-        (50, "s1", 200, 50, 8)
+        (50, "s1", 200, 50, None)  # None: the swarm's default (8, or 2 per worker with a pool)
     swarm = Swarm(3, "p", project=NOOP, reducer_url="http://127.0.0.1:1", partition_count=5, partition_offset=4,
                   work_dir=tmp_path)
     assert [(c.settings.partition_index, c.settings.num_partitions) for c in swarm.clients] == [(4, 5), (0, 5), (1, 5)]
@@ -149,3 +149,10 @@ def test_swarm_arguments(tmp_path: Path) -> None:
         Swarm(2, "x", project=NOOP, reducer_url="http://a", combiner="b:1")
     with pytest.raises(ValueError):
         Swarm(0, "x", project=NOOP, combiner="b:1")
+    assert swarm.task_slots == 8 and swarm.pool is None
+    pooled = Swarm(2, "p", project=NOOP, combiner="b:1", workers=5, work_dir=tmp_path)  # no process until started
+    assert pooled.task_slots == 10 and pooled.pool is not None and pooled.pool.pids() == []
+    pooled.stop()
+    for bad in ({"workers": -1}, {"workers": 257}, {"worker_threads": 0}, {"worker_threads": 65}):
+        with pytest.raises(ValueError, match="workers|threads"):
+            Swarm(2, "x", project=NOOP, combiner="b:1", work_dir=tmp_path, **bad)
