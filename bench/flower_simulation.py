@@ -303,6 +303,9 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
 
+FEDTIER_GLOBAL_OPTIONS = ("--env-file", "--log-level")  # fedtier's options before its command, with a value
+
+
 def role_of(cmdline: Sequence[str]) -> str:
     """A short name for a process from its command line: ``fedtier combiner``, ``python -m
     fedtier.reducer.evaluation``, ``raylet``, ``ray::ClientAppActor``, ``multiprocessing worker``..."""
@@ -314,14 +317,23 @@ def role_of(cmdline: Sequence[str]) -> str:
     if head.startswith("ray::"):
         return head
     if head.startswith("python"):
-        if args[:1] == ["-m"] and len(args) > 1:
-            return f"python -m {args[1]}"
-        if args[:1] == ["-c"]:
-            return "multiprocessing worker" if "multiprocessing" in " ".join(args[1:2]) else "python -c"
-        script = next((a for a in args if not a.startswith("-")), "")
-        if not script:
-            return head
-        head, args = Path(script).name, args[args.index(script) + 1:]
+        if "-c" in args:
+            code = " ".join(args[args.index("-c") + 1:args.index("-c") + 2])
+            return "multiprocessing " + ("resource tracker" if "resource_tracker" in code else "worker") \
+                if "multiprocessing" in code else "python -c"
+        if "-m" in args and args.index("-m") + 1 < len(args):
+            module = args[args.index("-m") + 1]
+            if module != "fedtier.launch.cli":
+                return f"python -m {module}"
+            head, args = "fedtier", args[args.index("-m") + 2:]
+        else:
+            script = next((a for a in args if not a.startswith("-")), "")
+            if not script:
+                return head
+            head, args = Path(script).name, args[args.index(script) + 1:]
+    if head == "fedtier":
+        while args and args[0].startswith("-"):
+            args = args[2:] if args[0] in FEDTIER_GLOBAL_OPTIONS else args[1:]
     if head in ("fedtier", "flwr") and args:
         return f"{head} {args[0]}"
     return head

@@ -187,3 +187,21 @@ def test_flower_simulation_workload_is_the_projects(tmp_path: Path) -> None:
     seed_accuracy = bench.test_accuracy(workload["weights"], workload["x_test"], workload["y_test"])
     assert seed_accuracy < 0.2 and reference["test_accuracy"] > 0.3  # one round of 3 clients learns (0.46)
     assert len(reference["round_s"]) == 1 and positive(reference["total_s"])
+
+
+def test_flower_simulation_names_processes_by_role() -> None:
+    """The bench's CPU profile groups processes by what they are, whatever their flags."""
+    import sys
+
+    from conftest import BENCH
+
+    sys.path.insert(0, str(BENCH))
+    from flower_simulation import role_of
+
+    assert role_of(["/v/python", "-m", "fedtier.launch.cli", "--env-file", "/dev/null", "--log-level", "WARNING",
+                    "combiner", "--port", "1"]) == "fedtier combiner"
+    assert role_of(["/v/python", "-m", "fedtier.reducer.evaluation", "x"]) == "python -m fedtier.reducer.evaluation"
+    assert role_of(["/v/python", "-B", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(8)",
+                    "--multiprocessing-fork"]) == "multiprocessing worker"
+    assert role_of(["ray::ClientAppActor.run"]) == "ray::ClientAppActor.run"
+    assert role_of(["/v/bin/python3.11", "/v/bin/flower-superlink", "--insecure"]) == "flower-superlink"
