@@ -279,7 +279,11 @@ class TreeMemory:
                     total += proc.memory_info().rss
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
-                    role = role_of(proc.cmdline())  # read each time: Ray's workers retitle themselves
+                    # read each time (Ray's workers retitle themselves), but an exited process's
+                    # empty command line does not replace the name it had
+                    role = role_of(proc.cmdline())
+                    if role == "?" and key in self._cpu:
+                        role = self._cpu[key][0]
                 self._cpu[key] = (role, times.user + times.system)
             except psutil.Error:
                 pass
