@@ -34,11 +34,19 @@ test accuracy after the last round:
   client-resources-num-cpus=C"``: the local SuperLink in simulation mode, the Ray backend.
   The local SuperLink is started by the bench with the command ``flwr`` itself would use
   (flwr/cli/local_superlink.py), on free ports, so it can be stopped and measured. The
-  architecture and the optimizer are the project's own source, copied into the app with
-  ``inspect.getsource``. Round time: a subclass of FedAvg stamps ``configure_train`` and the
-  end of ``aggregate_train``.
+  architecture, the optimizer and the scoring are the project's own source, copied into the
+  app with ``inspect.getsource``. ``client-resources-num-cpus`` is 1 (``--flower-cpus``;
+  Flower's default of 2 would train one client at a time on two cores). Every global model is
+  scored on the test set by an ``evaluate_fn`` (the lab's reducer scores each one inside its
+  round too). Round time: a subclass of FedAvg stamps ``configure_train``, the end of
+  ``aggregate_train`` (training only) and the end of the evaluation (the round).
 - **fedtier**: ``fedtier lab SCENARIO`` (the scenario written by ``write_scenario``), round
   times and accuracy from the lab's ``summary.json``.
+
+``--reference-seeds K`` also runs the in-process FedAvg with sampling seeds seed+1..seed+K-1 on
+the same partition: how far accuracy moves by chance, to read the 1-point agreement against.
+Each side's table also gives the CPU seconds per kind of process (``role_of``), a profile at the
+level of processes.
 
 Flower is installed into its own virtualenv (``bench/.flower-venv``, the one
 bench/flower_compare.py makes) with the simulation extra and torch, pinned to the CPU build.
