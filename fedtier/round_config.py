@@ -182,12 +182,22 @@ class CombinerQuorum:
     wait_for_clients: float = COMBINER_WAIT_S
 
     @classmethod
-    def share(cls, config: RoundConfig, active: int, total_active: int) -> "CombinerQuorum":
-        requested = 0
-        if config.clients_requested and total_active > 0:
-            requested = max(1, round(config.clients_requested * active / total_active))
-        return cls(min_clients=1, clients_requested=requested,
-                   wait_for_clients=min(config.wait_for_clients, COMBINER_WAIT_S))
+    def share_out(cls, config: RoundConfig, active: Mapping[str, int]) -> dict[str, "CombinerQuorum"]:
+        """Each combiner's quorum: ``clients_requested`` shared out in proportion to the active
+        clients each holds, by largest remainder, so the shares add up to what the session
+        asks (rounding each alone asked 8 of 9 clients of two combiners holding 6 each). A
+        combiner with clients gets at least one: 0 would mean all of them."""
+        wait = min(config.wait_for_clients, COMBINER_WAIT_S)
+        total = sum(active.values())
+        if not config.clients_requested or total <= 0:
+            return {name: cls(min_clients=1, clients_requested=0, wait_for_clients=wait) for name in active}
+        exact = {name: config.clients_requested * n / total for name, n in active.items()}
+        shares = {name: math.floor(x) for name, x in exact.items()}
+        left = config.clients_requested - sum(shares.values())
+        for name in sorted(exact, key=lambda k: (shares[k] - exact[k], k))[:max(0, left)]:
+            shares[name] += 1
+        return {name: cls(min_clients=1, clients_requested=max(1, shares[name]), wait_for_clients=wait)
+                for name in active}
 
     @classmethod
     def of_request(cls, config: RoundConfig, min_clients: int, clients_requested: int,

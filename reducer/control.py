@@ -526,8 +526,7 @@ class Control:
                             config: RoundConfig) -> dict[str, pb.RoundResult]:
         # the quorum is global: each combiner contributes whatever it gets (CombinerQuorum);
         # the reducer checks the total. clients_requested is shared out by the clients each holds.
-        total_active = sum(combiners.values())
-        quorums = {name: CombinerQuorum.share(config, active, total_active) for name, active in combiners.items()}
+        quorums = CombinerQuorum.share_out(config, combiners)
         round_doc.combiners = [{"name": name, "quorum": q.to_record()} for name, q in quorums.items()]
         return self._on_combiners(combiners, pb.TRAINING, round_doc, round_doc.id,
                                   round_doc.model_in, quorums, config)

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
 from fedtier.aggregators import AGGREGATORS
@@ -129,11 +130,26 @@ def test_the_task_json_holds_the_task_and_the_strategys_client_settings(monkeypa
     assert json.loads(RoundConfig().task_json()) == {"task": {}, "strategy": {}}
 
 
+@settings(max_examples=200, deadline=None)
+@given(requested=st.integers(1, 2000), active=st.lists(st.integers(1, 1000), min_size=1, max_size=8))
+def test_the_shares_add_up_to_the_clients_requested(requested: int, active: list[int]) -> None:
+    """Rounding each combiner's share alone asked 8 of the 9 clients of two combiners of 6."""
+    config = RoundConfig.from_dict({"clients_requested": requested})
+    shares = CombinerQuorum.share_out(config, {f"c{i}": n for i, n in enumerate(active)})
+    asked = [q.clients_requested for q in shares.values()]
+    exact = [requested * n / sum(active) for n in active]
+    assert all(abs(a - e) < 1 or (a == 1 and e < 1) for a, e in zip(asked, exact))
+    assert requested <= sum(asked) <= requested + len(active)
+    if all(e >= 1 for e in exact):  # no combiner raised to one: exactly what the session asks
+        assert sum(asked) == requested
+
+
 def test_the_combiner_quorum_is_shared_out_and_its_request_fields_checked() -> None:
     config = RoundConfig.from_dict({"clients_required": 4, "clients_requested": 6, "wait_for_clients": 60})
-    assert CombinerQuorum.share(config, active=2, total_active=4) == CombinerQuorum(1, 3, COMBINER_WAIT_S)
+    assert CombinerQuorum.share_out(config, {"a": 2, "b": 2}) == {"a": CombinerQuorum(1, 3, COMBINER_WAIT_S),
+                                                                  "b": CombinerQuorum(1, 3, COMBINER_WAIT_S)}
     short = RoundConfig.from_dict({"wait_for_clients": 2})
-    assert CombinerQuorum.share(short, 1, 1).wait_for_clients == 2
+    assert CombinerQuorum.share_out(short, {"a": 1})["a"].wait_for_clients == 2
     # unset fields: the session's own settings (a caller driving one combiner alone)
     assert CombinerQuorum.of_request(config, 0, 0, 0.0) == CombinerQuorum(4, 6, 60.0)
     with pytest.raises(RoundConfigError, match="quorum"):
