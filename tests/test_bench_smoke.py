@@ -15,7 +15,7 @@ from conftest import positive, run_bench, stats_ok
 
 
 @pytest.mark.parametrize("script", ["round_overhead.py", "transfer.py", "aggregation.py", "run_all.py",
-                                    "network_page.py", "idle_clients.py"])
+                                    "network_page.py", "idle_clients.py", "flower_simulation.py"])
 def test_help(script: str) -> None:
     done = run_bench(script, "--help", timeout=60)
     assert done.stdout.startswith("usage:") and "--json" in done.stdout
@@ -137,3 +137,71 @@ def test_strategies_comparisons_are_computed_from_the_runs() -> None:
     # 30-spread: FedAvg had no successful round (collapsed), but the best robust run is 5 points down
     assert verdicts["iid, 30-one"] is True and verdicts["iid, 30-spread"] is False
     assert verdicts["two classes per client"] is None
+
+
+def test_flower_simulation_workload_is_the_projects(tmp_path: Path) -> None:
+    """bench/flower_simulation.py without Flower or the lab: the partition the Flower app reads is
+    exactly what test_projects/mnist-pytorch gives each client, the app's model is the project's,
+    and the in-process FedAvg (the accuracy reference) trains and reports."""
+    import importlib.util
+    import sys
+
+    import numpy as np
+    import torch
+
+    from conftest import BENCH, SHARED
+
+    data_dir = SHARED / "data" / "mnist"
+    if not (data_dir / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("needs ../shared/data/mnist (the MNIST IDX files)")
+    sys.path.insert(0, str(BENCH))
+    import flower_simulation as bench
+
+    clients, seed = 100, 3
+    npz = tmp_path / "workload.npz"
+    workload = bench.write_workload(npz, data_dir, clients, seed)
+
+    # the Flower app's own reader (task.py as written into the app), against the project's loader
+    app = bench.write_flower_app(tmp_path / "flower")
+    spec = importlib.util.spec_from_file_location("flower_task", app / "fedtiersim" / "task.py")
+    task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task)
+    project_data = bench.project_module("data")
+    config = {"partition": {"scheme": "iid", "seed": seed}}
+    for client in (0, 1, clients - 1):
+        x, y = task.client_data(str(npz), client)
+        x_project, y_project, _, _ = project_data.load_partition(str(data_dir), client, clients, config)
+        assert np.array_equal(y, y_project) and np.array_equal(x, x_project), client
+    # another seed is another partition: the seed really reaches the partitioner
+    other = bench.train_indices(workload["y_train"], clients, seed + 1)
+    assert not np.array_equal(other[0], workload["parts"][0])
+    # the app's model and initial weights are the project's (same names, shapes and values)
+    app_model = task.build_model()
+    app_model.load_state_dict(task.seed_state(str(npz)))
+    assert {k: tuple(v.shape) for k, v in app_model.state_dict().items()} == \
+        {k: v.shape for k, v in workload["weights"].items()}
+    assert all(torch.equal(v, torch.tensor(workload["weights"][k])) for k, v in app_model.state_dict().items())
+
+    reference = bench.fedavg_in_process(workload, per_round=3, rounds=1, seed=seed)
+    assert reference["sampled"] == bench.sample_rounds(clients, 3, 1, seed) and len(reference["sampled"][0]) == 3
+    seed_accuracy = bench.test_accuracy(workload["weights"], workload["x_test"], workload["y_test"])
+    assert seed_accuracy < 0.2 and reference["test_accuracy"] > 0.3  # one round of 3 clients learns (0.46)
+    assert len(reference["round_s"]) == 1 and positive(reference["total_s"])
+
+
+def test_flower_simulation_names_processes_by_role() -> None:
+    """The bench's CPU profile groups processes by what they are, whatever their flags."""
+    import sys
+
+    from conftest import BENCH
+
+    sys.path.insert(0, str(BENCH))
+    from flower_simulation import role_of
+
+    assert role_of(["/v/python", "-m", "fedtier.launch.cli", "--env-file", "/dev/null", "--log-level", "WARNING",
+                    "combiner", "--port", "1"]) == "fedtier combiner"
+    assert role_of(["/v/python", "-m", "fedtier.reducer.evaluation", "x"]) == "python -m fedtier.reducer.evaluation"
+    assert role_of(["/v/python", "-B", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(8)",
+                    "--multiprocessing-fork"]) == "multiprocessing worker"
+    assert role_of(["ray::ClientAppActor.run"]) == "ray::ClientAppActor.run"
+    assert role_of(["/v/bin/python3.11", "/v/bin/flower-superlink", "--insecure"]) == "flower-superlink"
