@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "FEDTIER_"
+#: the ``client_name`` of a task the reducer runs itself (its evaluation: reducer/evaluation.py)
+REDUCER_CLIENT_NAME = "reducer"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class TaskContext:
     # a lab attack this client runs (fedtier/client/attack.py), "" for an honest client;
     # a project supports the data attack (label_flip) with ``y = flip_labels_for(ctx, y)``
     attack: str = ""
+
+    @property
+    def on_reducer(self) -> bool:
+        """This validate scores the global model for the reducer (reducer/evaluation.py): the
+        data is the operator's held-out set, not a client's share, so a project may score only
+        that set and skip what it does for a client (its own validation split)."""
+        return self.client_name == REDUCER_CLIENT_NAME
 
     def to_env(self) -> dict[str, str]:
         """Environment for a command entry point; FEDN_DATA_PATH kept for FEDn projects."""

@@ -295,8 +295,10 @@ class WorkerPool:
         worker.executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- tasks
-    def run(self, kind: str, in_model: str | os.PathLike, out: str | os.PathLike, ctx: TaskContext) -> dict[str, Any]:
-        """Run the project's ``train`` (metadata) or ``validate`` (metrics) in a free worker."""
+    def run(self, kind: str, in_model: str | os.PathLike, out: str | os.PathLike, ctx: TaskContext,
+            timeout: float | None = None) -> dict[str, Any]:
+        """Run the project's ``train`` (metadata) or ``validate`` (metrics) in a free worker,
+        within ``timeout`` seconds (default: the project's task_timeout)."""
         from fedtier.client.project import ProjectError
 
         if kind not in TASK_KINDS:
@@ -315,13 +317,14 @@ class WorkerPool:
                 worker = self._ready(*self._spawn())
                 future = worker.executor.submit(*args)
             try:
-                result, self._compute.seconds = future.result(timeout=self.task_timeout)
+                result, self._compute.seconds = future.result(timeout=timeout or self.task_timeout)
                 return result
             except FutureTimeout:
                 self._discard(worker, kill=True)
                 pid, worker = worker.pid, None
-                raise ProjectError(f"{kind} did not finish within {self.project.task_timeout:g}s (the project's "
-                                   f"task_timeout); its worker (pid {pid}) was stopped and is replaced") from None
+                limit = f"{timeout:g}s" if timeout else f"{self.project.task_timeout:g}s (the project's task_timeout)"
+                raise ProjectError(f"{kind} did not finish within {limit}; its worker (pid {pid}) was stopped and "
+                                   f"is replaced") from None
             except BrokenProcessPool:
                 self._discard(worker, kill=False)
                 pid, worker = worker.pid, None

@@ -78,6 +78,33 @@ def own_connections() -> None:
         channel.CHANNEL_OPTIONS.append(OWN_CONNECTION)
 
 
+#: seconds a blocked gRPC call of a swarm sleeps between checks (gRPC's own: 0.1 s)
+QUIET_WAIT_S = 2.0
+
+
+def quiet_waits(seconds: float = QUIET_WAIT_S) -> bool:
+    """Let the swarm's blocked gRPC calls sleep ``seconds`` between checks instead of 0.1 s.
+
+    gRPC's synchronous API wakes every blocked call ten times a second (``grpc._common.
+    MAXIMUM_WAIT_TIMEOUT``) only so that a signal handler never waits long when the
+    *main* thread is the one blocked; the call itself is woken by its condition when an
+    answer arrives or it is cancelled. A swarm's main thread never blocks in gRPC, but its
+    thousand clients each hold a task stream open: ten thousand wake-ups a second for
+    nothing, which took the CPU from the clients' training (docs/performance.md, "the lab
+    against Flower's simulation"). The constant is gRPC's private one: where a gRPC version
+    lacks it, nothing changes and False says so. Call it only in a process that runs nothing
+    but clients (``fedtier swarm``)."""
+    try:
+        from grpc import _common
+    except ImportError:
+        return False
+    if not isinstance(getattr(_common, "MAXIMUM_WAIT_TIMEOUT", None), (int, float)):
+        log.warning("this gRPC has no MAXIMUM_WAIT_TIMEOUT: the swarm's blocked calls wake as gRPC chooses")
+        return False
+    _common.MAXIMUM_WAIT_TIMEOUT = max(_common.MAXIMUM_WAIT_TIMEOUT, seconds)
+    return True
+
+
 class Swarm:
     """``count`` clients named ``<name_prefix>-<k>``, k = 0..count-1.
 
@@ -263,6 +290,7 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
     """``fedtier swarm``: start the swarm, report now and then, stop on SIGINT/SIGTERM."""
     conditions = load_conditions(args.conditions, args.clients) if getattr(args, "conditions", "") else None
     own_connections()
+    quiet_waits()
     prefix = args.name_prefix or f"{settings.client_name_base}-swarm"
     swarm = Swarm(args.clients, prefix, project=Path(args.project), reducer_url=args.reducer or None,
                   combiner=args.combiner or None,

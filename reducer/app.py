@@ -53,6 +53,8 @@ class Reducer:
 
     def close(self) -> None:
         self.stop.set()
+        if self.control.evaluation is not None:
+            self.control.evaluation.close()  # its worker process
         self.network.close()
         self.state.close()
         if self.lock is not None:

@@ -6,28 +6,33 @@ reducer's machine (``FEDTIER_REDUCER_EVAL_PROJECT``) and names the data
 (``FEDTIER_REDUCER_EVAL_DATA``); the uploaded compute package is never run here, so the
 reducer runs no code a participant could change.
 
-The project's ``validate`` entry point runs in a child process (``python -m
-fedtier.reducer.evaluation``): its framework import, memory and crashes stay out of the
-reducer, and it is killed at the round's ``round_timeout``. It gets the same
-``TaskContext`` a client does, with ``client_name`` "reducer" and the data as
-``data_path``. Its metrics are read back as bounded strict JSON and only finite numbers
-are kept, as for the clients' reports.
+The project's ``validate`` entry point runs in a child process of the reducer, a worker
+of ``fedtier.client.pool.WorkerPool``: its framework import, memory and crashes stay out
+of the reducer, and it is killed (and replaced) at the round's ``round_timeout``. The
+worker lives from the first evaluation on, so each round pays for scoring the model, not
+for starting an interpreter, importing the framework and reading the data again (which
+took longer than the scoring). It gets the same ``TaskContext`` a client does, with
+``client_name`` "reducer" (``TaskContext.on_reducer``) and the data as ``data_path``. Its
+metrics are bounded like a client's report and only finite numbers are kept.
 """
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedtier import limits, strict_json
-from fedtier.client.context import TaskContext
-from fedtier.client.project import Project
+from fedtier import limits
+from fedtier.client.context import REDUCER_CLIENT_NAME, TaskContext
+from fedtier.client.pool import WorkerPool
+from fedtier.client.project import Project, ProjectError
 
-CLIENT_NAME = "reducer"
+CLIENT_NAME = REDUCER_CLIENT_NAME
+#: CPU threads of the evaluation's worker: it scores while the round's clients wait
+THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class EvaluationError(RuntimeError):
@@ -38,44 +43,38 @@ class ReducerEvaluation:
     def __init__(self, project: str | Path, data: str) -> None:
         self.project = Project.load(project).root  # a malformed project stops the reducer at start-up
         self.data = str(Path(data).resolve())
+        self._pool: WorkerPool | None = None
+        self._lock = threading.Lock()  # one evaluation at a time, in the one worker
 
     def run(self, model: Path, round_number: int, session_id: str, task: Mapping[str, Any],
             timeout: float) -> dict[str, float]:
-        with tempfile.TemporaryDirectory(prefix="fedtier-eval-") as scratch:
-            out = Path(scratch) / "metrics.json"
-            context = {"round_number": round_number, "session_id": session_id, "config": dict(task)}
-            argv = [sys.executable, "-m", "fedtier.reducer.evaluation", str(self.project), str(model.resolve()),
-                    self.data, str(out), json.dumps(context)]
+        with self._lock, tempfile.TemporaryDirectory(prefix="fedtier-eval-") as scratch:
+            ctx = TaskContext(client_name=CLIENT_NAME, data_path=self.data, round_number=round_number,
+                              session_id=session_id, config=dict(task), work_dir=Path(scratch))
             try:
-                done = subprocess.run(argv, cwd=scratch, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise EvaluationError(f"did not finish within the round_timeout ({timeout:g}s)") from None
-            if done.returncode != 0:
-                tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-                raise EvaluationError(f"validate exited with code {done.returncode}: {tail[-1000:]}")
-            bound = limits.current().report_bytes
-            if not out.is_file() or out.stat().st_size > bound:
-                raise EvaluationError(f"no metrics, or metrics over {limits.current().describe('report_bytes')}")
-            try:
-                metrics = strict_json.loads(out.read_text(encoding="utf-8"))
-            except strict_json.JSONInputError as exc:
-                raise EvaluationError(f"metrics are not valid JSON: {exc.message}") from None
+                if self._pool is None:
+                    self._pool = WorkerPool(self.project, workers=1, threads=THREADS)
+                metrics = self._pool.run("validate", model.resolve(), Path(scratch) / "metrics.json", ctx,
+                                         timeout=timeout)
+            except ProjectError as exc:
+                raise EvaluationError(str(exc)) from None
+            except Exception as exc:  # the project's own error, sent back from the worker
+                raise EvaluationError(f"validate failed: {type(exc).__name__}: {str(exc)[:1000]}") from None
         if not isinstance(metrics, dict):
-            raise EvaluationError("validate must return a JSON object of metrics")
+            raise EvaluationError("validate must return a mapping of metrics")
+        bound = limits.current().report_bytes
+        try:
+            size = len(json.dumps(metrics, default=str).encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise EvaluationError(f"metrics cannot be written as JSON: {exc}") from None
+        if size > bound:
+            raise EvaluationError(f"metrics are {size} bytes, over {limits.current().describe('report_bytes')}")
         return {str(k): float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
-
-def main(argv: list[str]) -> None:
-    """The child process: run the project's validate on one model, write its metrics."""
-    project_dir, model, data, out, context_json = argv
-    context = json.loads(context_json)
-    project = Project.load(project_dir)
-    ctx = TaskContext(client_name=CLIENT_NAME, data_path=data, round_number=int(context["round_number"]),
-                      session_id=str(context["session_id"]), config=context["config"], work_dir=Path(out).parent)
-    metrics = project.validate(Path(model), Path(out).with_suffix(".out.json"), ctx)
-    Path(out).write_text(json.dumps(metrics), encoding="utf-8")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    def close(self) -> None:
+        """Stop the evaluation's worker (it also exits by itself if the reducer dies)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None

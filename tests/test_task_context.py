@@ -3,6 +3,7 @@ strategy's client-side settings, and nothing else of the round (issue 15)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -184,14 +185,24 @@ def test_the_reducer_evaluation_gets_the_task_context_with_the_data(tmp_path: Pa
     model = tmp_path / "model"
     model.write_bytes(b"not read by the probe")
     evaluation = ReducerEvaluation(PROBE, str(tmp_path))
-    assert evaluation.run(model, 3, "s-1", {"epochs": 2}, timeout=60) == {"num_examples": 1.0}
-    (seen,) = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert seen | {"round_id": ""} == {"kind": "validate", "client": "reducer", "round_number": 3, "session_id": "s-1",
-                                       "round_id": "", "config": {"epochs": 2}, "settings": {},
-                                       "data_path": str(tmp_path)}
+    try:
+        assert evaluation.run(model, 3, "s-1", {"epochs": 2}, timeout=60) == {"num_examples": 1.0}
+        assert evaluation.run(model, 4, "s-1", {"epochs": 2}, timeout=60) == {"num_examples": 1.0}
+        seen = [json.loads(line) for line in log_file.read_text().splitlines()]
+        assert seen[0] | {"round_id": "", "pid": 0} == {
+            "pid": 0, "kind": "validate", "client": "reducer", "round_number": 3, "session_id": "s-1", "round_id": "",
+            "config": {"epochs": 2}, "settings": {}, "data_path": str(tmp_path)}
+        assert seen[1]["round_number"] == 4
+        assert len({line["pid"] for line in seen}) == 1 and seen[0]["pid"] != os.getpid()  # one worker, kept
+    finally:
+        evaluation.close()
     monkeypatch.delenv("PROBE_LOG")  # the probe fails: the error says so, nothing is returned
-    with pytest.raises(EvaluationError, match="validate exited with code 1"):
-        evaluation.run(model, 3, "s-1", {}, timeout=60)
+    failing = ReducerEvaluation(PROBE, str(tmp_path))
+    try:
+        with pytest.raises(EvaluationError, match="validate failed: KeyError"):
+            failing.run(model, 3, "s-1", {}, timeout=60)
+    finally:
+        failing.close()
 
 
 def test_the_reducer_evaluation_settings_come_together() -> None:

@@ -158,21 +158,25 @@ def train(in_model_path: str, out_model_path: str, ctx: TaskContext) -> dict[str
 
 
 def validate(in_model_path: str, ctx: TaskContext) -> dict[str, Any]:
-    """Score the received model on this client's held-out split and the global test set."""
-    torch.set_num_threads(1)
-    _, _, x_val, y_val = _client_data(ctx)
+    """Score the received model on this client's held-out split and the global test set; for
+    the reducer's evaluation (``ctx.on_reducer``) on the test set only: the reducer holds no
+    client's share, and scoring one it does not hold would cost more than the test set."""
+    if not ctx.on_reducer:
+        torch.set_num_threads(1)  # a client's task: one thread (a reducer's worker has its own share)
     model = load_model(in_model_path)
-    accuracy, loss, _ = _metrics(model, x_val, y_val)
     x_test, y_test = load_test_set()
     test_accuracy, test_loss, test_predicted = _metrics(model, x_test, y_test)
-    return {
-        "accuracy": accuracy,
-        "loss": loss,
-        "num_examples": int(len(y_val)),
+    metrics = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
+        "num_examples": int(len(y_test)),
         **task_metrics_for(ctx, y_test, test_predicted),  # lab class-incremental tasks; none without them
     }
+    if not ctx.on_reducer:
+        _, _, x_val, y_val = _client_data(ctx)
+        accuracy, loss, _ = _metrics(model, x_val, y_val)
+        metrics.update(accuracy=accuracy, loss=loss, num_examples=int(len(y_val)))
+    return metrics
 
 
 def evaluate_model_file(path: str) -> dict[str, Any]:

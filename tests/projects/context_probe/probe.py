@@ -10,7 +10,7 @@ from fedtier.client.context import TaskContext
 def _record(kind: str, ctx: TaskContext) -> None:
     line = {"kind": kind, "client": ctx.client_name, "round_number": ctx.round_number,
             "session_id": ctx.session_id, "round_id": ctx.round_id, "config": dict(ctx.config),
-            "settings": dict(ctx.settings), "data_path": ctx.data_path}
+            "settings": dict(ctx.settings), "data_path": ctx.data_path, "pid": os.getpid()}
     with open(os.environ["PROBE_LOG"], "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 
