@@ -108,10 +108,15 @@ def project_module(name: str) -> ModuleType:
     return module
 
 
+#: ``--learning-rate``: every side trains with it instead of the project's default
+LEARNING_RATE: float | None = None
+
+
 def hyperparameters() -> dict[str, Any]:
-    """The project's learning rate, batch size and momentum, with one local epoch."""
+    """The project's learning rate (or ``--learning-rate``), batch size and momentum, with one local epoch."""
     entry = project_module("entrypoints")
-    return {"epochs": 1, "learning_rate": float(entry.DEFAULTS["learning_rate"]),
+    rate = LEARNING_RATE if LEARNING_RATE is not None else float(entry.DEFAULTS["learning_rate"])
+    return {"epochs": 1, "learning_rate": rate,
             "batch_size": int(entry.DEFAULTS["batch_size"]), "momentum": float(entry.MOMENTUM)}
 
 
@@ -974,6 +979,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combiners", type=int, default=2, help="the lab's combiners (default 2)")
     p.add_argument("--round-limit", type=float, default=300.0,
                    help="a run is abandoned after 600 s + this many seconds per round (default 300)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="local learning rate of every side (default: the project's, 0.01)")
     p.add_argument("--skip-flower", action="store_true", help="leave Flower out (no Flower virtualenv needed)")
     p.add_argument("--skip-fedtier", action="store_true", help="leave fedtier's lab out")
     p.add_argument("--flower-venv", default=str(DEFAULT_FLOWER_VENV),
@@ -989,6 +996,11 @@ def main(argv: list[str] | None = None) -> int:
             or options.reference_seeds < 1:
         raise SystemExit("--clients, --rounds and --reference-seeds must be at least 1, "
                          "--per-round between 1 and --clients")
+    if options.learning_rate is not None:
+        if not 0 < options.learning_rate <= 10:
+            raise SystemExit("--learning-rate must be in (0, 10]")
+        global LEARNING_RATE
+        LEARNING_RATE = options.learning_rate
     return common.conclude(run(options), report, options.json)
 
 
