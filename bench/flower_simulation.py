@@ -833,44 +833,61 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                                       "test_accuracy": spread, **common.summarize(spread)}
 
         timeout = 600 + options.rounds * options.round_limit
-        if not options.skip_flower:
-            try:
-                bin_dir = ensure_simulation_venv(Path(options.flower_venv))
-                result["flower_versions"] = flower_versions(bin_dir)
-                print(f"Flower simulation: {options.clients} SuperNodes, {options.flower_cpus} CPU per ClientApp...",
-                      flush=True)
-                flower = run_flower(work / "flower", bin_dir, npz, options.clients, options.per_round,
-                                    options.rounds, options.seed, options.flower_cpus, timeout)
-                flower["test_accuracy"] = test_accuracy(flower.pop("final"), workload["x_test"], workload["y_test"])
-                result["flower"] = flower
-                print(f"Flower: median round {common.fmt(common.summarize(flower['round_s'])['median'])} s, "
-                      f"accuracy {flower['test_accuracy']:.4f}", flush=True)
-            except Exception as exc:  # noqa: BLE001 - reported, the other side still runs
-                result["errors"].append(f"flower: {exc}")
-                traceback.print_exc()
-        if not options.skip_fedtier:
-            try:
-                if not lab_available():
-                    raise RuntimeError("fedtier lab is not in this checkout (fedtier.launch.lab); "
-                                       "use --skip-fedtier")
-                scenario = write_scenario(work / "scenario.yaml", data_dir, options.clients, options.per_round,
-                                          options.rounds, options.seed, options.workers, options.combiners,
-                                          options.round_limit)
-                print(f"fedtier lab: {options.clients} clients, {options.combiners} combiners, "
-                      f"{options.workers} workers...", flush=True)
-                fed = run_fedtier(work / "fedtier", scenario, timeout)
-                fed["scenario"] = scenario.read_text()
-                result["fedtier"] = fed
-                print(f"fedtier: median round {common.fmt(common.summarize(fed['round_s'])['median'])} s, "
-                      f"accuracy {fed['test_accuracy']}", flush=True)
-            except Exception as exc:  # noqa: BLE001
-                result["errors"].append(f"fedtier: {exc}")
-                traceback.print_exc()
+        for repeat in range(options.repeats):  # interleaved, so both meet the same machine
+            suffix = f"-{repeat}" if repeat else ""
+            if not options.skip_flower:
+                try:
+                    bin_dir = ensure_simulation_venv(Path(options.flower_venv))
+                    result["flower_versions"] = flower_versions(bin_dir)
+                    print(f"Flower simulation{suffix}: {options.clients} SuperNodes, {options.flower_cpus} CPU per "
+                          f"ClientApp...", flush=True)
+                    flower = run_flower(work / f"flower{suffix}", bin_dir, npz, options.clients, options.per_round,
+                                        options.rounds, options.seed, options.flower_cpus, timeout)
+                    flower["test_accuracy"] = test_accuracy(flower.pop("final"), workload["x_test"],
+                                                            workload["y_test"])
+                    _keep_run(result, "flower", flower)
+                    print(f"Flower: median round {common.fmt(common.summarize(flower['round_s'])['median'])} s, "
+                          f"accuracy {flower['test_accuracy']:.4f}", flush=True)
+                except Exception as exc:  # noqa: BLE001 - reported, the other side still runs
+                    result["errors"].append(f"flower: {exc}")
+                    traceback.print_exc()
+            if not options.skip_fedtier:
+                try:
+                    if not lab_available():
+                        raise RuntimeError("fedtier lab is not in this checkout (fedtier.launch.lab); "
+                                           "use --skip-fedtier")
+                    scenario = write_scenario(work / f"scenario{suffix}.yaml", data_dir, options.clients,
+                                              options.per_round, options.rounds, options.seed, options.workers,
+                                              options.combiners, options.round_limit)
+                    print(f"fedtier lab{suffix}: {options.clients} clients, {options.combiners} combiners, "
+                          f"{options.workers} workers...", flush=True)
+                    fed = run_fedtier(work / f"fedtier{suffix}", scenario, timeout)
+                    fed["scenario"] = scenario.read_text()
+                    _keep_run(result, "fedtier", fed)
+                    print(f"fedtier: median round {common.fmt(common.summarize(fed['round_s'])['median'])} s, "
+                          f"accuracy {fed['test_accuracy']}", flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    result["errors"].append(f"fedtier: {exc}")
+                    traceback.print_exc()
     finally:
         if not options.work_dir and not options.keep:
             shutil.rmtree(work, ignore_errors=True)
     conclude_checks(result, options)
     return result
+
+
+def _median(values: Iterable[float]) -> float:
+    return common.summarize(list(values))["median"]
+
+
+def _keep_run(result: dict[str, Any], side: str, run: dict[str, Any]) -> None:
+    """The first run of a side is its block (tables, profile); every run adds to its ``runs``
+    (accuracy, rounds, time, memory), which the figures across repeats are made of."""
+    brief = {"test_accuracy": run["test_accuracy"], "round_s": run["round_s"], "total_s": run["total_s"],
+             "peak_rss_bytes": run["peak_rss_bytes"]}
+    if side not in result:
+        result[side] = run
+    result[side].setdefault("runs", []).append(brief)
 
 
 def conclude_checks(result: dict[str, Any], options: argparse.Namespace) -> None:
@@ -881,18 +898,26 @@ def conclude_checks(result: dict[str, Any], options: argparse.Namespace) -> None
         block = result.get(side)
         if not block:
             continue
-        block["round"] = common.summarize(block["round_s"])
-        acc = block.get("test_accuracy")
-        block["accuracy_vs_in_process"] = None if acc is None or ref is None else acc - ref
-        checks[f"{side}_rounds_complete"] = len(block["round_s"]) == options.rounds
+        runs = block.get("runs") or [block]
+        block["round"] = common.summarize(t for r in runs for t in r["round_s"])
+        accuracies = [r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
+        acc = sum(accuracies) / len(accuracies) if accuracies else None
+        block["test_accuracy_mean"] = acc
+        # more than one run: their mean against the mean of as many in-process sampling seeds
+        reference = ref
+        if len(runs) > 1 and result.get("in_process_seeds"):
+            reference = result["in_process_seeds"]["mean"]
+        block["accuracy_vs_in_process"] = None if acc is None or reference is None else acc - reference
+        checks[f"{side}_rounds_complete"] = all(len(r["round_s"]) == options.rounds for r in runs)
         checks[f"{side}_accuracy_within_1_point"] = (block["accuracy_vs_in_process"] is not None
                                                     and abs(block["accuracy_vs_in_process"]) <= ACCURACY_TOLERANCE)
     if "flower" in result and "fedtier" in result:
         f, t = result["flower"], result["fedtier"]
         result["ratios_fedtier_vs_flower"] = {
             "median_round": common.ratio(t["round"]["median"], f["round"]["median"]),
-            "total": common.ratio(t["total_s"], f["total_s"]),
-            "peak_memory": common.ratio(t["peak_rss_bytes"], f["peak_rss_bytes"]),
+            "total": common.ratio(_median(r["total_s"] for r in t["runs"]), _median(r["total_s"] for r in f["runs"])),
+            "peak_memory": common.ratio(max(r["peak_rss_bytes"] for r in t["runs"]),
+                                        max(r["peak_rss_bytes"] for r in f["runs"])),
         }
     result["checks"] = checks
     ran_all = (options.skip_flower or "flower" in result) and (options.skip_fedtier or "fedtier" in result)
@@ -949,6 +974,13 @@ def report(result: dict[str, Any]) -> None:
         print(f"in-process FedAvg over sampling seeds {seeds['seeds']}: accuracy "
               + ", ".join(f"{a:.4f}" for a in seeds["test_accuracy"])
               + f" (spread {(seeds['max'] - seeds['min']) * 100:.2f} points)")
+    for key, name in (("flower", "Flower"), ("fedtier", "fedtier")):
+        runs = (result.get(key) or {}).get("runs") or []
+        if len(runs) > 1:
+            block = result[key]
+            print(f"{name} over {len(runs)} runs: accuracy " + ", ".join(f"{r['test_accuracy']:.4f}" for r in runs)
+                  + f", mean {block['test_accuracy_mean']:.4f} ({block['accuracy_vs_in_process'] * 100:+.2f} points "
+                  f"against the in-process mean); median round {block['round']['median']:.2f} s over all runs")
     if "ratios_fedtier_vs_flower" in result:
         r = result["ratios_fedtier_vs_flower"]
         print(f"fedtier / Flower: median round {r['median_round']:.2f}, total {r['total']:.2f}, "
@@ -979,6 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combiners", type=int, default=2, help="the lab's combiners (default 2)")
     p.add_argument("--round-limit", type=float, default=300.0,
                    help="a run is abandoned after 600 s + this many seconds per round (default 300)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of Flower and of the lab, interleaved (default 1); with more, their mean accuracy "
+                        "is checked against the mean of --reference-seeds in-process runs")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="local learning rate of every side (default: the project's, 0.01)")
     p.add_argument("--skip-flower", action="store_true", help="leave Flower out (no Flower virtualenv needed)")
@@ -993,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if options.clients < 1 or not 1 <= options.per_round <= options.clients or options.rounds < 1 \
-            or options.reference_seeds < 1:
+            or options.reference_seeds < 1 or options.repeats < 1:
         raise SystemExit("--clients, --rounds and --reference-seeds must be at least 1, "
                          "--per-round between 1 and --clients")
     if options.learning_rate is not None:

@@ -198,15 +198,16 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--attack makes this client Byzantine, a lab tool (fedtier sandbox --byzantine): "
                               "refused unless FEDTIER_ALLOW_ATTACKS=true")
         attack = Attack.parse(args.attack)
-    client = FedClient(ClientSettings(
+    client_settings = ClientSettings(
         name=name, project=Path(args.project) if args.project else None, combiner=args.combiner or None,
         reducer_url=args.reducer or None, data_path=args.data_path or None,
         partition_index=index, num_partitions=count,
         work_dir=Path(args.work_dir or settings.data_dir / "clients" / name),
         token=_own_credential(settings, name, "client"), tls_ca=settings.tls_ca,
-        package_sha256=args.package_sha256, attack=attack, conditions=_conditions(args.conditions)))
-    if client.settings.conditions is not None and client.settings.conditions.changes():
-        log.warning("%s: lab conditions: %s", name, client.settings.conditions.describe())
+        package_sha256=args.package_sha256, attack=attack, conditions=_conditions(args.conditions))
+    if client_settings.conditions is not None and client_settings.conditions.changes():
+        log.warning("%s: lab conditions: %s", name, client_settings.conditions.describe())
+    client = FedClient(client_settings)
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), client.interrupt()), name="interrupt", daemon=True).start()
     client.run(stop)
