@@ -116,7 +116,7 @@ class LoadNetwork:
                 "--clients", str(count), "--reducer", self.url, "--project", str(NOOP_PROJECT),
                 "--name-prefix", f"s{i}", "--partition-count", str(a.clients), "--partition-offset", str(offset),
                 "--work-dir", str(self.work / f"swarm-{i}"), "--stats", str(stats), "--stats-interval", "1",
-                "--task-slots", str(a.task_slots), "--nice", str(getattr(a, "swarm_nice", 10)))
+                "--task-slots", str(a.task_slots))
             offset += count
         seen = [0]
 
@@ -430,8 +430,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="combiner --liveness (default: the combiner's own, stream)")
     parser.add_argument("--max-clients", type=int, default=0,
                         help="combiner --max-clients (default: the combiner's own)")
-    parser.add_argument("--swarm-nice", type=int, default=10,
-                        help="CPU priority of the swarm processes below the network's (default 10, as the lab)")
     parser.add_argument("--task-slots", type=int, default=8,
                         help="fedtier swarm --task-slots: tasks at once per swarm process (default 8; 0: no limit)")
     parser.add_argument("--trace-combiners", action="store_true",

@@ -63,7 +63,7 @@ def load_args(options: argparse.Namespace, clients: int, combiners: int, work: P
         params=options.params, validate=False, round_timeout=options.round_timeout,
         heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
         task_slots=options.task_slots, liveness=liveness, max_clients=options.max_clients,
-        swarm_nice=getattr(options, "swarm_nice", 10), log_level="WARNING", work_dir=str(work), json="")
+        log_level="WARNING", work_dir=str(work), json="")
 
 
 def per_client_kib(result: dict[str, Any]) -> float:
@@ -261,8 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 values in the model (default 10k: 40 KB)")
     p.add_argument("--per-swarm", type=int, default=125, help="virtual clients per swarm process (default 125)")
     p.add_argument("--task-slots", type=int, default=8, help="tasks at once per swarm process (default 8)")
-    p.add_argument("--swarm-nice", type=int, default=10,
-                   help="CPU priority of the swarm processes below the network's (default 10, as the lab)")
     p.add_argument("--heartbeat-interval", type=float, default=0.0,
                    help=f"combiner --heartbeat-interval in s (default: the combiner's own, {DEFAULT_HEARTBEAT:g})")
     p.add_argument("--heartbeat-timeout", type=float, default=0.0,

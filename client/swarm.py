@@ -291,8 +291,6 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
     conditions = load_conditions(args.conditions, args.clients) if getattr(args, "conditions", "") else None
     own_connections()
     quiet_waits()
-    if getattr(args, "nice", 0):
-        os.nice(args.nice)  # this process and the workers it starts
     prefix = args.name_prefix or f"{settings.client_name_base}-swarm"
     swarm = Swarm(args.clients, prefix, project=Path(args.project), reducer_url=args.reducer or None,
                   combiner=args.combiner or None,

@@ -291,9 +291,6 @@ def add_swarm(sub: argparse._SubParsersAction) -> None:
                    help="lab: JSON {\"clients\": [<conditions of client k> or null, ...]}, one entry per client "
                         "(docs/lab.md, \"Client conditions\")")
     p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats writes and log lines")
-    p.add_argument("--nice", type=_count_in(0, 19), default=0,
-                   help="lower this swarm's CPU priority by N (0-19, default 0): on a machine it shares with the "
-                        "network's own processes, its many client threads then yield to the reducer and combiners")
     p.set_defaults(run=cmd_swarm)
 
 

@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 
 SWARM_PREFIX = "lab"           # client k of swarm j is lab<j>-<i>
 MEMORY_INTERVAL_S = 0.5
-#: the swarms' CPU priority below the network's processes: a thread per client would otherwise
-#: win the machine's CPU from the reducer and combiners they stand in a queue for (a 10,000-client
-#: join timed out on the reducer's /assign with the swarms at the same priority)
-SWARM_NICE = 10
 
 
 class LabError(LaunchError):
@@ -212,8 +208,7 @@ class Lab:
                       "--partition-count", str(s.clients), "--partition-offset", str(start),
                       "--work-dir", str(swarms / f"swarm-{j}"), "--stats", str(swarms / f"stats-{j}.json"),
                       "--conditions", str(conditions_file), "--workers", str(s.workers_of(j)),
-                      "--worker-threads", str(s.threads), "--nice", str(SWARM_NICE),
-                      *(["--data-path", s.data_path] if s.data_path else []))
+                      "--worker-threads", str(s.threads), *(["--data-path", s.data_path] if s.data_path else []))
         self.epoch = epoch
 
     def _expected_online(self) -> int:
