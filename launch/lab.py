@@ -373,6 +373,8 @@ def round_row(doc: Mapping[str, Any], group_of: Mapping[str, str]) -> dict[str, 
     tasks = task_accuracies(scores)
     return {"round": doc["round"], "status": doc["status"], "error": doc.get("error"),
             "seconds": round(float((doc.get("timings") or {}).get("total", 0.0)), 3),
+            # the reducer's phases of the round (training on the combiners, aggregation, evaluation...)
+            "phases": {k: round(float(v), 3) for k, v in (doc.get("timings") or {}).items()},
             "test_accuracy": scores.get("test_accuracy"), "test_loss": scores.get("test_loss"),
             "chosen": sum(g["chosen"] for g in groups.values()), "updates": len(counted),
             "failed": sum(g["failed"] for g in groups.values()),

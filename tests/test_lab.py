@@ -115,6 +115,7 @@ def test_a_round_is_read_per_group() -> None:
                          {"clients": [{"client": "b", "state": "reported", "ended": 4.0}]}]}
     row = round_row(doc, {"a": "fast", "b": "slow", "c": "slow"})
     assert row["test_accuracy"] == 0.8 and row["updates"] == 2 and row["chosen"] == 3 and row["failed"] == 1
+    assert row["phases"] == {"total": 3.5}
     assert row["groups"]["fast"]["chosen"] == 1 and row["groups"]["fast"]["task_seconds_mean"] == 1.0
     assert row["groups"]["slow"] == {"chosen": 2, "updated": 1, "failed": 1, "_task_seconds": [4.0],
                                      "task_seconds_mean": 4.0, "task_seconds_max": 4.0}
@@ -179,7 +180,7 @@ def _check_quick_run(done: subprocess.CompletedProcess, out: Path | None) -> Non
     assert groups["fast"]["participation"] == 1 and groups["fast"]["dropouts"] == 0
     assert groups["slow"]["task_seconds_mean"] > 1.5 * groups["fast"]["task_seconds_mean"], groups
     for row in summary["rounds"]:
-        assert row["updates"] >= 4
+        assert row["updates"] >= 4 and row["phases"]["reducer_evaluation"] > 0
     memory = summary["memory"]
     assert 0 < memory["idle"]["bytes_per_client"] < 4 * 2**20 and memory["peak_rss_bytes"]["workers"] > 0
     for name in ("accuracy.png", "participation.png", "round_time.png"):
