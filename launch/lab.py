@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import psutil
+import requests
 
 from fedtier.client.project import Project
 from fedtier.datatools.heterogeneity import DataRules, average_forgetting, forgetting, task_accuracies, task_of_round
@@ -170,7 +171,7 @@ class Lab:
                 + f", workers {idle['worker_rss_bytes'] / 2**20:.1f} MiB; starting {s.rounds} rounds")
             session_id = net.start_session(**s.settings)
             session = self._follow(net, session_id)
-        except LaunchError as exc:
+        except (LaunchError, requests.RequestException) as exc:  # a process gone, the reducer unreachable
             failure = str(exc)
             say(f"lab: {exc}")
         finally:
