@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import math
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
+import requests
 
 # one launcher for the tests, the sandbox and the benchmarks (tests import these names from here)
 from fedtier.launch.network import Processes, free_port, wait_for_port  # noqa: F401
@@ -47,6 +49,23 @@ def stats_ok(stats: dict[str, Any]) -> bool:
     """A common.summarize() result from at least one sample, with finite positive figures."""
     return stats["n"] >= 1 and all(positive(stats[k]) for k in ("median", "min", "max"))
 
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
+               procs: Processes | None = None, interval: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something true (returned); a request that fails (a
+    server starting, busy or restarting) means "ask again". Fail naming ``what``, with the
+    processes' logs when given, once ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except requests.RequestException:
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{procs.dump_logs()}" if procs else ""))
 
 class ProcessGroup(Processes):
     """``fedtier ...`` processes with logs in files (``start(name, *args)``); all stopped at the end."""

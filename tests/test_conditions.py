@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, ProcessGroup, free_port, wait_for_port
+from conftest import ROOT, ProcessGroup, free_port, wait_for_port, wait_until
 from fedtier.client.client import ClientSettings, FedClient
 from fedtier.client.conditions import Conditions, ConditionsError, Throttle, data_bytes, throttled
 from fedtier.client.swarm import load_conditions, summarize_conditions
@@ -148,14 +148,6 @@ def test_a_client_waiting_out_its_conditions_leaves_its_task_slot_to_others(tmp_
 
 
 # ---------------------------------------------------------------- over real processes
-def wait_until(condition, timeout: float, what: str, procs: ProcessGroup):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{procs.dump_logs()}")
 
 
 def active(handle: CombinerClient) -> set[str]:

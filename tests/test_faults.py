@@ -11,26 +11,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
+from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port, wait_until
 from fedtier.helpers import get_helper
 from fedtier.proto import fedtier_pb2 as pb
 from test_combiner_network import push_seed, start_network
 
 SHIFT = str(TEST_PROJECTS / "numpy_shift")
 helper = get_helper("numpy")
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition", procs: ProcessGroup | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{procs.dump_logs()}" if procs else ""))
 
 
 # ---------------------------------------------------------------- a client dies

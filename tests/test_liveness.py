@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, ProcessGroup, free_port, wait_for_port
+from conftest import ROOT, ProcessGroup, free_port, wait_for_port, wait_until
 from fedtier.helpers import get_helper
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.reducer.combiner_client import CombinerClient
@@ -48,16 +48,6 @@ class Watcher:
 
 def active(handle: CombinerClient) -> set[str]:
     return {c.name for c in handle.status(timeout=10).clients if c.active}
-
-
-def wait_until(condition, timeout: float, what: str, procs: ProcessGroup):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{procs.dump_logs()}")
 
 
 @pytest.mark.timeout(60)

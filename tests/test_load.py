@@ -23,7 +23,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import ROOT, ProcessGroup, free_port, wait_for_port
+from conftest import ROOT, ProcessGroup, free_port, wait_for_port, wait_until
 from fedtier.helpers import get_helper
 from fedtier.reducer.combiner_client import CombinerClient
 
@@ -44,19 +44,6 @@ MiB = 1 << 20
 # kept in memory would be 40 MiB, 120 MiB by round 5.
 RSS_GROWTH_AFTER_ROUND_2_MIB = 50
 COMBINER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
-
-
-def wait_until(condition, timeout: float, what: str, procs: ProcessGroup):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{procs.dump_logs()}")
 
 
 def _status(process: psutil.Process) -> str:

@@ -24,7 +24,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from conftest import ROOT, ProcessGroup
+from conftest import ROOT, ProcessGroup, wait_until
 from fedtier.client.context import TaskContext
 from fedtier.client.pool import WorkerPool
 from fedtier.client.project import Project, ProjectError
@@ -71,16 +71,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 import requests
 
-from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port
+from conftest import TEST_PROJECTS, ProcessGroup, free_port, wait_for_port, wait_until
 from fedtier.helpers import get_helper
 
 helper = get_helper("numpy")
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_session(url: str, rounds: int) -> dict:

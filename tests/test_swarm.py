@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 from fedtier.client.swarm import Swarm
 from fedtier.launch.cli import build_parser
 from fedtier.combiner.server import CombinerServer, CombinerSettings
@@ -41,16 +41,6 @@ def train(in_path, out_path, ctx):
 def validate(in_path, ctx):
     return {"num_examples": 1}
 '''
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def swarm_threads(prefix: str) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from fedtier.client.swarm import Swarm
 from fedtier.combiner.server import CombinerServer, CombinerSettings
 from fedtier.config import Settings
@@ -50,13 +50,6 @@ def train(in_path, out_path, ctx):
 def validate(in_path, ctx):
     return {"num_examples": 50, "accuracy": 0.5 + 0.1 * ctx.round_number, "loss": 0.9 / ctx.round_number}
 '''
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
