@@ -67,27 +67,22 @@ def _port(text: str) -> int:
     return port
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a count is an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count_in(low: int, high: int) -> Callable[[str], int]:
-    """An integer option bounded to ``low..high``, refused by argparse with the bound named."""
+def _count_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer option bounded to ``low..high`` (no upper bound without ``high``), refused by
+    argparse with the bound named."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"a count is an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
     return parse
+
+
+_at_least_one = _count_in(1)
 
 
 def _positive_seconds(text: str) -> float:

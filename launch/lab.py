@@ -46,13 +46,10 @@ class LabError(LaunchError):
     """The lab could not run its scenario; says why."""
 
 
-def client_names(scenario: Scenario) -> list[tuple[int, int, str]]:
-    """(swarm process, index in it, name) for client k = 0..clients-1, in k order: the
-    clients are cut into contiguous blocks, one per swarm process."""
-    out = []
-    for j, (start, count) in enumerate(swarm_blocks(scenario)):
-        out += [(j, i, f"{SWARM_PREFIX}{j}-{i}") for i in range(count)]
-    return out
+def client_names(scenario: Scenario) -> list[str]:
+    """Client k's name, k = 0..clients-1: the clients are cut into contiguous blocks, one per
+    swarm process, and swarm j names its i-th ``lab<j>-<i>``."""
+    return [f"{SWARM_PREFIX}{j}-{i}" for j, (_, count) in enumerate(swarm_blocks(scenario)) for i in range(count)]
 
 
 def swarm_blocks(scenario: Scenario) -> list[tuple[int, int]]:
@@ -136,8 +133,7 @@ class Lab:
         self.stop = stop or threading.Event()
         self.port = port
         self.project = Project.load(scenario.project)
-        self.names = client_names(scenario)
-        self.group_of = dict(zip((n for _, _, n in self.names), scenario.group_of_clients()))
+        self.group_of = dict(zip(client_names(scenario), scenario.group_of_clients()))
         self.rows: list[dict[str, Any]] = []
         self.started = time.time()
         self.epoch = self.started       # the clients' trace origin, set when they are started
@@ -213,10 +209,10 @@ class Lab:
         self.epoch = epoch
 
     def _expected_online(self) -> int:
-        """Clients whose trace does not keep them offline now."""
+        """Clients whose group's trace does not keep them offline now."""
         now = time.time() - self.epoch
-        offline = {g.name: any(a <= now < b for a, b in g.conditions.get("offline", ())) for g in self.scenario.groups}
-        return sum(0 if offline[g] else 1 for g in self.group_of.values())
+        return sum(g.count for g in self.scenario.groups
+                   if not any(a <= now < b for a, b in g.conditions.get("offline", ())))
 
     def _wait_for_clients(self, net: LocalNetwork) -> None:
         last = -1
@@ -247,7 +243,7 @@ class Lab:
         base = 0
         deadline = time.monotonic() + 10  # a swarm writes its stats every 2 s
         while time.monotonic() < deadline:
-            totals = [t for t in self._swarm_totals() if t.get("base_rss_bytes")]
+            totals = [f.get("totals", {}) for f in self._swarm_files() if f.get("totals", {}).get("base_rss_bytes")]
             if len(totals) == self.scenario.processes:
                 base = sum(t["base_rss_bytes"] for t in totals)
                 break
@@ -256,13 +252,15 @@ class Lab:
                 "swarm_base_rss_bytes": base or None,
                 "bytes_per_client": (now["swarms"] - base) / self.scenario.clients if base else None}
 
-    def _swarm_totals(self) -> list[dict[str, Any]]:
+    def _swarm_files(self) -> list[dict[str, Any]]:
+        """Each swarm's stats file as it last wrote it (``totals``, per-client ``clients``); one
+        being replaced is skipped (the next read sees it whole)."""
         out = []
         for path in sorted((self.out / "swarms").glob("stats-*.json")):
             try:
-                out.append(json.loads(path.read_text()).get("totals", {}))
-            except (OSError, ValueError):  # being replaced: the next read sees it whole
-                continue
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:
+                log.debug("swarm stats %s unreadable now: %s", path, exc)
         return out
 
     # ---- following the session
@@ -300,25 +298,24 @@ class Lab:
     def _summary(self, net: LocalNetwork, session: Mapping[str, Any], peaks: Mapping[str, int],
                  idle: Mapping[str, Any], failure: str | None) -> dict[str, Any]:
         s = self.scenario
-        stats = self._swarm_stats()
+        stats = {name: figures for f in self._swarm_files() for name, figures in f.get("clients", {}).items()}
         groups = {}
         for g in s.groups:
             rows = [r["groups"].get(g.name, {}) for r in self.rows]
             chosen = sum(r.get("chosen", 0) for r in rows)
             updated = sum(r.get("updated", 0) for r in rows)
-            seconds = [t for r in self.rows for t in r["groups"].get(g.name, {}).get("_task_seconds", [])]
+            timed = sum(r.get("timed", 0) for r in rows)
+            maxima = [r["task_seconds_max"] for r in rows if r.get("task_seconds_max") is not None]
             members = [n for n, grp in self.group_of.items() if grp == g.name]
             groups[g.name] = {
                 "clients": g.count, "conditions": dict(g.conditions), "chosen": chosen, "updated": updated,
                 "failed": sum(r.get("failed", 0) for r in rows),
                 "participation": updated / chosen if chosen else None,
-                "task_seconds_mean": sum(seconds) / len(seconds) if seconds else None,
-                "task_seconds_max": max(seconds) if seconds else None,
+                "task_seconds_mean": sum(r["task_seconds_mean"] * r["timed"] for r in rows if r.get("timed"))
+                / timed if timed else None,
+                "task_seconds_max": max(maxima, default=None),
                 **{key: sum(stats.get(n, {}).get(key, 0) for n in members)
                    for key in ("dropouts", "crashes", "offline_periods", "connects")}}
-        for row in self.rows:  # the per-task lists served the totals above; the summary keeps the figures
-            for figures in row["groups"].values():
-                figures.pop("_task_seconds", None)
         good = [r for r in self.rows if r["status"] == "success"]
         summary: dict[str, Any] = {
             "scenario": s.to_record(), "output": str(self.out), "dashboard": net.url + "/",
@@ -337,15 +334,6 @@ class Lab:
             summary["tasks"] = tasks
         return summary
 
-    def _swarm_stats(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for path in sorted((self.out / "swarms").glob("stats-*.json")):
-            try:
-                out.update(json.loads(path.read_text()).get("clients", {}))
-            except (OSError, ValueError) as exc:
-                log.warning("swarm stats %s unreadable: %s", path, exc)
-        return out
-
 
 # ---------------------------------------------------------------- reading rounds
 def round_row(doc: Mapping[str, Any], group_of: Mapping[str, str]) -> dict[str, Any]:
@@ -357,19 +345,21 @@ def round_row(doc: Mapping[str, Any], group_of: Mapping[str, str]) -> dict[str, 
     groups: dict[str, dict[str, Any]] = {}
     for combiner in combiners:
         for task in combiner.get("clients") or []:
-            g = groups.setdefault(group_of.get(task["client"], "?"),
-                                  {"chosen": 0, "updated": 0, "failed": 0, "_task_seconds": []})
+            g = groups.setdefault(group_of.get(task["client"], "?"), {"chosen": 0, "updated": 0, "failed": 0,
+                                                                      "timed": 0, "task_seconds_max": None})
             g["chosen"] += 1
             if task["client"] in counted:
                 g["updated"] += 1
             if task.get("state") == "failed":
                 g["failed"] += 1
             if task.get("state") == "reported" and task.get("ended") is not None:
-                g["_task_seconds"].append(float(task["ended"]))
-    for g in groups.values():
-        seconds = g["_task_seconds"]
-        g["task_seconds_mean"] = round(sum(seconds) / len(seconds), 3) if seconds else None
-        g["task_seconds_max"] = round(max(seconds), 3) if seconds else None
+                ended = float(task["ended"])
+                g["task_seconds_mean"] = g.get("task_seconds_mean", 0.0) + ended  # a sum until the end
+                g["timed"] += 1
+                g["task_seconds_max"] = max(g["task_seconds_max"] or 0.0, ended)
+    for g in groups.values():  # "timed": the reported tasks with a time, which the mean is over
+        total = g.pop("task_seconds_mean", None)
+        g["task_seconds_mean"] = total / g["timed"] if g["timed"] else None
     scores = {**(doc.get("metrics") or {}), **(doc.get("reducer_metrics") or {})}
     tasks = task_accuracies(scores)
     return {"round": doc["round"], "status": doc["status"], "error": doc.get("error"),

@@ -245,8 +245,6 @@ def _check_schema(data: Mapping[str, Any]) -> None:
         extra = sorted(set(error.instance) - set(_schema_at(error.absolute_path).get("properties", {})))
         where = _path([*error.absolute_path, extra[0]]) if extra else where
         raise ScenarioError(where, f"unknown setting (known: {known})")
-    if error.validator == "required":
-        raise ScenarioError(where or "scenario", error.message)
     raise ScenarioError(where or "scenario", error.message)
 
 
