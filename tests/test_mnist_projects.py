@@ -165,10 +165,15 @@ def test_heterogeneity_config_restricts_training_and_adds_task_accuracies(
 
 
 # ---------------------------------------------------------------------------- the real network
-@pytest.mark.parametrize("name", PROJECTS)
+@pytest.mark.parametrize("name", ["mnist-pytorch"])
 def test_sandbox_reaches_90_percent_in_two_rounds(name: str, tmp_path: Path) -> None:
     """3 clients, 2 combiners (2 clients on one, 1 on the other), 6000 training images in
     total, 2 rounds, real processes.
+
+    mnist-pytorch only, in the suite: the same run of mnist-keras (22 s) moved to
+    bench/mnist_full.py (both projects over the network at full size) to keep ``make test``
+    under its 12 minutes; the keras project's training and validation stay checked here, in
+    process, by the tests above.
 
     Measured test accuracy after rounds 1 and 2 (two runs each): 0.947-0.956 then 0.961-0.971
     (pytorch), 0.921-0.949 then 0.964-0.965 (keras); 23-24 s and 33-36 s on 2 idle cores. With 5 clients (1200 images each, as the issue's
