@@ -7,9 +7,16 @@ often as the combiner says: a fallback that tells it when the combiner has forgo
 it. When the combiner goes away the stream (its keepalive pings) or the heartbeats
 fail; the client then backs off exponentially, asks for a combiner again, and resumes
 taking tasks when one answers.
+
+The connection is asyncio (grpc.aio): ``serve`` is a coroutine, so one process can run
+thousands of clients on one loop (client/swarm.py) and a lone client (``run``) is the same
+code on a loop of its own. A task is blocking work (the project's code, files, the lab's
+paced transfers) and runs in a thread of its own, calling the combiner through
+client/blocking.py.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import grpc
 import requests
@@ -35,7 +42,8 @@ from fedtier.ids import check_model_id
 from fedtier.memory import release_free_memory
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
-from fedtier.transport.channel import make_channel
+from fedtier.client.blocking import BlockingStub, BlockingTransfer, LoopCalls
+from fedtier.transport.channel import make_aio_channel, token_metadata
 from fedtier.transport.streams import CHUNK_SIZE, file_chunks, receive_to_file
 from fedtier.transport.wire import ModelTransferStub
 
@@ -82,8 +90,7 @@ class _Departure(Exception):
 
 
 class FedClient:
-    def __init__(self, settings: ClientSettings, project: Project | None = None,
-                 task_slots: threading.Semaphore | None = None) -> None:
+    def __init__(self, settings: ClientSettings, project: Project | None = None) -> None:
         if not settings.combiner and not settings.reducer_url:
             raise ValueError("a client needs a combiner address or a reducer URL")
         if project is None and settings.project is None and not settings.reducer_url:
@@ -94,17 +101,16 @@ class FedClient:
         (self.work_dir / "models").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "out").mkdir(parents=True, exist_ok=True)
         self.stats = ClientStats()
-        # each task runs holding a slot: clients sharing one process share its slots (client/swarm.py)
-        self.task_slots: Any = task_slots if task_slots is not None else contextlib.nullcontext()
+        self.running = False  # serve() is running (a swarm counts its live clients by it)
         self._cached: list[str] = []
         self._progress_unsupported = False  # the combiner predates ReportProgress: stop sending it
         if settings.attack is not None:
             log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
-        self._stream: Any = None  # the open task stream, so interrupt() can end it
-        self._stream_lock = threading.Lock()
+        self._stream: tuple[asyncio.AbstractEventLoop, Any] | None = None  # the open task stream, for interrupt()
+        self._ended_here = False  # this side ended the task stream (its cancellation is no error)
         # lab conditions (client/conditions.py); a client without them behaves as before
         self.conditions = settings.conditions or Conditions()
-        self._slots = task_slots  # released while the client waits out its conditions
+        self._held_slot: Any = None  # the task slot the running task holds, released while it waits
         self._wake = threading.Event()  # ends those waits early: stopping, or an offline window began
         self._dropout_draws = random.Random(f"{self.conditions.seed}:dropout")  # one stream per kind, so
         self._crash_draws = random.Random(f"{self.conditions.seed}:crash")      # one does not shift the other
@@ -125,14 +131,26 @@ class FedClient:
         self.project.warm_up()
         log.info("%s: project %s loaded in %.1fs", self.settings.name, self.project.root.name,
                  time.perf_counter() - started)
+        run_clients([self], stop)
+
+    async def serve(self, stop: asyncio.Event, slots: TaskSlots) -> None:
+        """This client's connection, on the running loop, until ``stop`` is set: find a
+        combiner, connect, take tasks; after a lost connection back off and start again."""
+        self.running = True
+        try:
+            await self._serve(stop, slots)
+        finally:
+            self.running = False
+
+    async def _serve(self, stop: asyncio.Event, slots: TaskSlots) -> None:
         delay = self.settings.backoff_initial
         self._epoch = self.conditions.epoch or time.time()
         while not stop.is_set():
-            if not self._stay_offline(stop):
+            if not await self._stay_offline(stop):
                 break
             try:
-                address = self._combiner_address()
-                if self._session(address, stop):
+                address = self.settings.combiner or await asyncio.to_thread(self._combiner_address)
+                if await self._session(address, stop, slots):
                     delay = self.settings.backoff_initial  # it was connected: start backoff afresh
             except (grpc.RpcError, ConnectionError) as exc:
                 log.warning("%s: %s", self.settings.name, _describe(exc))
@@ -144,11 +162,11 @@ class FedClient:
             away = self._rejoin_at - time.monotonic()
             if away > 0:  # it left on purpose (dropout, crash): back after rejoin_s, not a backoff
                 log.info("%s: away for %.1fs", self.settings.name, away)
-                stop.wait(away)
+                await _wait(stop, away)
                 continue
             wait = delay * random.uniform(0.8, 1.2)
             log.info("%s: reconnecting in %.1fs", self.settings.name, wait)
-            stop.wait(wait)
+            await _wait(stop, wait)
             delay = min(delay * 2, self.settings.backoff_max)
 
     def _fetch_project(self, stop: threading.Event) -> Project | None:
@@ -166,6 +184,8 @@ class FedClient:
         return None
 
     def _combiner_address(self) -> str:
+        """Ask the reducer (blocking: the loop runs it in its default executor, whose few
+        threads also keep a swarm's thousands of clients from asking all at once)."""
         if self.settings.combiner:
             return self.settings.combiner
         url = self.settings.reducer_url.rstrip("/") + "/assign"  # type: ignore[union-attr]
@@ -180,37 +200,46 @@ class FedClient:
         body = reply.json()
         return f"{body['host']}:{body['port']}"
 
-    def _session(self, address: str, stop: threading.Event) -> bool:
-        """One connection to one combiner; returns whether it got connected at all."""
-        channel = make_channel(address, token=self.settings.token, ca_file=self.settings.tls_ca or None)
+    async def _session(self, address: str, stop: asyncio.Event, slots: TaskSlots) -> bool:
+        """One connection to one combiner; returns whether it got connected at all.
+
+        The task stream is read here, on the loop; a task runs in a thread of its own
+        (``_run_task``) while this waits, so the stream is read again once it is done."""
+        loop = asyncio.get_running_loop()
+        channel = make_aio_channel(address, ca_file=self.settings.tls_ca or None)
+        metadata = token_metadata(self.settings.token)
         stub = rpc.CombinerStub(channel)
-        transfer = ModelTransferStub(channel)
-        done = threading.Event()
+        calls = LoopCalls(loop, metadata)
+        blocking = (BlockingStub(stub, calls), BlockingTransfer(ModelTransferStub(channel), calls))
+        helpers: list[asyncio.Task[Any]] = []
+        self._ended_here = False
         try:
-            reply = stub.Connect(pb.ConnectRequest(client_name=self.settings.name, version=__version__), timeout=10)
+            reply = await stub.Connect(pb.ConnectRequest(client_name=self.settings.name, version=__version__),
+                                       timeout=10, metadata=metadata)
             self.stats.connects += 1
             log.info("%s: connected to combiner %s at %s", self.settings.name, reply.combiner_name, address)
-            stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name))
-            with self._stream_lock:
-                self._stream = stream
-            if stop.is_set():  # stopped while connecting: interrupt() found no stream to end
-                stream.cancel()
-            beat = threading.Thread(target=self._heartbeats, name=f"{self.settings.name}-heartbeat", daemon=True,
-                                    args=(stub, stream, max(0.1, reply.heartbeat_interval_s), stop, done))
-            beat.start()
-            self._watch_offline(channel, done, stop)
+            stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name), metadata=metadata)
+            self._stream = (loop, stream)
+            helpers.append(loop.create_task(self._end_on(stop, stream)))
+            helpers.append(loop.create_task(self._heartbeats(stub, stream, max(0.1, reply.heartbeat_interval_s),
+                                                             metadata, stop)))
+            self._watch_offline(channel, helpers)
             try:
-                for task in stream:
+                async for task in stream:
                     if self._draw(self._dropout_draws, self.conditions.dropout):
                         self._leave("dropout", task)
                         return True  # abandoned unanswered: the channel closes below
-                    with self.task_slots:
-                        self._handle(task, stub, transfer)
+                    await slots.run(self, task, *blocking)
             except _Departure as exc:
                 if self._offline_now:
                     log.info("%s: task abandoned, disconnected (offline window): %s", self.settings.name,
                              exc.__cause__ or exc)
                 return True
+            except asyncio.CancelledError:
+                if not self._ended_here:  # this coroutine itself is cancelled, not the stream
+                    raise
+                if self._offline_now:
+                    log.info("%s: disconnected (offline window)", self.settings.name)
             except grpc.RpcError as exc:
                 if self._offline_now:
                     log.info("%s: disconnected (offline window)", self.settings.name)
@@ -218,36 +247,47 @@ class FedClient:
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
             return True
         finally:
-            with self._stream_lock:
-                self._stream = None
-            done.set()
-            channel.close()
+            self._stream = None
+            for helper in helpers:
+                helper.cancel()
+            await channel.close()
+
+    def _end_stream(self, stream: Any) -> None:
+        """End the task stream from this side (stopping, a forgotten client, an offline window)."""
+        self._ended_here = True
+        stream.cancel()
+
+    async def _end_on(self, stop: asyncio.Event, stream: Any) -> None:
+        await stop.wait()
+        self._wake.set()  # a wait for the lab's conditions ends now too
+        self._end_stream(stream)
 
     def interrupt(self) -> None:
         """End the open task stream now (after ``stop`` is set: ``run`` then returns once a
         task in progress is done), rather than at the next heartbeat, which may be seconds away."""
         self._wake.set()  # a wait for the lab's conditions ends now too
-        with self._stream_lock:
-            stream = self._stream
-        if stream is not None:
-            stream.cancel()
+        open_stream = self._stream
+        if open_stream is not None:
+            loop, stream = open_stream
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._end_stream, stream)
 
     # ---- lab conditions (client/conditions.py)
     def _idle(self, seconds: float) -> None:
         """Wait ``seconds`` as the lab's conditions say (a slow device's rest of the training, a
         thin link, latency) without holding a task slot: the clients of a swarm share the
         slots and the CPU, and a client that only waits must leave both to the others. Ends
-        early when the client stops or goes offline."""
+        early when the client stops or goes offline. Called in the task's thread."""
         if seconds <= 0 or self._wake.is_set():
             return
-        slots = self._slots
-        if slots is not None:
-            slots.release()
+        held = self._held_slot
+        if held is not None:
+            held.release()
         try:
             self._wake.wait(seconds)
         finally:
-            if slots is not None:
-                slots.acquire()
+            if held is not None:
+                held.acquire()
 
     @staticmethod
     def _draw(draws: random.Random, probability: float) -> bool:
@@ -271,7 +311,7 @@ class FedClient:
                 return i, self._epoch + start, self._epoch + end
         return None
 
-    def _stay_offline(self, stop: threading.Event) -> bool:
+    async def _stay_offline(self, stop: asyncio.Event) -> bool:
         """Before connecting: wait out an offline window the client is in; False if stopped meanwhile."""
         while not stop.is_set():
             window = self._offline_window(time.time())
@@ -282,61 +322,68 @@ class FedClient:
                 self._offline_seen.add(index)
                 self.stats.offline_periods += 1
                 log.info("%s: offline (lab trace) for %.1fs", self.settings.name, end - time.time())
-            stop.wait(end - time.time())
+            await _wait(stop, end - time.time())
         return False
 
-    def _watch_offline(self, channel: grpc.Channel, done: threading.Event, stop: threading.Event) -> None:
+    def _watch_offline(self, channel: grpc.aio.Channel, helpers: list[asyncio.Task[Any]]) -> None:
         """While connected, tear the connection down when the next offline window begins."""
         self._offline_now = False
-        if not stop.is_set():
-            self._wake.clear()
+        self._wake.clear()
         window = self._offline_window(time.time())
         if window is None:
             return
 
-        def watch() -> None:
-            index, start, _ = window
-            if done.wait(max(0.0, start - time.time())):
-                return
+        async def watch() -> None:
+            index, start, end = window
+            await asyncio.sleep(max(0.0, start - time.time()))
             if index not in self._offline_seen:
                 self._offline_seen.add(index)
                 self.stats.offline_periods += 1
-            log.info("%s: offline (lab trace) for %.1fs", self.settings.name, window[2] - time.time())
+            log.info("%s: offline (lab trace) for %.1fs", self.settings.name, end - time.time())
             self._offline_now = True
+            self._ended_here = True
             self._wake.set()
-            channel.close()  # every call in flight ends: whatever task is open is abandoned
+            await channel.close()  # every call in flight ends: whatever task is open is abandoned
 
-        threading.Thread(target=watch, name=f"{self.settings.name}-offline", daemon=True).start()
+        helpers.append(asyncio.get_running_loop().create_task(watch()))
 
     def _throttle(self, bps: float) -> Throttle | None:
         return Throttle(bps, sleep=self._idle) if bps > 0 else None
 
-    def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
-                    stop: threading.Event, done: threading.Event) -> None:
+    async def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
+                          metadata: tuple[tuple[str, str], ...], stop: asyncio.Event) -> None:
+        """Heartbeat as often as the combiner asked; cancelled when the session ends."""
         misses = 0
-        while not done.wait(interval):
+        while True:
+            await asyncio.sleep(interval)
             if stop.is_set():
-                stream.cancel()
                 return
             try:
-                if not stub.Heartbeat(pb.HeartbeatRequest(client_name=self.settings.name),
-                                      timeout=max(2 * interval, 2.0)).known:
+                reply = await stub.Heartbeat(pb.HeartbeatRequest(client_name=self.settings.name),
+                                             timeout=max(2 * interval, 2.0), metadata=metadata)
+                if not reply.known:
                     log.warning("%s: combiner no longer knows this client; reconnecting", self.settings.name)
-                    stream.cancel()
+                    self._end_stream(stream)
                     return
                 misses = 0
-            except ValueError:  # the channel was closed under it (an offline window): the session ends
-                return
             except grpc.RpcError as exc:
                 misses += 1
                 if misses >= 3:
                     log.warning("%s: %d heartbeats failed (%s); reconnecting", self.settings.name, misses,
                                 _describe(exc))
-                    stream.cancel()
+                    self._end_stream(stream)
                     return
 
     # ---- tasks
-    def _handle(self, task: pb.Task, stub: rpc.CombinerStub, transfer: ModelTransferStub) -> None:
+    def _run_task(self, held_slot: Any, task: pb.Task, stub: Any, transfer: Any) -> None:
+        """A task, in a thread of its own (TaskSlots.run), holding ``held_slot`` (or None)."""
+        self._held_slot = held_slot
+        try:
+            self._handle(task, stub, transfer)
+        finally:
+            self._held_slot = None
+
+    def _handle(self, task: pb.Task, stub: Any, transfer: Any) -> None:
         kind = "train" if task.type == pb.TRAIN else "validate"
         log.info("%s: %s task for round %d (%s)", self.settings.name, kind, task.round_number, task.round_id)
         timings: dict[str, float] = {}
@@ -414,7 +461,7 @@ class FedClient:
             stub.ReportFailure(pb.TaskFailure(client_name=self.settings.name, task_id=task.task_id,
                                               round_id=task.round_id, error=str(exc)[:4000]))
 
-    def _progress(self, stub: rpc.CombinerStub, task: pb.Task, phase: int) -> None:
+    def _progress(self, stub: Any, task: pb.Task, phase: int) -> None:
         """Tell the combiner this task entered ``phase``, for its live view. The task does not
         depend on it: a refusal or a combiner from before ReportProgress is logged, not raised
         (a lost connection shows at the next call the task makes)."""
@@ -452,14 +499,14 @@ class FedClient:
         self._leave("crash", task)
         raise _Departure("crash")
 
-    def _upload(self, transfer: ModelTransferStub, path: Path) -> pb.UploadResponse:
+    def _upload(self, transfer: Any, path: Path) -> pb.UploadResponse:
         self._idle(self.conditions.latency_s)
         throttle = self._throttle(self.conditions.upload_bps)
         chunks = file_chunks(path, client_name=self.settings.name,
                              chunk_size=throttle.chunk_size(CHUNK_SIZE) if throttle else CHUNK_SIZE)
         return transfer.UploadModel(throttled(chunks, throttle, data_bytes))
 
-    def _download(self, transfer: ModelTransferStub, model_id: str) -> Path:
+    def _download(self, transfer: Any, model_id: str) -> Path:
         target = self.work_dir / "models" / check_model_id(model_id)
         if target.is_file():
             return target
@@ -481,3 +528,118 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc)
+
+
+class TaskSlots:
+    """At most ``count`` tasks of the clients on one loop run at once (0: no bound; client/swarm.py
+    says why a swarm wants a bound). A session takes a slot before its task's thread starts; the
+    thread gives it back while the task only waits (``FedClient._idle``) and takes one again after."""
+
+    def __init__(self, count: int = 0) -> None:
+        if count < 0:
+            raise ValueError(f"task slots must not be negative, got {count}")
+        self.count = count
+        self._free = asyncio.Semaphore(count) if count else None
+
+    async def run(self, client: FedClient, task: pb.Task, stub: Any, transfer: Any) -> None:
+        """Run ``client``'s task in a thread of its own, holding a slot; raises what the task raised."""
+        loop = asyncio.get_running_loop()
+        held = None
+        if self._free is not None:
+            await self._free.acquire()
+            held = _HeldSlot(self._free, loop)
+        try:
+            await _in_thread(f"{client.settings.name}-task", client._run_task, held, task, stub, transfer)
+        finally:
+            if held is not None and held.held:
+                self._free.release()  # type: ignore[union-attr]
+
+
+class _HeldSlot:
+    """A task's slot as its thread sees it: ``release`` while waiting, ``acquire`` after."""
+
+    def __init__(self, free: asyncio.Semaphore, loop: asyncio.AbstractEventLoop) -> None:
+        self.free = free
+        self.loop = loop
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.loop.call_soon_threadsafe(self.free.release)
+
+    def acquire(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.free.acquire(), self.loop).result()
+        self.held = True
+
+
+async def _in_thread(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new thread, awaited. Not the loop's executor: its few threads would
+    make a slow task (one that waits out its lab conditions, slot released) hold up others."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def body() -> None:
+        try:
+            outcome: tuple[Callable[[Any], None], Any] = (done.set_result, fn(*args))
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting coroutine)
+            outcome = (done.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it any more
+            loop.call_soon_threadsafe(_settle, done, *outcome)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future[Any], setter: Callable[[Any], None], value: Any) -> None:
+    if not future.done():
+        setter(value)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+def run_clients(clients: Sequence[FedClient], stop: threading.Event, task_slots: int = 0,
+                start_interval: float = 0.0, started: threading.Event | None = None) -> None:
+    """Serve ``clients`` on one event loop in this thread until ``stop`` is set.
+
+    Their connections, task streams and heartbeats are coroutines: an idle client holds no
+    thread, so one process holds thousands. Each task runs in a thread of its own, at most
+    ``task_slots`` at once (0: no bound). The clients start ``start_interval`` seconds apart;
+    ``started`` is set once all of them have."""
+    asyncio.run(_serve_all(clients, stop, TaskSlots(task_slots), start_interval, started))
+
+
+async def _serve_all(clients: Sequence[FedClient], stop: threading.Event, slots: TaskSlots,
+                     start_interval: float, started: threading.Event | None) -> None:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+
+    def relay() -> None:  # the caller's threading.Event, seen on the loop
+        stop.wait()
+        with contextlib.suppress(RuntimeError):  # the loop ended first
+            loop.call_soon_threadsafe(stopped.set)
+
+    threading.Thread(target=relay, name="client-stop", daemon=True).start()
+    serving = []
+    try:
+        for client in clients:
+            if stopped.is_set():
+                break
+            serving.append(loop.create_task(_serve_one(client, stopped, slots)))
+            await _wait(stopped, start_interval)
+        log.info("%d clients started", len(serving))
+    finally:
+        if started is not None:
+            started.set()
+    await asyncio.gather(*serving)
+
+
+async def _serve_one(client: FedClient, stop: asyncio.Event, slots: TaskSlots) -> None:
+    try:
+        await client.serve(stop, slots)
+    except Exception:  # one broken client must not take the others with it
+        log.exception("%s: stopped by an unexpected error", client.settings.name)

@@ -4,25 +4,21 @@
         --name-prefix s0 [--partition-count 200 --partition-offset 0] [--stats stats.json]
 
 Each virtual client is a real :class:`FedClient` with its own name, work directory,
-gRPC channel, heartbeat thread and task stream, so a combiner cannot tell it from a
-client on a machine of its own. The clients share what one interpreter would not
-load twice: the project (its entry points imported once) and the stop event.
-
-Threads: a client costs three, its task stream reader (running ``FedClient.run``), its
-heartbeat thread and its channel's gRPC polling thread: 50 clients are about 155
-threads, 200 about 610.
+gRPC channel and task stream, so a combiner cannot tell it from a client on a machine of its
+own. The clients share what one interpreter would not load twice: the project (its entry
+points imported once), and one event loop: a client's connection, task stream and heartbeats
+are coroutines on it (``run_clients``), so an idle client holds no thread and one process
+holds thousands. A task runs in a thread of its own while it lasts.
 
 Task slots: the clients of one process share one GIL. When all of them run a task at
-once (download, train, upload: Python code throughout), several hundred threads draw
-lots for the GIL every 5 ms; a heartbeat thread then waits seconds for its turn (measured
-with 200 clients in one process on 2 cores: heartbeat gaps up to 17 s; a combiner with
-``--liveness heartbeat`` and a 10 s timeout marked live clients inactive, one that goes by
-the open stream, the default, does not).
-Running 200 tasks "at once" in one interpreter is no faster than running a few at a
-time, so a swarm runs at most ``task_slots`` tasks at once (default 8; the others wait
-for a slot with their task in hand, heartbeating). The heartbeat gap then stays at the
-interval and rounds get faster (docs/reliability.md, "Load"). ``task_slots=0`` lifts
-the limit, to reproduce the problem.
+once (download, train, upload: Python code throughout), hundreds of threads draw lots for
+the GIL every 5 ms and the loop that serves every client's stream and heartbeats waits its
+turn like any of them (measured with 200 threaded clients in one process on 2 cores:
+heartbeat gaps up to 17 s). Running 200 tasks "at once" in one interpreter is no faster
+than running a few at a time, so a swarm runs at most ``task_slots`` tasks at once
+(default 8; the others wait for a slot with their task in hand). A task that only waits
+(the lab's slow, thin or distant clients) gives its slot back meanwhile. ``task_slots=0``
+lifts the limit.
 
 Worker pool: with ``workers`` > 0 the clients' train and validate calls run in that many
 worker processes (client/pool.py), each with the project loaded and ``worker_threads`` CPU
@@ -49,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedtier.client.client import ClientSettings, FedClient
+from fedtier.client.client import ClientSettings, FedClient, run_clients
 from fedtier.client.conditions import Conditions, ConditionsError
 from fedtier.client.pool import PooledProject, WorkerPool, check_pool_size
 from fedtier.client.project import Project
@@ -58,8 +54,8 @@ from fedtier.memory import process_rss_bytes
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 2000  # three threads each: beyond this, run more swarm processes
-MAX_CONDITIONS_BYTES = 64 << 20  # a --conditions file: 2,000 clients with long on/off traces fit
+MAX_CLIENTS = 10_000  # one loop serves them all; beyond this, run more swarm processes
+MAX_CONDITIONS_BYTES = 256 << 20  # a --conditions file: 10,000 clients with long on/off traces fit
 TASK_SLOTS = 8
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
@@ -76,33 +72,6 @@ def own_connections() -> None:
 
     if OWN_CONNECTION not in channel.CHANNEL_OPTIONS:
         channel.CHANNEL_OPTIONS.append(OWN_CONNECTION)
-
-
-#: seconds a blocked gRPC call of a swarm sleeps between checks (gRPC's own: 0.1 s)
-QUIET_WAIT_S = 2.0
-
-
-def quiet_waits(seconds: float = QUIET_WAIT_S) -> bool:
-    """Let the swarm's blocked gRPC calls sleep ``seconds`` between checks instead of 0.1 s.
-
-    gRPC's synchronous API wakes every blocked call ten times a second (``grpc._common.
-    MAXIMUM_WAIT_TIMEOUT``) only so that a signal handler never waits long when the
-    *main* thread is the one blocked; the call itself is woken by its condition when an
-    answer arrives or it is cancelled. A swarm's main thread never blocks in gRPC, but its
-    thousand clients each hold a task stream open: ten thousand wake-ups a second for
-    nothing, which took the CPU from the clients' training (docs/performance.md, "the lab
-    against Flower's simulation"). The constant is gRPC's private one: where a gRPC version
-    lacks it, nothing changes and False says so. Call it only in a process that runs nothing
-    but clients (``fedtier swarm``)."""
-    try:
-        from grpc import _common
-    except ImportError:
-        return False
-    if not isinstance(getattr(_common, "MAXIMUM_WAIT_TIMEOUT", None), (int, float)):
-        log.warning("this gRPC has no MAXIMUM_WAIT_TIMEOUT: the swarm's blocked calls wake as gRPC chooses")
-        return False
-    _common.MAXIMUM_WAIT_TIMEOUT = max(_common.MAXIMUM_WAIT_TIMEOUT, seconds)
-    return True
 
 
 class Swarm:
@@ -143,7 +112,6 @@ class Swarm:
         self.start_interval = max(0.0, start_interval)
         self.work_dir = Path(work_dir)
         self.task_slots = task_slots
-        slots = threading.BoundedSemaphore(task_slots) if task_slots else None
         self.clients: list[FedClient] = [
             FedClient(ClientSettings(
                 name=f"{name_prefix}-{k}", project=self.project.root, combiner=combiner, reducer_url=reducer_url,
@@ -152,14 +120,14 @@ class Swarm:
                 # each client presents its own credential (a credential names one client)
                 token=own_credential("", credentials_dir, f"{name_prefix}-{k}") if credentials_dir else token,
                 tls_ca=tls_ca, backoff_initial=backoff_initial, backoff_max=backoff_max, conditions=per_client[k]),
-                project=self.project, task_slots=slots)
+                project=self.project)
             for k in range(count)]
         summary = summarize_conditions(per_client)
         if summary:
             log.warning("swarm %s: lab conditions: %s", name_prefix, summary)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._starter: threading.Thread | None = None
+        self._started = threading.Event()
+        self._loop_thread: threading.Thread | None = None
         self.base_rss_bytes: int | None = None  # set by start()
 
     @property
@@ -167,59 +135,43 @@ class Swarm:
         return [c.settings.name for c in self.clients]
 
     def start(self, wait: bool = True) -> None:
-        """Start every client: returns once all their threads are started, or at once
-        with ``wait=False`` (a thread of the swarm's then starts them)."""
-        if self._starter is not None:
+        """Start every client: returns once all of them are started, or at once with ``wait=False``."""
+        if self._loop_thread is not None:
             raise RuntimeError("this swarm was already started")
-        self.project.warm_up()  # once, here, not raced by every client thread (with a pool: its workers)
+        self.project.warm_up()  # once, here, not raced by every client (with a pool: its workers)
         self.base_rss_bytes = process_rss_bytes()  # before any client: what the clients add is the rest
-        self._starter = threading.Thread(target=self._start_clients, name="swarm-start", daemon=True)
-        self._starter.start()
+        self._loop_thread = threading.Thread(target=self._serve, name="swarm-loop", daemon=True)
+        self._loop_thread.start()
         if wait:
-            self._starter.join()
+            self._started.wait()
 
-    def _start_clients(self) -> None:
-        for client in self.clients:
-            if self._stop.is_set():
-                return
-            thread = threading.Thread(target=self._run_client, args=(client,), name=client.settings.name,
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            if self.start_interval:
-                self._stop.wait(self.start_interval)
-        log.info("swarm: %d clients started", len(self._threads))
-
-    def _run_client(self, client: FedClient) -> None:
+    def _serve(self) -> None:
         try:
-            client.run(self._stop)
-        except Exception:  # one broken client must not take the swarm's report with it
-            log.exception("%s: stopped by an unexpected error", client.settings.name)
+            run_clients(self.clients, self._stop, self.task_slots, self.start_interval, self._started)
+        except Exception:  # logged here: the thread's end is what stop() and running() see
+            log.exception("swarm: its event loop ended with an error")
+        finally:
+            self._started.set()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop every client and wait for its threads; True when all of them ended in time.
+        """Stop every client and wait for them; True when all of them ended in time.
 
-        Each client's task stream is cancelled at once; a task in progress is finished first.
+        Each client's task stream is ended at once; a task in progress is finished first.
         """
         self._stop.set()
-        for client in self.clients:
-            client.interrupt()
-        deadline = time.monotonic() + timeout
-        if self._starter is not None:
-            self._starter.join(max(0.0, deadline - time.monotonic()))
-        for thread in list(self._threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout)
         for client in self.clients:
             client.close()
         if self.pool is not None:
             self.pool.close()  # after the clients: a task in progress was finished first
-        alive = [t.name for t in self._threads if t.is_alive()]
+        alive = [c.settings.name for c in self.clients if c.running]
         if alive:
             log.warning("swarm: %d clients still running after %gs: %s", len(alive), timeout, ", ".join(alive[:10]))
         return not alive
 
     def running(self) -> int:
-        return sum(1 for t in self._threads if t.is_alive())
+        return sum(1 for c in self.clients if c.running)
 
     # ---- what the clients did
     def stats(self) -> dict[str, dict[str, int]]:
@@ -290,7 +242,6 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
     """``fedtier swarm``: start the swarm, report now and then, stop on SIGINT/SIGTERM."""
     conditions = load_conditions(args.conditions, args.clients) if getattr(args, "conditions", "") else None
     own_connections()
-    quiet_waits()
     prefix = args.name_prefix or f"{settings.client_name_base}-swarm"
     swarm = Swarm(args.clients, prefix, project=Path(args.project), reducer_url=args.reducer or None,
                   combiner=args.combiner or None,

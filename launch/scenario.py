@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 import jsonschema
 import yaml
 
+from fedtier.client.swarm import MAX_CLIENTS as SWARM_MAX_CLIENTS
+
 #: bounds on what a scenario may ask of one machine (each a default; the file cannot raise them)
 MAX_SCENARIO_BYTES = 256 * 1024
 MAX_CLIENTS = 100_000
@@ -32,7 +34,7 @@ MAX_ROUNDS = 10_000
 MAX_GROUPS = 64
 MAX_WORKERS = 256
 MAX_WORKER_THREADS = 64
-MAX_CLIENTS_PER_PROCESS = 2_000   # a swarm process's own limit (client/swarm.py MAX_CLIENTS)
+MAX_CLIENTS_PER_PROCESS = SWARM_MAX_CLIENTS  # a swarm process's own limit
 DEFAULT_CLIENTS_PER_PROCESS = 500
 DEFAULT_QUORUM = 0.5              # of the clients asked per round, unless session.clients_required says
 MAX_SEED = 2 ** 31 - 1

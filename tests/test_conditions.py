@@ -2,6 +2,8 @@
 effect over real processes (a combiner and a swarm of clients in groups, rounds driven directly)."""
 from __future__ import annotations
 
+import asyncio
+
 import json
 import threading
 import time
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, ProcessGroup, free_port, wait_for_port, wait_until
-from fedtier.client.client import ClientSettings, FedClient
+from fedtier.client.client import ClientSettings, FedClient, TaskSlots
 from fedtier.client.conditions import Conditions, ConditionsError, Throttle, data_bytes, throttled
 from fedtier.client.swarm import load_conditions, summarize_conditions
 from fedtier.helpers import get_helper
@@ -133,17 +135,25 @@ def test_the_throttle_paces_a_stream_at_its_rate_however_it_is_cut(tmp_path: Pat
 
 
 def test_a_client_waiting_out_its_conditions_leaves_its_task_slot_to_others(tmp_path: Path) -> None:
-    slots = threading.BoundedSemaphore(1)
-    client = FedClient(ClientSettings(name="slow", project=NOOP, combiner="127.0.0.1:1", work_dir=tmp_path,
-                                      conditions=Conditions(speed=0.5)), task_slots=slots)
+    slow = FedClient(ClientSettings(name="slow", project=NOOP, combiner="127.0.0.1:1", work_dir=tmp_path / "s",
+                                    conditions=Conditions(speed=0.5)))
+    other = FedClient(ClientSettings(name="other", project=NOOP, combiner="127.0.0.1:1", work_dir=tmp_path / "o"))
     timings: dict[str, float] = {}
-    with slots:  # as a task holds it
-        waiting = threading.Thread(target=client._slow_down, args=(0.3, timings))
-        waiting.start()
-        assert slots.acquire(timeout=0.25), "the slot stayed held while the client only waited"
-        slots.release()
-        waiting.join(5)
-        assert not slots.acquire(blocking=False)  # the waiting client took its slot back
+    slow._handle = lambda task, stub, transfer: slow._slow_down(0.3, timings)  # its task: only the wait
+    other._handle = lambda task, stub, transfer: None
+
+    async def two_tasks() -> float:
+        slots = TaskSlots(1)
+        waiting = asyncio.create_task(slots.run(slow, pb.Task(), None, None))
+        await asyncio.sleep(0.05)  # the slow task holds the one slot, then gives it back to wait
+        started = time.monotonic()
+        await asyncio.wait_for(slots.run(other, pb.Task(), None, None), 0.25)  # else: the slot stayed held
+        took = time.monotonic() - started
+        await waiting
+        assert not slots._free.locked()  # type: ignore[union-attr]  # and both gave it back at the end
+        return took
+
+    assert asyncio.run(two_tasks()) < 0.25
     assert timings == {"slowdown": pytest.approx(0.3)}
 
 
