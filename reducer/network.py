@@ -12,6 +12,7 @@ combiner stays online, so clients are only moved when their combiner is gone.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -62,6 +63,10 @@ def client_why(doc: dict[str, Any], offline_combiners: set[str]) -> str | None:
     return f"assigned to {doc['combiner']}, no heartbeat yet" if doc.get("combiner") else "no heartbeat yet"
 
 
+#: seconds between recounts of the clients on each combiner for /assign (Network._combiner_load)
+LOAD_RECOUNT_S = 5.0
+
+
 class NoCombinerError(LookupError):
     """No combiner is online to take a client."""
 
@@ -92,6 +97,9 @@ class Network:
         self._live_rounds: dict[str, tuple[float, pb.RoundProgress]] = {}
         self._live_read_at: dict[str, float] = {}  # combiner -> when its Status was last read
         self._live_lock = threading.Lock()
+        # combiner -> clients assigned to it, as /assign balances them (``_combiner_load``)
+        self._load: dict[str, int] = {}
+        self._load_counted_at = -math.inf
 
     # ---- combiners
     def _token_for(self, name: str) -> Any:
@@ -298,11 +306,25 @@ class Network:
                 chosen = by_name[current["combiner"]]
             else:
                 # this client is on none of them (or it would have stayed put): count the others
-                load = {c["name"]: self.state.count(CLIENTS, where={"combiner": c["name"]}) for c in online}
+                load = self._combiner_load(by_name)
                 chosen = by_name[min(load, key=lambda n: (load[n], n))]
+                self._load[chosen["name"]] = load[chosen["name"]] + 1
+                if current and current.get("combiner") in self._load:
+                    self._load[current["combiner"]] = max(0, self._load[current["combiner"]] - 1)
             self.state.upsert(CLIENTS, client_name, {"name": client_name, "combiner": chosen["name"],
                                                      "assigned_at": time.time()})
         return {"combiner": chosen["name"], "host": chosen["address"], "port": chosen["port"]}
+
+    def _combiner_load(self, online: dict[str, Any]) -> dict[str, int]:
+        """Clients recorded on each online combiner. Counted in the store at most every
+        ``LOAD_RECOUNT_S`` and kept up by each assignment in between: counting on every request
+        scans every client, under the lock, and with thousands of clients joining at once
+        that made each /assign take seconds and most of them time out."""
+        now = time.monotonic()
+        if now - self._load_counted_at > LOAD_RECOUNT_S or set(online) - set(self._load):
+            self._load = {name: self.state.count(CLIENTS, where={"combiner": name}) for name in online}
+            self._load_counted_at = now
+        return {name: self._load.get(name, 0) for name in online}
 
     def clients(self) -> list[dict[str, Any]]:
         """Every client with its latest heartbeat, each with ``why`` it is not active."""

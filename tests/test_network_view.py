@@ -4,12 +4,14 @@ The same behaviour over real processes (a combiner killed and restarted on its p
 tests/test_faults.py::test_combiner_restart_clients_inactive_until_back; this pins each rule."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import grpc
 import pytest
 
 from fedtier.proto import fedtier_pb2 as pb
+from fedtier.reducer import network as network_module
 from fedtier.reducer.network import CLIENTS, COMBINERS, Network
 from fedtier.storage.sqlite import SQLiteStateStore
 
@@ -127,3 +129,29 @@ def test_a_slow_combiner_keeps_its_clients_until_it_goes_offline(view) -> None:
     network.offline_after_s = 0  # silent for longer than that: offline, and so are its clients
     assert network.refresh() == {}
     assert active(store) == [] and not store.get(COMBINERS, "c0")["online"]
+
+
+def test_assign_balances_many_joins_without_counting_every_client_on_each(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting each combiner's clients on every /assign scanned all of them under the lock,
+    so thousands joining at once took seconds each: the count is kept up between recounts."""
+    store = SQLiteStateStore(tmp_path / "state.sqlite")
+    network = Network(store, offline_after_s=60)
+    for port, name in enumerate(("c0", "c1"), start=1):
+        network.add_combiner(name, "127.0.0.1", port)
+    counts: list[object] = []
+    count = store.count
+    monkeypatch.setattr(store, "count", lambda collection, where=None: counts.append(where) or count(collection,
+                                                                                                      where=where))
+    monkeypatch.setattr(network_module, "LOAD_RECOUNT_S", 3600.0, raising=False)
+    homes = Counter(network.assign(f"client-{i}")["combiner"] for i in range(300))
+    assert homes == {"c0": 150, "c1": 150}
+    assert len(counts) == 2  # one recount, one query per combiner: not two per request
+    before = store.get(CLIENTS, "client-7")["combiner"]
+    assert network.assign("client-7")["combiner"] == before  # an assigned client stays put
+    # a recount sees what the store records otherwise (clients that dialled c1 directly)
+    for i in range(20):
+        store.upsert(CLIENTS, f"direct-{i}", {"name": f"direct-{i}", "combiner": "c1"})
+    monkeypatch.setattr(network_module, "LOAD_RECOUNT_S", 0.0)
+    assert Counter(network.assign(f"late-{i}")["combiner"] for i in range(20)) == {"c0": 20}
+    store.close()
