@@ -181,12 +181,12 @@ class Swarm:
                                   "crashes": c.stats.crashes, "offline_periods": c.stats.offline_periods}
                 for c in self.clients}
 
-    def totals(self) -> dict[str, Any]:
-        """Sums over the clients, and this process's memory: ``rss_bytes`` (this process),
-        ``base_rss_bytes`` (this process before its clients started: the difference is what
-        the clients cost) and ``worker_rss_bytes`` (its pool's workers together, 0 without a
-        pool); None where unreadable."""
-        per_client = list(self.stats().values())
+    def totals(self, stats: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+        """Sums over the clients (``stats`` when the caller has just read them), and this
+        process's memory: ``rss_bytes`` (this process), ``base_rss_bytes`` (this process before
+        its clients started: the difference is what the clients cost) and ``worker_rss_bytes``
+        (its pool's workers together, 0 without a pool); None where unreadable."""
+        per_client = list((stats if stats is not None else self.stats()).values())
         out = {key: sum(s[key] for s in per_client)
                for key in ("connects", "train", "validate", "failed", "dropouts", "crashes", "offline_periods")}
         out.update(clients=len(self.clients), connected=sum(1 for s in per_client if s["connects"] > 0),
@@ -196,12 +196,16 @@ class Swarm:
                    base_rss_bytes=self.base_rss_bytes)
         return out
 
-    def write_stats(self, path: str | os.PathLike) -> None:
-        """The stats as JSON, replaced atomically so a reader never sees half a file."""
+    def write_stats(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The stats as JSON, replaced atomically so a reader never sees half a file; returns
+        the totals written (each client read once: a swarm holds thousands)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"time": time.time(), "totals": self.totals(), "clients": self.stats()}))
+        stats = self.stats()
+        totals = self.totals(stats)
+        tmp.write_text(json.dumps({"time": time.time(), "totals": totals, "clients": stats}, separators=(",", ":")))
         os.replace(tmp, path)
+        return totals
 
 
 def summarize_conditions(conditions: Sequence[Conditions | None]) -> str:
@@ -253,9 +257,7 @@ def run_swarm(args: Any, settings: Any, stop: threading.Event) -> int:
     swarm.start(wait=False)
     last: dict[str, int] = {}
     while not stop.wait(max(0.2, args.stats_interval)):
-        if args.stats:
-            swarm.write_stats(args.stats)
-        totals = swarm.totals()
+        totals = swarm.write_stats(args.stats) if args.stats else swarm.totals()
         shown = ("connected", "reconnected", "train", "validate", "failed") + (
             ("dropouts", "crashes", "offline_periods") if conditions else ())
         now = {k: totals[k] for k in shown}

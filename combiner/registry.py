@@ -69,6 +69,7 @@ class ClientRegistry:
         self.max_streams = max_streams
         self._clock = clock
         self._clients: dict[str, ClientEntry] = {}
+        self._open = 0  # entries with stream_open: kept as they change, not counted over every client
         self._changed = threading.Condition()
 
     def connect(self, name: str) -> None:
@@ -119,6 +120,8 @@ class ClientRegistry:
                 log.warning("client %s opened a new task stream; its previous one ends", name)
                 entry.tasks.put(END_OF_STREAM)
             entry.stream_generation += 1
+            if not entry.stream_open:
+                self._open += 1
             entry.stream_open = True
             entry.tasks = mailbox if mailbox is not None else queue.Queue()
             entry.last_seen = self._clock()
@@ -130,6 +133,7 @@ class ClientRegistry:
             entry = self._clients.get(name)
             if entry is not None and entry.stream_generation == generation and entry.stream_open:
                 entry.stream_open = False
+                self._open -= 1
                 entry.tasks.put(END_OF_STREAM)
                 log.info("client %s task stream closed", name)
                 self._changed.notify_all()
@@ -157,7 +161,7 @@ class ClientRegistry:
         deadline = self._clock() + timeout
         with self._changed:
             while True:
-                active = sum(1 for e in self._clients.values() if self._is_active(e))
+                active = self._active()
                 remaining = deadline - self._clock()
                 if active >= count or remaining <= 0:
                     return active
@@ -176,7 +180,7 @@ class ClientRegistry:
     def counts(self) -> tuple[int, int]:
         """(clients with an open task stream, active clients): what the metrics show."""
         with self._changed:
-            return self._open_streams(), sum(1 for e in self._clients.values() if self._is_active(e))
+            return self._open, self._active()
 
     def _is_active(self, entry: ClientEntry) -> bool:
         if self.liveness == "stream":
@@ -184,4 +188,11 @@ class ClientRegistry:
         return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
 
     def _open_streams(self) -> int:
-        return sum(1 for e in self._clients.values() if e.stream_open)
+        return self._open
+
+    def _active(self) -> int:
+        """Active clients (hold the lock): with liveness "stream" the open streams, kept as a
+        count, since a round waiting for thousands is woken by every one that connects."""
+        if self.liveness == "stream":
+            return self._open
+        return sum(1 for e in self._clients.values() if self._is_active(e))

@@ -170,12 +170,16 @@ class ActiveRound:
         self._deferred: dict[str, str] = {}  # client -> model id of its accepted, not yet folded update
         self._arrived: dict[str, float] = {}  # client -> when its update was reported
         self._stale: dict[str, tuple[str, float]] = {}  # client -> (older base model, discount) the strategy took
+        # client -> its task ids: a report or a disconnect looks up its sender's tasks without
+        # reading every task of the round (thousands per combiner)
+        self._tasks_of: dict[str, list[str]] = {}
         self.states = TaskStates(self.kind)  # each task's state, for the live view and the timeline
 
     # ---- set-up and waiting, called by the runner
     def expect(self, task_id: str, client: str) -> None:
         with self._changed:
             self.expected[task_id] = client
+            self._tasks_of.setdefault(client, []).append(task_id)
         self.states.chosen(task_id, client)
         with self._weights_lock:
             self.weights.expected += 1
@@ -183,8 +187,7 @@ class ActiveRound:
     def expects(self, client: str) -> bool:
         """Whether ``client`` has a task in this round still open."""
         with self._changed:
-            return not self.closed and any(owner == client and task_id not in self.answered
-                                           for task_id, owner in self.expected.items())
+            return not self.closed and any(task_id not in self.answered for task_id in self._tasks_of.get(client, ()))
 
     def fail_task(self, task_id: str, reason: str) -> None:
         with self._changed:
@@ -197,8 +200,8 @@ class ActiveRound:
 
     def fail_client(self, client: str, reason: str) -> None:
         with self._changed:
-            for task_id, owner in self.expected.items():
-                if owner == client and task_id not in self.answered and not self.closed:
+            for task_id in self._tasks_of.get(client, ()):
+                if task_id not in self.answered and not self.closed:
                     self.answered.add(task_id)
                     self.failures.append(f"{client}: {reason}")
                     self.states.finished(task_id, FAILED, reason)
