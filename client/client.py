@@ -50,6 +50,12 @@ from fedtier.transport.wire import ModelTransferStub
 log = logging.getLogger(__name__)
 
 
+#: seconds without any answer to its heartbeats before a client leaves a combiner that still holds its stream
+SILENT_COMBINER_S = 60.0
+#: the longest heartbeat interval a combiner may ask for (its answer is an outside party's number)
+MAX_HEARTBEAT_INTERVAL_S = 600.0
+
+
 class DiscoveryError(ConnectionError):
     """The reducer did not assign a combiner (not reachable, or none registered yet)."""
 
@@ -221,8 +227,8 @@ class FedClient:
             stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name), metadata=metadata)
             self._stream = (loop, stream)
             helpers.append(loop.create_task(self._end_on(stop, stream)))
-            helpers.append(loop.create_task(self._heartbeats(stub, stream, max(0.1, reply.heartbeat_interval_s),
-                                                             metadata, stop)))
+            interval = max(0.1, min(reply.heartbeat_interval_s, MAX_HEARTBEAT_INTERVAL_S))
+            helpers.append(loop.create_task(self._heartbeats(stub, stream, interval, metadata, stop)))
             self._watch_offline(channel, helpers)
             try:
                 async for task in stream:
@@ -352,8 +358,16 @@ class FedClient:
 
     async def _heartbeats(self, stub: rpc.CombinerStub, stream: Any, interval: float,
                           metadata: tuple[tuple[str, str], ...], stop: asyncio.Event) -> None:
-        """Heartbeat as often as the combiner asked; cancelled when the session ends."""
+        """Heartbeat as often as the combiner asks (each answer may space them out); cancelled
+        when the session ends.
+
+        A combiner that forgot this client (``known`` false) is reconnected to at once. One
+        that does not answer is given up only after three failures in a row and
+        ``max(3 intervals, SILENT_COMBINER_S)`` without an answer: a combiner busy with
+        thousands of clients answers late, and reconnecting them all would only add to its
+        load (the stream's keepalive finds one that is gone)."""
         misses = 0
+        answered = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             if stop.is_set():
@@ -361,18 +375,22 @@ class FedClient:
             try:
                 reply = await stub.Heartbeat(pb.HeartbeatRequest(client_name=self.settings.name),
                                              timeout=max(2 * interval, 2.0), metadata=metadata)
-                if not reply.known:
-                    log.warning("%s: combiner no longer knows this client; reconnecting", self.settings.name)
-                    self._end_stream(stream)
-                    return
-                misses = 0
             except grpc.RpcError as exc:
                 misses += 1
-                if misses >= 3:
+                if misses >= 3 and time.monotonic() - answered > max(3 * interval, SILENT_COMBINER_S):
                     log.warning("%s: %d heartbeats failed (%s); reconnecting", self.settings.name, misses,
                                 _describe(exc))
                     self._end_stream(stream)
                     return
+                continue
+            if not reply.known:
+                log.warning("%s: combiner no longer knows this client; reconnecting", self.settings.name)
+                self._end_stream(stream)
+                return
+            misses = 0
+            answered = time.monotonic()
+            if reply.next_interval_s > 0:
+                interval = max(0.1, min(reply.next_interval_s, MAX_HEARTBEAT_INTERVAL_S))
 
     # ---- tasks
     def _run_task(self, held_slot: Any, task: pb.Task, stub: Any, transfer: Any) -> None:

@@ -190,6 +190,10 @@ class ClientRegistry:
     def _open_streams(self) -> int:
         return self._open
 
+    def open_streams(self) -> int:
+        """Clients holding a task stream now (read without the lock: one int)."""
+        return self._open
+
     def _active(self) -> int:
         """Active clients (hold the lock): with liveness "stream" the open streams, kept as a
         count, since a round waiting for thousands is woken by every one that connects."""

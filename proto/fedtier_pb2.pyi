@@ -71,10 +71,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, client_name: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("known",)
+    __slots__ = ("known", "next_interval_s")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    next_interval_s: float
+    def __init__(self, known: _Optional[bool] = ..., next_interval_s: _Optional[float] = ...) -> None: ...
 
 class TaskStreamRequest(_message.Message):
     __slots__ = ("client_name",)
