@@ -35,7 +35,7 @@ MAX_GROUPS = 64
 MAX_WORKERS = 256
 MAX_WORKER_THREADS = 64
 MAX_CLIENTS_PER_PROCESS = SWARM_MAX_CLIENTS  # a swarm process's own limit
-DEFAULT_CLIENTS_PER_PROCESS = 500
+DEFAULT_CLIENTS_PER_PROCESS = 2_500  # one event loop holds them; fewer processes, less memory
 DEFAULT_QUORUM = 0.5              # of the clients asked per round, unless session.clients_required says
 MAX_SEED = 2 ** 31 - 1
 
