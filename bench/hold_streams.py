@@ -10,9 +10,8 @@ client, the time for all to become active, and, after this process drops every c
 at once, the time until the combiner counts none active (the open stream is what makes a
 client active: combiner/registry.py).
 
-Unlike bench/scale_out.py, the clients here are gRPC calls, not virtual clients running the
-client's code (three threads each), so a single machine can hold 10,000 of them; the figures
-are the combiner's alone. No rounds run.
+Unlike bench/scale_out.py, the clients here are bare gRPC calls, not virtual clients running
+the client's code (no heartbeats, no tasks), so the figures are the combiner's alone. No rounds run.
 """
 from __future__ import annotations
 
