@@ -12,10 +12,12 @@ from typing import Any, Iterator
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, wait_until
 from fedtier.client.client import ClientSettings, FedClient
-from fedtier.combiner.registry import ClientRegistry
+from fedtier.combiner.registry import ClientRegistry, CombinerFullError
 from fedtier.combiner.servicer import HEARTBEATS_PER_SECOND, CombinerServicer
 from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
@@ -106,3 +108,29 @@ def test_a_combiner_holding_many_streams_spaces_heartbeats_out() -> None:
     heartbeat_rule = CombinerServicer("c", ClientRegistry(liveness="heartbeat"), runner=None,  # type: ignore[arg-type]
                                       heartbeat_interval=2.0)
     assert heartbeat_rule.interval() == 2.0  # FEDn's rule: the interval is the rule itself
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["connect", "open", "close", "stale-close"]),
+                                st.integers(0, 5)), max_size=60))
+def test_the_registry_keeps_its_count_of_open_streams_true(steps: list[tuple[str, int]]) -> None:
+    """The open-stream count is kept as streams open, are replaced and close (it is what a round
+    waiting for thousands reads on every wake-up): it always equals a count over every client."""
+    registry = ClientRegistry(max_streams=3)  # names beyond twice this are forgotten on connect
+    generations: dict[str, int] = {}
+    for action, k in steps:
+        name = f"c{k}"
+        try:
+            if action == "connect":
+                registry.connect(name)
+            elif action == "open":
+                generations[name], _ = registry.open_stream(name)
+            elif action == "close":
+                registry.close_stream(name, generations.get(name, 0))
+            else:  # an old stream's close after its client opened a new one changes nothing
+                registry.close_stream(name, generations.get(name, 0) - 1)
+        except (KeyError, CombinerFullError):
+            pass
+        truth = sum(1 for e in registry._clients.values() if e.stream_open)
+        assert registry.counts() == (truth, truth)
+        assert truth <= 3
