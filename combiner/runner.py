@@ -117,7 +117,7 @@ class RoundRunner:
                                          f"active after {quorum.wait_for_clients:g}s", timings)
         names = self.registry.active_names()
         wanted = quorum.clients_requested or len(names)
-        selected = self.rng.sample(names, min(wanted, len(names)))
+        selected = choose_clients(names, wanted, config.sampling_seed, request.round_number, self.name, self.rng)
 
         # 2. tasks
         kind = request.kind
@@ -279,3 +279,12 @@ class RoundRunner:
             return pb.Ack(ok=False, message="that round is not running")
         current.stop(reason)
         return pb.Ack(ok=True)
+
+
+def choose_clients(names: list[str], wanted: int, seed: int, round_number: int, combiner: str,
+                   rng: random.Random) -> list[str]:
+    """``wanted`` of the active clients ``names`` (sorted), all when fewer are active. With a
+    ``seed`` (RoundConfig.sampling_seed) the draw depends only on it, the round number, this
+    combiner and the names, so a run repeats; without one it is ``rng``'s, a fresh draw."""
+    draw = random.Random(f"{seed}:{round_number}:{combiner}") if seed else rng
+    return draw.sample(names, min(wanted, len(names)))

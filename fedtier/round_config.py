@@ -23,6 +23,7 @@ from fedtier.helpers import known_helpers
 MAX_WEIGHT = 2 ** 53  # examples per client: a weight beyond this is no longer exact as a float
 MAX_MULTIPLE = 1e6
 MAX_CLIENTS = 1_000_000  # clients_required / clients_requested
+MAX_SAMPLING_SEED = 2 ** 31 - 1
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,18}")
 
 
@@ -74,6 +75,10 @@ class RoundConfig:
     # it; liars lift the lower median above every honest weight only as a majority.
     weight_cap_median: float = 10.0  # 0 or at least 1: a multiple of the lower median weight
     weight_cap: int = 0              # absolute maximum examples per client; 0 = off
+    # which clients a combiner asks when it asks fewer than all: 0 draws afresh each round;
+    # N >= 1 draws from N, the round number and the combiner's name, so a run (the lab's)
+    # asks the same clients again when the same clients are active
+    sampling_seed: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RoundConfig":
@@ -87,6 +92,8 @@ class RoundConfig:
                 values[name] = integer_setting(name, data[name], 1 if name == "clients_required" else 0, MAX_CLIENTS)
         if "weight_cap" in data:
             values["weight_cap"] = integer_setting("weight_cap", data["weight_cap"], 0, MAX_WEIGHT)
+        if "sampling_seed" in data:
+            values["sampling_seed"] = integer_setting("sampling_seed", data["sampling_seed"], 0, MAX_SAMPLING_SEED)
         if "weight_cap_median" in data:
             values["weight_cap_median"] = _multiple("weight_cap_median", data["weight_cap_median"])
         for name in ("round_timeout", "wait_for_clients"):

@@ -149,6 +149,8 @@ class RoundSettings:
     weight_cap_median: float | None = _setting(10.0, "no client counts with more than this multiple of the "
                                                      "round's lower median examples; 0 = off")
     weight_cap: int | None = _setting(0, "no client counts with more examples than this; 0 = off")
+    sampling_seed: int | None = _setting(0, "which clients are asked when fewer than all are: 0 draws afresh "
+                                            "each round; N >= 1 repeats the draw of a run")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that were set, as the JSON body of ``/start`` takes them."""

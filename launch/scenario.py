@@ -163,7 +163,7 @@ class Scenario:
         workers = pool.get("workers", os.cpu_count() or 1)
         partition, heterogeneity = _data(data.get("data") or {})
         settings = _settings(data.get("session") or {}, data.get("rounds", 5), per_round, clients,
-                             partition, heterogeneity)
+                             partition, heterogeneity, data.get("seed", 0))
         output = data.get("output") or {}
         return cls(project=project.resolve(), data_path=data_path, combiners=data.get("combiners", 2),
                    clients=clients, rounds=data.get("rounds", 5), seed=data.get("seed", 0), per_round=per_round,
@@ -335,10 +335,11 @@ def _data(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | Non
 
 
 def _settings(session: Mapping[str, Any], rounds: int, per_round: int, clients: int,
-              partition: Mapping[str, Any], heterogeneity: Mapping[str, Any] | None) -> dict[str, Any]:
+              partition: Mapping[str, Any], heterogeneity: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
     """The ``/start`` request: the scenario's session settings plus what the lab owns, checked
-    by ``RoundConfig`` as the reducer will check it."""
-    from fedtier.round_config import RoundConfig, RoundConfigError
+    by ``RoundConfig`` as the reducer will check it. The combiners draw the clients they ask from
+    the scenario's seed (``sampling_seed``, unless the session sets its own), so a run repeats."""
+    from fedtier.round_config import MAX_SAMPLING_SEED, RoundConfig, RoundConfigError
 
     for owned in LAB_OWNED_SETTINGS:
         if owned in session:
@@ -356,6 +357,8 @@ def _settings(session: Mapping[str, Any], rounds: int, per_round: int, clients: 
     settings.setdefault("clients_required", max(1, math.ceil(per_round * DEFAULT_QUORUM)))
     if per_round < clients:
         settings["clients_requested"] = per_round
+        if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+            settings.setdefault("sampling_seed", seed % MAX_SAMPLING_SEED + 1)
     try:
         RoundConfig.from_dict(settings)
     except RoundConfigError as exc:

@@ -22,7 +22,7 @@ from fedtier.reducer.network import MAX_OFFSET as MAX_CLIENT_OFFSET
 from fedtier.reducer.round_pages import MAX_OFFSET, ROUNDS_PAGE
 from fedtier.reducer.trail import MAX_MODELS_PAGE, MAX_NOTE_CHARS
 from fedtier.reducer.schedules import MAX_CRON_CHARS, MAX_NAME_CHARS, MAX_PERIOD_S, OUTCOMES, SCHEDULE_STATES
-from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_WEIGHT, RoundConfig
+from fedtier.round_config import MAX_CLIENTS, MAX_MULTIPLE, MAX_SAMPLING_SEED, MAX_WEIGHT, RoundConfig
 
 bp = Blueprint("openapi", __name__)
 
@@ -250,7 +250,12 @@ SCHEMAS: dict[str, Any] = {
                                              "median examples; 0 (off) or at least 1"},
         "weight_cap": {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT,
                        "default": RoundConfig.weight_cap,
-                       "description": "no client counts with more examples than this; 0 = off"}}},
+                       "description": "no client counts with more examples than this; 0 = off"},
+        "sampling_seed": {"type": "integer", "minimum": 0, "maximum": MAX_SAMPLING_SEED,
+                          "default": RoundConfig.sampling_seed,
+                          "description": "when fewer than all clients are asked, which ones: 0 draws afresh "
+                                         "each round; N >= 1 draws from N, the round number and the combiner, "
+                                         "so a run can be repeated"}}},
 }
 # a round setting without an entry above is still listed, typed from its declaration
 _TYPES = {"int": INTEGER, "float": NUMBER, "bool": {"type": "boolean"}, "str": STRING}

@@ -185,3 +185,11 @@ def _check_quick_run(done: subprocess.CompletedProcess, out: Path | None) -> Non
     assert 0 < memory["idle"]["bytes_per_client"] < 4 * 2**20 and memory["peak_rss_bytes"]["workers"] > 0
     for name in ("accuracy.png", "participation.png", "round_time.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_lab_seeds_the_combiners_draw_of_clients() -> None:
+    seeded = Scenario.from_dict(scenario(clients=40, sampling={"count": 10}, seed=4))
+    assert seeded.settings["sampling_seed"] == 5  # the scenario's seed; 0 would mean unseeded
+    own = Scenario.from_dict(scenario(clients=40, sampling={"count": 10}, session={"sampling_seed": 9}))
+    assert own.settings["sampling_seed"] == 9  # the session's own wins
+    assert "sampling_seed" not in Scenario.from_dict(scenario(clients=40)).settings  # all asked: no draw

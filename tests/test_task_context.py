@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import uuid
 from pathlib import Path
@@ -212,3 +213,24 @@ def test_the_reducer_evaluation_settings_come_together() -> None:
         Settings.from_env({"FEDTIER_REDUCER_EVAL_DATA": "/tmp"})
     with pytest.raises(ConfigError, match="FEDTIER_REDUCER_EVAL_PROJECT names"):
         Settings.from_env({"FEDTIER_REDUCER_EVAL_DATA": "/tmp", "FEDTIER_REDUCER_EVAL_PROJECT": "/nonexistent"})
+
+
+def test_a_sampling_seed_repeats_the_clients_asked_and_is_bounded() -> None:
+    from fedtier.combiner.runner import choose_clients
+
+    names = [f"client-{k:03d}" for k in range(200)]
+    fresh = random.Random()
+    first = choose_clients(names, 10, 7, 3, "c0", fresh)
+    assert choose_clients(names, 10, 7, 3, "c0", random.Random()) == first  # the same run, again
+    others = [choose_clients(names, 10, 7, r, "c0", fresh) for r in (4, 5)] + [
+        choose_clients(names, 10, 7, 3, "c1", fresh), choose_clients(names, 10, 8, 3, "c0", fresh)]
+    assert all(sorted(o) != sorted(first) for o in others)  # another round, combiner or seed
+    assert len(set(first)) == 10 and set(first) <= set(names)
+    assert choose_clients(names[:4], 10, 7, 3, "c0", fresh) and len(choose_clients(names[:4], 10, 7, 3, "c0",
+                                                                                    fresh)) == 4
+    unseeded = {tuple(choose_clients(names, 10, 0, 3, "c0", random.Random(k))) for k in range(3)}
+    assert len(unseeded) == 3  # 0: the runner's own generator, a fresh draw
+    assert RoundConfig.from_dict({"sampling_seed": 5}).sampling_seed == 5
+    for bad in (-1, 2 ** 31, 1.5, "x", True):
+        with pytest.raises(RoundConfigError, match="sampling_seed"):
+            RoundConfig.from_dict({"sampling_seed": bad})
