@@ -165,6 +165,9 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     assert points.count() == 0
 
     # ---- start: a bad combination is named next to its field; then 2 rounds
+    # (each tab is brought to the front before it is used, as a person would look at it: a
+    # background tab draws no frames, so every click and screenshot there waited for one)
+    page.bring_to_front()
     open_page(page, url, "/start")
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     assert page.is_disabled("#stop-after-button") and page.is_disabled("#abort-button")
@@ -187,6 +190,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
 
     # ---- the dashboard gains its points as rounds finish, without a reload (how many at a
     # time depends on how fast the rounds are against its 2 s refresh)
+    dashboard.bring_to_front()
     seen = [0]
     deadline = time.monotonic() + 90
     while seen[-1] < 2 and time.monotonic() < deadline:
@@ -205,6 +209,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
 
     # ---- stop: a long session started from the form ends as 'stopped' after "Stop after this
     # round"; the round in progress finishes (no round fails) and only "Abort now" is left meanwhile
+    page.bring_to_front()
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     page.fill("#f-rounds", "500")
     page.fill("#f-task", '{"epochs": 200}')  # rounds long enough to watch the stop being waited for
@@ -232,6 +237,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     # ---- the dashboard overlays the two sessions by round within the session, and the CSV of
     # the chart holds the numbers the API gives for each session's rounds
     first, second = (s["id"] for s in sessions)
+    dashboard.bring_to_front()
     dashboard.select_option("#view-session", first)
     dashboard.select_option("#view-compare", second)
     dashboard.wait_for_selector("#chart-accuracy circle.pt[data-series='B:accuracy']")
@@ -252,6 +258,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
         assert [float(r[column]) for r in rows[1:] if r[column]] == values
 
     # ---- network again: everyone online; a client's page has its rounds, local against global
+    page.bring_to_front()
     open_page(page, url, "/network")
     page.wait_for_function("document.querySelectorAll('[data-client][data-online=true]').length === 2")
     shot(page, "network-desktop")
