@@ -59,8 +59,7 @@ def _install_chromium() -> str | None:
     return None if CHROMIUM.exists() else "apt-get finished but /usr/bin/chromium is still missing"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
+def launch_chromium() -> Iterator[object]:
     """A headless Chromium (Debian's package) under Playwright; installed with apt when missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
     if not CHROMIUM.exists():
@@ -71,6 +70,13 @@ def chromium() -> Iterator[object]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def chromium(chromium_session: object) -> object:
+    """The session's browser (conftest.py): the UI test files share one launch; each test makes its own
+    contexts, so nothing but the process is shared."""
+    return chromium_session
 
 
 class Console:
