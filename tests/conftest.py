@@ -92,3 +92,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def chromium_session() -> Iterator[object]:
+    """One headless Chromium for every UI test file (test_ui.py's ``chromium`` fixture): each file
+    launched its own. Started the first time a UI test asks for it, closed at the session's end."""
+    from test_ui import launch_chromium
+
+    yield from launch_chromium()

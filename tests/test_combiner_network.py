@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pytest
@@ -56,9 +57,41 @@ def push_seed(combiner: CombinerClient, tmp_path: Path) -> dict[str, np.ndarray]
     return seed
 
 
-def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path: Path) -> None:
-    combiner = start_network(procs, tmp_path, clients=3)
-    seed = push_seed(combiner, tmp_path)
+class Shared(NamedTuple):
+    """The module's network of one combiner and three numpy_shift clients; ``seed`` is pushed as "seed"."""
+    procs: ProcessGroup
+    combiner: CombinerClient
+    work: Path  # the combiner's work dir is work/c1
+    seed: dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def shift_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """Started once for the tests below that only drive rounds: none stops or breaks a process,
+    and each waits for all three clients before its rounds (each start cost several seconds)."""
+    work = tmp_path_factory.mktemp("shift-network")
+    group = ProcessGroup(work)
+    try:
+        yield Shared(group, start_network(group, work, clients=3), work, {})
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def shared(shift_network: Shared, request: pytest.FixtureRequest) -> Iterator[Shared]:
+    """The shared network with all three clients active and the seed pushed (again: the combiner
+    keeps only the models its rounds need); its logs printed if the test fails."""
+    wait_active(shift_network.combiner, 3)
+    network = shift_network._replace(seed=push_seed(shift_network.combiner, shift_network.work))
+    yield network
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(network.procs.dump_logs())
+
+
+def test_training_round_is_exact_weighted_average(shared: Shared) -> None:
+    combiner, seed, tmp_path = shared.combiner, shared.seed, shared.work
+    joined = {c.name: c.rounds_joined for c in combiner.status().clients}
     result = combiner.start_round(round_request(pb.TRAINING, "seed"), timeout=120)
     assert result.success, result.error
     # client i adds i+1 and weighs 10*(i+1): mean shift = (1*10 + 2*20 + 3*30) / 60
@@ -77,13 +110,14 @@ def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path:
     assert sums == [pytest.approx(expected, rel=1e-6)] * 3
     status = combiner.status()
     assert status.active_clients == 3 and status.last_model_id == result.model_id
-    assert all(c.rounds_joined == 1 for c in status.clients)
+    assert {c.name: c.rounds_joined - joined[c.name] for c in status.clients} == \
+        {name: 1 for name in joined}  # the training round counts, the validation round not
 
     # the reducer commits that model and pushes it back under the trail's id: adopted, not sent
     digest = hashlib.sha256((tmp_path / "combined").read_bytes()).hexdigest()
     assert not combiner.adopt_model(tmp_path / "combined", "trail-2", "0" * 64)
     assert combiner.adopt_model(tmp_path / "combined", "trail-2", digest)
-    assert "model trail-2 adopted" in procs.log("combiner")
+    assert "model trail-2 adopted" in shared.procs.log("combiner")
     again = combiner.start_round(round_request(pb.TRAINING, "trail-2"), timeout=120)
     assert again.success, again.error
     combiner.download_model(again.model_id, tmp_path / "again")
@@ -106,9 +140,9 @@ def test_training_round_is_exact_weighted_average(procs: ProcessGroup, tmp_path:
 
 
 @pytest.mark.parametrize("bad", ["nan_client", "wrong_shape_client"])
-def test_malformed_update_is_rejected_and_round_completes(procs: ProcessGroup, tmp_path: Path, bad: str) -> None:
-    combiner = start_network(procs, tmp_path, clients=3)
-    seed = push_seed(combiner, tmp_path)
+def test_malformed_update_is_rejected_and_round_completes(shared: Shared, tmp_path: Path, bad: str) -> None:
+    combiner, seed = shared.combiner, shared.seed
+    logged = len(shared.procs.log("combiner"))
     result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2,
                                                 task={bad: "client-1"}), timeout=120)
     assert result.success, result.error
@@ -117,22 +151,21 @@ def test_malformed_update_is_rejected_and_round_completes(procs: ProcessGroup, t
     combiner.download_model(result.model_id, tmp_path / "combined")
     combined = numpy_helper.load(tmp_path / "combined")
     np.testing.assert_allclose(combined["w"], seed["w"] + (1 * 10 + 3 * 30) / 40, rtol=1e-6)
-    assert "client-1" in procs.log("combiner")  # the rejection is logged with the client's name
+    assert "update from client-1 rejected" in shared.procs.log("combiner")[logged:]  # logged, naming the client
 
 
-def test_round_fails_cleanly_without_quorum(procs: ProcessGroup, tmp_path: Path) -> None:
-    combiner = start_network(procs, tmp_path, clients=2)
-    push_seed(combiner, tmp_path)
-    # a failing client leaves 1 update where 2 are required: the round fails with a reason
-    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2,
+def test_round_fails_cleanly_without_quorum(shared: Shared) -> None:
+    combiner = shared.combiner
+    # a failing client leaves 2 updates where 3 are required: the round fails with a reason
+    result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=3,
                                                 task={"fail_client": "client-0"}), timeout=120)
     assert not result.success
-    assert "only 1 of 2 required updates" in result.error
+    assert "only 2 of 3 required updates" in result.error
     assert any("told to fail" in f for f in result.failures)
     # asking for more clients than exist fails after the bounded wait, naming the count
     result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=5, wait_for_clients=1),
                                   timeout=60)
-    assert not result.success and "only 2 of 5 required clients" in result.error
+    assert not result.success and "only 3 of 5 required clients" in result.error
 
 
 def test_command_entry_points_and_client_reconnect(procs: ProcessGroup, tmp_path: Path) -> None:

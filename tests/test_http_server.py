@@ -109,18 +109,30 @@ def test_slow_clients_are_cut_off_and_block_nobody_over_https(procs: ProcessGrou
         assert status.status_code == 200 and time.monotonic() - start < 1.5
         plain = requests.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=10)  # HTTPS only, and says so
         assert plain.status_code == 400 and "https://" in plain.text
-        slow = _tls_socket(port, ca)
-        took = _closed_after(slow, b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200,
-                             every_s=0.2, limit_s=15)
-        slow.close()
-        assert 1.5 < took < 6, took  # the header timeout (2 s), far below the idle timeout (30 s)
+
+        def slow_headers() -> float:
+            slow = _tls_socket(port, ca)
+            try:
+                return _closed_after(slow, b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200,
+                                     every_s=0.2, limit_s=15)
+            finally:
+                slow.close()
+
+        def slow_body() -> float:
+            slow = _tls_socket(port, ca)  # headers at once, then the body at 5 bytes/s
+            try:
+                slow.sendall(b"POST /start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n\r\n")
+                return _closed_after(slow, b"{" + b" " * 998 + b"}", every_s=0.2, limit_s=15)
+            finally:
+                slow.close()
+
+        with ThreadPoolExecutor(2) as both:  # at once, each on its own connection: each is cut off by itself
+            headers_took, body_took = both.submit(slow_headers), both.submit(slow_body)
+            headers_took, body_took = headers_took.result(), body_took.result()
+        assert 1.5 < headers_took < 6, headers_took  # the header timeout (2 s), far below the idle timeout (30 s)
         assert "its request headers did not arrive within 2s" in procs.log("reducer")
-        slow = _tls_socket(port, ca)  # headers at once, then the body at 5 bytes/s
-        slow.sendall(b"POST /start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n")
-        took = _closed_after(slow, b"{" + b" " * 998 + b"}", every_s=0.2, limit_s=15)
-        slow.close()
-        assert 1.5 < took < 6, took  # 2 s of grace, then 100 bytes/s: never reached
+        assert 1.5 < body_took < 6, body_took  # 2 s of grace, then 100 bytes/s: never reached
         assert "its request body arrived slower than 100 bytes/s (FEDTIER_HTTP_MIN_BODY_RATE)" in procs.log("reducer")
         for sock in silent:  # the silent ones were cut off by the same deadline
             sock.settimeout(5)

@@ -41,6 +41,11 @@ CREDENTIALS: list[tuple[str, dict[str, str]]] = [
     ("admin", {"Authorization": f"Token {ADMIN}"}),
 ]
 EXAMPLES = 6  # per operation, credential and generation mode: the whole fuzz stays near 30 s on 2 cores
+#: Operations with no input that negative mode can break (free strings only): hypothesis draws
+#: ~460 cases before calling them Unsatisfiable. Derandomized, with the credential outside the
+#: strategy, every credential draws exactly the same cases, so the first credential's search
+#: stands for the others (they would send nothing either) and is not repeated.
+_NO_NEGATIVE_CASE: set[str] = set()
 
 
 def test_document_is_valid_openapi_and_covers_every_route(tmp_path: Path) -> None:
@@ -104,6 +109,8 @@ def test_fuzzed_requests_never_500_and_match_the_schema(live_reducer: str, crede
     wanted = [checks.status_code_conformance, checks.content_type_conformance, checks.response_schema_conformance]
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode == GenerationMode.NEGATIVE and operation.label in _NO_NEGATIVE_CASE:
+                continue
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
                       derandomize=True, database=None)
@@ -121,6 +128,7 @@ def test_fuzzed_requests_never_500_and_match_the_schema(live_reducer: str, crede
             except Unsatisfiable:
                 # an operation whose inputs are free strings has no invalid input to draw
                 assert mode == GenerationMode.NEGATIVE, operation.label
+                _NO_NEGATIVE_CASE.add(operation.label)
 
 
 def test_bodies_over_the_limit_get_a_json_413(live_reducer: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -45,8 +46,10 @@ def test_pack_is_deterministic_and_skips_caches(tmp_path: Path) -> None:
     (project / "__pycache__").mkdir()
     (project / "__pycache__" / "x.pyc").write_bytes(b"junk")
     first = pack(project)
-    time.sleep(1.1)  # a later mtime must not change the bytes
-    (project / "shift.py").touch()
+    # a later mtime must not change the bytes (set, not waited for: a minute later, past any rounding)
+    later = (project / "shift.py").stat().st_mtime + 60
+    os.utime(project / "shift.py", (later, later))
+    assert (project / "shift.py").stat().st_mtime == later
     assert pack(project) == first
     names = check(first)
     assert "fedn.yaml" in names and "shift.py" in names and not any("__pycache__" in n for n in names)

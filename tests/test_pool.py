@@ -221,13 +221,13 @@ def test_a_swarm_with_workers_trains_digits_without_torch_and_leaves_no_process(
                                                                                  tmp_path: Path) -> None:
     """A real `fedtier swarm --workers 1` against a combiner: a digits round gets every update; the
     swarm process never maps libtorch (its worker does); SIGTERM leaves none of its children."""
-    subprocess.run([sys.executable, str(DIGITS / "seed.py"), str(tmp_path / "seed")], check=True, timeout=120)
+    seed = ROOT / "seeds" / "digits.safetensors"  # test_seeds.py checks digits/seed.py writes exactly it
     server = CombinerServer(CombinerSettings(name="c", host="127.0.0.1", port=0, work_dir=tmp_path / "combiner",
                                              heartbeat_interval=0.5, heartbeat_timeout=10.0))
     port = server.start()
     handle = CombinerClient(f"127.0.0.1:{port}")
     try:
-        handle.upload_model(tmp_path / "seed", "seed")
+        handle.upload_model(seed, "seed")
         stats = tmp_path / "stats.json"
         swarm = procs.start("swarm", "swarm", "--clients", "3", "--combiner", f"127.0.0.1:{port}", "--project",
                             str(DIGITS), "--name-prefix", "p", "--work-dir", str(tmp_path / "swarm"), "--workers",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -18,24 +19,41 @@ from conftest import ROOT, ProcessGroup, free_port, wait_for_port
 DIGITS = ROOT / "test_projects" / "digits"
 
 
+@pytest.fixture(scope="module")
+def first_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessGroup, str, dict, list]]:
+    """A reducer with one registered combiner: what a first network looks like from outside.
+    One for the module: every test checks it leaves the network as it found it (``untouched``)."""
+    tmp_path = tmp_path_factory.mktemp("first-network")
+    procs = ProcessGroup(tmp_path)
+    try:
+        port, combiner_port = free_port(), free_port()
+        env = {"FEDTIER_DATA_DIR": str(tmp_path / "first")}
+        reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), env=env)
+        wait_for_port(port, proc=reducer)
+        url = f"http://127.0.0.1:{port}"
+        procs.start("combiner", "combiner", "--name", "combiner-0", "--host", "127.0.0.1", "--port",
+                    str(combiner_port), "--reducer", url, env=env)
+        wait_for_port(combiner_port)
+        for _ in range(100):
+            combiners = requests.get(url + "/api/v1/combiners", timeout=5).json()
+            if combiners:
+                break
+            time.sleep(0.1)
+        assert [c["name"] for c in combiners] == ["combiner-0"]
+        yield procs, url, requests.get(url + "/api/v1/status", timeout=5).json(), combiners
+    finally:
+        procs.stop_all()
+
+
 @pytest.fixture
-def running_network(procs: ProcessGroup, tmp_path: Path) -> tuple[str, dict, list]:
-    """A reducer with one registered combiner: what a first network looks like from outside."""
-    port, combiner_port = free_port(), free_port()
-    env = {"FEDTIER_DATA_DIR": str(tmp_path / "first")}
-    reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), env=env)
-    wait_for_port(port, proc=reducer)
-    url = f"http://127.0.0.1:{port}"
-    procs.start("combiner", "combiner", "--name", "combiner-0", "--host", "127.0.0.1", "--port",
-                str(combiner_port), "--reducer", url, env=env)
-    wait_for_port(combiner_port)
-    for _ in range(100):
-        combiners = requests.get(url + "/api/v1/combiners", timeout=5).json()
-        if combiners:
-            break
-        time.sleep(0.1)
-    assert [c["name"] for c in combiners] == ["combiner-0"]
-    return url, requests.get(url + "/api/v1/status", timeout=5).json(), combiners
+def running_network(first_network: tuple[ProcessGroup, str, dict, list],
+                    request: pytest.FixtureRequest) -> Iterator[tuple[str, dict, list]]:
+    """The module's first network (url, status, combiners); its logs printed if the test fails."""
+    procs, *network = first_network
+    yield tuple(network)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(procs.dump_logs())
 
 
 def untouched(url: str, status: dict, combiners: list) -> None:

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,8 +59,7 @@ def _install_chromium() -> str | None:
     return None if CHROMIUM.exists() else "apt-get finished but /usr/bin/chromium is still missing"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
+def launch_chromium() -> Iterator[object]:
     """A headless Chromium (Debian's package) under Playwright; installed with apt when missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
     if not CHROMIUM.exists():
@@ -72,6 +70,13 @@ def chromium() -> Iterator[object]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def chromium(chromium_session: object) -> object:
+    """The session's browser (conftest.py): the UI test files share one launch; each test makes its own
+    contexts, so nothing but the process is shared."""
+    return chromium_session
 
 
 class Console:
@@ -106,13 +111,13 @@ def open_page(page, url: str, path: str) -> None:
 
 def bring_up(procs: ProcessGroup, tmp_path: Path) -> tuple[str, Path, str]:
     """Reducer, 2 combiners, 2 digits clients, all starting at once (clients retry until a
-    combiner is there); returns the reducer URL, the digits seed file and its sha256."""
+    combiner is there); returns the reducer URL, the digits seed file and its sha256: the
+    committed seed (test_seeds.py checks digits/seed.py writes exactly it), which saves a
+    torch import while the network starts."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"FEDTIER_DATA_DIR": str(tmp_path / "data")}
-    seed = tmp_path / "seed.safetensors"
-    seeding = subprocess.Popen([sys.executable, str(DIGITS / "seed.py"), str(seed)], cwd=DIGITS,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seed = ROOT / "seeds" / "digits.safetensors"
     reducer = procs.start("reducer", "reducer", "--host", "127.0.0.1", "--port", str(port), "--helper", "pytorch",
                           env=env)
     for i in range(2):
@@ -122,8 +127,6 @@ def bring_up(procs: ProcessGroup, tmp_path: Path) -> tuple[str, Path, str]:
         procs.start(f"client-{i}", "client", "--reducer", url, "--project", str(DIGITS), "--name", f"client-{i}",
                     "--partition", f"{i}/2", env=env)
     wait_for_port(port, proc=reducer)
-    _, err = seeding.communicate(timeout=120)
-    assert seeding.returncode == 0, err.decode(errors="replace")
     return url, seed, hashlib.sha256(seed.read_bytes()).hexdigest()
 
 
@@ -168,6 +171,9 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     assert points.count() == 0
 
     # ---- start: a bad combination is named next to its field; then 2 rounds
+    # (each tab is brought to the front before it is used, as a person would look at it: a
+    # background tab draws no frames, so every click and screenshot there waited for one)
+    page.bring_to_front()
     open_page(page, url, "/start")
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     assert page.is_disabled("#stop-after-button") and page.is_disabled("#abort-button")
@@ -190,6 +196,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
 
     # ---- the dashboard gains its points as rounds finish, without a reload (how many at a
     # time depends on how fast the rounds are against its 2 s refresh)
+    dashboard.bring_to_front()
     seen = [0]
     deadline = time.monotonic() + 90
     while seen[-1] < 2 and time.monotonic() < deadline:
@@ -208,6 +215,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
 
     # ---- stop: a long session started from the form ends as 'stopped' after "Stop after this
     # round"; the round in progress finishes (no round fails) and only "Abort now" is left meanwhile
+    page.bring_to_front()
     page.wait_for_function("!document.querySelector('#start-button').disabled")
     page.fill("#f-rounds", "500")
     page.fill("#f-task", '{"epochs": 200}')  # rounds long enough to watch the stop being waited for
@@ -235,6 +243,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
     # ---- the dashboard overlays the two sessions by round within the session, and the CSV of
     # the chart holds the numbers the API gives for each session's rounds
     first, second = (s["id"] for s in sessions)
+    dashboard.bring_to_front()
     dashboard.select_option("#view-session", first)
     dashboard.select_option("#view-compare", second)
     dashboard.wait_for_selector("#chart-accuracy circle.pt[data-series='B:accuracy']")
@@ -255,6 +264,7 @@ def test_ui_seeds_starts_watches_and_inspects_a_live_network(chromium, procs: Pr
         assert [float(r[column]) for r in rows[1:] if r[column]] == values
 
     # ---- network again: everyone online; a client's page has its rounds, local against global
+    page.bring_to_front()
     open_page(page, url, "/network")
     page.wait_for_function("document.querySelectorAll('[data-client][data-online=true]').length === 2")
     shot(page, "network-desktop")

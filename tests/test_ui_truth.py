@@ -294,6 +294,9 @@ def test_ui_pages_fit_pass_axe_warn_and_show_the_reducer_down(chromium, app) -> 
         dashboard = context.new_page()
 
         # ---- no active client: the start page warns, and the first click only warns
+        # (each tab is brought to the front before it is used: a background tab draws no
+        # frames, so clicks and waits there took ~2 s each)
+        start.bring_to_front()
         start.goto(served.url + "/start")
         start.wait_for_function("!document.querySelector('#start-button').disabled")
         assert "Only 0 clients active now, 1 required" in start.inner_text("#clients-warning")
@@ -306,11 +309,13 @@ def test_ui_pages_fit_pass_axe_warn_and_show_the_reducer_down(chromium, app) -> 
         assert len(app.test_client().get("/api/v1/sessions").get_json()) == sessions_before  # nothing was posted
 
         # ---- the reducer goes away: nothing keeps claiming an idle, live reducer
+        dashboard.bring_to_front()
         dashboard.goto(served.url + "/")
         dashboard.wait_for_selector("body[data-loaded=true]")
         assert dashboard.inner_text("#updated").startswith("live")
         served.down()
         for page in (start, dashboard):
+            page.bring_to_front()
             page.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'unreachable'")
             assert re.search(r"not answering since \d\d:\d\d:\d\d", page.inner_text("#offline"))
             assert page.is_visible("#offline")
@@ -324,8 +329,10 @@ def test_ui_pages_fit_pass_axe_warn_and_show_the_reducer_down(chromium, app) -> 
         # ---- it answers again: the pages say so within a poll or two
         served.up()
         for page in (start, dashboard):
+            page.bring_to_front()
             page.wait_for_function("document.querySelector('[data-bind=state]').textContent === 'idle'")
             page.wait_for_selector("#offline", state="hidden")
+        start.bring_to_front()
         start.wait_for_function("!document.querySelector('#start-button').disabled")
         assert dashboard.inner_text("#updated").startswith("live")
         context.close()

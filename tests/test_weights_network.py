@@ -15,7 +15,7 @@ from fedtier.proto import fedtier_pb2 as pb
 from fedtier.proto import fedtier_pb2_grpc as rpc
 from fedtier.transport.streams import file_chunks
 from fedtier.transport.wire import ModelTransferStub
-from test_combiner_network import push_seed, round_request, start_network, wait_active
+from test_combiner_network import Shared, round_request, shared, shift_network, wait_active  # noqa: F401 (fixtures)
 from test_faults import Network, wait_until
 
 SHIFT = str(TEST_PROJECTS / "numpy_shift")
@@ -26,9 +26,8 @@ LIAR = 10**12
 CAPPED_SHIFT = (10 * 1 + 20 * 2 + 200 * 3) / 230
 
 
-def test_a_liar_is_capped_at_its_combiner(procs: ProcessGroup, tmp_path: Path) -> None:
-    combiner = start_network(procs, tmp_path, clients=3)
-    seed = push_seed(combiner, tmp_path)
+def test_a_liar_is_capped_at_its_combiner(shared: Shared, tmp_path: Path) -> None:
+    combiner, seed = shared.combiner, shared.seed  # one combiner, client-0..2 (the module's network)
     result = combiner.start_round(round_request(pb.TRAINING, "seed", task={"liar_client": "client-2"}), timeout=120)
     assert result.success, result.error
     assert result.num_examples == 230
@@ -38,7 +37,7 @@ def test_a_liar_is_capped_at_its_combiner(procs: ProcessGroup, tmp_path: Path) -
     combined = helper.load(tmp_path / "combined")
     for name, value in seed.items():
         np.testing.assert_allclose(combined[name], value + CAPPED_SHIFT, rtol=1e-6)  # not value + 3
-    assert "client-2 reported 1000000000000 examples; counted as 200" in procs.log("combiner")
+    assert "client-2 reported 1000000000000 examples; counted as 200" in shared.procs.log("combiner")
 
 
 def test_a_liar_alone_on_its_combiner_is_capped_by_the_reducer(procs: ProcessGroup, tmp_path: Path) -> None:
@@ -102,20 +101,20 @@ class StaleClient:
         self.channel.close()
 
 
-def test_a_stale_update_is_refused_and_the_round_completes(procs: ProcessGroup, tmp_path: Path) -> None:
-    combiner = start_network(procs, tmp_path, clients=2)
-    seed = push_seed(combiner, tmp_path)
+def test_a_stale_update_is_refused_and_the_round_completes(shared: Shared, tmp_path: Path) -> None:
+    combiner, seed = shared.combiner, shared.seed  # client-0..2 of the module's network, and the stale one
     helper.save({k: v + 1000 for k, v in seed.items()}, tmp_path / "stale-update")
     stale = StaleClient(combiner.address, tmp_path / "stale-update", parent="an-older-model")
     try:
-        wait_active(combiner, 3)
-        result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=2), timeout=120)
+        wait_active(combiner, 4)
+        result = combiner.start_round(round_request(pb.TRAINING, "seed", clients_required=3), timeout=120)
     finally:
         stale.close()
     assert result.success, result.error
-    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-1"]
+    assert sorted(u.client_name for u in result.updates) == ["client-0", "client-1", "client-2"]
     assert [a.ok for a in stale.acks] == [False] and "stale update" in stale.acks[0].message
     assert any(f.startswith("stale: update rejected: stale update: trained from model 'an-older-model', "
                             "but this round's model is 'seed'") for f in result.failures), result.failures
     combiner.download_model(result.model_id, tmp_path / "combined")
-    np.testing.assert_allclose(helper.load(tmp_path / "combined")["w"], seed["w"] + (10 * 1 + 20 * 2) / 30, rtol=1e-6)
+    np.testing.assert_allclose(helper.load(tmp_path / "combined")["w"], seed["w"] + (10 * 1 + 20 * 2 + 30 * 3) / 60,
+                               rtol=1e-6)
