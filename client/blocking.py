@@ -57,6 +57,15 @@ class LoopCalls:
                 raise ConnectionClosed() from exc
             raise
 
+    def open(self, start: Callable[[], T]) -> T:
+        """``start()`` run on the loop and its result returned: a streaming call is created
+        there (grpc.aio binds it to the loop it is made on) and then read or written from here."""
+
+        async def run() -> T:
+            return start()
+
+        return self.wait(run)
+
     def cancel(self, call: Any) -> None:
         """Cancel ``call`` on the loop (a task that gives up a stream half way)."""
         if not self.loop.is_closed():
@@ -90,13 +99,7 @@ class BlockingTransfer:
 
     def DownloadModel(self, request: pb.DownloadRequest) -> Iterator[Chunk]:  # noqa: N802 (the stub's name)
         calls = self._calls
-        holder: list[Any] = []
-
-        async def start() -> None:
-            holder.append(self._transfer.DownloadModel(request, metadata=calls.metadata))
-
-        calls.wait(start)
-        call = holder[0]
+        call = calls.open(lambda: self._transfer.DownloadModel(request, metadata=calls.metadata))
         finished = False
         try:
             while True:
@@ -111,13 +114,7 @@ class BlockingTransfer:
 
     def UploadModel(self, chunks: Iterable[Chunk]) -> pb.UploadResponse:  # noqa: N802 (the stub's name)
         calls = self._calls
-        holder: list[Any] = []
-
-        async def start() -> None:
-            holder.append(self._transfer.UploadModel(metadata=calls.metadata))
-
-        calls.wait(start)
-        call = holder[0]
+        call = calls.open(lambda: self._transfer.UploadModel(metadata=calls.metadata))
         try:
             for chunk in chunks:  # produced here, in the task's thread: a throttle sleeps here
                 calls.wait(lambda chunk=chunk: call.write(chunk))

@@ -112,7 +112,6 @@ class FedClient:
         self._progress_unsupported = False  # the combiner predates ReportProgress: stop sending it
         if settings.attack is not None:
             log.warning("%s: BYZANTINE (a lab attack): %s", settings.name, settings.attack.describe())
-        self._stream: tuple[asyncio.AbstractEventLoop, Any] | None = None  # the open task stream, for interrupt()
         self._ended_here = False  # this side ended the task stream (its cancellation is no error)
         # lab conditions (client/conditions.py); a client without them behaves as before
         self.conditions = settings.conditions or Conditions()
@@ -192,8 +191,6 @@ class FedClient:
     def _combiner_address(self) -> str:
         """Ask the reducer (blocking: the loop runs it in its default executor, whose few
         threads also keep a swarm's thousands of clients from asking all at once)."""
-        if self.settings.combiner:
-            return self.settings.combiner
         url = self.settings.reducer_url.rstrip("/") + "/assign"  # type: ignore[union-attr]
         headers = {"Authorization": f"Token {self.settings.token}"} if self.settings.token else {}
         try:
@@ -225,7 +222,6 @@ class FedClient:
             self.stats.connects += 1
             log.info("%s: connected to combiner %s at %s", self.settings.name, reply.combiner_name, address)
             stream = stub.TaskStream(pb.TaskStreamRequest(client_name=self.settings.name), metadata=metadata)
-            self._stream = (loop, stream)
             helpers.append(loop.create_task(self._end_on(stop, stream)))
             interval = max(0.1, min(reply.heartbeat_interval_s, MAX_HEARTBEAT_INTERVAL_S))
             helpers.append(loop.create_task(self._heartbeats(stub, stream, interval, metadata, stop)))
@@ -253,7 +249,6 @@ class FedClient:
                     log.warning("%s: task stream ended: %s", self.settings.name, _describe(exc))
             return True
         finally:
-            self._stream = None
             for helper in helpers:
                 helper.cancel()
             await channel.close()
@@ -267,16 +262,6 @@ class FedClient:
         await stop.wait()
         self._wake.set()  # a wait for the lab's conditions ends now too
         self._end_stream(stream)
-
-    def interrupt(self) -> None:
-        """End the open task stream now (after ``stop`` is set: ``run`` then returns once a
-        task in progress is done), rather than at the next heartbeat, which may be seconds away."""
-        self._wake.set()  # a wait for the lab's conditions ends now too
-        open_stream = self._stream
-        if open_stream is not None:
-            loop, stream = open_stream
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(self._end_stream, stream)
 
     # ---- lab conditions (client/conditions.py)
     def _idle(self, seconds: float) -> None:
@@ -556,7 +541,6 @@ class TaskSlots:
     def __init__(self, count: int = 0) -> None:
         if count < 0:
             raise ValueError(f"task slots must not be negative, got {count}")
-        self.count = count
         self._free = asyncio.Semaphore(count) if count else None
 
     async def run(self, client: FedClient, task: pb.Task, stub: Any, transfer: Any) -> None:

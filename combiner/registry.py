@@ -112,7 +112,7 @@ class ClientRegistry:
             entry = self._clients.get(name)
             if entry is None:
                 raise KeyError(name)
-            if not entry.stream_open and self._open_streams() >= self.max_streams:
+            if not entry.stream_open and self._open >= self.max_streams:
                 raise CombinerFullError(f"combiner holds its maximum of {self.max_streams} clients")
             if entry.stream_open:
                 # the old stream of a reconnecting client ends (with identities checked, the
@@ -186,9 +186,6 @@ class ClientRegistry:
         if self.liveness == "stream":
             return entry.stream_open
         return entry.stream_open and self._clock() - entry.last_seen <= self.heartbeat_timeout
-
-    def _open_streams(self) -> int:
-        return self._open
 
     def open_streams(self) -> int:
         """Clients holding a task stream now (read without the lock: one int)."""

@@ -203,9 +203,7 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
     if client_settings.conditions is not None and client_settings.conditions.changes():
         log.warning("%s: lab conditions: %s", name, client_settings.conditions.describe())
     client = FedClient(client_settings)
-    stop = _stop_on_signals()
-    threading.Thread(target=lambda: (stop.wait(), client.interrupt()), name="interrupt", daemon=True).start()
-    client.run(stop)
+    client.run(_stop_on_signals())  # its loop ends the task stream once the signal sets the event
     client.close()
     return 0
 

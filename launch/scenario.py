@@ -357,8 +357,7 @@ def _settings(session: Mapping[str, Any], rounds: int, per_round: int, clients: 
     settings.setdefault("clients_required", max(1, math.ceil(per_round * DEFAULT_QUORUM)))
     if per_round < clients:
         settings["clients_requested"] = per_round
-        if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
-            settings.setdefault("sampling_seed", seed % MAX_SAMPLING_SEED + 1)
+        settings.setdefault("sampling_seed", seed % MAX_SAMPLING_SEED + 1)  # the schema checked seed
     try:
         RoundConfig.from_dict(settings)
     except RoundConfigError as exc:

@@ -91,7 +91,6 @@ def test_heartbeats_follow_the_combiner_and_only_a_forgetful_one_is_left(stand_i
         wait_until(lambda: servicer.connects >= 2, 10, "the client to reconnect")  # known false: at once
     finally:
         stop.set()
-        client.interrupt()
         runner.join(10)
     assert not runner.is_alive()
 
